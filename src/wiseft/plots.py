@@ -1,0 +1,253 @@
+"""Scatter plots on logit axes and accuracy-vs-alpha curves, drawn from records only.
+
+Every function returns a matplotlib ``Figure`` (Agg backend, never shown); ``save_figure``
+writes it as PNG and SVG. Scatter plots draw in logit coordinates on linear axes and
+label the ticks in percent, so accuracies from 0.01% to 99.99% have a place.
+Each artist carries a label (``"zero-shot"``, ``"WiSE-FT finetuned"``, ``"baseline fit"``,
+...) so callers and tests can find its data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator  # noqa: E402
+
+from wiseft.results import Record  # noqa: E402
+from wiseft.robustness import BaselineFit, logit, record_interval, sigmoid  # noqa: E402
+
+# Candidate tick positions (percent), roundest first; ``set_logit_ticks`` takes them in
+# this order, skipping any that would crowd one already taken.
+TICKS = (
+    50, 10, 90, 1, 99, 99.9, 0.1, 20, 80, 30, 70, 5, 95, 40, 60, 2, 98, 99.5, 0.5, 99.99,
+    99.8, 25, 75, 15, 85, 35, 65, 45, 55,
+)
+AVG = "avg"
+
+
+def curves(records: Iterable[Record], metric: str = "top1") -> dict[str, dict[float, dict[str, Record]]]:
+    """model -> alpha -> dataset -> record, for the WiSE-FT curves (alpha not None)."""
+    out: dict[str, dict[float, dict[str, Record]]] = {}
+    for r in records:
+        if r.alpha is not None and r.metric == metric:
+            out.setdefault(r.model, {}).setdefault(float(r.alpha), {})[r.dataset] = r
+    return out
+
+
+def set_logit_ticks(ax, axis: str, lo: float, hi: float, max_ticks: int = 9) -> None:
+    """Percent tick labels on ``axis`` ("x" or "y") spanning logit range [lo, hi]."""
+    gap = (hi - lo) / max_ticks
+    chosen: list[float] = []
+    for t in TICKS:
+        z = logit(t / 100, eps=1e-6)
+        if lo <= z <= hi and all(abs(z - logit(c / 100, eps=1e-6)) >= gap for c in chosen):
+            chosen.append(t)
+    chosen.sort()
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(FixedLocator([logit(t / 100, eps=1e-6) for t in chosen]))
+    target.set_major_formatter(FixedFormatter([f"{t:g}%" for t in chosen]))
+    target.set_minor_locator(NullLocator())
+
+
+def _point(vals: Mapping[str, Record], x_ds: str, y_ds: str | list[str]):
+    """(x, y, xerr interval, yerr interval) in fractions, or None when a value is missing."""
+    if x_ds not in vals:
+        return None
+    if isinstance(y_ds, list):  # the average over shifts: no exact interval exists
+        if not y_ds or any(d not in vals for d in y_ds):
+            return None
+        return vals[x_ds].value, float(np.mean([vals[d].value for d in y_ds])), None, None
+    if y_ds not in vals:
+        return None
+    return vals[x_ds].value, vals[y_ds].value, record_interval(vals[x_ds]), record_interval(vals[y_ds])
+
+
+def _errorbar(ax, pts, **kw):
+    """Points in logit coordinates with asymmetric Clopper-Pearson error bars."""
+    x = logit(np.array([p[0] for p in pts]))
+    y = logit(np.array([p[1] for p in pts]))
+
+    def err(centres, intervals):
+        if not any(intervals):
+            return None
+        rows = [[c - logit(iv[0]), logit(iv[1]) - c] if iv else [0.0, 0.0] for c, iv in zip(centres, intervals)]
+        return np.clip(np.array(rows).T, 0, None)
+
+    xerr, yerr = err(x, [p[2] for p in pts]), err(y, [p[3] for p in pts])
+    return ax.errorbar(x, y, xerr=xerr, yerr=yerr, elinewidth=0.8, capsize=0, **kw)
+
+
+def _baseline_on_reference(fit: BaselineFit, x_on_ref: bool):
+    """Baseline (points, curve) with x on the fit's own axis or on the reference axis."""
+    bx, by = np.array(fit.x), np.array(fit.y)
+    if x_on_ref and fit.x_from_reference is not None:
+        a, b = fit.x_from_reference
+        bx = sigmoid((logit(bx) - b) / a)  # invert the reference -> x map
+        return bx, by, lambda x: fit.predict(fit.x_of_reference(x))
+    return bx, by, fit.predict
+
+
+def plot_scatter(
+    records: Iterable[Record],
+    shift: str,
+    reference: str,
+    fits: Mapping[str, BaselineFit] | None = None,
+    selected: Mapping[str, float] | None = None,
+    metric: str = "top1",
+) -> Figure:
+    """Reference vs shift accuracy on logit axes: zero-shot, fine-tuned, the WiSE-FT curve
+    over alpha for each model, baseline models and fit, and 95% Clopper-Pearson bars.
+
+    ``shift`` may be ``"avg"``: the mean over every shift dataset (no error bars; the
+    baseline is the mean of the per-shift fits, drawn only when every shift has one).
+    ``selected`` marks the chosen alpha of each model.
+    """
+    records = list(records)
+    fits = dict(fits or {})
+    shifts = sorted({r.dataset for r in records if r.role == "shift"})
+    data = curves(records, metric)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    # x axis: the fit's own x set when the run measured it (e.g. imagenet-r-clean), else the reference.
+    fit = fits.get(shift) if shift != AVG else None
+    present = {d for m in data.values() for v in m.values() for d in v}
+    x_ds = fit.x_dataset if fit is not None and fit.x_dataset in present else reference
+    y_ds: str | list[str] = shifts if shift == AVG else shift
+    xs, ys = [], []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (model, by_alpha) in enumerate(sorted(data.items())):
+        alphas = sorted(by_alpha)
+        pts = [(a, _point(by_alpha[a], x_ds, y_ds)) for a in alphas]
+        pts = [(a, p) for a, p in pts if p is not None]
+        if not pts:
+            continue
+        c = colors[(i + 2) % len(colors)]
+        curve = [p for _, p in pts]
+        _errorbar(ax, curve, fmt="-o", ms=3, color=c, label=f"WiSE-FT {model}", zorder=3)
+        for a, p in pts:
+            if a == 0.0 and i == 0:
+                _errorbar(ax, [p], fmt="*", ms=13, color=colors[0], label="zero-shot", zorder=4)
+            if a == 1.0:
+                _errorbar(ax, [p], fmt="s", ms=7, color=colors[1], label=f"fine-tuned {model}", zorder=4)
+            if a == 0.5 and a != (selected or {}).get(model):
+                ax.plot(logit(p[0]), logit(p[1]), "D", ms=6, mfc="none", mec=c, label=f"alpha=0.5 {model}", zorder=5)
+            if selected and a == selected.get(model):
+                ax.plot(logit(p[0]), logit(p[1]), "D", ms=8, mfc="none", mec="k", label=f"selected alpha={a:g} {model}", zorder=5)
+        xs += [p[0] for p in curve]
+        ys += [p[1] for p in curve]
+    if not xs:
+        plt.close(fig)
+        raise ValueError(f"no (model, alpha) has both {x_ds!r} and {y_ds!r} records to plot")
+    lx = logit(np.array(xs))
+    lo, hi = lx.min(), lx.max()
+    pad = max(0.35, 0.15 * (hi - lo))
+    grid = np.linspace(lo - pad, hi + pad, 200)
+    baseline_label, line = _draw_baseline(ax, fits, shift, shifts, x_ds == reference, grid)
+    ax.set_xlim(grid[0], grid[-1])
+    # The y range holds the models and the baseline line under them.
+    under = line[(grid >= lo) & (grid <= hi)] if line.size else line
+    ly = np.concatenate([logit(np.array(ys)), under])
+    ylo, yhi = ly.min(), ly.max()
+    ypad = max(0.35, 0.15 * (yhi - ylo))
+    ax.set_ylim(ylo - ypad, yhi + ypad)
+    set_logit_ticks(ax, "x", *ax.get_xlim())
+    set_logit_ticks(ax, "y", *ax.get_ylim())
+    mapped = fit is not None and fit.x_dataset != x_ds
+    ax.set_xlabel(f"{x_ds} accuracy ({metric})" + (f"; baseline mapped from {fit.x_dataset}" if mapped else ""))
+    ax.set_ylabel(f"{'average over shifts' if shift == AVG else shift} accuracy ({metric})")
+    ax.set_title(f"{'Average over ' + str(len(shifts)) + ' shifts' if shift == AVG else shift}" + baseline_label, fontsize=10)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_baseline(ax, fits, shift, shifts, x_on_ref, grid) -> tuple[str, np.ndarray]:
+    """Draw the baseline models and fit line; returns a title suffix and the line's y."""
+    if shift == AVG:
+        if not shifts or any(s not in fits for s in shifts):
+            return " (no baseline: not every shift has one)", np.array([])
+        preds = [_baseline_on_reference(fits[s], True)[2] for s in shifts]
+        line = logit(np.mean([p(sigmoid(grid)) for p in preds], axis=0))
+        ax.plot(grid, line, "--", color="0.3", lw=1.2, label="baseline fit (mean of shifts)")
+        return "", line
+    fit = fits.get(shift)
+    if fit is None:
+        return " (no baseline)", np.array([])
+    bx, by, predict = _baseline_on_reference(fit, x_on_ref)
+    keep = (logit(bx) >= grid[0]) & (logit(bx) <= grid[-1])
+    ax.plot(logit(bx[keep]), logit(by[keep]), ".", ms=2, color="0.6", alpha=0.5, label=f"baseline models (n={fit.n})", zorder=1)
+    line = logit(predict(sigmoid(grid)))
+    ax.plot(grid, line, "--", color="0.3", lw=1.2, label="baseline fit", zorder=2)
+    return f" (baseline slope {fit.slope:.2f})", line
+
+
+def plot_alpha_curves(
+    records: Iterable[Record], model: str, selected: float | None = None, metric: str = "top1"
+) -> Figure:
+    """Accuracy (percent) vs alpha for the reference, each shift, their average and the
+    validation set (dashed), with 95% Clopper-Pearson bands; alpha 0.5 and the
+    selected alpha are marked."""
+    by_alpha = curves(records, metric).get(model)
+    if not by_alpha:
+        raise ValueError(f"no records with an alpha for model {model!r}")
+    roles = {r.dataset: r.role for v in by_alpha.values() for r in v.values()}
+    order = {"reference": 0, "shift": 1, "validation": 2}
+    datasets = sorted(roles, key=lambda d: (order[roles[d]], d))
+    alphas = sorted(by_alpha)
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for d in datasets:
+        pts = [(a, by_alpha[a][d]) for a in alphas if d in by_alpha[a]]
+        a = np.array([p[0] for p in pts])
+        y = np.array([p[1].value for p in pts]) * 100
+        style = {"reference": "-o", "shift": "-", "validation": "--"}[roles[d]]
+        (line,) = ax.plot(a, y, style, ms=3, lw=2 if roles[d] == "reference" else 1.2, label=f"{d} ({roles[d]})")
+        ci = [record_interval(p[1]) for p in pts]
+        if all(ci):
+            ax.fill_between(a, [c[0] * 100 for c in ci], [c[1] * 100 for c in ci], color=line.get_color(), alpha=0.15, lw=0)
+    shifts = [d for d in datasets if roles[d] == "shift"]
+    avg = [(a, np.mean([by_alpha[a][d].value for d in shifts])) for a in alphas if shifts and all(d in by_alpha[a] for d in shifts)]
+    if avg:
+        ax.plot([p[0] for p in avg], [p[1] * 100 for p in avg], "-", color="k", lw=2, label="avg shifts")
+    ax.axvline(0.5, color="0.5", lw=0.8, ls=":", label="alpha=0.5")
+    if selected is not None:
+        ax.axvline(selected, color="k", lw=1, ls="-.", label=f"selected alpha={selected:g}")
+    ax.set_xlabel("alpha (0 = zero-shot, 1 = fine-tuned)")
+    ax.set_ylabel(f"accuracy (%, {metric})")
+    ax.set_title(f"Accuracy vs alpha: {model}", fontsize=10)
+    ax.set_xlim(min(alphas), max(alphas))
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plotted_data(fig: Figure) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Label -> (x, y) of every labelled line and error-bar series in a figure's first axes.
+
+    Scatter plots hold logit coordinates; alpha curves hold alpha and percent.
+    """
+    ax = fig.axes[0]
+    out = {ln.get_label(): ln.get_data() for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    for c in ax.containers:
+        if c.get_label() and not c.get_label().startswith("_") and hasattr(c, "lines"):
+            out[c.get_label()] = c.lines[0].get_data()
+    return {k: (np.asarray(x, dtype=float), np.asarray(y, dtype=float)) for k, (x, y) in out.items()}
+
+
+def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir`` and close it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return paths

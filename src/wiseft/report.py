@@ -1,0 +1,328 @@
+"""`wiseft report RUN_DIR`: tables, plots and one offline HTML page from results.jsonl alone.
+
+Writes into ``RUN_DIR/report/`` (or ``out_dir``):
+
+- ``index.html``: everything below on one page, PNGs embedded (opens offline)
+- ``scatter_<shift>.png|svg`` and ``scatter_avg.png|svg``: reference vs shift, logit axes
+- ``alpha_<model>.png|svg``: accuracy vs alpha
+- ``table.md|csv|tex``: Table-1-style accuracies (zero-shot, fine-tuned, alpha 0.5,
+  selected alpha, per-column oracle alpha)
+- ``robustness.md|csv``: effective robustness rho for every model, alpha and shift
+- ``points.csv``: every accuracy with its 95% Clopper-Pearson interval
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from wiseft.plots import AVG, plot_alpha_curves, plot_scatter, save_figure
+from wiseft.results import Record, read_records
+from wiseft.robustness import (
+    DEFAULT_ALPHA,
+    BaselineFit,
+    RobustnessRow,
+    build_baselines,
+    record_interval,
+    robustness_rows,
+    select_alpha,
+)
+
+Cell = tuple[float | None, float | None]  # (value as a fraction, alpha it was taken at)
+
+
+@dataclass
+class Table:
+    """One model's Table-1-style block: column names and labelled rows of cells."""
+
+    model: str
+    columns: list[str]
+    rows: list[tuple[str, list[Cell]]]
+
+
+def _write(path: Path, text: str) -> None:
+    """Write text atomically: a temporary file, then os.replace."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _datasets(records: list[Record], role: str) -> list[str]:
+    return list(dict.fromkeys(r.dataset for r in records if r.role == role and r.alpha is not None))
+
+
+def reference_dataset(records: Iterable[Record]) -> str:
+    """The run's reference test set: the first ``reference`` dataset not named ``*-clean``."""
+    names = _datasets(list(records), "reference")
+    main = [d for d in names if not d.endswith("-clean")] or names
+    if not main:
+        raise ValueError("no records with role 'reference': cannot place models on the x axis")
+    return main[0]
+
+
+def build_tables(
+    records: Iterable[Record], selected: dict[str, float], rho: list[RobustnessRow], metric: str = "top1"
+) -> list[Table]:
+    """Per model: zero-shot, fine-tuned, WiSE-FT at 0.5, at the selected alpha, and the
+    per-column best alpha (an oracle: it looks at the test sets, so it is not a method)."""
+    records = [r for r in records if r.metric == metric and r.alpha is not None and r.role != "validation"]
+    reference = reference_dataset(records)
+    shifts = _datasets(records, "shift")
+    columns = [reference, *shifts] + (["avg shifts"] if shifts else []) + (["avg rho"] if rho else [])
+    tables = []
+    for model in sorted(selected):
+        vals: dict[float, dict[str, float]] = {}
+        for r in records:
+            if r.model == model:
+                vals.setdefault(float(r.alpha), {})[r.dataset] = r.value
+        for a, v in vals.items():
+            if shifts and all(s in v for s in shifts):
+                v["avg shifts"] = sum(v[s] for s in shifts) / len(shifts)
+        for row in rho:
+            if row.model == model and row.shift == AVG:
+                vals.setdefault(row.alpha, {})["avg rho"] = row.rho
+
+        def at(alpha: float) -> list[Cell]:
+            return [(vals.get(alpha, {}).get(c), alpha) for c in columns]
+
+        def oracle(col: str) -> Cell:
+            have = [(v[col], a) for a, v in vals.items() if col in v]
+            # Highest value; ties toward alpha 0.5, as in select_alpha.
+            return max(have, key=lambda t: (t[0], -abs(t[1] - DEFAULT_ALPHA))) if have else (None, None)
+
+        sel = selected[model]
+        tables.append(
+            Table(
+                model,
+                columns,
+                [
+                    ("zero-shot (alpha=0)", at(0.0)),
+                    (f"fine-tuned {model} (alpha=1)", at(1.0)),
+                    ("WiSE-FT, alpha=0.5", at(0.5)),
+                    (f"WiSE-FT, selected alpha={sel:g}", at(sel)),
+                    ("WiSE-FT, best alpha per column (oracle)", [oracle(c) for c in columns]),
+                ],
+            )
+        )
+    return tables
+
+
+def _fmt(cell: Cell, with_alpha: bool, col: str) -> str:
+    value, alpha = cell
+    if value is None:
+        return ""
+    text = f"{100 * value:+.2f}" if col == "avg rho" else f"{100 * value:.2f}"
+    return f"{text} (alpha={alpha:g})" if with_alpha else text
+
+
+def table_markdown(tables: list[Table]) -> str:
+    """Table 1 in Markdown, one block per model; accuracies and rho in percent."""
+    out = []
+    for t in tables:
+        out += [f"### {t.model}", "", "| | " + " | ".join(t.columns) + " |", "|---" * (len(t.columns) + 1) + "|"]
+        for label, cells in t.rows:
+            oracle = "oracle" in label
+            out.append(f"| {label} | " + " | ".join(_fmt(c, oracle, col) for c, col in zip(cells, t.columns)) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def table_csv(tables: list[Table]) -> str:
+    """Table 1 as CSV: ``model,row,alpha`` then one column per dataset (percent); the
+    oracle row is followed by an ``oracle alpha`` row holding each column's alpha."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "row", "alpha", *tables[0].columns] if tables else ["model", "row", "alpha"])
+    for t in tables:
+        for label, cells in t.rows:
+            oracle = "oracle" in label
+            alpha = "" if oracle else f"{cells[0][1]:g}"
+            w.writerow([t.model, label, alpha, *("" if v is None else f"{100 * v:.2f}" for v, _ in cells)])
+            if oracle:
+                w.writerow([t.model, "oracle alpha", "", *("" if a is None else f"{a:g}" for _, a in cells)])
+    return buf.getvalue()
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        s = s.replace(a, b)
+    return s.replace("alpha", r"$\alpha$")
+
+
+def table_latex(tables: list[Table]) -> str:
+    """Table 1 as LaTeX tabulars (booktabs), one per model."""
+    out = []
+    for t in tables:
+        out += [
+            r"\begin{tabular}{l" + "r" * len(t.columns) + "}",
+            r"\toprule",
+            " & ".join([_tex(t.model), *map(_tex, t.columns)]) + r" \\",
+            r"\midrule",
+        ]
+        for label, cells in t.rows:
+            oracle = "oracle" in label
+            if oracle:
+                out.append(r"\midrule")
+            out.append(" & ".join([_tex(label), *(_tex(_fmt(c, oracle, col)) for c, col in zip(cells, t.columns))]) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(out)
+
+
+def robustness_table(rho: list[RobustnessRow]) -> tuple[list[str], list[list[str]]]:
+    """rho in percentage points: one row per (model, alpha), one column per shift and avg."""
+    shifts = list(dict.fromkeys(r.shift for r in rho if r.shift != AVG)) + ([AVG] if any(r.shift == AVG for r in rho) else [])
+    by: dict[tuple[str, float], dict[str, float]] = {}
+    for r in rho:
+        by.setdefault((r.model, r.alpha), {})[r.shift] = r.rho
+    rows = [[m, f"{a:g}", *(f"{100 * v[s]:+.2f}" if s in v else "" for s in shifts)] for (m, a), v in sorted(by.items())]
+    return ["model", "alpha", *shifts], rows
+
+
+def points_csv(records: list[Record]) -> str:
+    """Every record with its 95% Clopper-Pearson interval (empty without counts)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "alpha", "dataset", "role", "metric", "value", "correct", "total", "ci_low", "ci_high"])
+    for r in records:
+        ci = record_interval(r)
+        w.writerow([r.model, "" if r.alpha is None else f"{r.alpha:g}", r.dataset, r.role, r.metric, f"{r.value:.6f}",
+                    "" if r.correct is None else r.correct, "" if r.total is None else r.total,
+                    "" if ci is None else f"{ci[0]:.6f}", "" if ci is None else f"{ci[1]:.6f}"])
+    return buf.getvalue()
+
+
+def _selection_note(records: list[Record], model: str, alpha: float | None, metric: str) -> str:
+    if alpha is not None:
+        return "fixed by the user"
+    val = sorted({r.dataset for r in records if r.model == model and r.role == "validation" and r.metric == metric})
+    if not val:
+        return f"default {DEFAULT_ALPHA} (no validation records)"
+    return f"highest {metric} on held-out validation ({', '.join(val)}); ties toward 0.5"
+
+
+def build_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    alpha: float | None = None,
+    *,
+    baselines: str | Path | None = None,
+    use_default_baselines: bool = True,
+    metric: str = "top1",
+) -> Path:
+    """Build the report of a run from its results.jsonl alone; returns the index.html path.
+
+    ``alpha`` fixes the selected alpha instead of choosing it on validation records.
+    ``baselines`` adds a CSV of baseline models (``model`` column, one column per
+    dataset, percent) to the ones in results.jsonl (``alpha`` null) and, for ImageNet
+    runs, the packaged timm ImageNet-1k models (``use_default_baselines``).
+
+    Example:
+        >>> build_report("runs/demo")
+        PosixPath('runs/demo/report/index.html')
+    """
+    run_dir = Path(run_dir)
+    records = read_records(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    reference = reference_dataset(records)
+    shifts = _datasets(records, "shift")
+    models = sorted({r.model for r in records if r.alpha is not None and r.metric == metric})
+    if not models:
+        raise ValueError(f"{run_dir}: no records with an alpha for metric {metric!r}")
+    selected = {m: select_alpha(records, m, metric, fixed=alpha) for m in models}
+    fits = build_baselines(records, reference, shifts, extra=baselines, use_default=use_default_baselines, metric=metric)
+    rho = robustness_rows(records, fits, reference, metric)
+
+    figures: list[tuple[str, str]] = []
+    for shift in [*shifts, AVG] if shifts else []:
+        stem = f"scatter_{_slug(shift)}"
+        save_figure(plot_scatter(records, shift, reference, fits, selected, metric), out, stem)
+        figures.append((stem, f"{reference} vs {shift}"))
+    for m in models:
+        stem = f"alpha_{_slug(m)}"
+        save_figure(plot_alpha_curves(records, m, selected[m], metric), out, stem)
+        figures.append((stem, f"accuracy vs alpha, {m}"))
+
+    tables = build_tables(records, selected, rho, metric)
+    _write(out / "table.md", table_markdown(tables))
+    _write(out / "table.csv", table_csv(tables))
+    _write(out / "table.tex", table_latex(tables))
+    header, rows = robustness_table(rho)
+    _write(out / "robustness.csv", _csv([header, *rows]))
+    _write(out / "robustness.md", _markdown(header, rows))
+    _write(out / "points.csv", points_csv(records))
+    notes = {m: _selection_note(records, m, alpha, metric) for m in models}
+    page = _html(run_dir, reference, shifts, selected, notes, fits, tables, header, rows, figures, out, rho)
+    _write(out / "index.html", page)
+    return out / "index.html"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _csv(rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(run_dir, reference, shifts, selected, notes, fits: dict[str, BaselineFit], tables, rho_header, rho_rows, figures, out, rho) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>WiSE-FT report</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
+        "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}",
+        "td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0.5em}img{max-width:520px}",
+        "</style></head><body>",
+        f"<h1>WiSE-FT report: {e(str(run_dir))}</h1>",
+        f"<p>Reference: <b>{e(reference)}</b>. Shifts: {e(', '.join(shifts) or 'none')}. "
+        "Accuracies in percent; error bars and bands are 95% Clopper-Pearson intervals from the counts.</p>",
+        "<h2>Alpha selection</h2><ul>",
+        *(f"<li>{e(m)}: alpha = <b>{a:g}</b> ({e(notes[m])})</li>" for m, a in selected.items()),
+        "</ul><p>Alpha is never chosen on a shift test set. The oracle row of the table picks "
+        "each column's best alpha on that test set and is shown for reference only.</p>",
+        "<h2>Table</h2>",
+    ]
+    for t in tables:
+        rows = [[label, *(_fmt(c, "oracle" in label, col) for c, col in zip(cells, t.columns))] for label, cells in t.rows]
+        parts += [f"<h3>{e(t.model)}</h3>", _html_table(["", *t.columns], rows)]
+    parts.append("<h2>Effective robustness</h2>")
+    if fits:
+        parts.append("<p>rho = shift accuracy minus the baseline's prediction from reference accuracy "
+                     "(percentage points). Baseline: a line from logit(x accuracy) to logit(shift accuracy).</p><ul>")
+        for s, f in fits.items():
+            est = any(r.x_estimated for r in rho if r.shift == s)
+            extra = f"; x accuracy estimated from {e(reference)} (the run did not measure {e(f.x_dataset)})" if est else ""
+            parts.append(f"<li>{e(s)}: {f.n} baseline models, x = {e(f.x_dataset)}, "
+                         f"logit(y) = {f.slope:.3f} logit(x) {f.intercept:+.3f}{extra}</li>")
+        parts.append("</ul>")
+        parts.append(f"<p>Sources: {e(next(iter(fits.values())).source)}.</p>")
+        parts.append(_html_table(rho_header, rho_rows))
+    missing = [s for s in shifts if s not in fits]
+    if missing:
+        parts.append(f"<p>No baseline for: {e(', '.join(missing))} (supply baseline models to get rho there).</p>")
+    parts.append("<h2>Plots</h2>")
+    for stem, caption in figures:
+        data = base64.b64encode((out / f"{stem}.png").read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{e(caption)} (<a href='{stem}.svg'>SVG</a>)</figcaption></figure>")
+    parts.append("<p>Files: table.md, table.csv, table.tex, robustness.md, robustness.csv, points.csv.</p></body></html>")
+    return "\n".join(parts)
