@@ -1,0 +1,127 @@
+"""The one small interface every backbone family implements, and its registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class BackboneSpec(BaseModel):
+    """Where a pretrained model comes from.
+
+    ``family`` picks the adapter; ``name`` is an open_clip architecture
+    (``ViT-B-32``), a Hugging Face hub id or a local directory; ``pretrained`` is an
+    open_clip tag (``openai``, ``laion2b_s34b_b79k``) or a local checkpoint file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: Literal["open_clip", "hf_clip", "sentence_transformer"]
+    name: str
+    pretrained: str | None = None
+    logit_scale: float | None = None  # override; text encoders have none of their own
+    max_length: int | None = None  # text inputs: tokens kept per input
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+@dataclass
+class Backbone:
+    """A pretrained model seen through the parts WiSE-FT needs.
+
+    ``encoder`` maps a collated batch of inputs to features; ``encode_text`` embeds
+    prompts for the zero-shot head; ``transform_train``/``transform_eval`` turn one raw
+    input (a PIL image or a string) into what ``collate`` stacks into a batch.
+    ``export`` writes the full pretrained model, with ``encoder``'s current weights, in
+    the family's own format so its own loading call reads it back.
+    """
+
+    spec: BackboneSpec
+    modality: Literal["image", "text"]
+    encoder: torch.nn.Module
+    encode_text: Callable[[Sequence[str]], torch.Tensor]
+    logit_scale: float
+    transform_train: Callable[[Any], Any]
+    transform_eval: Callable[[Any], Any]
+    collate: Callable[[list], Any]
+    export: Callable[[Path], Path]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A content hash of the spec and a sample of the text-side weights, so that
+        caches built on one set of weights are never reused for another."""
+        h = hashlib.sha256(self.spec.model_dump_json().encode())
+        with torch.no_grad():
+            probe = self.encode_text(["wiseft fingerprint"]).float().cpu()
+        h.update(json.dumps([round(v, 5) for v in probe.flatten()[:64].tolist()]).encode())
+        return h.hexdigest()[:16]
+
+
+_REGISTRY: dict[str, Callable[[BackboneSpec], Backbone]] = {}
+
+
+def register_backbone(family: str):
+    """Decorator: register a loader ``fn(spec) -> Backbone`` for a family."""
+
+    def wrap(fn):
+        _REGISTRY[family] = fn
+        return fn
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone families."""
+    _fill_registry()
+    return sorted(_REGISTRY)
+
+
+def _fill_registry() -> None:
+    from . import hf_clip, open_clip_backbone, text  # noqa: F401
+
+
+def load_backbone(spec: BackboneSpec | dict) -> Backbone:
+    """Load a pretrained backbone from its spec.
+
+    Example:
+        >>> bb = load_backbone({"family": "open_clip", "name": "ViT-B-32", "pretrained": "openai"})
+    """
+    if isinstance(spec, dict):
+        spec = BackboneSpec(**spec)
+    _fill_registry()
+    if spec.family not in _REGISTRY:
+        raise KeyError(f"unknown backbone family {spec.family!r}; known: {list_backbones()}")
+    return _REGISTRY[spec.family](spec)
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or fail naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed for this backbone: pip install 'wiseft[{extra}]' ({e})") from e
+
+
+def image_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (tensor, label) pairs."""
+    xs, ys = zip(*batch)
+    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
+
+
+def shareless(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: contiguous, and no two entries sharing storage."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        v = v.detach().contiguous()
+        key = v.untyped_storage().data_ptr() if v.numel() else id(v)
+        out[k] = v.clone() if key in seen else v
+        seen.add(key)
+    return out

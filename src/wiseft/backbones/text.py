@@ -1,0 +1,62 @@
+"""Text encoders: any sentence-transformers model or plain Hugging Face encoder
+(mean pooling is added when the directory has no sentence-transformers modules),
+from a hub id or a local directory, such as the packaged all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import Backbone, BackboneSpec, register_backbone, require
+
+EXPORT_DIR = "sentence_transformer"
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's learned value; sentence encoders carry none
+
+
+class SentenceEncoder(torch.nn.Module):
+    """Tokenised batch -> sentence embedding, through the model's own modules."""
+
+    def __init__(self, st_model: torch.nn.Module):
+        super().__init__()
+        self.st = st_model
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.st(dict(features))["sentence_embedding"]
+
+
+@register_backbone("sentence_transformer")
+def load_sentence_transformer(spec: BackboneSpec) -> Backbone:
+    """``SentenceTransformer(name)``; the whole encoder is fine-tuned end-to-end."""
+    st = require("sentence_transformers", "text")
+    model = st.SentenceTransformer(spec.name, device="cpu")
+    if spec.max_length is not None:
+        model.max_seq_length = spec.max_length
+    model.eval()
+    encoder = SentenceEncoder(model)
+
+    def collate(batch):
+        texts, labels = zip(*batch)
+        return dict(model.tokenize(list(texts))), torch.as_tensor(labels, dtype=torch.long)
+
+    @torch.no_grad()
+    def encode_text(texts):
+        device = next(model.parameters()).device
+        feats = dict(model.tokenize(list(texts)))
+        return encoder({k: v.to(device) for k, v in feats.items()})
+
+    def export(out_dir: Path) -> Path:
+        path = out_dir / EXPORT_DIR
+        model.save(str(path))
+        return path
+
+    return Backbone(
+        spec=spec, modality="text", encoder=encoder, encode_text=encode_text,
+        logit_scale=spec.logit_scale if spec.logit_scale is not None else DEFAULT_LOGIT_SCALE,
+        transform_train=_identity, transform_eval=_identity, collate=collate, export=export,
+        extras={"model": model},
+    )
+
+
+def _identity(x):
+    return x

@@ -1,0 +1,175 @@
+"""Labelled datasets, the dataset registry, held-out splits and class projection."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+
+class DataError(ValueError):
+    """Bad dataset input; the message names the file, folder or field."""
+
+
+class LabeledDataset(Dataset):
+    """(input, label) pairs over an ordered class-name list.
+
+    ``samples`` hold a reference to each input (an image path, or the text itself) and
+    an integer label; ``load`` turns a reference into a raw input (a PIL image, a
+    string) and ``transform`` into a model input.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Any, int]], classnames: Sequence[str], *,
+                 load: Callable[[Any], Any] | None = None,
+                 transform: Callable[[Any], Any] | None = None, name: str = ""):
+        self.samples = list(samples)
+        self.classnames = list(classnames)
+        self.load = load
+        self.transform = transform
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        ref, label = self.samples[i]
+        x = self.load(ref) if self.load is not None else ref
+        return (self.transform(x) if self.transform is not None else x), label
+
+    @property
+    def labels(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    def _copy(self, samples=None, transform=None) -> "LabeledDataset":
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        if samples is not None:
+            new.samples = list(samples)
+        if transform is not None:
+            new.transform = transform
+        return new
+
+    def with_transform(self, transform: Callable[[Any], Any]) -> "LabeledDataset":
+        """The same samples with another transform (the input is not copied)."""
+        return self._copy(transform=transform)
+
+    def subset(self, indices: Sequence[int]) -> "LabeledDataset":
+        return self._copy(samples=[self.samples[i] for i in indices])
+
+
+def split_holdout(dataset: LabeledDataset, fraction: float, seed: int = 0
+                  ) -> tuple[LabeledDataset, LabeledDataset]:
+    """(train, validation): a seeded, class-stratified hold-out of ``fraction`` of each
+    class (at least one sample per class that has two or more)."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(dataset.labels):
+        by_class.setdefault(y, []).append(i)
+    train, val = [], []
+    for y in sorted(by_class):
+        idx = by_class[y]
+        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        k = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+        val += perm[:k]
+        train += perm[k:]
+    return dataset.subset(sorted(train)), dataset.subset(sorted(val))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Scores a dataset whose classes are a subset (or a grouping) of the reference
+    classes: output class j takes the max over the reference logits in ``groups[j]``."""
+
+    groups: tuple[tuple[int, ...], ...]
+
+    @property
+    def is_identity(self) -> bool:
+        return all(g == (i,) for i, g in enumerate(self.groups))
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if all(len(g) == 1 for g in self.groups):
+            return logits[:, [g[0] for g in self.groups]]
+        return torch.stack([logits[:, list(g)].amax(dim=1) for g in self.groups], dim=1)
+
+
+def build_projection(reference: Sequence[str], classnames: Sequence[str],
+                     class_map: dict[str, str | list[str]] | None = None, *, name: str = "") -> Projection:
+    """Map each of a dataset's classes to reference classes: through ``class_map``
+    (dataset class -> one or more reference class names) or else by equal name."""
+    index = {c: i for i, c in enumerate(reference)}
+    groups = []
+    for c in classnames:
+        targets = (class_map or {}).get(c, c)
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        missing = [t for t in targets if t not in index]
+        if missing:
+            raise DataError(f"dataset {name!r}: class {c!r} maps to {missing[0]!r}, which is not a "
+                            "reference class; give a class_map onto the reference class names")
+        groups.append(tuple(index[t] for t in targets))
+    return Projection(tuple(groups))
+
+
+_REGISTRY: dict[str, Callable[..., LabeledDataset]] = {}
+
+
+def register_dataset(kind: str):
+    """Decorator: register a builder ``fn(**options) -> LabeledDataset`` for a kind."""
+
+    def wrap(fn):
+        _REGISTRY[kind] = fn
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset kinds."""
+    _fill_registry()
+    return sorted(_REGISTRY)
+
+
+def build_dataset(spec: dict[str, Any], *, name: str = "", base_dir: str | Path | None = None) -> LabeledDataset:
+    """Build a dataset from ``{"kind": ..., **options}``; unknown kinds and options are
+    errors naming them. Relative paths resolve against ``base_dir``."""
+    _fill_registry()
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    spec.pop("class_map", None)
+    if kind not in _REGISTRY:
+        raise DataError(f"dataset {name!r}: unknown kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+    fn = _REGISTRY[kind]
+    params = inspect.signature(fn).parameters
+    for key in spec:
+        if key not in params:
+            allowed = [p for p in params if p not in ("base_dir", "name")]
+            raise DataError(f"dataset {name!r} ({kind}): unknown option {key!r}; allowed: {allowed}")
+    if "base_dir" in params:
+        spec["base_dir"] = base_dir
+    ds = fn(**spec)
+    ds.name = name or ds.name
+    return ds
+
+
+def _fill_registry() -> None:
+    from . import bbc_news, folders  # noqa: F401
+
+
+def resolve(path: str | Path, base_dir: str | Path | None) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+
+
+def read_classnames(classnames: Sequence[str] | str | Path | None, base_dir=None) -> list[str] | None:
+    """A class-name list given inline, or a text file with one name per line."""
+    if classnames is None or isinstance(classnames, list):
+        return classnames
+    path = resolve(classnames, base_dir)
+    if not path.is_file():
+        raise DataError(f"class-name file {path} does not exist")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

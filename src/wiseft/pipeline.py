@@ -1,0 +1,171 @@
+"""The main job: zero-shot head, fine-tune, alpha sweep, records, summary, export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbones.base import Backbone, load_backbone
+from .checkpoint import export_model, load_state, read_meta, save_state
+from .config import ConfigError, RunConfig, load_config
+from .data.base import DataError, LabeledDataset, build_dataset, build_projection, read_classnames, split_holdout
+from .evaluate import EvalSet, sweep
+from .finetune import finetune
+from .heads import Classifier, zeroshot_head
+from .results import Record, append_records, package_versions, read_records, summary_table
+from .templates import get_templates, templates_hash
+
+log = logging.getLogger("wiseft")
+
+
+@dataclass
+class PreparedData:
+    """Datasets built and checked against the class list, before any model loads."""
+
+    classnames: list[str]
+    templates: tuple[str, ...]
+    train: LabeledDataset
+    evalsets: list[EvalSet]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    records: list[Record]
+    selected_alpha: dict[str, float]
+    export_dir: Path | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Build every dataset and check class lists; errors name the dataset key."""
+    d = cfg.data
+    try:
+        templates = get_templates(d.templates)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"data.templates: {e.args[0]}") from None
+    try:
+        classnames = read_classnames(d.classnames, cfg.base_dir)
+        train = build_dataset(d.train, name=f"{d.name}-train", base_dir=cfg.base_dir)
+        classnames = classnames or train.classnames
+        if len(train.classnames) != len(classnames):
+            raise ConfigError(f"data.train has {len(train.classnames)} classes but data.classnames has "
+                              f"{len(classnames)}")
+        test = build_dataset(d.test, name=d.name, base_dir=cfg.base_dir)
+        evalsets = [EvalSet(d.name, "reference", test, _projection(classnames, test, d.test, "data.test"))]
+        for name, spec in d.shifts.items():
+            ds = build_dataset(spec, name=name, base_dir=cfg.base_dir)
+            evalsets.append(EvalSet(name, "shift", ds, _projection(classnames, ds, spec, f"data.shifts.{name}")))
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    if d.validation_fraction > 0:
+        train, val = split_holdout(train, d.validation_fraction, d.seed)
+        evalsets.append(EvalSet(f"{d.name}-val", "validation", val))
+    return PreparedData(list(classnames), templates, train, evalsets)
+
+
+def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
+    if list(ds.classnames) == list(classnames) and "class_map" not in spec:
+        return None
+    try:
+        return build_projection(classnames, ds.classnames, spec.get("class_map"), name=where)
+    except DataError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def build_zeroshot_model(backbone: Backbone, classnames, templates, *, cache: bool = True) -> Classifier:
+    """Classifier(encoder, zero-shot head) for the given classes and prompts."""
+    return Classifier(backbone.encoder, zeroshot_head(backbone, classnames, templates, cache=cache))
+
+
+def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
+    """Run the whole WiSE-FT pipeline described by a config (or a YAML path).
+
+    Example:
+        >>> result = run("examples/bbc_news.yaml")
+        >>> result.selected_alpha
+    """
+    if not isinstance(cfg, RunConfig):
+        cfg = load_config(cfg)
+    data = prepare_data(cfg)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    results_path = run_dir / "results.jsonl"
+    if results_path.exists():
+        results_path.unlink()  # a rerun replaces its records; checkpoints are reused below
+
+    device = resolve_device(cfg.device)
+    backbone = load_backbone(cfg.backbone)
+    model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
+    theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    provenance = {"backbone": cfg.backbone.model_dump(), "templates_hash": templates_hash(data.templates),
+                  "config_hash": cfg.config_hash(), "versions": package_versions()}
+
+    records: list[Record] = []
+    thetas: dict[str, dict[str, torch.Tensor]] = {}
+    for name, ft_cfg in cfg.finetune_runs().items():
+        theta_1 = _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir, progress)
+        thetas[name] = theta_1
+        new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, model_name=name,
+                    linear=ft_cfg.mode == "linear", batch_size=cfg.evaluation.batch_size,
+                    precision=cfg.evaluation.precision, cache=cfg.evaluation.cache_inputs,
+                    allow_extrapolation=cfg.allow_extrapolation,
+                    provenance={**provenance, "mode": ft_cfg.mode}, progress=progress)
+        append_records(results_path, new)
+        records += new
+
+    from .robustness import select_alpha
+
+    selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in thetas}
+    (run_dir / "summary.md").write_text(summary_table(records) + "\n\nselected alpha (on "
+                                        f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
+    export_dir = None
+    if cfg.export:
+        from .merge import Interpolator
+
+        alpha = selected["finetuned"]
+        Interpolator(theta_0, thetas["finetuned"], allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
+        export_dir = export_model(model, backbone, _meta(cfg, data, alpha), run_dir / "export")
+    return RunResult(run_dir, records, selected, export_dir)
+
+
+def _meta(cfg: RunConfig, data: PreparedData, alpha: float) -> dict[str, Any]:
+    return {"classnames": data.classnames, "templates": list(data.templates), "alpha": alpha,
+            "config_hash": cfg.config_hash(), "finetune": cfg.finetune.model_dump()}
+
+
+def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir: Path, progress) -> dict[str, torch.Tensor]:
+    """Fine-tune, or reuse the checkpoint a previous run with the same settings wrote."""
+    ckpt = run_dir / "checkpoints" / f"{name}.safetensors"
+    key = {"train_key": _hash([cfg.backbone.model_dump(mode="json"), cfg.data.model_dump(mode="json"),
+                               ft_cfg.model_dump(mode="json")])}
+    if ckpt.exists() and read_meta(ckpt).get("train_key") == key["train_key"]:
+        log.info("reusing %s", ckpt)
+        return load_state(ckpt)
+    model.load_state_dict(theta_0)
+    tuned = finetune(model, data.train, backbone, ft_cfg, log_path=run_dir / f"train_{name}.jsonl",
+                     progress=progress)
+    state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
+    save_state(ckpt, state, key)
+    return state
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def summarize(run_dir: str | Path) -> str:
+    """The summary table of a finished run, from its records alone."""
+    return summary_table(read_records(run_dir))

@@ -1,0 +1,108 @@
+"""Results as append-only JSON lines: one record per (model, alpha, dataset, metric).
+
+Every table, plot and report is rebuilt from these records alone; see
+``docs/results-format.md`` for the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+ROLES = ("reference", "shift", "validation")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One measured number.
+
+    ``model`` names the fine-tuning run the alpha belongs to (e.g. ``"finetuned"``
+    or ``"aggressive"``); alpha 0 is the zero-shot model and alpha 1 the fine-tuned one.
+    ``role`` says whether ``dataset`` is the reference test set, a distribution shift,
+    or the held-out validation split used to choose alpha.
+    """
+
+    model: str
+    alpha: float | None
+    dataset: str
+    role: str
+    metric: str
+    value: float
+    correct: int | None = None
+    total: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"record role must be one of {ROLES}, got {self.role!r}")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a result, for provenance."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("wiseft", "torch", "open_clip_torch", "transformers", "sentence-transformers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def append_records(path: str | Path, records: Iterable[Record]) -> None:
+    """Append records to a JSON-lines file (created if missing), flushed to disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r), sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read every record of a results file; a malformed line is an error naming its line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no results file at {path}")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(Record(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{i}: not a wiseft result record ({e})") from None
+    return out
+
+
+def summary_table(records: Iterable[Record], metric: str = "top1", model: str | None = None) -> str:
+    """A Markdown table: one row per (model, alpha), one column per dataset, plus the
+    average over shift datasets. Accuracies are shown in percent."""
+    rows: dict[tuple[str, float], dict[str, float]] = {}
+    datasets: dict[str, str] = {}
+    for r in records:
+        if r.metric != metric or r.alpha is None or (model is not None and r.model != model):
+            continue
+        rows.setdefault((r.model, r.alpha), {})[r.dataset] = r.value
+        datasets.setdefault(r.dataset, r.role)
+    order = {"reference": 0, "shift": 1, "validation": 2}
+    cols = sorted(datasets, key=lambda d: (order[datasets[d]], list(datasets).index(d)))
+    shifts = [d for d in cols if datasets[d] == "shift"]
+    header = ["model", "alpha", *cols] + (["avg shifts"] if shifts else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (name, alpha), vals in sorted(rows.items()):
+        cells = [name, f"{alpha:.2f}"] + [f"{100 * vals[d]:.2f}" if d in vals else "" for d in cols]
+        if shifts:
+            present = [vals[d] for d in shifts if d in vals]
+            cells.append(f"{100 * sum(present) / len(present):.2f}" if len(present) == len(shifts) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+import torch
+
+from wiseft import load_backbone, zeroshot_head
+from wiseft.heads import Classifier, head_cache_dir
+
+CLASSES = ["red", "green", "blue", "yellow"]
+TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "{} things."]
+
+
+def test_zeroshot_head_equals_open_clip_builder(open_clip_spec):
+    from open_clip import build_zero_shot_classifier, get_tokenizer
+
+    bb = load_backbone(open_clip_spec)
+    head = zeroshot_head(bb, CLASSES, TEMPLATES, cache=False, batch_size=5)  # batches cross classes
+    model = bb.extras["model"]
+    ref = build_zero_shot_classifier(model, tokenizer=get_tokenizer(open_clip_spec["name"]),
+                                     classnames=CLASSES, templates=TEMPLATES, num_classes_per_batch=2,
+                                     device="cpu", use_tqdm=False)
+    expect = ref.T * model.logit_scale.exp()
+    torch.testing.assert_close(head.weight, expect, atol=1e-5, rtol=1e-5)
+    assert torch.count_nonzero(head.bias) == 0
+    assert abs(bb.logit_scale - float(model.logit_scale.exp())) < 1e-6
+
+
+def test_zeroshot_head_is_cached_by_content(open_clip_spec):
+    bb = load_backbone(open_clip_spec)
+    first = zeroshot_head(bb, CLASSES, TEMPLATES)
+    files = list(head_cache_dir().glob("*.safetensors"))
+    assert len(files) == 1
+    again = zeroshot_head(bb, CLASSES, TEMPLATES)
+    assert torch.equal(first.weight, again.weight)
+    zeroshot_head(bb, CLASSES, TEMPLATES[:1])  # other templates: another entry
+    zeroshot_head(bb, CLASSES[::-1], TEMPLATES)  # other class order: another entry
+    assert len(list(head_cache_dir().glob("*.safetensors"))) == 3
+
+
+def test_classifier_normalises_features_before_the_head(open_clip_spec):
+    bb = load_backbone(open_clip_spec)
+    head = zeroshot_head(bb, CLASSES, TEMPLATES, cache=False)
+    clf = Classifier(bb.encoder, head).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = bb.encoder(x)
+        expect = (feats / feats.norm(dim=-1, keepdim=True)) @ head.weight.T
+        torch.testing.assert_close(clf(x), expect, atol=1e-5, rtol=1e-5)
+        # at initialisation the logits are logit_scale * cosine similarity
+        assert clf(x).abs().max() <= bb.logit_scale * (1 + 1e-5)

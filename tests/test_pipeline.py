@@ -1,0 +1,159 @@
+"""End to end: `wiseft run` on tiny models and synthetic images, and the WiSE-FT invariants."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import COLORS, run_config
+from wiseft import load_model, read_records, run
+from wiseft.cli import main
+from wiseft.config import parse_config
+from wiseft.evaluate import predict_logits
+from wiseft.merge import Interpolator
+from wiseft.pipeline import build_zeroshot_model, prepare_data
+
+
+@pytest.fixture(scope="module")
+def oc_run(open_clip_spec, image_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_oc")
+    cfg_path = out / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(run_config(open_clip_spec, image_data, out / "run")))
+    assert main(["run", str(cfg_path), "--no-progress", "--no-report"]) == 0
+    return out / "run"
+
+
+def test_run_writes_records_for_11_alphas(oc_run):
+    records = read_records(oc_run)
+    alphas = sorted({r.alpha for r in records})
+    assert alphas == pytest.approx([i / 10 for i in range(11)])
+    datasets = {(r.dataset, r.role) for r in records}
+    assert datasets == {("colors", "reference"), ("noise", "shift"), ("subset", "shift"),
+                        ("colors-val", "validation")}
+    assert len(records) == 11 * 4
+    sub = [r for r in records if r.dataset == "subset"]
+    assert all(r.total == 10 and 0 <= r.correct <= r.total for r in sub)
+    prov = records[0].provenance
+    assert {"backbone", "templates_hash", "config_hash", "versions", "mode"} <= set(prov)
+    assert (oc_run / "summary.md").read_text().startswith("| model | alpha | colors | noise | subset |")
+    assert yaml.safe_load((oc_run / "config.yaml").read_text())["backbone"]["family"] == "open_clip"
+
+
+def test_alpha_ends_reproduce_zeroshot_and_finetuned_outputs(oc_run, open_clip_spec, image_data):
+    from wiseft.backbones import load_backbone
+    from wiseft.checkpoint import load_state
+
+    cfg = parse_config(run_config(open_clip_spec, image_data, oc_run))
+    data = prepare_data(cfg)
+    bb = load_backbone(cfg.backbone)
+    model = build_zeroshot_model(bb, data.classnames, data.templates)
+    batches = list(data.evalsets[0].batches(bb, 16))
+    zs_logits, _ = predict_logits(model, batches)
+    theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+    theta_1 = load_state(oc_run / "checkpoints" / "finetuned.safetensors")
+
+    ft = build_zeroshot_model(bb, data.classnames, data.templates)
+    ft.load_state_dict(theta_1)
+    ft_logits, _ = predict_logits(ft, batches)
+    assert not torch.equal(zs_logits, ft_logits)
+
+    work = build_zeroshot_model(load_backbone(cfg.backbone), data.classnames, data.templates)
+    interp = Interpolator(theta_0, theta_1)
+    assert torch.equal(predict_logits(interp.load_into(work, 0.0), batches)[0], zs_logits)
+    assert torch.equal(predict_logits(interp.load_into(work, 1.0), batches)[0], ft_logits)
+
+
+def test_two_runs_give_identical_records(oc_run, open_clip_spec, image_data, tmp_path):
+    again = run(parse_config(run_config(open_clip_spec, image_data, tmp_path / "again", export=False)),
+                progress=False)
+    key = lambda r: (r.model, r.alpha, r.dataset)  # noqa: E731
+    first = {key(r): r.correct for r in read_records(oc_run)}
+    assert {key(r): r.correct for r in again.records} == first
+
+
+def test_linear_mode_logits_mix_in_output_space(open_clip_spec, image_data, tmp_path):
+    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "lin", export=False,
+                                  finetune={"mode": "linear", "lr": 1e-2, "batch_size": 8, "epochs": 3,
+                                            "warmup_steps": 0}))
+    result = run(cfg, progress=False)
+    from wiseft.backbones import load_backbone
+    from wiseft.checkpoint import load_state
+
+    theta_1 = load_state(tmp_path / "lin" / "checkpoints" / "finetuned.safetensors")
+    data = prepare_data(cfg)
+    bb = load_backbone(cfg.backbone)
+    model = build_zeroshot_model(bb, data.classnames, data.templates)
+    theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(theta_0[k], theta_1[k]) for k in theta_0 if not k.startswith("head."))
+    batches = list(data.evalsets[1].batches(bb, 16))
+    zs, labels = predict_logits(model, batches)
+    model.load_state_dict(theta_1)
+    ft, _ = predict_logits(model, batches)
+    interp = Interpolator(theta_0, theta_1)
+    for alpha in (0.0, 0.2, 0.5, 0.9, 1.0):
+        mixed, _ = predict_logits(interp.load_into(model, alpha), batches)
+        torch.testing.assert_close(mixed, (1 - alpha) * zs + alpha * ft, atol=1e-4, rtol=1e-5)
+        # and the sweep's features-once shortcut scored exactly these logits
+        rec = next(r for r in result.records if r.alpha == alpha and r.dataset == "noise")
+        assert rec.correct == int((mixed.argmax(1) == labels).sum())
+
+
+def test_export_loads_back_and_predicts(oc_run, image_data, capsys, open_clip_spec):
+    import open_clip
+
+    model, bb, meta = load_model(oc_run / "export")
+    assert meta["classnames"] == list(COLORS)
+    assert 0.0 <= meta["alpha"] <= 1.0
+    # the image tower loads into open_clip with its own call
+    native, _, _ = open_clip.create_model_and_transforms(open_clip_spec["name"],
+                                                         pretrained=str(oc_run / "export" / meta["native"]))
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(native.visual.state_dict()[k], v)
+    img = sorted((image_data / "test" / "blue").iterdir())[0]
+    assert main(["predict", str(oc_run / "export"), str(img), "--top-k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(img)) and line.count("%") == 2
+
+
+def test_evaluate_and_interpolate_commands(oc_run, open_clip_spec, image_data, tmp_path, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(run_config(open_clip_spec, image_data, tmp_path / "unused")))
+    assert main(["evaluate", str(oc_run / "export"), str(cfg_path), "--out", str(tmp_path / "r.jsonl")]) == 0
+    recs = read_records(tmp_path / "r.jsonl")
+    meta = json.loads((oc_run / "export" / "wiseft.json").read_text())
+    swept = {r.dataset: r.correct for r in read_records(oc_run) if r.alpha == meta["alpha"]}
+    assert {r.dataset: r.correct for r in recs} == swept  # the export scores as the sweep did
+
+    ckpts = oc_run / "checkpoints"
+    zs = tmp_path / "zs.safetensors"
+    from wiseft.checkpoint import load_state, save_state
+
+    theta_1 = load_state(ckpts / "finetuned.safetensors")
+    model, _, _ = load_model(oc_run / "export")
+    # an open_clip training checkpoint: a 'state_dict' entry with DDP 'module.' prefixes
+    pt = tmp_path / "epoch_1.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in theta_1.items()}}, pt)
+    save_state(zs, {k: v * 0 for k, v in theta_1.items()})
+    assert main(["interpolate", str(zs), str(pt), "--alpha", "0.25", "--out", str(tmp_path / "m.safetensors")]) == 0
+    merged = load_state(tmp_path / "m.safetensors")
+    torch.testing.assert_close(merged["head.weight"], 0.25 * theta_1["head.weight"])
+
+
+def test_bad_inputs_give_clear_errors(open_clip_spec, image_data, tmp_path, capsys):
+    cfg = run_config(open_clip_spec, image_data, tmp_path / "x")
+    cfg["finetune"]["learning_rate"] = 1.0
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(p)]) == 2
+    assert "finetune.learning_rate: Extra inputs are not permitted" in capsys.readouterr().err
+
+    a = tmp_path / "a.safetensors"
+    b = tmp_path / "b.safetensors"
+    from wiseft.checkpoint import save_state
+
+    save_state(a, {"w": torch.zeros(2, 3), "b": torch.zeros(2)})
+    save_state(b, {"w": torch.zeros(2, 4), "b": torch.zeros(2)})
+    assert main(["interpolate", str(a), str(b), "--alpha", "0.5", "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert "tensor 'w' has shape (2, 3)" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
