@@ -167,3 +167,23 @@ def test_rows_for_user_baselines(tmp_path):
     assert {r.alpha for r in rows if r.shift == "tweets"} == {0.0, 1.0}
     tables = build_tables(recs, {"m": 0.5}, rows)
     assert "avg rho" in tables[0].columns and "oracle" in table_markdown(tables)
+
+
+def test_two_models_and_objectnet_baseline_from_records(tmp_path):
+    run = make_run(tmp_path)
+    extra = [Record("aggressive", r.alpha, r.dataset, r.role, "top1", min(1.0, r.value * (1 + 0.05 * r.alpha)))
+             for r in read_records(run)]
+    for name, ref, obj in [("resnet50", 0.76, 0.30), ("resnet101", 0.78, 0.35)]:
+        extra += [Record(name, None, "imagenet", "reference", "top1", ref), Record(name, None, "objectnet", "shift", "top1", obj)]
+    append_records(run / "results.jsonl", extra)
+    build_report(run, alpha=0.35)
+    page = (run / "report" / "index.html").read_text()
+    assert "No baseline for" not in page and "objectnet: 2 baseline models" in page
+    assert page.count("not evaluated in this run") == 2
+    rows = list(csv.reader((run / "report" / "table.csv").open()))
+    assert {r[0] for r in rows[1:]} == {"aggressive", "finetuned"}
+    fig = plot_scatter(read_records(run), "avg", "imagenet", build_baselines(read_records(run), "imagenet", [
+        "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet"]))
+    data = plotted_data(fig)
+    assert {"WiSE-FT aggressive", "WiSE-FT finetuned", "zero-shot", "baseline fit (mean of shifts)"} <= set(data)
+    assert (run / "report" / "alpha_aggressive.png").exists()

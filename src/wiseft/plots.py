@@ -135,7 +135,7 @@ def plot_scatter(
             if a == 0.0 and i == 0:
                 _errorbar(ax, [p], fmt="*", ms=13, color=colors[0], label="zero-shot", zorder=4)
             if a == 1.0:
-                _errorbar(ax, [p], fmt="s", ms=7, color=colors[1], label=f"fine-tuned {model}", zorder=4)
+                _errorbar(ax, [p], fmt="s", ms=7, color=c, mec="k", label=f"fine-tuned {model}", zorder=4)
             if a == 0.5 and a != (selected or {}).get(model):
                 ax.plot(logit(p[0]), logit(p[1]), "D", ms=6, mfc="none", mec=c, label=f"alpha=0.5 {model}", zorder=5)
             if selected and a == selected.get(model):

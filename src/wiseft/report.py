@@ -199,7 +199,8 @@ def points_csv(records: list[Record]) -> str:
 
 def _selection_note(records: list[Record], model: str, alpha: float | None, metric: str) -> str:
     if alpha is not None:
-        return "fixed by the user"
+        grid = {float(r.alpha) for r in records if r.model == model and r.alpha is not None}
+        return "fixed by the user" + ("" if float(alpha) in grid else "; not evaluated in this run")
     val = sorted({r.dataset for r in records if r.model == model and r.role == "validation" and r.metric == metric})
     if not val:
         return f"default {DEFAULT_ALPHA} (no validation records)"
