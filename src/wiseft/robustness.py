@@ -14,7 +14,6 @@ reference training data); shift test sets are never used to choose alpha.
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
