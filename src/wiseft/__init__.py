@@ -18,6 +18,8 @@ from .finetune import FinetuneConfig, finetune
 from .heads import Classifier, zeroshot_head, zeroshot_weights
 from .merge import Interpolator, MergeError, interpolate
 from .pipeline import run
+from .report import build_report
+from .robustness import clopper_pearson, effective_robustness, fit_baseline, select_alpha
 from .results import Record, read_records, summary_table
 from .templates import get_templates, list_templates, register_templates
 
@@ -27,5 +29,6 @@ __all__ = [
     "finetune", "get_templates", "interpolate", "list_backbones", "list_datasets", "list_templates",
     "load_backbone", "load_config", "load_model", "load_state", "read_records", "register_backbone",
     "register_dataset", "register_templates", "run", "save_state", "split_holdout", "summary_table",
-    "sweep", "zeroshot_head", "zeroshot_weights",
+    "sweep", "zeroshot_head", "zeroshot_weights", "build_report", "clopper_pearson", "effective_robustness",
+    "fit_baseline", "select_alpha",
 ]

