@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch.utils.data import Dataset
 
+from ..metrics import Score, accuracy
+
 
 class DataError(ValueError):
     """Bad dataset input; the message names the file, folder or field."""
+
+
+@runtime_checkable
+class EvalHooks(Protocol):
+    """What an evaluation set may declare about scoring; ``LabeledDataset`` gives the
+    defaults (its own projection or none, labels unchanged, top-1 accuracy).
+
+    ``index`` holds each scored row's position in ``dataset.samples``, so metrics that
+    need per-sample metadata (a region, a video frame) still line up when unreadable
+    inputs were skipped.
+    """
+
+    def project_logits(self, logits: torch.Tensor) -> torch.Tensor: ...
+
+    def project_labels(self, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, Score]: ...
 
 
 class LabeledDataset(Dataset):
@@ -20,17 +40,32 @@ class LabeledDataset(Dataset):
 
     ``samples`` hold a reference to each input (an image path, or the text itself) and
     an integer label; ``load`` turns a reference into a raw input (a PIL image, a
-    string) and ``transform`` into a model input.
+    string) and ``transform`` into a model input. A dataset scored with another
+    model's classes (ImageNet-R under a 1000-class ImageNet head) carries that
+    ``projection``; ``templates`` names its prompt set.
     """
 
     def __init__(self, samples: Sequence[tuple[Any, int]], classnames: Sequence[str], *,
                  load: Callable[[Any], Any] | None = None,
-                 transform: Callable[[Any], Any] | None = None, name: str = ""):
+                 transform: Callable[[Any], Any] | None = None, name: str = "",
+                 projection: "Projection | None" = None, templates: str | None = None):
         self.samples = list(samples)
         self.classnames = list(classnames)
         self.load = load
         self.transform = transform
         self.name = name
+        self.projection = projection
+        self.templates = templates
+
+    # EvalHooks defaults -------------------------------------------------------------
+    def project_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.projection is None else self.projection(logits)
+
+    def project_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, Score]:
+        return {"top1": accuracy(logits.argmax(dim=1), labels)}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -99,19 +134,21 @@ class Projection:
 
 
 def build_projection(reference: Sequence[str], classnames: Sequence[str],
-                     class_map: dict[str, str | list[str]] | None = None, *, name: str = "") -> Projection:
+                     class_map: dict[str, str | int | list[str | int]] | None = None, *,
+                     name: str = "") -> Projection:
     """Map each of a dataset's classes to reference classes: through ``class_map``
-    (dataset class -> one or more reference class names) or else by equal name."""
+    (dataset class -> one or more reference class names, or integer reference class
+    indices where names repeat, as two ImageNet names do) or else by equal name."""
     index = {c: i for i, c in enumerate(reference)}
     groups = []
     for c in classnames:
         targets = (class_map or {}).get(c, c)
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        missing = [t for t in targets if t not in index]
+        targets = [targets] if isinstance(targets, (str, int)) else list(targets)
+        missing = [t for t in targets if not (t in index or (isinstance(t, int) and 0 <= t < len(reference)))]
         if missing:
             raise DataError(f"dataset {name!r}: class {c!r} maps to {missing[0]!r}, which is not a "
                             "reference class; give a class_map onto the reference class names")
-        groups.append(tuple(index[t] for t in targets))
+        groups.append(tuple(t if isinstance(t, int) else index[t] for t in targets))
     return Projection(tuple(groups))
 
 
@@ -157,7 +194,24 @@ def build_dataset(spec: dict[str, Any], *, name: str = "", base_dir: str | Path 
 
 
 def _fill_registry() -> None:
-    from . import bbc_news, folders  # noqa: F401
+    from . import bbc_news, cifar, folders, imagenet, transfer, video, wilds  # noqa: F401
+
+
+def resource(*parts: str) -> Path:
+    """A file shipped under ``wiseft/resources/datasets``."""
+    return Path(str(resources.files("wiseft").joinpath("resources", "datasets", *parts)))
+
+
+def find_root(root: str | Path, base_dir, *names: str, what: str) -> Path:
+    """``root`` itself or the first of ``root/<name>`` that exists (users point at
+    either the folder a download unpacks to, or its parent)."""
+    path = resolve(root, base_dir)
+    for n in names:
+        if (path / n).is_dir():
+            return path / n
+    if path.is_dir():
+        return path
+    raise DataError(f"{what}: folder {path} does not exist")
 
 
 def resolve(path: str | Path, base_dir: str | Path | None) -> Path:

@@ -1,0 +1,72 @@
+"""Metrics over predictions: accuracy, macro-F1, worst-group accuracy, pm-k.
+
+Each returns a ``Score``: the value and, where it is a proportion of inputs, the
+(correct, total) counts behind it, so records can carry confidence intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Hashable, Mapping, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric value; ``correct``/``total`` when it is a count ratio."""
+
+    value: float
+    correct: int | None = None
+    total: int | None = None
+
+
+def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> Score:
+    """Top-1 accuracy of predicted class indices."""
+    total = int(labels.numel())
+    correct = int((preds == labels).sum())
+    return Score(correct / total if total else 0.0, correct, total)
+
+
+def macro_f1(preds: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] | None = None) -> Score:
+    """F1 averaged over ``classes`` (default: the classes present in ``labels``, as
+    WILDS scores iWildCam); a class never predicted nor present counts 0."""
+    classes = torch.unique(labels).tolist() if classes is None else list(classes)
+    if not classes:
+        return Score(0.0)
+    f1s = []
+    for c in classes:
+        tp = int(((preds == c) & (labels == c)).sum())
+        fp = int(((preds == c) & (labels != c)).sum())
+        fn = int(((preds != c) & (labels == c)).sum())
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return Score(sum(f1s) / len(f1s))
+
+
+def group_accuracies(preds: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> dict[int, Score]:
+    """Accuracy within each group id present in ``groups``."""
+    return {int(g): accuracy(preds[groups == g], labels[groups == g]) for g in torch.unique(groups)}
+
+
+def worst_group_accuracy(preds: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor,
+                         exclude: Sequence[int] = ()) -> Score:
+    """The lowest per-group accuracy over the groups present (minus ``exclude``), with
+    that group's counts."""
+    per = {g: s for g, s in group_accuracies(preds, labels, groups).items() if g not in set(exclude)}
+    if not per:
+        return Score(0.0)
+    return min(per.values(), key=lambda s: s.value)
+
+
+def pm_k_accuracy(pred_by_key: Mapping[Hashable, int],
+                  anchors: Mapping[Hashable, tuple[Collection[int], Sequence[Hashable]]]) -> Score:
+    """pm-k (Shankar et al. 2021): an anchor frame counts as correct only if it and every
+    frame of its neighbourhood are predicted as one of the anchor's labels. ``anchors``
+    maps an anchor key to (labels, neighbour keys), with no neighbours for pm-0; a
+    frame with no prediction (unreadable) makes its anchor wrong."""
+    correct = 0
+    for a, (labels, nbrs) in anchors.items():
+        keys = [a, *nbrs]
+        correct += all(k in pred_by_key and pred_by_key[k] in labels for k in keys)
+    total = len(anchors)
+    return Score(correct / total if total else 0.0, correct, total)
