@@ -1,55 +1,324 @@
 """Evaluation engine for alpha sweeps.
 
-Each evaluation set is decoded and preprocessed once and every alpha runs over that
-cache; with a linear head (frozen encoder) features are computed once and every
-alpha is scored from them, which is exact because the mixed head's logits are the
-mix of the two heads' logits.
+Each evaluation set is decoded and preprocessed once, into an input cache (uint8
+tensors in memory, or in a memory-mapped file when they do not fit), and every alpha
+runs over that cache; with a linear head (frozen encoder) features are computed once
+and every alpha is scored from them, which is exact because the mixed head's logits
+are the mix of the two heads' logits. Unreadable inputs are skipped, counted and
+reported per set; they never stop a sweep.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import tempfile
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
 from .data.base import LabeledDataset, Projection
-from .finetune import autocast, compute_features, device_of, to_device
+from .finetune import device_of, to_device
 from .heads import Classifier
 from .merge import Interpolator, interpolate
+from .metrics import Score
 from .results import Record
+
+log = logging.getLogger("wiseft")
+
+CacheMode = Literal["auto", "memory", "disk"]
+
+
+# ---------------------------------------------------------------------------------------
+# preprocessing split: PIL work once (to uint8), float conversion per batch on the device
+
+
+class _ToUint8:
+    """The PIL part of an eval transform, ending in a uint8 CHW tensor."""
+
+    def __init__(self, pil_steps: Callable[[Any], Any]):
+        self.pil_steps = pil_steps
+
+    def __call__(self, x):
+        img = self.pil_steps(x)
+        if getattr(img, "mode", None) not in ("RGB", "L"):
+            raise ValueError(f"image mode {getattr(img, 'mode', type(img).__name__)!r} cannot be cached as uint8")
+        arr = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+        return (arr.unsqueeze(-1) if arr.ndim == 2 else arr).permute(2, 0, 1).contiguous()
+
+
+class _Finish:
+    """uint8 batch -> model input: exactly what ToTensor and the steps after it do."""
+
+    def __init__(self, tensor_steps: Callable[[torch.Tensor], torch.Tensor]):
+        self.tensor_steps = tensor_steps
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tensor_steps(x.to(torch.get_default_dtype()).div(255))
+
+
+def split_transform(transform) -> tuple[Callable, Callable | None]:
+    """(per-input part, per-batch part) of an eval transform. A torchvision Compose
+    with a ToTensor step splits there, so the cache holds uint8 pixels; anything else
+    is cached as it comes out (per-batch part None)."""
+    from torchvision.transforms import Compose
+
+    steps = getattr(transform, "transforms", None)
+    if isinstance(transform, Compose) and steps:
+        for i, s in enumerate(steps):
+            if type(s).__name__ in ("ToTensor", "MaybeToTensor"):
+                return _ToUint8(Compose(steps[:i])), _Finish(Compose(steps[i + 1:]))
+    return transform, None
+
+
+class _Decode(Dataset):
+    """(index, input or None, label, error) per sample; never raises on bad data."""
+
+    def __init__(self, dataset: LabeledDataset, pre: Callable):
+        self.dataset, self.pre = dataset, pre
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        ref, label = self.dataset.samples[i]
+        try:
+            x = self.dataset.load(ref) if self.dataset.load is not None else ref
+            return i, self.pre(x), label, None
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input, not a crash
+            return i, None, label, f"{ref}: {type(e).__name__}: {e}"
+
+
+def _as_list(batch):
+    return batch
+
+
+# ---------------------------------------------------------------------------------------
+# the input cache
+
+
+@dataclass
+class InputCache:
+    """Preprocessed inputs of one set: a stacked tensor (in memory or on a memory-mapped
+    file) or, for inputs that do not stack (text), a list of collated batches."""
+
+    labels: torch.Tensor
+    index: torch.Tensor  # position in dataset.samples of each kept input
+    skipped: list[str]
+    data: torch.Tensor | None = None
+    batches_: list | None = None
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+    path: Path | None = None
+
+    def batches(self, batch_size: int, device: torch.device | None = None) -> Iterator[tuple[Any, torch.Tensor]]:
+        """(model inputs, labels) batches, moved to ``device`` before finishing."""
+        if self.batches_ is not None:
+            for x, y in self.batches_:
+                yield (to_device(x, device) if device is not None else x), y
+            return
+        for i in range(0, len(self.labels), batch_size):
+            x = self.data[i:i + batch_size]
+            if device is not None:
+                x = x.to(device, non_blocking=True)
+            yield (self.finish(x) if self.finish is not None else x), self.labels[i:i + batch_size]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.data is None else self.data.numel() * self.data.element_size()
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size: int = 256,
+                      num_workers: int | None = None, mode: CacheMode = "auto", cache_dir: str | Path | None = None,
+                      max_memory: int | None = None, progress: bool = True) -> InputCache:
+    """Decode and preprocess every input of ``dataset`` once. ``mode='auto'`` keeps the
+    cache in memory when it takes under ``max_memory`` (default: half the available
+    memory) and otherwise writes a memory-mapped uint8 file under ``cache_dir``."""
+    pre, finish = split_transform(backbone.transform_eval)
+    loader = DataLoader(_Decode(dataset, pre), batch_size=batch_size, collate_fn=_as_list,
+                        num_workers=_workers(num_workers, len(dataset)))
+    n = len(dataset)
+    kept_idx, kept_y, skipped, batches = [], [], [], []
+    data, path, pos = None, None, 0
+    bar = tqdm(total=n, desc=f"decode {dataset.name}", disable=not progress, leave=False)
+    for chunk in loader:
+        good = [(i, x, y) for i, x, y, err in chunk if err is None]
+        skipped += [err for _, x, _, err in chunk if err is not None]
+        bar.update(len(chunk))
+        if not good:
+            continue
+        if not isinstance(good[0][1], torch.Tensor) or batches:  # inputs that do not stack: keep batches
+            batches.append(backbone.collate([(x, y) for _, x, y in good]))
+        else:
+            if data is None:
+                data, path = _allocate(good[0][1], n, mode, cache_dir, max_memory, dataset.name)
+            for i, x, y in good:
+                if x.shape != data.shape[1:]:
+                    skipped.append(f"{dataset.samples[i][0]}: preprocessed shape {tuple(x.shape)} differs from "
+                                   f"{tuple(data.shape[1:])}")
+                    continue
+                data[pos] = x
+                pos += 1
+                kept_idx.append(i)
+                kept_y.append(y)
+            continue
+        kept_idx += [i for i, _, _ in good]
+        kept_y += [y for _, _, y in good]
+    bar.close()
+    cache = InputCache(torch.as_tensor(kept_y, dtype=torch.long), torch.as_tensor(kept_idx, dtype=torch.long),
+                       skipped, data=None if data is None else data[:pos], batches_=batches or None,
+                       finish=finish, path=path)
+    if path is not None:
+        weakref.finalize(cache, _remove, path)
+    return cache
+
+
+def _workers(num_workers: int | None, n: int) -> int:
+    if num_workers is not None:
+        return num_workers
+    return 0 if n < 512 else min(8, os.cpu_count() or 1)
+
+
+def _allocate(example: torch.Tensor, n: int, mode: CacheMode, cache_dir, max_memory, name: str):
+    nbytes = n * example.numel() * example.element_size()
+    budget = max_memory if max_memory is not None else _available_memory() // 2
+    if mode == "memory" or (mode == "auto" and nbytes <= budget):
+        return torch.empty((n, *example.shape), dtype=example.dtype), None
+    directory = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, file = tempfile.mkstemp(prefix=f"wiseft-{name or 'inputs'}-", suffix=".u8", dir=directory)
+    os.close(fd)
+    log.info("input cache for %s: %.1f GiB memory-mapped at %s", name, nbytes / 2**30, file)
+    dtype = torch.empty(0, dtype=example.dtype).numpy().dtype
+    arr = np.memmap(file, dtype=dtype, mode="w+", shape=(n, *example.shape))
+    return torch.from_numpy(arr), Path(file)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation sets
 
 
 @dataclass
 class EvalSet:
     """A dataset scored under a role (reference, shift, validation), with the
-    projection from reference logits onto its classes when they differ."""
+    projection from reference logits onto its classes when they differ (default: the
+    dataset's own, e.g. ImageNet-R's 200 classes of ImageNet)."""
 
     name: str
     role: str
     dataset: LabeledDataset
     projection: Projection | None = None
-    _batches: list | None = field(default=None, repr=False)
+    _cache: InputCache | None = field(default=None, repr=False)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Inputs skipped as unreadable (file and reason), once decoded."""
+        return [] if self._cache is None else self._cache.skipped
+
+    def inputs(self, backbone: Backbone, batch_size: int = 256, *, num_workers: int | None = None,
+               mode: CacheMode = "auto", cache_dir: str | Path | None = None, max_memory: int | None = None,
+               progress: bool = False) -> InputCache:
+        """The set's input cache, built on first use."""
+        if self._cache is None:
+            self._cache = build_input_cache(self.dataset, backbone, batch_size=batch_size,
+                                            num_workers=num_workers, mode=mode, cache_dir=cache_dir,
+                                            max_memory=max_memory, progress=progress)
+            if self._cache.skipped:
+                log.warning("%s: skipped %d unreadable inputs, e.g. %s", self.name, len(self._cache.skipped),
+                            self._cache.skipped[0])
+        return self._cache
 
     def batches(self, backbone: Backbone, batch_size: int, cache: bool = True) -> Iterable:
-        """Collated (inputs, labels) batches with eval preprocessing; decoded once and
-        kept in memory when ``cache`` is set."""
-        if self._batches is not None:
-            return self._batches
-        loader = DataLoader(self.dataset.with_transform(backbone.transform_eval), batch_size=batch_size,
-                            collate_fn=backbone.collate)
+        """Collated (inputs, labels) batches with eval preprocessing (decoded once when
+        ``cache`` is set; otherwise re-read on every pass)."""
         if not cache:
-            return loader
-        self._batches = list(loader)
-        return self._batches
+            return DataLoader(self.dataset.with_transform(backbone.transform_eval), batch_size=batch_size,
+                              collate_fn=backbone.collate)
+        return list(self.inputs(backbone, batch_size).batches(batch_size))
+
+    def project(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.projection is not None:
+            return logits if self.projection.is_identity and logits.shape[1] == len(self.projection.groups) \
+                else self.projection(logits)
+        return self.dataset.project_logits(logits)
+
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, Score]:
+        """Every metric the dataset declares (top-1 first) for reference-space logits."""
+        if index is None:
+            index = torch.arange(len(labels))
+        return self.dataset.metrics(self.project(logits), self.dataset.project_labels(labels), index)
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> int:
-        if self.projection is not None and not self.projection.is_identity:
-            logits = self.projection(logits)
-        return int((logits.argmax(dim=1) == labels).sum())
+        """Top-1 correct count."""
+        return int((self.project(logits).argmax(dim=1) == self.dataset.project_labels(labels)).sum())
+
+
+# ---------------------------------------------------------------------------------------
+# numerics
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """bf16 where the device has it (CUDA, or a CPU with native bf16), else fp32 with a warning."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("this CPU has no native bf16; evaluating in fp32")
+        return "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def numerics(precision: str, device: torch.device):
+    """bf16 autocast, or deterministic fp32 (no TF32, deterministic kernels)."""
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
+        torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
 
 
 @torch.no_grad()
@@ -57,50 +326,133 @@ def predict_logits(model: Classifier, batches: Iterable, precision: str = "fp32"
     """Logits (N, C) in fp32 and labels (N,) for every batch."""
     model.eval()
     device = device_of(model)
+    precision = resolve_precision(precision, device)
     out, labels = [], []
-    for inputs, y in batches:
-        with autocast(device, precision):
+    with numerics(precision, device):
+        for inputs, y in batches:
             out.append(model(to_device(inputs, device)).float().cpu())
-        labels.append(y)
+            labels.append(y)
     return torch.cat(out), torch.cat(labels)
 
 
+@torch.no_grad()
+def _cached_outputs(fn: Callable, cache: InputCache, batch_size: int, device: torch.device, precision: str,
+                    limit: int | None = None) -> torch.Tensor:
+    out, seen = [], 0
+    with numerics(precision, device):
+        for x, _ in cache.batches(batch_size, device):
+            out.append(fn(x).float().cpu())
+            seen += len(out[-1])
+            if limit is not None and seen >= limit:
+                break
+    return torch.cat(out)[:limit] if out else torch.empty(0)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation and sweeps
+
+
 def evaluate(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone, *, batch_size: int = 256,
-             precision: str = "fp32", cache: bool = True) -> dict[str, tuple[int, int]]:
+             precision: str = "fp32", cache: bool | CacheMode = True, num_workers: int | None = None,
+             progress: bool = False) -> dict[str, tuple[int, int]]:
     """(correct, total) top-1 counts per evaluation set for one model."""
     counts = {}
     for es in evalsets:
-        logits, labels = predict_logits(model, es.batches(backbone, batch_size, cache), precision)
-        counts[es.name] = (es.score(logits, labels), len(labels))
+        scores = _evaluate_set(model, es, backbone, batch_size, resolve_precision(precision, device_of(model)),
+                               cache, num_workers, progress)[0]
+        counts[es.name] = (scores["top1"].correct, scores["top1"].total)
     return counts
+
+
+def _evaluate_set(model, es: EvalSet, backbone, batch_size, precision, cache, num_workers, progress,
+                  cache_dir=None) -> tuple[dict[str, Score], torch.Tensor]:
+    model.eval()
+    device = device_of(model)
+    if cache is False:  # the naive path: decode again, as the reference implementation does
+        logits, labels = predict_logits(model, es.batches(backbone, batch_size, cache=False), precision)
+        return es.scores(logits, labels), logits
+    c = es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache is True else cache,
+                  cache_dir=cache_dir, progress=progress)
+    logits = _cached_outputs(model, c, batch_size, device, precision)
+    return es.scores(logits, c.labels, c.index), logits
 
 
 def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tensor],
           evalsets: Sequence[EvalSet], alphas: Sequence[float], backbone: Backbone, *,
           model_name: str = "finetuned", linear: bool = False, batch_size: int = 256,
-          precision: str = "fp32", cache: bool = True, allow_extrapolation: bool = False,
-          provenance: dict[str, Any] | None = None, progress: bool = True) -> list[Record]:
-    """Top-1 records for every (alpha, evaluation set). ``model`` is used as the
-    workspace: its weights are overwritten with each theta_alpha in turn.
+          precision: str = "fp32", cache: bool | CacheMode = True, allow_extrapolation: bool = False,
+          provenance: dict[str, Any] | None = None, progress: bool = True, num_workers: int | None = None,
+          cache_dir: str | Path | None = None, fp32_check: int = 512) -> list[Record]:
+    """Records of every metric for every (alpha, evaluation set). ``model`` is used as the
+    workspace: its weights are overwritten with each theta_alpha in turn. Inputs are
+    decoded once per set (``cache``: True/'auto', 'memory', 'disk', or False for the
+    naive re-decoding loop). With ``precision='bf16'`` the first alpha is also run in
+    fp32 on up to ``fp32_check`` inputs per set and the top-1 difference is logged and
+    stored in the records' provenance (``bf16_check``).
 
     Example:
         >>> records = sweep(model, zs_state, ft_state, [test, sketch], [0, 0.5, 1], backbone)
     """
-    provenance = dict(provenance or {})
-    counts: dict[float, dict[str, tuple[int, int]]] = {}
-    interp = Interpolator(theta_0, theta_1, allow_extrapolation=allow_extrapolation)
+    device = device_of(model)
+    precision = resolve_precision(precision, device)
     if linear and _same_encoder(theta_0, theta_1):
-        counts = _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size,
-                               precision, allow_extrapolation, progress)
+        scores, checks = _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size,
+                                       precision, allow_extrapolation, progress, cache, num_workers,
+                                       cache_dir, fp32_check)
     else:
-        for alpha in tqdm(alphas, desc=f"alpha sweep ({model_name})", disable=not progress):
-            interp.load_into(model, alpha)
-            counts[alpha] = evaluate(model, evalsets, backbone, batch_size=batch_size,
-                                     precision=precision, cache=cache)
-    roles = {es.name: es.role for es in evalsets}
-    return [Record(model=model_name, alpha=float(a), dataset=name, role=roles[name], metric="top1",
-                   value=c / t if t else 0.0, correct=c, total=t, provenance=provenance)
-            for a in alphas for name, (c, t) in counts[a].items()]
+        scores, checks = _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size, precision,
+                                     allow_extrapolation, progress, cache, num_workers, cache_dir, fp32_check,
+                                     model_name)
+    return _records(scores, evalsets, alphas, model_name, dict(provenance or {}), checks)
+
+
+def _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size, precision, allow_extrapolation,
+                progress, cache, num_workers, cache_dir, fp32_check, model_name):
+    interp = Interpolator(theta_0, theta_1, allow_extrapolation=allow_extrapolation)
+    if cache is not False:  # decode everything before the first alpha, once
+        for es in evalsets:
+            es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache is True else cache,
+                      cache_dir=cache_dir, progress=progress)
+    scores: dict[float, dict[str, dict[str, Score]]] = {}
+    checks: dict[str, dict] = {}
+    for k, alpha in enumerate(tqdm(alphas, desc=f"alpha sweep ({model_name})", disable=not progress)):
+        interp.load_into(model, alpha)
+        scores[alpha] = {}
+        for es in evalsets:
+            scores[alpha][es.name], logits = _evaluate_set(model, es, backbone, batch_size, precision, cache,
+                                                           num_workers, False, cache_dir)
+            if k == 0 and precision == "bf16" and fp32_check and cache is not False:
+                c = es._cache
+                ref = _cached_outputs(model, c, batch_size, device_of(model), "fp32", limit=fp32_check)
+                checks[es.name] = _compare(es, logits[:len(ref)], ref, c, alpha)
+    return scores, checks
+
+
+def _compare(es: EvalSet, low: torch.Tensor, ref: torch.Tensor, c: InputCache, alpha: float) -> dict:
+    labels, index = c.labels[:len(ref)], c.index[:len(ref)]
+    top_low, top_ref = es.scores(low, labels, index)["top1"], es.scores(ref, labels, index)["top1"]
+    check = {"alpha": float(alpha), "n": len(ref), "top1_bf16": top_low.value, "top1_fp32": top_ref.value,
+             "top1_diff": top_low.value - top_ref.value,
+             "agreement": float((es.project(low).argmax(1) == es.project(ref).argmax(1)).float().mean())}
+    log.info("%s: bf16 vs fp32 on %d inputs: top-1 %+.4f, prediction agreement %.4f", es.name, len(ref),
+             check["top1_diff"], check["agreement"])
+    return check
+
+
+def _records(scores, evalsets, alphas, model_name, provenance, checks) -> list[Record]:
+    records = []
+    for a in alphas:
+        for es in evalsets:
+            prov = dict(provenance)
+            if es.skipped:
+                prov["skipped_inputs"] = len(es.skipped)
+            if es.name in checks:
+                prov["bf16_check"] = checks[es.name]
+            for metric, s in scores[a][es.name].items():
+                records.append(Record(model=model_name, alpha=float(a), dataset=es.name, role=es.role,
+                                      metric=metric, value=s.value, correct=s.correct, total=s.total,
+                                      provenance=prov))
+    return records
 
 
 def _same_encoder(theta_0, theta_1) -> bool:
@@ -108,17 +460,28 @@ def _same_encoder(theta_0, theta_1) -> bool:
 
 
 def _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size, precision,
-                  allow_extrapolation, progress):
+                  allow_extrapolation, progress, cache, num_workers, cache_dir, fp32_check):
     """Features once per set, then every alpha from the mixed head."""
     head_0 = {k[5:]: v for k, v in theta_0.items() if k.startswith("head.")}
     head_1 = {k[5:]: v for k, v in theta_1.items() if k.startswith("head.")}
-    counts: dict[float, dict[str, tuple[int, int]]] = {a: {} for a in alphas}
+    heads = {a: interpolate(head_0, head_1, a, allow_extrapolation=allow_extrapolation) for a in alphas}
+    scores: dict[float, dict[str, dict[str, Score]]] = {a: {} for a in alphas}
+    checks: dict[str, dict] = {}
     Interpolator(theta_0, theta_1).load_into(model, 0.0)  # the shared encoder
+    model.eval()
+    device = device_of(model)
+    encode = lambda x: F.normalize(model.encoder(x).float(), dim=-1)  # noqa: E731
     for es in evalsets:
-        feats, labels = compute_features(model.encoder, es.dataset, backbone, batch_size,
-                                         precision=precision, progress=progress)
+        c = es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache in (True, False) else cache,
+                      cache_dir=cache_dir, progress=progress)
+        feats = _cached_outputs(encode, c, batch_size, device, precision)
         for a in alphas:
-            head = interpolate(head_0, head_1, a, allow_extrapolation=allow_extrapolation)
-            logits = feats @ head["weight"].float().T + head["bias"].float()
-            counts[a][es.name] = (es.score(logits, labels), len(labels))
-    return counts
+            head = heads[a]
+            scores[a][es.name] = es.scores(feats @ head["weight"].float().cpu().T + head["bias"].float().cpu(),
+                                           c.labels, c.index)
+        if precision == "bf16" and fp32_check:
+            ref = _cached_outputs(encode, c, batch_size, device, "fp32", limit=fp32_check)
+            h = heads[alphas[0]]
+            mix = lambda f: f @ h["weight"].float().cpu().T + h["bias"].float().cpu()  # noqa: E731
+            checks[es.name] = _compare(es, mix(feats[:len(ref)]), mix(ref), c, alphas[0])
+    return scores, checks
