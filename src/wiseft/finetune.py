@@ -1,35 +1,42 @@
-"""Fine-tuning: end-to-end, or the linear head on a frozen encoder.
+"""Fine-tuning: end-to-end, the linear head on a frozen encoder, or LP-FT.
 
 Defaults are the paper's ImageNet recipe: AdamW, lr 3e-5, weight decay 0.1 on every
 parameter, batch 512, 10 epochs, 500 warmup steps then per-step cosine decay,
-gradient clipping at 1.0.
+gradient clipping at 1.0. The training engine lives in :mod:`wiseft.train`; this
+module holds its configuration and the ``finetune`` entry point.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
 from .data.base import LabeledDataset
 from .heads import Classifier
+from .runtime import autocast, device_of, to_device
+
+__all__ = ["FinetuneConfig", "finetune", "cosine_lr", "compute_features", "autocast", "device_of", "to_device"]
 
 
 class FinetuneConfig(BaseModel):
-    """How to fine-tune; every field has the paper's default."""
+    """How to fine-tune; every field has the paper's default (or is off by default).
+
+    ``batch_size`` is the global batch: per-device batch x devices x accumulation
+    steps. ``micro_batch_size`` sets the per-device batch of one forward pass; the
+    accumulation steps follow from it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["e2e", "linear"] = "e2e"
+    mode: Literal["e2e", "linear", "lp-ft"] = "e2e"
     lr: float = Field(3e-5, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     batch_size: int = Field(512, ge=1)
@@ -39,7 +46,37 @@ class FinetuneConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # scale: devices, accumulation, memory, speed
+    micro_batch_size: int | None = Field(None, ge=1)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
+    # the paper's alternatives to compare against WiSE-FT
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    l2_to_zeroshot: float = Field(0.0, ge=0)
+    weight_decay_exclusions: bool = False
+    lp_epochs: int | None = Field(None, ge=1)
+    lp_lr: float | None = Field(None, gt=0)
+    # low-data regime
+    shots_per_class: int | None = Field(None, ge=1)
+    shots_seed: int = 0
+    # checkpoints and logs
+    save_every_steps: int | None = Field(500, ge=1)
+    keep_last: int = Field(2, ge=1)
+    keep_epoch_checkpoints: bool = True
+    log_every_steps: int = Field(1, ge=1)
+    tensorboard: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.deterministic and self.precision != "fp32":
+            raise ValueError("deterministic: needs precision fp32")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
+        return self
 
 
 def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -50,98 +87,23 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base_lr
 
 
-def device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def to_device(inputs, device: torch.device):
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device, non_blocking=True)
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig,
-             *, log_path: str | Path | None = None, progress: bool = True) -> Classifier:
+def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig, *,
+             log_path: str | Path | None = None, progress: bool = True,
+             checkpoint_dir: str | Path | None = None, resume: bool | str | Path = False) -> Classifier:
     """A fine-tuned copy of ``model`` (the input is left untouched).
+
+    Runs on every process of a ``torchrun`` launch (DDP or FSDP over the initialised
+    process group) and returns the full fine-tuned model on each. With
+    ``checkpoint_dir`` it writes resumable checkpoints there; ``resume=True``
+    continues from the latest one (or a given checkpoint file).
 
     Example:
         >>> ft = finetune(zeroshot_model, train_set, backbone, FinetuneConfig(epochs=1))
     """
-    torch.manual_seed(cfg.seed)
-    tuned = copy.deepcopy(model)
-    if cfg.mode == "linear":
-        feats, labels = compute_features(tuned.encoder, train, backbone, cfg.batch_size, progress=progress)
-        _train_linear(tuned.head, feats, labels, cfg, log_path, progress)
-    else:
-        _train_e2e(tuned, train, backbone, cfg, log_path, progress)
-    tuned.eval()
-    return tuned
+    from .train.engine import run_finetune
 
-
-def _optimizer(params, cfg: FinetuneConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _step(model_params, loss, opt, cfg: FinetuneConfig, step: int, total: int) -> float:
-    lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, total)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model_params, cfg.grad_clip)
-    opt.step()
-    return lr
-
-
-def _train_e2e(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig,
-               log_path, progress: bool) -> None:
-    device = device_of(model)
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train.with_transform(backbone.transform_train), batch_size=cfg.batch_size,
-                        shuffle=True, generator=g, collate_fn=backbone.collate,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    total = cfg.epochs * len(loader)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(params, cfg)
-    model.train()
-    step = 0
-    with _Log(log_path) as log, tqdm(total=total, desc=f"fine-tune ({cfg.mode})", disable=not progress) as bar:
-        for epoch in range(cfg.epochs):
-            for inputs, labels in loader:
-                with autocast(device, cfg.precision):
-                    logits = model(to_device(inputs, device))
-                loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=cfg.label_smoothing)
-                lr = _step(params, loss, opt, cfg, step, total)
-                log.write(step=step, epoch=epoch, loss=loss.item(), lr=lr)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update()
-                step += 1
-
-
-def _train_linear(head: torch.nn.Linear, feats: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig,
-                  log_path, progress: bool) -> None:
-    g = torch.Generator().manual_seed(cfg.seed)
-    steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    opt = _optimizer(head.parameters(), cfg)
-    device = head.weight.device
-    step = 0
-    with _Log(log_path) as log, tqdm(total=total, desc="fine-tune (linear)", disable=not progress) as bar:
-        for epoch in range(cfg.epochs):
-            perm = torch.randperm(len(labels), generator=g)
-            for i in range(0, len(labels), cfg.batch_size):
-                idx = perm[i:i + cfg.batch_size]
-                logits = head(feats[idx].to(device))
-                loss = F.cross_entropy(logits, labels[idx].to(device), label_smoothing=cfg.label_smoothing)
-                lr = _step(list(head.parameters()), loss, opt, cfg, step, total)
-                log.write(step=step, epoch=epoch, loss=loss.item(), lr=lr)
-                bar.update()
-                step += 1
+    return run_finetune(model, train, backbone, cfg, log_path=log_path, progress=progress,
+                        checkpoint_dir=checkpoint_dir, resume=resume)
 
 
 @torch.no_grad()
@@ -162,21 +124,3 @@ def compute_features(encoder: torch.nn.Module, dataset: LabeledDataset, backbone
         labels.append(y)
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
-
-
-class _Log:
-    """Training log as JSON lines (or nothing when no path is given)."""
-
-    def __init__(self, path):
-        self.f = open(path, "a", encoding="utf-8") if path else None
-
-    def __enter__(self):
-        return self
-
-    def write(self, **row) -> None:
-        if self.f:
-            self.f.write(json.dumps(row) + "\n")
-
-    def __exit__(self, *exc):
-        if self.f:
-            self.f.close()

@@ -1,0 +1,129 @@
+"""Resumable training checkpoints, written atomically (temporary file, then ``os.replace``).
+
+A checkpoint holds the model, optimizer, EMA and grad-scaler state, every rank's RNG
+states, the data position (optimizer steps done) and the config. Files are
+``step_00001000.pt`` (the last ``keep_last`` kept) and ``epoch_003_step_00003000.pt`` (all kept),
+read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "wiseft-train-1"
+_NAME = re.compile(r"^(?:epoch_(\d+)_)?step_(\d+)\.pt$")
+# fields that change the trajectory of a run; a resume must not change them
+TRAJECTORY_FIELDS = ("mode", "lr", "weight_decay", "batch_size", "epochs", "warmup_steps", "grad_clip",
+                     "label_smoothing", "seed", "precision", "ema_decay", "l2_to_zeroshot",
+                     "weight_decay_exclusions", "lp_epochs", "lp_lr", "shots_per_class", "shots_seed")
+
+
+class ResumeError(ValueError):
+    """A checkpoint cannot continue this run; the message names the file and field."""
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU and CUDA, Python, NumPy) as plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class CheckpointDir:
+    """The checkpoints of one training stage in one folder."""
+
+    def __init__(self, root: str | Path, keep_last: int = 2, keep_epochs: bool = True):
+        self.root, self.keep_last, self.keep_epochs = Path(root), keep_last, keep_epochs
+
+    def list(self) -> list[tuple[int, str, Path]]:
+        """(steps done, kind, path), oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            m = _NAME.match(p.name)
+            if m:
+                found.append((int(m[2]), "epoch" if m[1] else "step", p))
+        return sorted(found, key=lambda t: (t[0], t[1] == "step"))
+
+    def latest(self) -> Path | None:
+        found = self.list()
+        return found[-1][2] if found else None
+
+    def save(self, state: dict[str, Any], step: int, epoch: int | None) -> Path:
+        """Write the state after ``step`` optimizer steps; ``epoch`` set at an epoch's end."""
+        if epoch is not None and self.keep_epochs:
+            path = atomic_save(state, self.root / f"epoch_{epoch:03d}_step_{step:08d}.pt")
+        else:
+            path = atomic_save(state, self.root / f"step_{step:08d}.pt")
+        steps = [p for _, kind, p in self.list() if kind == "step"]
+        for old in steps[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ResumeError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ResumeError(f"{path} is not a wiseft training checkpoint")
+    return state
+
+
+def check_compatible(state: dict[str, Any], config: dict[str, Any], stage: str, path: Path) -> None:
+    """Raise naming the first trajectory field where ``config`` differs from the checkpoint's."""
+    if state.get("stage") != stage:
+        raise ResumeError(f"{path} belongs to stage {state.get('stage')!r}, not {stage!r}")
+    saved = state.get("config", {})
+    for key in TRAJECTORY_FIELDS:
+        if key in saved and saved[key] != config.get(key):
+            raise ResumeError(f"cannot resume from {path}: finetune.{key} was {saved[key]!r} there, "
+                              f"now {config.get(key)!r}")

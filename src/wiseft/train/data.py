@@ -1,0 +1,158 @@
+"""Training data: k-shot subsets, per-sample seeded augmentation, and the global-batch plan.
+
+Every optimizer step consumes one global batch taken in order from a per-epoch
+permutation seeded by ``(seed, epoch)``. The batch is split into ``world x accum``
+micro-batches; rank ``r`` takes micro-batches ``r*accum ... r*accum+accum-1``. A
+sample's augmentation is seeded by ``(seed, epoch, index)``. So the data a step sees
+depends only on the step number, never on the number of processes, workers, or
+where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..data.base import DataError, LabeledDataset
+
+
+def kshot_subset(dataset: LabeledDataset, shots: int, seed: int = 0) -> LabeledDataset:
+    """``shots`` samples per class, drawn with a fixed seed (the same seed gives the same subset).
+
+    Example:
+        >>> train_16 = kshot_subset(train, 16, seed=0)
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(dataset.labels):
+        by_class.setdefault(y, []).append(i)
+    g = torch.Generator().manual_seed(seed)
+    keep: list[int] = []
+    for y in range(len(dataset.classnames)):
+        idx = by_class.get(y, [])
+        if len(idx) < shots:
+            raise DataError(f"dataset {dataset.name!r}: class {dataset.classnames[y]!r} has {len(idx)} "
+                            f"samples, fewer than shots_per_class={shots}")
+        keep += [idx[j] for j in torch.randperm(len(idx), generator=g)[:shots].tolist()]
+    return dataset.subset(sorted(keep))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 2_147_483_629 + index) % (2 ** 63)
+
+
+class SeededSamples(Dataset):
+    """Indexed by ``(epoch, i)``: ``base[i]`` with torch's and Python's RNGs seeded per
+    sample for the duration of the call (the caller's RNG state is restored)."""
+
+    def __init__(self, base: Dataset, seed: int, seeded: bool = True):
+        self.base, self.seed, self.seeded = base, seed, seeded
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        if not self.seeded:
+            return self.base[i]
+        torch_state, py_state = torch.get_rng_state(), random.getstate()
+        s = sample_seed(self.seed, epoch, i)
+        torch.manual_seed(s)
+        random.seed(s)
+        try:
+            return self.base[i]
+        finally:
+            torch.set_rng_state(torch_state)
+            random.setstate(py_state)
+
+
+class TensorSamples(Dataset):
+    """(features[i], labels[i]) pairs: the linear head's training set."""
+
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor):
+        self.feats, self.labels = feats, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.feats[i], self.labels[i]
+
+
+def stack_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*batch)
+    return torch.stack(xs), torch.stack([torch.as_tensor(y) for y in ys]).long()
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One forward/backward of one rank: sample indices and the loss weight per sample
+    (``world / global batch size``; 0 for a placeholder that keeps ranks in step)."""
+
+    indices: tuple[int, ...]
+    weight: float
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which samples every step of every epoch uses, for one rank."""
+
+    num_samples: int
+    batch_size: int
+    micro_batches: int  # world * accum
+    rank: int
+    accum: int
+    seed: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples, generator=g)
+
+    def step(self, perm: torch.Tensor, step_in_epoch: int) -> list[MicroBatch]:
+        """This rank's ``accum`` micro-batches of one step of an epoch."""
+        batch = perm[step_in_epoch * self.batch_size:(step_in_epoch + 1) * self.batch_size]
+        chunks = torch.tensor_split(batch, self.micro_batches)
+        world = self.micro_batches // self.accum
+        out = []
+        for chunk in chunks[self.rank * self.accum:(self.rank + 1) * self.accum]:
+            if len(chunk):
+                out.append(MicroBatch(tuple(chunk.tolist()), world / len(batch)))
+            else:  # a short last batch: run one sample with weight 0 so every rank syncs
+                out.append(MicroBatch((int(batch[0]),), 0.0))
+        return out
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[list[MicroBatch]]:
+        perm = self.permutation(epoch)
+        for s in range(start_step, self.steps_per_epoch):
+            yield self.step(perm, s)
+
+
+class PlanSampler(Sampler):
+    """Batch sampler over ``(epoch, index)`` keys for one epoch of a :class:`BatchPlan`."""
+
+    def __init__(self, plan: BatchPlan, epoch: int, start_step: int = 0):
+        self.plan, self.epoch_, self.start = plan, epoch, start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for micro in self.plan.epoch(self.epoch_, self.start):
+            for mb in micro:
+                yield [(self.epoch_, i) for i in mb.indices]
+
+    def __len__(self) -> int:
+        return (self.plan.steps_per_epoch - self.start) * self.plan.accum
+
+
+def resolve_batch(batch_size: int, micro_batch_size: int | None, world: int) -> tuple[int, int]:
+    """(per-device micro-batch, accumulation steps) with micro x world x accum = batch_size."""
+    micro = micro_batch_size or batch_size // world
+    if micro < 1 or batch_size % (micro * world):
+        raise ValueError(f"batch_size {batch_size} is not micro_batch_size {micro} x {world} devices x "
+                         "an integer number of accumulation steps; change batch_size or micro_batch_size")
+    return micro, batch_size // (micro * world)

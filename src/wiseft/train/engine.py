@@ -1,0 +1,168 @@
+"""Fine-tuning modes on top of the loop: end-to-end, linear head on frozen features,
+and LP-FT (linear probe, then end-to-end from the probed head)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..backbones.base import Backbone
+from ..data.base import LabeledDataset
+from ..finetune import FinetuneConfig, compute_features
+from ..heads import Classifier
+from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
+from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
+from .distributed import current
+from .logs import MetricLog
+from .loop import Stage, Trainer
+
+log = logging.getLogger("wiseft")
+
+
+def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig, *,
+                 log_path=None, progress: bool = True, checkpoint_dir=None,
+                 resume: bool | str | Path = False) -> Classifier:
+    """See :func:`wiseft.finetune.finetune`."""
+    info = current()
+    if cfg.shots_per_class:
+        train = kshot_subset(train, cfg.shots_per_class, cfg.shots_seed)
+    root = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if root is not None and not resume and any(root.glob("*/*.pt")):
+        raise ResumeError(f"{root} already holds training checkpoints: resume, or choose an empty folder")
+    tb = None
+    if cfg.tensorboard and info.main:
+        tb = (Path(log_path).with_suffix("") if log_path else (root or Path("runs")) / "tensorboard")
+    metrics = MetricLog(log_path if info.main else None, tensorboard_dir=tb)
+    ctx = _Context(cfg, backbone, root, resume, metrics, progress)
+    try:
+        with deterministic(cfg.deterministic):
+            torch.manual_seed(cfg.seed + info.rank)
+            tuned = copy.deepcopy(model)
+            if cfg.mode in ("linear", "lp-ft"):
+                _fit_linear(tuned, train, ctx, "linear" if cfg.mode == "linear" else "lp")
+            if cfg.mode in ("e2e", "lp-ft"):
+                _fit_e2e(tuned, train, ctx, "e2e" if cfg.mode == "e2e" else "ft")
+    finally:
+        metrics.close()
+    tuned.eval()
+    return tuned
+
+
+class _Context:
+    def __init__(self, cfg, backbone, root, resume, metrics, progress):
+        self.cfg, self.backbone, self.root, self.resume = cfg, backbone, root, resume
+        self.metrics, self.progress = metrics, progress
+
+    def checkpoints(self, stage: str) -> CheckpointDir | None:
+        if self.root is None:
+            return None
+        return CheckpointDir(self.root / stage, self.cfg.keep_last, self.cfg.keep_epoch_checkpoints)
+
+    def resume_path(self, stage: str) -> Path | None:
+        """The checkpoint a stage continues from, if any."""
+        if not self.resume:
+            return None
+        if isinstance(self.resume, (str, Path)) and not isinstance(self.resume, bool):
+            path = Path(self.resume)
+            if load_checkpoint(path)["stage"] == stage:
+                return path
+        ckpts = self.checkpoints(stage)
+        return ckpts.latest() if ckpts is not None else None
+
+    def trainer(self, module, dataset, collate, stage: Stage) -> Trainer:
+        return Trainer(module, dataset, collate, self.cfg, stage, checkpoints=self.checkpoints(stage.name),
+                       metrics=self.metrics, progress=self.progress)
+
+
+def _fit_linear(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str) -> None:
+    cfg = ctx.cfg
+    micro, _ = resolve_batch(cfg.batch_size, cfg.micro_batch_size, current().world)
+    feats, labels = sharded_features(tuned.encoder, train, ctx.backbone, micro, cfg, ctx.progress)
+    epochs, lr = (cfg.epochs, cfg.lr) if name == "linear" else (cfg.lp_epochs or cfg.epochs, cfg.lp_lr or cfg.lr)
+    stage = Stage(name, epochs, lr, augment=False)
+    _fit(tuned.head, TensorSamples(feats, labels), stack_collate, ctx, stage)
+
+
+def _fit_e2e(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str) -> None:
+    cfg = ctx.cfg
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(tuned.encoder)
+    stage = Stage(name, cfg.epochs, cfg.lr, augment=True)
+    _fit(tuned, train.with_transform(ctx.backbone.transform_train), ctx.backbone.collate, ctx, stage)
+
+
+def _fit(module: torch.nn.Module, dataset, collate, ctx: _Context, stage: Stage) -> None:
+    """Train ``module`` in place; under FSDP a sharded copy trains and its full weights come back."""
+    sharded = ctx.cfg.parallel == "fsdp" and current().enabled
+    work = copy.deepcopy(module) if sharded else module
+    trainer = ctx.trainer(work, dataset, collate, stage)
+    trainer.fit(ctx.resume_path(stage.name))
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        module.load_state_dict(get_model_state_dict(work, options=StateDictOptions(full_state_dict=True)))
+
+
+def sharded_features(encoder: torch.nn.Module, train: LabeledDataset, backbone: Backbone, batch_size: int,
+                     cfg: FinetuneConfig, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compute_features`` over the whole set, each process encoding every world-th sample."""
+    info = current()
+    kw = dict(precision=cfg.precision, num_workers=cfg.num_workers, progress=progress and info.main)
+    if not info.enabled:
+        return compute_features(encoder, train, backbone, batch_size, **kw)
+    n = len(train)
+    feats, labels = compute_features(encoder, train.subset(range(info.rank, n, info.world)), backbone,
+                                     batch_size, **kw)
+    rows = -(-n // info.world)
+    device = next(encoder.parameters()).device
+    both = torch.zeros(rows, feats.shape[1] + 1, device=device)
+    both[:len(labels), :-1] = feats.to(device)
+    both[:len(labels), -1] = labels.to(device).float()
+    out = [torch.empty_like(both) for _ in range(info.world)]
+    dist.all_gather(out, both)
+    full = torch.empty(n, feats.shape[1] + 1)
+    for r, part in enumerate(out):
+        full[r::info.world] = part[:len(range(r, n, info.world))].cpu()
+    return full[:, :-1].contiguous(), full[:, -1].long()
+
+
+def enable_grad_checkpointing(encoder: torch.nn.Module) -> None:
+    """Activation checkpointing through the model family's own switch (open_clip's
+    ``set_grad_checkpointing``, Hugging Face's ``gradient_checkpointing_enable``)."""
+    for m in encoder.modules():
+        if hasattr(m, "set_grad_checkpointing"):
+            m.set_grad_checkpointing(True)
+            return
+        if hasattr(m, "gradient_checkpointing_enable"):
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+    raise ValueError(f"grad_checkpointing: {type(encoder).__name__} offers no activation checkpointing switch")
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool):
+    """Deterministic kernels and no TF32 for the duration (fp32 runs that repeat exactly)."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[3], saved[4]
+        if saved[5] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

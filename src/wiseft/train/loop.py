@@ -1,0 +1,236 @@
+"""The training loop: one stage (a module, a dataset, a number of epochs), on one
+process or many, resumable at any optimizer step."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..finetune import FinetuneConfig, cosine_lr
+from ..runtime import autocast, device_of, to_device
+from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_compatible, load_checkpoint, rng_state, \
+    set_rng_state
+from .data import BatchPlan, MicroBatch, PlanSampler, SeededSamples, resolve_batch
+from .distributed import all_gather_objects, all_reduce_sum, current, wrap_model
+from .logs import MetricLog
+from .methods import EMA, ZeroShotL2, param_groups
+
+log = logging.getLogger("wiseft")
+# test hook: SIGKILL this process right after the given optimizer step (fault-tolerance tests)
+KILL_ENV = "WISEFT_FAULT_KILL_AFTER_STEP"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of fine-tuning: its name, length, peak learning rate, and whether
+    samples get seeded random augmentation."""
+
+    name: str
+    epochs: int
+    lr: float
+    augment: bool = True
+
+
+class Trainer:
+    """Trains ``module`` in place on ``dataset`` for one stage.
+
+    Example:
+        >>> Trainer(model, train_set, collate, cfg, Stage("e2e", 10, 3e-5)).fit()
+    """
+
+    def __init__(self, module: torch.nn.Module, dataset: Dataset, collate: Callable, cfg: FinetuneConfig,
+                 stage: Stage, *, checkpoints: CheckpointDir | None = None, metrics: MetricLog | None = None,
+                 progress: bool = True):
+        self.cfg, self.stage, self.collate = cfg, stage, collate
+        self.info, self.device = current(), device_of(module)
+        self.checkpoints, self.metrics, self.progress = checkpoints, metrics or MetricLog(None), progress
+        micro, self.accum = resolve_batch(cfg.batch_size, cfg.micro_batch_size, self.info.world)
+        self.plan = BatchPlan(len(dataset), cfg.batch_size, self.info.world * self.accum, self.info.rank,
+                              self.accum, cfg.seed)
+        self.total = stage.epochs * self.plan.steps_per_epoch
+        self.data = SeededSamples(dataset, cfg.seed, stage.augment)
+        if cfg.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            module.compile()
+        self.module = module
+        self.model = wrap_model(module, cfg.parallel, self.device)
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.opt = torch.optim.AdamW(param_groups(module, cfg.weight_decay, cfg.weight_decay_exclusions),
+                                     lr=stage.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.ema = EMA(named, cfg.ema_decay) if cfg.ema_decay else None
+        self.l2 = ZeroShotL2(self.params, cfg.l2_to_zeroshot) if cfg.l2_to_zeroshot > 0 else None
+        self.step = 0
+        log.info("%s: %d samples, global batch %d = %d per device x %d devices x %d accumulation, %d steps",
+                 stage.name, len(dataset), cfg.batch_size, micro, self.info.world, self.accum, self.total)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything needed to continue after ``self.step`` steps (all ranks must call)."""
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, optim_sd = get_state_dict(self.model, self.opt, options=opts)
+        return {"format": FORMAT, "stage": self.stage.name, "step": self.step, "total_steps": self.total,
+                "model": model_sd, "optimizer": optim_sd, "ema": self.ema.state_dict() if self.ema else None,
+                "scaler": self.scaler.state_dict(), "rng": all_gather_objects(rng_state()),
+                "config": self.cfg.model_dump(mode="json"), "world_size": self.info.world}
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        check_compatible(state, self.cfg.model_dump(mode="json"), self.stage.name, path)
+        if state["total_steps"] != self.total:
+            raise ResumeError(f"cannot resume from {path}: it plans {state['total_steps']} steps, this run "
+                              f"{self.total} (did the training set change?)")
+        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True))
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        if len(state["rng"]) == self.info.world:
+            set_rng_state(state["rng"][self.info.rank])
+        else:
+            log.warning("resuming on %d processes from %d: RNG streams are re-seeded", self.info.world,
+                        len(state["rng"]))
+            torch.manual_seed(self.cfg.seed + 7919 * state["step"] + self.info.rank)
+        self.step = state["step"]
+        self.metrics.truncate(self.stage.name, self.step)
+        log.info("%s: resumed from %s at step %d of %d", self.stage.name, path, self.step, self.total)
+
+    def save(self, epoch_end: int | None) -> None:
+        state = self.state()
+        if self.info.main and self.checkpoints is not None:
+            self.checkpoints.save(state, self.step, epoch_end)
+
+    # -- training ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _grad_sync(self, enabled: bool):
+        if enabled or not self.info.enabled:
+            yield
+        elif hasattr(self.model, "no_sync"):
+            with self.model.no_sync():
+                yield
+        else:  # FSDP2
+            self.model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(True)
+
+    def _micro_step(self, inputs, labels, mb: MicroBatch, sync: bool) -> torch.Tensor:
+        with self._grad_sync(sync):
+            with autocast(self.device, self.cfg.precision):
+                logits = self.model(to_device(inputs, self.device, channels_last=self.cfg.channels_last))
+            loss = F.cross_entropy(logits.float(), labels.to(self.device), reduction="sum",
+                                   label_smoothing=self.cfg.label_smoothing) * mb.weight
+            self.scaler.scale(loss).backward()
+        return loss.detach()
+
+    def train_step(self, batches, micro: list[MicroBatch]) -> tuple[torch.Tensor, float]:
+        """One optimizer step over this rank's micro-batches; (loss share, lr)."""
+        lr = cosine_lr(self.step, self.stage.lr, self.cfg.warmup_steps, self.total)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss = torch.zeros((), device=self.device)
+        for m, mb in enumerate(micro):
+            inputs, labels = next(batches)
+            loss += self._micro_step(inputs, labels, mb, sync=m == len(micro) - 1)
+        self.scaler.unscale_(self.opt)
+        if self.l2:
+            self.l2.add_grad()
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update()
+        return loss, lr
+
+    def _loader(self, epoch: int, start: int):
+        return iter(DataLoader(self.data, batch_sampler=PlanSampler(self.plan, epoch, start),
+                               collate_fn=self.collate, num_workers=self.cfg.num_workers,
+                               pin_memory=self.device.type == "cuda",
+                               generator=torch.Generator().manual_seed(self.cfg.seed + epoch)))
+
+    def fit(self, resume_from: Path | None = None) -> None:
+        """Train to the end of the stage, from ``resume_from`` if given; with EMA, the
+        module ends holding the EMA weights."""
+        if resume_from is not None:
+            self.load(resume_from)
+        self.model.train()
+        spe = self.plan.steps_per_epoch
+        bar = tqdm(total=self.total, initial=self.step, desc=f"fine-tune ({self.stage.name})",
+                   disable=not (self.progress and self.info.main), unit="step")
+        meter = _Meter(self.device)
+        while self.step < self.total:
+            epoch, start = divmod(self.step, spe)
+            batches = self._loader(epoch, start)
+            for s, micro in enumerate(self.plan.epoch(epoch, start), start=start):
+                loss, lr = self.train_step(batches, micro)
+                self.step += 1
+                meter.add(loss, min(self.cfg.batch_size, self.plan.num_samples - s * self.cfg.batch_size))
+                if self.step % self.cfg.log_every_steps == 0 or self.step == self.total:
+                    self._log(meter, epoch, lr, bar)
+                bar.update()
+                with meter.paused():  # checkpoint writes do not count against throughput
+                    self._maybe_save(s + 1 == spe, epoch)
+                if os.environ.get(KILL_ENV) == str(self.step):
+                    os.kill(os.getpid(), signal.SIGKILL)
+        bar.close()
+        if self.ema:
+            self.ema.copy_to_params()
+
+    def _maybe_save(self, epoch_end: bool, epoch: int) -> None:
+        every = self.cfg.save_every_steps
+        if self.checkpoints is not None and (epoch_end or (every and self.step % every == 0)):
+            self.save(epoch + 1 if epoch_end else None)
+
+    def _log(self, meter: "_Meter", epoch: int, lr: float, bar) -> None:
+        loss, rate, elapsed = meter.flush(self.info.world)
+        if self.info.main:
+            self.metrics.write(stage=self.stage.name, step=self.step - 1, epoch=epoch, loss=loss, lr=lr,
+                               samples_per_s=rate, elapsed_s=elapsed)
+            bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{rate:.1f}")
+
+
+class _Meter:
+    """Loss and throughput over the steps since the last log line."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.steps = self.samples = 0
+        self.start = self.t = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.samples += samples
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        yield
+        self.t += time.perf_counter() - t
+
+    def flush(self, world: int) -> tuple[float, float, float]:
+        total = all_reduce_sum(self.loss.clone()).item() / world / max(1, self.steps)
+        now = time.perf_counter()
+        rate = self.samples / max(now - self.t, 1e-9)
+        self.loss.zero_()
+        self.steps = self.samples = 0
+        self.t = now
+        return total, rate, now - self.start
