@@ -2,39 +2,145 @@
 
 Rules (../DESIGN.md): only floating tensors are mixed; integer and bool buffers are
 copied from theta_0 unchanged; half precision is mixed in fp32 and cast back; keys,
-shapes and dtypes are checked before any work; results never alias the inputs.
+shapes and dtypes are checked before any work; results never alias the inputs; tied
+weights are merged once and stay tied.
+
+Every merge, in memory (here) or out of core (``merge_files``), goes through two pure
+per-tensor functions, ``interpolate_tensor`` and ``average_tensor``, so both engines
+produce the same bits. The planner ``plan_merge`` works on shapes and dtypes only, so
+file headers can be checked (and a ``--dry-run`` reported) without reading weights.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 StateDict = Mapping[str, torch.Tensor]
 
+# Tensors below this many elements are merged with one foreach call per alpha rather
+# than one op each: per-op overhead, not bandwidth, is their cost.
+SMALL_NUMEL = 1 << 16
+
 
 class MergeError(ValueError):
-    """Two state dicts cannot be merged; the message names the first mismatch."""
+    """Checkpoints cannot be merged; the message names the first mismatch."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a tensor: all the planner needs."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def mixable(self) -> bool:
+        return self.dtype.is_floating_point or self.dtype.is_complex
+
+
+def spec_of(t: torch.Tensor) -> TensorSpec:
+    return TensorSpec(tuple(t.shape), t.dtype)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which tensors are merged. A name is merged when it matches an ``include`` glob
+    (all names when ``include`` is None) and no ``exclude`` glob; any other name is
+    taken unchanged from input number ``keep`` (dropped if that input lacks it).
+
+    Example: interpolate the backbone but keep the fine-tuned model's new head:
+        >>> Selection(exclude=("head.*",), keep=1)
+    """
+
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    keep: int = 1
+
+    def selects(self, name: str) -> bool:
+        if self.include is not None and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+
+def make_selection(include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                   keep: int = 1) -> Selection:
+    return Selection(tuple(include) if include is not None else None, tuple(exclude or ()), keep)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What happens to one tensor: ``mix`` the inputs, ``copy`` input ``source``, or
+    ``drop`` it (excluded, and missing from the input it would be kept from)."""
+
+    name: str
+    op: str
+    source: int
+    spec: TensorSpec
+
+
+def _side(i: int, n: int) -> str:
+    if n == 2:
+        return ("the first", "the second")[i] + " state dict"
+    return f"input {i}"
+
+
+def plan_merge(specs: Sequence[Mapping[str, TensorSpec]], selection: Selection | None = None) -> list[Step]:
+    """The merge of ``specs`` tensor by tensor, in the first input's order. Raises
+    MergeError naming the first key, then the first shape or dtype, that differs."""
+    sel = selection or Selection(keep=min(1, len(specs) - 1))
+    n = len(specs)
+    if not 0 <= sel.keep < n:
+        raise MergeError(f"keep={sel.keep} is not an input index (0..{n - 1})")
+    names = list(dict.fromkeys(k for s in specs for k in s))
+    hint = "; exclude it (exclude=[...], CLI --exclude) to take it from one input"
+    for k in names:
+        if sel.selects(k):
+            have = [k in s for s in specs]
+            if not all(have):
+                i, j = have.index(True), have.index(False)
+                raise MergeError(f"key {k!r} is in {_side(i, n)} but not in {_side(j, n)}{hint}")
+    steps = []
+    for k in names:
+        if not sel.selects(k):
+            src = specs[sel.keep]
+            steps.append(Step(k, "copy", sel.keep, src[k]) if k in src
+                         else Step(k, "drop", -1, next(s[k] for s in specs if k in s)))
+            continue
+        first = specs[0][k]
+        for i in range(1, n):
+            other = specs[i][k]
+            if other.shape != first.shape:
+                raise MergeError(f"tensor {k!r} has shape {first.shape} in {_side(0, n)} but {other.shape} "
+                                 f"in {_side(i, n)}{hint}")
+            if other.dtype != first.dtype:
+                raise MergeError(f"tensor {k!r} has dtype {first.dtype} in {_side(0, n)} but {other.dtype} "
+                                 f"in {_side(i, n)}")
+        steps.append(Step(k, "mix", -1, first) if first.mixable else Step(k, "copy", 0, first))
+    return steps
+
+
+def specs_of(theta: StateDict) -> dict[str, TensorSpec]:
+    return {k: spec_of(v) for k, v in theta.items()}
 
 
 def check_compatible(theta_0: StateDict, theta_1: StateDict) -> None:
     """Raise MergeError naming the first key, shape or dtype that differs."""
-    keys_0, keys_1 = list(theta_0), set(theta_1)
-    for k in keys_0:
-        if k not in keys_1:
-            raise MergeError(f"key {k!r} is in the first state dict but not in the second")
-    for k in theta_1:
-        if k not in theta_0:
-            raise MergeError(f"key {k!r} is in the second state dict but not in the first")
-    for k in keys_0:
-        a, b = theta_0[k], theta_1[k]
-        if a.shape != b.shape:
-            raise MergeError(f"tensor {k!r} has shape {tuple(a.shape)} in the first state dict "
-                             f"but {tuple(b.shape)} in the second")
-        if a.dtype != b.dtype:
-            raise MergeError(f"tensor {k!r} has dtype {a.dtype} in the first state dict "
-                             f"but {b.dtype} in the second")
+    plan_merge([specs_of(theta_0), specs_of(theta_1)])
 
 
 def check_alpha(alpha: float, allow_extrapolation: bool = False) -> None:
@@ -44,57 +150,218 @@ def check_alpha(alpha: float, allow_extrapolation: bool = False) -> None:
                          "(CLI: --extrapolate) to extrapolate on purpose")
 
 
+# --- the pure per-tensor functions ---------------------------------------------------
+
 def interpolate_tensor(a: torch.Tensor, b: torch.Tensor, alpha: float,
                        out: torch.Tensor | None = None) -> torch.Tensor:
-    """(1 - alpha) * a + alpha * b, exact at alpha 0 and 1, mixed in fp32 for half types."""
+    """(1 - alpha) * a + alpha * b into ``out``: the one formula of every engine.
+
+    ``torch.lerp`` in one pass (``a + alpha (b - a)`` below alpha 0.5, ``b - (1 - alpha)
+    (b - a)`` above); half types are computed in fp32 inside the op and rounded once.
+    Exact copies at alpha 0 and 1; integer and bool tensors are copied from ``a``.
+    """
     if out is None:
-        out = torch.empty_like(a)
-    if not (a.is_floating_point() or a.is_complex()):
-        return out.copy_(a)
-    if alpha == 0.0:
+        out = torch.empty_like(a, memory_format=torch.contiguous_format)
+    if not (a.is_floating_point() or a.is_complex()) or alpha == 0.0:
         return out.copy_(a)
     if alpha == 1.0:
         return out.copy_(b)
-    if a.dtype in (torch.float16, torch.bfloat16):
-        mixed = torch.lerp(a.float(), b.float(), alpha)
-        return out.copy_(mixed)
+    if out.device != a.device:
+        return out.copy_(torch.lerp(a, b, alpha))
     return torch.lerp(a, b, alpha, out=out)
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype in (torch.float64, torch.complex128, torch.complex64):
+        return dtype
+    return torch.float32
+
+
+def average_tensor(tensors: Sequence[torch.Tensor], weights: Sequence[float],
+                   out: torch.Tensor | None = None, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i w_i t_i / sum_i w_i into ``out``, accumulated in fp32 (fp64 for fp64).
+
+    Zero weights are skipped, so a one-hot weight vector copies that input exactly;
+    integer and bool tensors are copied from the first input. ``scratch`` (fp32, at
+    least ``out.numel()`` elements) avoids an allocation for half types.
+    """
+    t0 = tensors[0]
+    if out is None:
+        out = torch.empty_like(t0, memory_format=torch.contiguous_format)
+    if not (t0.is_floating_point() or t0.is_complex()):
+        return out.copy_(t0)
+    live = [(t, float(w)) for t, w in zip(tensors, weights) if w != 0]
+    if not live:
+        raise MergeError("all weights are zero")
+    if len(live) == 1:
+        return out.copy_(live[0][0])
+    acc_dtype = _acc_dtype(out.dtype)
+    if out.dtype == acc_dtype and out.is_contiguous():
+        acc = out
+    elif scratch is not None and scratch.dtype == acc_dtype and scratch.numel() >= out.numel():
+        acc = scratch[: out.numel()].view(out.shape)
+    else:
+        acc = torch.empty(out.shape, dtype=acc_dtype, device=out.device)
+    (t, w), total = live[0], sum(w for _, w in live)
+    acc.copy_(t)
+    if w != 1.0:
+        acc.mul_(w)
+    for t, w in live[1:]:
+        acc.add_(t, alpha=w)
+    if total != 1.0:
+        acc.div_(total)
+    return out if acc is out else out.copy_(acc)
+
+
+# --- in-memory engine ------------------------------------------------------------------
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def tie_map(steps: Sequence[Step], thetas: Sequence[StateDict]) -> dict[str, str]:
+    """name -> earlier name it must share its output with: the same op on the same
+    storage in every input that op reads (tied weights are merged once)."""
+    first: dict[tuple, str] = {}
+    ties = {}
+    for s in steps:
+        if s.op == "drop":
+            continue
+        srcs = range(len(thetas)) if s.op == "mix" else [s.source]
+        keys = [_storage_key(thetas[i][s.name]) for i in srcs]
+        if any(k is None for k in keys):
+            continue
+        sig = (s.op, s.source, tuple(keys))
+        if sig in first:
+            ties[s.name] = first[sig]
+        else:
+            first[sig] = s.name
+    return ties
+
+
+def allocate(steps: Sequence[Step], thetas: Sequence[StateDict], ties: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Fresh output tensors for ``steps`` (tied names share one tensor)."""
+    out: dict[str, torch.Tensor] = {}
+    for s in steps:
+        if s.op == "drop":
+            continue
+        if s.name in ties:
+            out[s.name] = out[ties[s.name]]
+            continue
+        src = thetas[0 if s.op == "mix" else s.source][s.name]
+        out[s.name] = torch.empty(s.spec.shape, dtype=s.spec.dtype, device=src.device)
+    return out
+
+
+class Interpolator:
+    """Alpha sweeps without copies: checks once, then writes theta_alpha into a
+    preallocated target (a model's own parameters, or a state dict reused across the
+    sweep) for each alpha. Holds references to the inputs, never copies of them.
+
+    Example:
+        >>> interp = Interpolator(zs_state, ft_state, exclude=["head.*"])
+        >>> for alpha, theta in interp.sweep([0.0, 0.5, 1.0]):  # one target, reused
+        ...     evaluate(theta)
+    """
+
+    def __init__(self, theta_0: StateDict, theta_1: StateDict, *, allow_extrapolation: bool = False,
+                 include: Iterable[str] | None = None, exclude: Iterable[str] | None = None, keep: int = 1):
+        self.selection = make_selection(include, exclude, keep)
+        self.steps = plan_merge([specs_of(theta_0), specs_of(theta_1)], self.selection)
+        self.theta_0 = {k: v.detach() for k, v in theta_0.items()}
+        self.theta_1 = {k: v.detach() for k, v in theta_1.items()}
+        self.allow_extrapolation = allow_extrapolation
+        self.ties = tie_map(self.steps, (self.theta_0, self.theta_1))
+        self._input_storages = {v.untyped_storage().data_ptr() for th in (self.theta_0, self.theta_1)
+                                for v in th.values() if v.numel() and v.device.type != "meta"}
+
+    def new_target(self) -> dict[str, torch.Tensor]:
+        """An uninitialised output state dict (tied names share a tensor)."""
+        return allocate(self.steps, (self.theta_0, self.theta_1), self.ties)
+
+    def merge(self, alpha: float, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """theta_alpha, written into ``out`` (a target from ``new_target``, reusable
+        across alphas) or into a new state dict."""
+        if out is None:
+            check_alpha(alpha, self.allow_extrapolation)
+            out = self.new_target()
+        self._write(alpha, out, "output state dict")
+        return out
+
+    def sweep(self, alphas: Iterable[float]) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
+        """(alpha, theta_alpha) for each alpha; one target is reused, so each state
+        dict is valid until the next step (clone it to keep it)."""
+        alphas = list(alphas)
+        for a in alphas:
+            check_alpha(a, self.allow_extrapolation)
+        target = self.new_target()
+        for a in alphas:
+            yield a, self.merge(a, out=target)
+
+    @torch.no_grad()
+    def load_into(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
+        """Set ``model``'s weights to theta_alpha in place and return it."""
+        self._write(alpha, model.state_dict(keep_vars=True), "model")
+        return model
+
+    @torch.no_grad()
+    def _write(self, alpha: float, targets: Mapping[str, torch.Tensor], what: str) -> None:
+        check_alpha(alpha, self.allow_extrapolation)
+        wanted = [s for s in self.steps if s.op != "drop"]
+        differ = {s.name for s in wanted} ^ set(targets)
+        if differ:
+            raise MergeError(f"{what} and merge output differ at key {sorted(differ)[0]!r}")
+        copies: tuple[list, list] = ([], [])
+        small: tuple[list, list, list] = ([], [], [])
+        large = []
+        seen = set()
+        for s in wanted:
+            t = targets[s.name].detach()
+            if tuple(t.shape) != s.spec.shape or t.dtype != s.spec.dtype:
+                raise MergeError(f"{what} tensor {s.name!r} is {tuple(t.shape)} {t.dtype}, but the merge "
+                                 f"gives {s.spec.shape} {s.spec.dtype}")
+            key = _storage_key(t)
+            if key is not None:
+                if key[0] in self._input_storages:
+                    raise MergeError(f"{what} tensor {s.name!r} aliases an input state dict; pass copies "
+                                     "(e.g. {k: v.clone()}) as theta_0/theta_1")
+                if key in seen:  # tied in the target: written once
+                    continue
+                seen.add(key)
+            a, b = self.theta_0[s.name], self.theta_1[s.name]
+            if s.op == "copy" or alpha in (0.0, 1.0):
+                src = (a, b)[s.source] if s.op == "copy" else (b if alpha == 1.0 else a)
+                copies[0].append(t)
+                copies[1].append(src)
+            elif t.numel() < SMALL_NUMEL and t.device == a.device == b.device:
+                for lst, x in zip(small, (t, a, b)):
+                    lst.append(x)
+            else:
+                large.append((t, a, b))
+        if copies[0]:
+            torch._foreach_copy_(copies[0], copies[1])
+        if small[0]:
+            # lerp_ on a copy of a is the same kernel, on the same values, as lerp(a, b)
+            torch._foreach_copy_(small[0], small[1])
+            torch._foreach_lerp_(small[0], small[2], alpha)
+        for t, a, b in large:
+            interpolate_tensor(a, b, alpha, out=t)
+
+
 def interpolate(theta_0: StateDict, theta_1: StateDict, alpha: float, *,
-                allow_extrapolation: bool = False) -> dict[str, torch.Tensor]:
-    """A new state dict theta_alpha; the inputs are not modified or aliased.
+                allow_extrapolation: bool = False, include: Iterable[str] | None = None,
+                exclude: Iterable[str] | None = None, keep: int = 1,
+                out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A new state dict theta_alpha (or ``out``, filled in place); the inputs are not
+    modified or aliased. ``include``/``exclude`` globs pick the tensors to mix; the
+    others come from input ``keep`` (0 or 1).
 
     Example:
         >>> merged = interpolate(zeroshot.state_dict(), finetuned.state_dict(), 0.5)
     """
     check_alpha(alpha, allow_extrapolation)
-    check_compatible(theta_0, theta_1)
-    return {k: interpolate_tensor(theta_0[k], theta_1[k], alpha) for k in theta_0}
-
-
-class Interpolator:
-    """Alpha sweeps without copies: checks once, then writes theta_alpha into a
-    model's own parameters in place for each alpha (no state dict per alpha)."""
-
-    def __init__(self, theta_0: StateDict, theta_1: StateDict, *, allow_extrapolation: bool = False):
-        check_compatible(theta_0, theta_1)
-        self.theta_0 = {k: v.detach() for k, v in theta_0.items()}
-        self.theta_1 = {k: v.detach() for k, v in theta_1.items()}
-        self.allow_extrapolation = allow_extrapolation
-
-    @torch.no_grad()
-    def load_into(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
-        """Set ``model``'s weights to theta_alpha in place and return it."""
-        check_alpha(alpha, self.allow_extrapolation)
-        target = model.state_dict(keep_vars=True)
-        missing = set(self.theta_0) ^ set(target)
-        if missing:
-            raise MergeError(f"model and state dicts differ at key {sorted(missing)[0]!r}")
-        for k, t in target.items():
-            a, b = self.theta_0[k], self.theta_1[k]
-            if t.numel() and t.data_ptr() in (a.data_ptr(), b.data_ptr()):
-                raise MergeError(f"model tensor {k!r} aliases an input state dict; "
-                                 "pass copies (e.g. {k: v.clone()}) as theta_0/theta_1")
-            interpolate_tensor(a, b, alpha, out=t.data if isinstance(t, torch.nn.Parameter) else t)
-        return model
+    interp = Interpolator(theta_0, theta_1, allow_extrapolation=allow_extrapolation,
+                          include=include, exclude=exclude, keep=keep)
+    return interp.merge(alpha, out=out)
