@@ -91,8 +91,10 @@ def fmow(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
 
 
 def iwildcam_classnames() -> list[str]:
-    """The 182 iWildCam class names (English) in WILDS label order."""
-    return [r["english"] for r in _read_csv(resource("iwildcam", "labels.csv"))]
+    """The 182 iWildCam class names (English) in WILDS label order (rows labelled
+    99999 are categories absent from the WILDS release)."""
+    rows = [r for r in _read_csv(resource("iwildcam", "labels.csv")) if int(r["y"]) < 99999]
+    return [r["english"] for r in sorted(rows, key=lambda r: int(r["y"]))]
 
 
 class IWildCam(LabeledDataset):

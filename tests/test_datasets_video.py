@@ -1,0 +1,73 @@
+"""ImageNet-Vid-Robust and YTBB-Robust: layouts, projection and pm-k by hand."""
+
+import json
+
+import torch
+
+from dataset_fixtures import write_image
+from wiseft.data import build_dataset
+from wiseft.data.imagenet import imagenet_wnids
+from wiseft.metrics import pm_k_accuracy
+
+
+def test_pm_k_by_hand():
+    anchors = {"a": ({1}, ("a1", "a2")), "b": ({2, 3}, ("b1",)), "c": ({0}, ())}
+    preds = {"a": 1, "a1": 1, "a2": 1, "b": 3, "b1": 0, "c": 0}
+    s = pm_k_accuracy(preds, anchors)
+    assert (s.correct, s.total) == (2, 3)
+    del preds["a2"]  # unreadable frame: its anchor counts as wrong
+    assert pm_k_accuracy(preds, anchors).correct == 1
+
+
+def test_imagenet_vid_robust_layout_and_scores(tmp_path):
+    root = tmp_path / "imagenet-vid-robust"
+    w = imagenet_wnids()
+    (root / "misc").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    (root / "misc" / "imagenet_vid_class_index.json").write_text(json.dumps({"0": ["v0", "airplane"],
+                                                                             "1": ["v1", "bear"]}))
+    (root / "misc" / "rev_wnid_map.json").write_text(json.dumps({"v0": [w[3], w[7]], "v1": [w[5]]}))
+    (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0], "s2/0.JPEG": [1]}))
+    (root / "metadata" / "pmsets.json").write_text(json.dumps({"s1/0.JPEG": ["s1/0.JPEG", "s1/1.JPEG"],
+                                                               "s2/0.JPEG": ["s2/1.JPEG", "s2/2.JPEG"]}))
+    for k in ("s1/0", "s1/1", "s2/0", "s2/1", "s2/2"):
+        write_image(root / "frames" / f"{k}.JPEG")
+    ds = build_dataset({"kind": "imagenet-vid-robust", "root": str(tmp_path)})
+    assert ds.classnames == ["airplane", "bear"] and len(ds) == 5
+    keys = [ds.key_of[s] for s, _ in ds.samples]
+    logits = torch.zeros(5, 1000)
+    for i, k in enumerate(keys):  # all right except s2/2
+        logits[i, {"s1": 7, "s2": 5}[k[:2]] if k != "s2/2.JPEG" else 3] = 1.0
+    assert ds.project_logits(logits)[keys.index("s1/0.JPEG")].tolist() == [1.0, 0.0]
+    m = ds.metrics(ds.project_logits(logits), torch.tensor(ds.labels), torch.arange(5))
+    assert (m["pm0"].correct, m["pm0"].total) == (2, 2)
+    assert (m["pm10"].correct, m["pm10"].total) == (1, 2)
+
+
+def test_ytbb_robust_reads_reviewed_pm_k_sets(tmp_path):
+    from wiseft.data.base import resource
+
+    meta = json.loads(resource("ytbb-robust", "anchor_labels.json").read_text())
+    good = [a["key"] for a in meta["annotations"] if a["labels"] == [0]][:2]
+    pmk_names = ["similar", "dissimilar", "bad-anchor"]
+
+    def nb(key, off):
+        folder, name = key.split("/")
+        return f"{folder}/frame-{int(name[6:-4]) + off}.jpg"
+
+    anns = [{"key": f"{good[0]},{nb(good[0], 1)}", "labels": [0]},
+            {"key": f"{good[0]},{nb(good[0], -3)}", "labels": [0]},
+            {"key": f"{good[0]},{nb(good[0], 2)}", "labels": [1]},  # dissimilar: not in the set
+            {"key": f"{good[1]},{nb(good[1], 1)}", "labels": [2]}]  # bad anchor: dropped
+    root = tmp_path / "ytbb-robust"
+    (root / "metadata").mkdir(parents=True)
+    (root / "metadata" / "pmk_labels.json").write_text(json.dumps({"annotations": anns, "labels": pmk_names}))
+    for k in (good[0], nb(good[0], 1), nb(good[0], -3)):
+        write_image(root / "ytbb_videos" / k)
+    ds = build_dataset({"kind": "ytbb-robust", "root": str(tmp_path)})
+    assert len(ds.classnames) == 24 and ds.classnames[22] == "none"
+    assert good[1] not in ds.anchors
+    labels, nbrs = ds.anchors[good[0]]
+    assert set(nbrs) == {nb(good[0], 1), nb(good[0], -3)} and len(labels) >= 1
+    projected = ds.project_logits(torch.zeros(1, 1000))
+    assert projected[0, 22] == float("-inf")  # 'none' has no ImageNet classes

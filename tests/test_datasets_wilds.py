@@ -1,0 +1,87 @@
+"""WILDS FMoW and iWildCam layouts, splits and metrics against hand values."""
+
+import csv
+
+import pytest
+import torch
+
+from dataset_fixtures import write_image
+from wiseft.data import build_dataset
+from wiseft.data.base import DataError
+from wiseft.data.wilds import FMOW_CATEGORIES, iwildcam_classnames
+from wiseft.metrics import macro_f1, worst_group_accuracy
+
+
+def _csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture
+def fmow_root(tmp_path):
+    root = tmp_path / "fmow_v1.1"
+    rows = [  # (split, category, country, year): row n is images/rgb_img_n.png
+        ("train", "airport", "USA", 2010), ("seq", "airport", "USA", 2016), ("test", "zoo", "KEN", 2016),
+        ("test", "airport", "FRA", 2017), ("test", "barn", "USA", 2016), ("test", "barn", "XXX", 2016),
+        ("val", "dam", "AUS", 2014), ("test", "dam", "KEN", 2010),
+    ]
+    _csv(root / "rgb_metadata.csv", [{"split": s, "category": c, "country_code": cc,
+                                      "timestamp": f"{y}-03-01T10:00:00Z"} for s, c, cc, y in rows])
+    _csv(root / "country_code_mapping.csv", [{"alpha-3": a, "region": r} for a, r in
+                                             [("USA", "Americas"), ("KEN", "Africa"), ("FRA", "Europe"),
+                                              ("AUS", "Oceania")]])
+    for n in range(len(rows)):
+        write_image(root / "images" / f"rgb_img_{n}.png", seed=n)
+    return tmp_path
+
+
+def test_fmow_splits_follow_wilds_years_and_row_numbers(fmow_root):
+    test = build_dataset({"kind": "fmow", "root": str(fmow_root)})
+    assert [s.rsplit("_", 1)[1] for s, _ in test.samples] == ["2.png", "3.png", "4.png", "5.png"]
+    assert test.labels == [FMOW_CATEGORIES.index(c) for c in ("zoo", "airport", "barn", "barn")]
+    assert test.classnames[FMOW_CATEGORIES.index("lake_or_pond")] == "lake or pond"
+    assert len(build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "val"})) == 1
+    assert len(build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "id_test"})) == 1
+    with pytest.raises(DataError, match="split"):
+        build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "nope"})
+
+
+def test_fmow_worst_region_accuracy(fmow_root):
+    ds = build_dataset({"kind": "fmow", "root": str(fmow_root)})
+    # regions: zoo/KEN Africa, airport/FRA Europe, barn/USA Americas, barn/XXX Other (excluded)
+    logits = torch.zeros(4, 62)
+    wrong = FMOW_CATEGORIES.index("dam")
+    for i, y in enumerate(ds.labels):
+        logits[i, y if i in (0, 3) else wrong] = 1.0  # right: Africa, Other; wrong: Europe, Americas
+    m = ds.metrics(logits, torch.tensor(ds.labels), torch.arange(4))
+    assert m["top1"].value == 0.5 and (m["top1"].correct, m["top1"].total) == (2, 4)
+    assert m["worst_region_acc"].value == 0.0 and m["worst_region_acc"].total == 1
+    # skipped inputs: only rows 0 and 2 scored (index says which samples they are)
+    m = ds.metrics(logits[[0, 2]], torch.tensor(ds.labels)[[0, 2]], torch.tensor([0, 2]))
+    assert m["worst_region_acc"].value == 0.0 and m["top1"].value == 0.5
+
+
+def test_iwildcam_layout_and_macro_f1(tmp_path):
+    root = tmp_path / "iwildcam_v2.0"
+    rows = [("test", 0, "a.jpg"), ("test", 1, "b.jpg"), ("test", 1, "c.jpg"), ("train", 2, "d.jpg")]
+    _csv(root / "metadata.csv", [{"split": s, "y": y, "filename": f, "location_remapped": 0} for s, y, f in rows])
+    for _, _, f in rows:
+        write_image(root / "train" / f)
+    ds = build_dataset({"kind": "iwildcam", "root": str(tmp_path)})
+    assert len(ds.classnames) == 182 and ds.classnames == iwildcam_classnames()
+    assert ds.classnames[4] == "Cougar" and ds.labels == [0, 1, 1]
+    logits = torch.zeros(3, 182)
+    logits[0, 1], logits[1, 1], logits[2, 5] = 1, 1, 1  # preds 1, 1, 5 for labels 0, 1, 1
+    m = ds.metrics(logits, torch.tensor([0, 1, 1]), torch.arange(3))
+    # F1 over present classes {0, 1}: class 0 -> 0; class 1: tp 1, fp 1, fn 1 -> 0.5
+    assert m["top1"].value == pytest.approx(1 / 3) and m["macro_f1"].value == pytest.approx(0.25)
+
+
+def test_metric_functions_by_hand():
+    preds, labels = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2])
+    assert macro_f1(preds, labels).value == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    worst = worst_group_accuracy(preds, labels, torch.tensor([0, 1, 1, 2]))
+    assert (worst.value, worst.correct, worst.total) == (0.5, 1, 2)

@@ -1,0 +1,147 @@
+"""The sweep engine: decode once (memory or memmap), exactness against the naive loop,
+linear-head sweeps from features, bad inputs skipped and reported, bf16 check."""
+
+import pytest
+import torch
+
+from conftest import COLORS, write_image_folder
+from dataset_fixtures import write_corrupt
+from wiseft.backbones import load_backbone
+from wiseft.data import build_dataset
+from wiseft.data.base import DataError
+from wiseft.evaluate import EvalSet, build_input_cache, cpu_has_bf16, evaluate, split_transform, sweep
+from wiseft.heads import Classifier, zeroshot_head
+from wiseft.metrics import Score
+
+ALPHAS = [0.0, 0.5, 1.0]
+
+
+@pytest.fixture(scope="module")
+def bb(open_clip_spec):
+    return load_backbone(open_clip_spec)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    write_image_folder(root / "test", 4, seed=5, fmt="jpg")
+    write_image_folder(root / "shift", 3, seed=6, jitter=100, classes=("green", "blue"))
+    write_image_folder(root / "bad", 2, seed=7)
+    write_corrupt(root / "bad" / "red")
+    return root
+
+
+def _model(bb):
+    torch.manual_seed(0)
+    return Classifier(bb.encoder, zeroshot_head(bb, list(COLORS), ["a {} photo."], cache=False))
+
+
+def _sets(folders, *names):
+    from wiseft.data.base import build_projection
+
+    out = []
+    for n in names:
+        ds = build_dataset({"kind": "image_folder", "root": str(folders / n)}, name=n)
+        proj = None if ds.classnames == list(COLORS) else build_projection(list(COLORS), ds.classnames)
+        out.append(EvalSet(n, "reference" if n == "test" else "shift", ds, proj))
+    return out
+
+
+def _thetas(model, end_to_end=True):
+    theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    theta_1 = {k: (v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point()
+                   and (end_to_end or k.startswith("head.")) else v.clone()) for k, v in theta_0.items()}
+    return theta_0, theta_1
+
+
+def _key(records):
+    return {(r.alpha, r.dataset, r.metric): (r.correct, r.total, r.value) for r in records}
+
+
+def test_split_transform_is_bit_exact(bb, folders):
+    ds = build_dataset({"kind": "image_folder", "root": str(folders / "test")})
+    pre, finish = split_transform(bb.transform_eval)
+    assert finish is not None
+    x = pre(ds.load(ds.samples[0][0]))
+    assert x.dtype == torch.uint8
+    assert torch.equal(finish(x[None])[0], bb.transform_eval(ds.load(ds.samples[0][0])))
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_cached_sweep_equals_naive_loop(bb, folders, tmp_path, mode):
+    model = _model(bb)
+    theta_0, theta_1 = _thetas(model)
+    naive = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb, cache=False,
+                  progress=False, batch_size=5)
+    sets = _sets(folders, "test", "shift")
+    cached = sweep(model, theta_0, theta_1, sets, ALPHAS, bb, cache=mode, cache_dir=tmp_path,
+                   progress=False, batch_size=5)
+    assert _key(cached) == _key(naive)
+    assert {r.total for r in cached if r.dataset == "shift"} == {6}
+    c = sets[0]._cache
+    assert (c.path is not None) == (mode == "disk") and c.data.dtype == torch.uint8
+    if mode == "disk":
+        assert c.path.parent == tmp_path and c.path.stat().st_size == c.nbytes
+
+
+def test_auto_mode_spills_to_disk_over_the_memory_budget(bb, folders, tmp_path):
+    ds = build_dataset({"kind": "image_folder", "root": str(folders / "test")})
+    small = build_input_cache(ds, bb, mode="auto", max_memory=10, cache_dir=tmp_path, progress=False)
+    big = build_input_cache(ds, bb, mode="auto", progress=False)
+    assert small.path is not None and big.path is None
+    assert torch.equal(small.data, big.data)
+
+
+def test_linear_sweep_from_features_equals_full_sweep(bb, folders):
+    model = _model(bb)
+    theta_0, theta_1 = _thetas(model, end_to_end=False)
+    full = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb, progress=False)
+    lin = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb, linear=True,
+                progress=False)
+    assert {k: v[:2] for k, v in _key(lin).items()} == {k: v[:2] for k, v in _key(full).items()}
+
+
+def test_unreadable_images_are_skipped_counted_and_reported(bb, folders, caplog):
+    model = _model(bb)
+    theta_0, theta_1 = _thetas(model)
+    sets = _sets(folders, "bad")
+    records = sweep(model, theta_0, theta_1, sets, ALPHAS, bb, progress=False)
+    assert {r.total for r in records} == {6}  # 8 files, 2 unreadable
+    assert {r.provenance["skipped_inputs"] for r in records} == {2}
+    assert sorted(s.split(":")[0].rsplit("/", 1)[1] for s in sets[0].skipped) == ["not_an_image.png",
+                                                                                   "truncated.jpg"]
+    assert "skipped 2 unreadable inputs" in caplog.text
+    assert evaluate(model, _sets(folders, "bad"), bb) == {"bad": (records[-1].correct, 6)}
+
+
+def test_class_folders_not_in_the_class_list_are_named(folders):
+    with pytest.raises(DataError, match="bad"):
+        build_dataset({"kind": "image_folder", "root": str(folders), "classnames": ["red", "green"]})
+
+
+def test_dataset_metrics_become_records(bb, folders):
+    class WithF1(type(build_dataset({"kind": "image_folder", "root": str(folders / "test")}))):
+        def metrics(self, logits, labels, index):
+            return {**super().metrics(logits, labels, index), "macro_f1": Score(0.25)}
+
+    ds = build_dataset({"kind": "image_folder", "root": str(folders / "test")})
+    ds.__class__ = WithF1
+    model = _model(bb)
+    theta_0, theta_1 = _thetas(model)
+    records = sweep(model, theta_0, theta_1, [EvalSet("t", "reference", ds)], ALPHAS, bb, progress=False)
+    f1 = [r for r in records if r.metric == "macro_f1"]
+    assert len(f1) == 3 and f1[0].value == 0.25 and f1[0].correct is None
+
+
+def test_bf16_reports_the_difference_against_fp32(bb, folders):
+    model = _model(bb)
+    theta_0, theta_1 = _thetas(model)
+    records = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb, precision="bf16",
+                    progress=False)
+    if not cpu_has_bf16():
+        assert all("bf16_check" not in r.provenance for r in records)  # fell back to fp32
+        return
+    check = records[0].provenance["bf16_check"]
+    assert check["n"] == 12 and 0.0 <= check["agreement"] <= 1.0
+    assert check["top1_diff"] == pytest.approx(check["top1_bf16"] - check["top1_fp32"])
