@@ -59,9 +59,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         classnames = read_classnames(d.classnames, cfg.base_dir)
         train = build_dataset(d.train, name=f"{d.name}-train", base_dir=cfg.base_dir)
         classnames = classnames or train.classnames
-        if len(train.classnames) != len(classnames):
-            raise ConfigError(f"data.train has {len(train.classnames)} classes but data.classnames has "
-                              f"{len(classnames)}")
+        train = _relabel(train, classnames)
         test = build_dataset(d.test, name=d.name, base_dir=cfg.base_dir)
         evalsets = [EvalSet(d.name, "reference", test, _projection(classnames, test, d.test, "data.test"))]
         for name, spec in d.shifts.items():
@@ -73,6 +71,21 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         train, val = split_holdout(train, d.validation_fraction, d.seed)
         evalsets.append(EvalSet(f"{d.name}-val", "validation", val))
     return PreparedData(list(classnames), templates, train, evalsets)
+
+
+def _relabel(train: LabeledDataset, classnames: list[str]) -> LabeledDataset:
+    """Training labels indexed into the reference class list (the head's row order)."""
+    if list(train.classnames) == list(classnames):
+        return train
+    unknown = [c for c in train.classnames if c not in classnames]
+    if unknown or len(train.classnames) != len(classnames):
+        raise ConfigError(f"data.train has {len(train.classnames)} classes but data.classnames has "
+                          f"{len(classnames)}" + (f"; {unknown[:5]} are not in data.classnames" if unknown else ""))
+    index = [classnames.index(c) for c in train.classnames]
+    out = train.subset(range(len(train)))
+    out.samples = [(ref, index[y]) for ref, y in train.samples]
+    out.classnames = list(classnames)
+    return out
 
 
 def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
