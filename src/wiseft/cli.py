@@ -115,6 +115,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train.launch import run_args
+
+    return run_args(args)
+
+
 def cmd_predict(args) -> int:
     import torch
 
@@ -180,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("inputs", nargs="+")
     sp.add_argument("--top-k", type=int, default=3)
     sp.set_defaults(fn=cmd_predict)
+
+    sp = sub.add_parser("train", help="fine-tune only (resumable; under torchrun for several processes)")
+    from .train.launch import add_arguments
+
+    add_arguments(sp)
+    sp.set_defaults(fn=cmd_train)
     return p
 
 
