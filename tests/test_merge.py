@@ -92,3 +92,119 @@ def test_interpolator_refuses_a_model_that_aliases_its_inputs():
     net = _net(0)
     with pytest.raises(MergeError, match="aliases"):
         Interpolator(net.state_dict(), _net(1).state_dict()).load_into(net, 0.5)
+
+
+# --- engine properties (hypothesis) -----------------------------------------------------
+
+from wiseft.merge import SMALL_NUMEL, interpolate_tensor  # noqa: E402
+
+_FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _pair(seed: int, dtype: torch.dtype, n: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g).to(dtype), torch.randn(n, generator=g).to(dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), dtype=st.sampled_from(_FLOATS), n=st.integers(0, 300))
+def test_property_exact_at_the_ends(seed, dtype, n):
+    a, b = _pair(seed, dtype, n)
+    assert torch.equal(interpolate({"x": a}, {"x": b}, 0.0)["x"], a)
+    assert torch.equal(interpolate({"x": a}, {"x": b}, 1.0)["x"], b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), dtype=st.sampled_from(_FLOATS),
+       alpha=st.floats(0.0, 1.0), beta=st.floats(0.0, 1.0))
+def test_property_linear_in_alpha_for_every_dtype(seed, dtype, alpha, beta):
+    a, b = _pair(seed, dtype, 257)
+    f = lambda al: interpolate({"x": a}, {"x": b}, al)["x"].double()  # noqa: E731
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    expect = (1 - alpha) * a.double() + alpha * b.double()
+    torch.testing.assert_close(f(alpha), expect, atol=tol * 4, rtol=tol)
+    torch.testing.assert_close(f((alpha + beta) / 2), (f(alpha) + f(beta)) / 2, atol=tol * 8, rtol=tol)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), alpha=st.floats(0.0, 1.0),
+       dtype=st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.bool]))
+def test_property_integer_and_bool_buffers_unchanged(seed, alpha, dtype):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, 2, (9,), generator=g).to(dtype)
+    b = torch.randint(0, 2, (9,), generator=g).to(dtype)
+    out = interpolate({"n": a, "w": a.float()}, {"n": b, "w": b.float()}, alpha)
+    assert out["n"].dtype == dtype and torch.equal(out["n"], a)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float16, torch.bfloat16]), alpha=st.floats(0, 1))
+def test_property_half_is_one_rounding_of_the_fp32_result(seed, dtype, alpha):
+    a, b = _pair(seed, dtype, 500)
+    out = interpolate({"x": a}, {"x": b}, alpha)["x"]
+    assert out.dtype == dtype
+    assert torch.equal(out, interpolate_tensor(a.float(), b.float(), alpha).to(dtype))
+
+
+@settings(max_examples=20, deadline=None)
+@given(alpha=st.floats(0.0, 1.0))
+def test_small_foreach_path_and_large_path_agree_bitwise(alpha):
+    a, b = _pair(3, torch.float32, SMALL_NUMEL + 17)
+    small = [interpolate({"x": a[i:i + 1000]}, {"x": b[i:i + 1000]}, alpha)["x"] for i in range(0, a.numel(), 1000)]
+    assert torch.equal(torch.cat(small), interpolate({"x": a}, {"x": b}, alpha)["x"])
+
+
+def test_preallocated_target_is_reused_across_a_sweep():
+    a, b = _states()
+    interp = Interpolator(a, b)
+    ptrs = set()
+    for alpha, theta in interp.sweep([0.0, 0.25, 0.5, 1.0]):
+        ptrs.add(theta["0.weight"].data_ptr())
+        ref = interpolate(a, b, alpha)
+        assert all(torch.equal(theta[k], ref[k]) for k in ref)
+    assert len(ptrs) == 1
+
+
+def test_tied_weights_are_merged_once_and_stay_tied():
+    emb_0, emb_1 = torch.randn(6, 4), torch.randn(6, 4)
+    a = {"emb": emb_0, "lm_head": emb_0, "b": torch.randn(3)}
+    b = {"emb": emb_1, "lm_head": emb_1, "b": torch.randn(3)}
+    out = interpolate(a, b, 0.3)
+    assert out["emb"] is out["lm_head"]
+    torch.testing.assert_close(out["emb"], torch.lerp(emb_0, emb_1, 0.3))
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(6, 4)
+            self.lm_head = torch.nn.Linear(4, 6, bias=False)
+            self.lm_head.weight = self.emb.weight
+
+    model = Tied()
+    sa = {"emb.weight": emb_0, "lm_head.weight": emb_0}
+    sb = {"emb.weight": emb_1, "lm_head.weight": emb_1}
+    Interpolator(sa, sb).load_into(model, 0.3)
+    assert model.lm_head.weight is model.emb.weight
+    assert torch.equal(model.emb.weight.detach(), out["emb"])
+
+
+def test_selective_merge_keeps_a_new_head():
+    a, b = _states()
+    b = {**b, "2.weight": torch.randn(5, 8), "2.bias": torch.randn(5), "extra": torch.ones(2)}
+    with pytest.raises(MergeError, match=r"'2.weight' has shape \(3, 8\).*\(5, 8\).*exclude"):
+        interpolate(a, {k: v for k, v in b.items() if k != "extra"}, 0.5)
+    out = interpolate(a, b, 0.5, exclude=["2.*", "extra"])
+    assert torch.equal(out["2.weight"], b["2.weight"]) and torch.equal(out["extra"], b["extra"])
+    torch.testing.assert_close(out["0.weight"], torch.lerp(a["0.weight"], b["0.weight"], 0.5))
+    kept_0 = interpolate(a, b, 0.5, include=["0.*"], keep=0)
+    assert torch.equal(kept_0["1.weight"], a["1.weight"]) and "extra" not in kept_0
+    assert torch.equal(kept_0["2.weight"], a["2.weight"])
+    with pytest.raises(MergeError, match="'extra' is in the second state dict but not in the first"):
+        interpolate(a, b, 0.5, exclude=["2.*"])
+
+
+def test_load_into_checks_the_target():
+    a, b = _states()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4))
+    with pytest.raises(MergeError, match="'2.weight'"):
+        Interpolator(a, b).load_into(net, 0.5)

@@ -1,0 +1,460 @@
+"""Out-of-core merging of safetensors checkpoints, tensor by tensor and chunk by chunk.
+
+Inputs are read from their headers and then with plain reads into a few fixed
+buffers (no mmap, no whole tensor), so peak memory is a few chunks whatever the
+model size; outputs are written as (sharded) safetensors, each file to a temporary
+name and then renamed. An alpha sweep reads the inputs once and writes every alpha.
+The arithmetic is ``merge.interpolate_tensor``/``average_tensor`` on chunks, so the
+results are bit-identical to the in-memory engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha,
+                    interpolate_tensor, make_selection, plan_merge)
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}
+CODES = {v: k for k, v in DTYPES.items()}
+INDEX_SUFFIX = ".safetensors.index.json"
+DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_SHARD_BYTES = 5 << 30
+_SINGLE_NAMES = ("model.safetensors", "open_clip_model.safetensors")
+
+
+@dataclass(frozen=True)
+class Location:
+    file: Path
+    offset: int  # absolute byte offset of the tensor in ``file``
+
+
+@dataclass
+class SafetensorsCheckpoint:
+    """The headers of a safetensors checkpoint: one file or a Hugging Face sharded set."""
+
+    path: Path
+    specs: dict[str, TensorSpec]
+    locations: dict[str, Location]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.specs.values())
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``"5GB"``, ``"500MiB"``, ``"1e9"`` or an int."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?)B?\s*", text, flags=re.I)
+    if not m:
+        raise ValueError(f"cannot read {text!r} as a size (e.g. 5GB, 500MiB)")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index((m.group(2) or " ").upper()))
+
+
+def _files_of(path: Path) -> tuple[list[Path], Path]:
+    """The safetensors files of ``path`` and the path that names the checkpoint."""
+    if path.is_dir():
+        for name in _SINGLE_NAMES:
+            if (path / name).is_file():
+                return [path / name], path
+        index = sorted(path.glob("*" + INDEX_SUFFIX))
+        singles = sorted(path.glob("*.safetensors"))
+        if len(index) == 1:
+            path = index[0]
+        elif len(singles) == 1:
+            return singles, path
+        else:
+            raise MergeError(f"{path} holds no safetensors checkpoint (model.safetensors, one *.safetensors "
+                             f"file, or one *{INDEX_SUFFIX})")
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MergeError(f"cannot read the shard index {path}: {e!r}") from None
+        return [path.parent / f for f in dict.fromkeys(weight_map.values())], path
+    if path.suffix == ".safetensors" and path.is_file():
+        return [path], path
+    raise MergeError(f"{path} is not a safetensors file, shard index or directory with one")
+
+
+def is_safetensors_checkpoint(path: str | Path) -> bool:
+    try:
+        _files_of(Path(path))
+        return True
+    except MergeError:
+        return False
+
+
+def _read_header(file: Path) -> tuple[dict, int]:
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(8)
+            (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
+            if n is None or n > 100_000_000:
+                raise MergeError(f"{file} is not a safetensors file (bad header length)")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise MergeError(f"cannot read the safetensors header of {file}: {e}") from None
+    return header, 8 + n
+
+
+def open_checkpoint(path: str | Path) -> SafetensorsCheckpoint:
+    """Read only the headers of a safetensors checkpoint (file, index or directory)."""
+    files, name = _files_of(Path(path))
+    specs, locations, metadata = {}, {}, {}
+    for file in files:
+        header, start = _read_header(file)
+        size = file.stat().st_size
+        if not metadata:
+            metadata = dict(header.get("__metadata__") or {})
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            if k in specs:
+                raise MergeError(f"tensor {k!r} appears twice in {name} (second time in {file.name})")
+            if v.get("dtype") not in DTYPES:
+                raise MergeError(f"tensor {k!r} in {file} has unsupported dtype {v.get('dtype')!r}")
+            spec = TensorSpec(tuple(int(s) for s in v["shape"]), DTYPES[v["dtype"]])
+            begin, end = v["data_offsets"]
+            if end - begin != spec.nbytes or start + end > size:
+                raise MergeError(f"tensor {k!r} in {file} has offsets {begin}..{end} that do not match "
+                                 f"its shape {spec.shape} {v['dtype']} or the file size")
+            specs[k], locations[k] = spec, Location(file, start + begin)
+    return SafetensorsCheckpoint(Path(path), specs, locations, metadata)
+
+
+# --- output layout and writing -------------------------------------------------------
+
+def _disk_order(steps: Sequence[Step], ckpts: Sequence[SafetensorsCheckpoint]) -> list[Step]:
+    """Output order: widest dtype first (keeps every tensor aligned, as safetensors
+    does), then the order of the first input that holds the tensor on disk."""
+    def key(s: Step):
+        i = 0 if s.op == "mix" else s.source
+        loc = ckpts[i].locations[s.name]
+        return (-s.spec.dtype.itemsize, str(loc.file), loc.offset)
+    return sorted((s for s in steps if s.op != "drop"), key=key)
+
+
+def _shards(steps: Sequence[Step], max_shard_bytes: int) -> list[list[Step]]:
+    shards: list[list[Step]] = [[]]
+    size = 0
+    for s in steps:
+        if shards[-1] and size + s.spec.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(s)
+        size += s.spec.nbytes
+    return shards
+
+
+def _header_bytes(steps: Sequence[Step], metadata: Mapping[str, str]) -> bytes:
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for s in steps:
+        header[s.name] = {"dtype": CODES[s.spec.dtype], "shape": list(s.spec.shape),
+                          "data_offsets": [offset, offset + s.spec.nbytes]}
+        offset += s.spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class _Output:
+    """One merged checkpoint being written: a single file, or a directory of shards
+    with a Hugging Face index. Files go to a temporary place and are renamed at the end."""
+
+    def __init__(self, dest: Path, shards: list[list[Step]], metadata: Mapping[str, str], single_file: bool):
+        self.dest, self.shards, self.metadata = dest, shards, metadata
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if single_file:
+            if len(shards) > 1:
+                raise MergeError(f"{dest} would need {len(shards)} shards; give a directory to write shards")
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+            os.close(fd)
+            self.tmp, self.files = Path(tmp), [Path(tmp)]
+        else:
+            self.tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+            n = len(shards)
+            names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                                                          for i in range(n)]
+            self.files = [self.tmp / nm for nm in names]
+        self.single_file = single_file
+        self.handle = None
+        self.shard = -1
+
+    def start_shard(self, i: int) -> None:
+        self.close_shard()
+        self.shard = i
+        self.handle = open(self.files[i], "wb")
+        self.handle.write(_header_bytes(self.shards[i], self.metadata))
+
+    def write(self, data: torch.Tensor) -> None:
+        self.handle.write(memoryview(data.numpy()))
+
+    def close_shard(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def commit(self) -> Path:
+        self.close_shard()
+        if not self.single_file and len(self.files) > 1:
+            weight_map = {s.name: f.name for f, shard in zip(self.files, self.shards) for s in shard}
+            total = sum(s.spec.nbytes for shard in self.shards for s in shard)
+            (self.tmp / ("model" + INDEX_SUFFIX)).write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        if self.dest.is_dir() and not self.single_file:
+            shutil.rmtree(self.dest)
+        os.replace(self.tmp, self.dest)
+        return self.dest
+
+    def abort(self) -> None:
+        self.close_shard()
+        if self.tmp.is_dir():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif self.tmp.exists():
+            self.tmp.unlink()
+
+
+class _Reader:
+    """Reads byte ranges of tensors into caller buffers with plain ``readinto``."""
+
+    def __init__(self):
+        self.handles: dict[Path, object] = {}
+
+    def read(self, loc: Location, start: int, buf: torch.Tensor) -> None:
+        f = self.handles.get(loc.file)
+        if f is None:
+            f = self.handles[loc.file] = open(loc.file, "rb", buffering=0)
+        f.seek(loc.offset + start)
+        view, done = memoryview(buf.numpy()), 0
+        while done < len(view):
+            n = f.readinto(view[done:])
+            if not n:
+                raise MergeError(f"{loc.file} ended early")
+            done += n
+
+    def close(self) -> None:
+        for f in self.handles.values():
+            f.close()
+
+
+Kernel = Callable[[Mapping[int, torch.Tensor], torch.Tensor], None]
+
+
+def _stream(ckpts: Sequence[SafetensorsCheckpoint], steps: Sequence[Step], kernels: Sequence[Kernel],
+            outputs: Sequence[_Output], needs: Sequence[int], chunk_bytes: int) -> None:
+    """For each output tensor, chunk by chunk: read what it needs from the inputs,
+    compute every output's chunk with its kernel (or copy), and append it."""
+    chunk_bytes = max(4096, chunk_bytes // 4096 * 4096)
+    bufs = {i: torch.empty(chunk_bytes, dtype=torch.uint8) for i in range(len(ckpts))}
+    out_buf = torch.empty(chunk_bytes, dtype=torch.uint8)
+    reader = _Reader()
+    try:
+        for si in range(len(outputs[0].shards)):
+            for o in outputs:
+                o.start_shard(si)
+            for s in outputs[0].shards[si]:
+                srcs = needs if s.op == "mix" else [s.source]
+                size = s.spec.dtype.itemsize
+                step = chunk_bytes // (64 * size) * 64 * size  # whole elements, 64 at a time
+                for start in range(0, s.spec.nbytes, step):
+                    n = min(step, s.spec.nbytes - start)
+                    for i in srcs:
+                        reader.read(ckpts[i].locations[s.name], start, bufs[i][:n])
+                    if s.op != "mix":
+                        for o in outputs:
+                            o.write(bufs[s.source][:n])
+                        continue
+                    ins = {i: bufs[i][:n].view(s.spec.dtype) for i in srcs}
+                    out = out_buf[:n].view(s.spec.dtype)
+                    for o, kernel in zip(outputs, kernels):
+                        kernel(ins, out)
+                        o.write(out_buf[:n])
+        for o in outputs:
+            o.close_shard()
+    finally:
+        reader.close()
+
+
+def _open_outputs(dests: Sequence[Path], steps: list[Step], max_shard_bytes: int | None,
+                  metadata: Sequence[Mapping[str, str]]) -> list[_Output]:
+    outs = []
+    for dest, meta in zip(dests, metadata):
+        single = dest.suffix == ".safetensors"
+        shards = _shards(steps, max_shard_bytes or DEFAULT_SHARD_BYTES) if not single else [steps]
+        outs.append(_Output(dest, shards, meta, single))
+    if len({len(o.shards) for o in outs}) > 1:  # all outputs advance in lockstep
+        for o in outs:
+            o.abort()
+        raise MergeError("outputs that are single files and sharded directories cannot be mixed in one sweep")
+    return outs
+
+
+def _run(ckpts, steps, kernels, dests, needs, max_shard_bytes, chunk_bytes, metadata) -> list[Path]:
+    ordered = _disk_order(steps, ckpts)
+    outs = _open_outputs([Path(d) for d in dests], ordered, max_shard_bytes, metadata)
+    try:
+        _stream(ckpts, ordered, kernels, outs, needs, chunk_bytes)
+        return [o.commit() for o in outs]
+    except BaseException:
+        for o in outs:
+            o.abort()
+        raise
+
+
+def _metadata_for(metadata: Mapping[str, str] | Sequence[Mapping[str, str]] | None, n: int) -> list[dict]:
+    if metadata is None or isinstance(metadata, Mapping):
+        return [{"format": "pt", **(metadata or {})} for _ in range(n)]
+    return [{"format": "pt", **m} for m in metadata]
+
+
+def sweep_files(path_0: str | Path, path_1: str | Path, outputs: Mapping[float, str | Path], *,
+                allow_extrapolation: bool = False, include: Iterable[str] | None = None,
+                exclude: Iterable[str] | None = None, keep: int = 1, max_shard_bytes: int | str | None = None,
+                chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                metadata: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None) -> list[Path]:
+    """theta_alpha for every ``alpha -> destination`` in ``outputs``, reading both
+    inputs once. A destination ending in ``.safetensors`` is one file; any other is a
+    directory (``model.safetensors``, or shards of ``max_shard_bytes`` and an index).
+
+    Example:
+        >>> sweep_files("zs.safetensors", "ft/", {0.5: "out/a05.safetensors", 1.0: "out/a10"})
+    """
+    alphas = list(outputs)
+    for a in alphas:
+        check_alpha(a, allow_extrapolation)
+    ckpts = [open_checkpoint(path_0), open_checkpoint(path_1)]
+    steps = plan_merge([c.specs for c in ckpts], make_selection(include, exclude, keep))
+    kernels = [lambda ins, out, a=a: interpolate_tensor(ins[0], ins[1], a, out=out) for a in alphas]
+    return _run(ckpts, steps, kernels, list(outputs.values()), [0, 1],
+                parse_size(max_shard_bytes) if max_shard_bytes is not None else None, chunk_bytes,
+                _metadata_for(metadata, len(alphas)))
+
+
+def interpolate_files(path_0: str | Path, path_1: str | Path, out: str | Path, alpha: float,
+                      **kwargs) -> Path:
+    """One theta_alpha from two safetensors checkpoints, out of core (see sweep_files)."""
+    return sweep_files(path_0, path_1, {alpha: out}, **kwargs)[0]
+
+
+def average_files(paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, *,
+                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None, keep: int = 0,
+                  max_shard_bytes: int | str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  metadata: Mapping[str, str] | None = None) -> Path:
+    """A weighted average (uniform soup when ``weights`` is None) of N safetensors
+    checkpoints, out of core; same arithmetic as ``soup.weighted_average``."""
+    weights = _check_weights(weights, len(paths))
+    ckpts = [open_checkpoint(p) for p in paths]
+    steps = plan_merge([c.specs for c in ckpts], make_selection(include, exclude, keep))
+    needs = [i for i, w in enumerate(weights) if w != 0]
+    scratch: list[torch.Tensor] = []  # fp32 accumulator for half types, made on first use
+
+    def kernel(ins, out_t):
+        if out_t.dtype.itemsize < 4 and not scratch:
+            scratch.append(torch.empty(chunk_bytes // 2, dtype=torch.float32))
+        average_tensor([ins.get(i, ins[needs[0]]) for i in range(len(ckpts))], weights, out=out_t,
+                       scratch=scratch[0] if scratch else None)
+    return _run(ckpts, steps, [kernel], [out], needs,
+                parse_size(max_shard_bytes) if max_shard_bytes is not None else None, chunk_bytes,
+                _metadata_for(metadata, 1))[0]
+
+
+def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    if n < 1:
+        raise MergeError("no models to average")
+    weights = [1.0] * n if weights is None else [float(w) for w in weights]
+    if len(weights) != n:
+        raise MergeError(f"{len(weights)} weights for {n} models")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise MergeError(f"weights must be non-negative with a positive sum, got {weights}")
+    return weights
+
+
+# --- dry run -----------------------------------------------------------------------
+
+@dataclass
+class MergePlan:
+    """What a merge of checkpoint files would do, from their headers alone."""
+
+    sources: list[SafetensorsCheckpoint]
+    steps: list[Step]
+    outputs: int
+    chunk_bytes: int
+    max_shard_bytes: int
+    average: bool = False
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(s.spec.nbytes for s in self.steps if s.op != "drop")
+
+    def count(self, op: str) -> int:
+        return sum(s.op == op for s in self.steps)
+
+    @property
+    def out_of_core_bytes(self) -> int:
+        """Buffers of the out-of-core engine: one chunk per input, one out, and for
+        averages of half types an fp32 accumulator of two chunks."""
+        half = self.average and any(s.op == "mix" and s.spec.dtype.itemsize < 4 for s in self.steps)
+        return (len(self.sources) + 1 + 2 * half) * self.chunk_bytes
+
+    @property
+    def in_memory_bytes(self) -> int:
+        """Loading every input and one output."""
+        return sum(c.nbytes for c in self.sources) + self.output_bytes
+
+    def summary(self) -> str:
+        gb = _human
+        mixed = [s for s in self.steps if s.op == "mix"]
+        copied = [s for s in self.steps if s.op == "copy"]
+        lines = [f"input {i}: {c.path} ({len(c.specs)} tensors, {gb(c.nbytes)})" for i, c in enumerate(self.sources)]
+        lines += [f"mixed:   {len(mixed)} tensors, {gb(sum(s.spec.nbytes for s in mixed))}",
+                  f"copied:  {len(copied)} tensors, {gb(sum(s.spec.nbytes for s in copied))} "
+                  "(integer/bool buffers from input 0; excluded tensors from the kept input)"]
+        dropped = [s.name for s in self.steps if s.op == "drop"]
+        if dropped:
+            lines.append(f"dropped: {len(dropped)} tensors (excluded, absent from the kept input): "
+                         + ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
+        shards = len(_shards([s for s in self.steps if s.op != "drop"], self.max_shard_bytes))
+        lines += [f"output:  {self.outputs} x {gb(self.output_bytes)} ({shards} shard(s) per sharded output)",
+                  f"memory:  out of core ~{gb(self.out_of_core_bytes)} of buffers (+ the interpreter); "
+                  f"in memory (all inputs + one output) {gb(self.in_memory_bytes)}"]
+        return "\n".join(lines)
+
+
+def plan_files(paths: Sequence[str | Path], *, include: Iterable[str] | None = None,
+               exclude: Iterable[str] | None = None, keep: int | None = None, outputs: int = 1,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_shard_bytes: int | str | None = None,
+               average: bool = False) -> MergePlan:
+    """Check and describe a merge of checkpoint files, reading only their headers."""
+    ckpts = [open_checkpoint(p) for p in paths]
+    keep = (1 if len(paths) == 2 else 0) if keep is None else keep
+    steps = plan_merge([c.specs for c in ckpts], make_selection(include, exclude, keep))
+    shard = parse_size(max_shard_bytes) if max_shard_bytes is not None else DEFAULT_SHARD_BYTES
+    return MergePlan(ckpts, steps, outputs, chunk_bytes, shard, average)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
