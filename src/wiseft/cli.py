@@ -60,31 +60,104 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _selection(args, default_keep: int) -> dict:
+    keep = default_keep if args.keep is None else {"a": 0, "b": 1}.get(args.keep, args.keep)
+    return {"include": args.include or None, "exclude": args.exclude, "keep": int(keep)}
+
+
+def _merge_args(sp, keep_help: str) -> None:
+    sp.add_argument("--include", action="append", metavar="GLOB",
+                    help="merge only tensors whose name matches (repeatable; default all)")
+    sp.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                    help="do not merge these tensors, e.g. 'head.*' for a new task head (repeatable)")
+    sp.add_argument("--keep", help=keep_help)
+    sp.add_argument("--max-shard-size", help="write sharded safetensors of at most this size, e.g. 5GB")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="read only the headers; report what would be merged and the memory it needs")
+
+
 def cmd_interpolate(args) -> int:
-    from .checkpoint import META_FILE, export_model, load_model, load_state, read_meta, save_state
-    from .merge import Interpolator, check_alpha, interpolate
+    from .checkpoint import META_FILE, export_model, load_model, load_state, save_state
+    from .merge import Interpolator, check_alpha
+    from .merge_files import is_safetensors_checkpoint, open_checkpoint, plan_files, sweep_files
 
     for a in args.alpha:
         check_alpha(a, args.extrapolate)
-    out = Path(args.out)
-    many = len(args.alpha) > 1
+    sel = _selection(args, 1)
+    files = all(is_safetensors_checkpoint(p) for p in (args.model_a, args.model_b))
+    if args.dry_run:
+        if not files:
+            raise ValueError("--dry-run reads safetensors headers; both models must be safetensors "
+                             "files, shard indexes or directories holding them")
+        print(plan_files([args.model_a, args.model_b], outputs=len(args.alpha),
+                         max_shard_bytes=args.max_shard_size, **sel).summary())
+        return 0
+    out, many, parents = Path(args.out), len(args.alpha) > 1, [args.model_a, args.model_b]
     if (Path(args.model_a) / META_FILE).exists():
         model, backbone, meta = load_model(args.model_a)
         theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        interp = Interpolator(theta_0, load_state(args.model_b), allow_extrapolation=args.extrapolate)
+        interp = Interpolator(theta_0, load_state(args.model_b), allow_extrapolation=args.extrapolate, **sel)
         for a in args.alpha:
             interp.load_into(model, a)
-            dest = export_model(model, backbone, {**meta, "alpha": a, "parents": [args.model_a, args.model_b]},
+            dest = export_model(model, backbone, {**meta, "alpha": a, "parents": parents},
                                 out / f"alpha_{a:.2f}" if many else out)
             print(f"alpha {a:.2f}: {dest}")
         return 0
-    theta_0, theta_1 = load_state(args.model_a), load_state(args.model_b)
-    meta = read_meta(args.model_a) if args.model_a.endswith(".safetensors") else {}
-    for a in args.alpha:
-        merged = interpolate(theta_0, theta_1, a, allow_extrapolation=args.extrapolate)
-        dest = out / f"alpha_{a:.2f}.safetensors" if many else out
-        save_state(dest, merged, {**meta, "alpha": a, "parents": [args.model_a, args.model_b]})
-        print(f"alpha {a:.2f}: {dest}")
+    suffix = "" if args.max_shard_size else ".safetensors"
+    dests = {a: out / f"alpha_{a:.2f}{suffix}" if many else out for a in args.alpha}
+    if args.fisher:
+        return _interpolate_fisher(args, dests, parents)
+    if files:
+        base = json.loads(open_checkpoint(args.model_a).metadata.get("wiseft", "{}"))
+        metas = [{"wiseft": json.dumps({**base, "alpha": a, "parents": parents})} for a in dests]
+        paths = sweep_files(args.model_a, args.model_b, dests, allow_extrapolation=args.extrapolate,
+                            max_shard_bytes=args.max_shard_size, metadata=metas, **sel)
+        for a, dest in zip(dests, paths):
+            print(f"alpha {a:.2f}: {dest}")
+        return 0
+    interp = Interpolator(load_state(args.model_a), load_state(args.model_b),
+                          allow_extrapolation=args.extrapolate, **sel)
+    for a, merged in interp.sweep(args.alpha):
+        save_state(dests[a], merged, {"alpha": a, "parents": parents})
+        print(f"alpha {a:.2f}: {dests[a]}")
+    return 0
+
+
+def _interpolate_fisher(args, dests: dict, parents: list[str]) -> int:
+    from .checkpoint import load_state, save_state
+    from .soup import fisher_merge
+
+    if args.include or args.exclude:
+        raise ValueError("--fisher merges every tensor; --include/--exclude are not supported with it")
+    thetas = [load_state(args.model_a), load_state(args.model_b)]
+    fishers = [load_state(f) for f in args.fisher]
+    for a, dest in dests.items():
+        merged = fisher_merge(thetas, fishers, [1 - a, a], fisher_floor=args.fisher_floor)
+        save_state(dest, merged, {"alpha": a, "parents": parents, "fisher": list(args.fisher)})
+        print(f"alpha {a:.2f} (Fisher-weighted): {dest}")
+    return 0
+
+
+def cmd_soup(args) -> int:
+    from .checkpoint import load_state, save_state
+    from .merge_files import average_files, is_safetensors_checkpoint, plan_files
+    from .soup import weighted_average
+
+    sel = _selection(args, 0)
+    files = all(is_safetensors_checkpoint(m) for m in args.models)
+    if args.dry_run:
+        if not files:
+            raise ValueError("--dry-run reads safetensors headers; every model must be a safetensors checkpoint")
+        print(plan_files(args.models, max_shard_bytes=args.max_shard_size, average=True, **sel).summary())
+        return 0
+    meta = {"soup": list(args.models), "weights": args.weights}
+    if files:
+        dest = average_files(args.models, args.out, args.weights, max_shard_bytes=args.max_shard_size,
+                             metadata={"wiseft": json.dumps(meta)}, **sel)
+    else:
+        dest = save_state(args.out, weighted_average([load_state(m) for m in args.models], args.weights, **sel),
+                          meta)
+    print(f"soup of {len(args.models)} models: {dest}")
     return 0
 
 
@@ -172,7 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--alpha", type=float, action="append", required=True, help="repeatable")
     sp.add_argument("--out", required=True, help="output file or directory")
     sp.add_argument("--extrapolate", action="store_true", help="allow alphas outside [0, 1]")
+    _merge_args(sp, "where tensors not merged come from: a or b (default b, the fine-tuned side)")
+    sp.add_argument("--fisher", nargs=2, metavar=("FISHER_A", "FISHER_B"),
+                    help="Fisher-weighted merge with these diagonal Fisher files (in memory)")
+    sp.add_argument("--fisher-floor", type=float, default=1e-8, help="lower bound on Fisher values")
     sp.set_defaults(fn=cmd_interpolate)
+
+    sp = sub.add_parser("soup", help="weighted average (uniform soup) of N checkpoints of one architecture")
+    sp.add_argument("models", nargs="+", help="safetensors files or dirs (merged out of core), or .pt files")
+    sp.add_argument("--weights", type=float, nargs="+", help="one per model (default uniform)")
+    sp.add_argument("--out", required=True, help="output .safetensors file, or a directory")
+    _merge_args(sp, "index of the model that tensors not merged come from (default 0)")
+    sp.set_defaults(fn=cmd_soup)
 
     sp = sub.add_parser("evaluate", help="evaluate an exported model on a config's test and shift sets")
     sp.add_argument("model")
