@@ -45,8 +45,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededSamples(Dataset):
-    """Indexed by ``(epoch, i)``: ``base[i]`` with torch's and Python's RNGs seeded per
-    sample for the duration of the call (the caller's RNG state is restored)."""
+    """Indexed by ``(epoch, i)``: ``base[i]`` with torch's RNG seeded per sample for the
+    duration of the call (the caller's torch RNG state is restored). Python's ``random``
+    is seeded per sample too (for transforms that use it) and left so: cheaper than
+    restoring it, and still a function of the data position only."""
 
     def __init__(self, base: Dataset, seed: int, seeded: bool = True):
         self.base, self.seed, self.seeded = base, seed, seeded
@@ -58,15 +60,15 @@ class SeededSamples(Dataset):
         epoch, i = key
         if not self.seeded:
             return self.base[i]
-        torch_state, py_state = torch.get_rng_state(), random.getstate()
+        gen = torch.default_generator
+        state = gen.get_state()
         s = sample_seed(self.seed, epoch, i)
-        torch.manual_seed(s)
+        gen.manual_seed(s)  # not torch.manual_seed: that also queues CUDA seeding, 100x slower
         random.seed(s)
         try:
             return self.base[i]
         finally:
-            torch.set_rng_state(torch_state)
-            random.setstate(py_state)
+            gen.set_state(state)
 
 
 class TensorSamples(Dataset):
