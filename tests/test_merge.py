@@ -208,3 +208,20 @@ def test_load_into_checks_the_target():
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4))
     with pytest.raises(MergeError, match="'2.weight'"):
         Interpolator(a, b).load_into(net, 0.5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(alpha=st.floats(0.0, 1.0), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_pieces_on_worker_threads_give_the_same_bits(alpha, dtype):
+    import wiseft.merge as m
+
+    a, b = _pair(5, dtype, 10_007)
+    whole = interpolate_tensor(a, b, alpha)
+    old = m.PIECE_NUMEL
+    m.PIECE_NUMEL = 999
+    try:
+        out = torch.empty_like(a)
+        m.interpolate_many([(out, a, b, alpha)], num_threads=2)
+    finally:
+        m.PIECE_NUMEL = old
+    assert torch.equal(out, whole)

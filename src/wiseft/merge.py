@@ -14,6 +14,8 @@ file headers can be checked (and a ``--dry-run`` reported) without reading weigh
 from __future__ import annotations
 
 import fnmatch
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -24,6 +26,8 @@ StateDict = Mapping[str, torch.Tensor]
 # Tensors below this many elements are merged with one foreach call per alpha rather
 # than one op each: per-op overhead, not bandwidth, is their cost.
 SMALL_NUMEL = 1 << 16
+# Larger tensors are cut into pieces of this many elements, shared out to worker threads.
+PIECE_NUMEL = 1 << 20
 
 
 class MergeError(ValueError):
@@ -213,6 +217,72 @@ def average_tensor(tensors: Sequence[torch.Tensor], weights: Sequence[float],
     return out if acc is out else out.copy_(acc)
 
 
+# --- parallel execution -------------------------------------------------------------------
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _openmp() -> bool:
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _workers(num_threads: int | None) -> int:
+    n = torch.get_num_threads() if num_threads is None else num_threads
+    return n if n > 1 and _openmp() else 1
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    if _pool is None or _pool_size != n:
+        # With OpenMP the thread count is per thread: the workers run every op on one
+        # core, the caller's setting is untouched.
+        _pool = ThreadPoolExecutor(n, thread_name_prefix="wiseft-merge", initializer=torch.set_num_threads,
+                                   initargs=(1,))
+        _pool_size = n
+    return _pool
+
+
+def interpolate_many(items: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]],
+                     num_threads: int | None = None) -> None:
+    """``interpolate_tensor(a, b, alpha, out=t)`` for every ``(t, a, b, alpha)``.
+
+    Parallel across tensors, not inside each op: large CPU tensors are cut into pieces
+    that single-threaded workers pull from a shared counter. On a busy machine an
+    OpenMP op stalls at its end barrier whenever one of its threads is descheduled;
+    one barrier per alpha instead of one per tensor keeps a sweep near the memory
+    bandwidth. The elementwise kernel gives the same bits wherever a piece starts.
+    """
+    workers = _workers(num_threads)
+    pieces = []
+    for t, a, b, alpha in items:
+        n = t.numel()
+        if (workers > 1 and n > PIECE_NUMEL and t.device.type == "cpu" and t.device == a.device == b.device
+                and t.is_contiguous() and a.is_contiguous() and b.is_contiguous()):
+            tv, av, bv = t.view(-1), a.view(-1), b.view(-1)
+            pieces += [(tv[i:i + PIECE_NUMEL], av[i:i + PIECE_NUMEL], bv[i:i + PIECE_NUMEL], alpha)
+                       for i in range(0, n, PIECE_NUMEL)]
+        else:
+            pieces.append((t, a, b, alpha))
+    if workers == 1 or len(pieces) < 2 or any(p[0].device.type != "cpu" for p in pieces):
+        for t, a, b, alpha in pieces:
+            interpolate_tensor(a, b, alpha, out=t)
+        return
+    counter = itertools.count()
+
+    def work() -> None:
+        with torch.no_grad():
+            for i in counter:
+                if i >= len(pieces):
+                    return
+                t, a, b, alpha = pieces[i]
+                interpolate_tensor(a, b, alpha, out=t)
+
+    pool = _get_pool(workers)
+    for f in [pool.submit(work) for _ in range(workers)]:
+        f.result()
+
+
 # --- in-memory engine ------------------------------------------------------------------
 
 def _storage_key(t: torch.Tensor) -> tuple | None:
@@ -267,7 +337,9 @@ class Interpolator:
     """
 
     def __init__(self, theta_0: StateDict, theta_1: StateDict, *, allow_extrapolation: bool = False,
-                 include: Iterable[str] | None = None, exclude: Iterable[str] | None = None, keep: int = 1):
+                 include: Iterable[str] | None = None, exclude: Iterable[str] | None = None, keep: int = 1,
+                 num_threads: int | None = None):
+        self.num_threads = num_threads  # worker threads (default: torch.get_num_threads())
         self.selection = make_selection(include, exclude, keep)
         self.steps = plan_merge([specs_of(theta_0), specs_of(theta_1)], self.selection)
         self.theta_0 = {k: v.detach() for k, v in theta_0.items()}
@@ -330,24 +402,28 @@ class Interpolator:
                 if key in seen:  # tied in the target: written once
                     continue
                 seen.add(key)
-            a, b = self.theta_0[s.name], self.theta_1[s.name]
             if s.op == "copy" or alpha in (0.0, 1.0):
-                src = (a, b)[s.source] if s.op == "copy" else (b if alpha == 1.0 else a)
-                copies[0].append(t)
-                copies[1].append(src)
-            elif t.numel() < SMALL_NUMEL and t.device == a.device == b.device:
+                side = s.source if s.op == "copy" else int(alpha == 1.0)
+                src = (self.theta_0, self.theta_1)[side][s.name]
+                if t.numel() < SMALL_NUMEL:
+                    copies[0].append(t)
+                    copies[1].append(src)
+                else:
+                    large.append((t, src, src, 0.0))  # weight 0: an exact copy, on the workers
+                continue
+            a, b = self.theta_0[s.name], self.theta_1[s.name]
+            if t.numel() < SMALL_NUMEL and t.device == a.device == b.device:
                 for lst, x in zip(small, (t, a, b)):
                     lst.append(x)
             else:
-                large.append((t, a, b))
+                large.append((t, a, b, alpha))
         if copies[0]:
             torch._foreach_copy_(copies[0], copies[1])
         if small[0]:
             # lerp_ on a copy of a is the same kernel, on the same values, as lerp(a, b)
             torch._foreach_copy_(small[0], small[1])
             torch._foreach_lerp_(small[0], small[2], alpha)
-        for t, a, b in large:
-            interpolate_tensor(a, b, alpha, out=t)
+        interpolate_many(large, self.num_threads)
 
 
 def interpolate(theta_0: StateDict, theta_1: StateDict, alpha: float, *,
