@@ -17,13 +17,17 @@ from .evaluate import EvalSet, evaluate, sweep
 from .finetune import FinetuneConfig, finetune
 from .heads import Classifier, zeroshot_head, zeroshot_weights
 from .merge import Interpolator, MergeError, interpolate
+from .merge_files import average_files, interpolate_files, plan_files, sweep_files
 from .pipeline import run
+from .soup import estimate_fisher, fisher_merge, greedy_soup, uniform_soup, weighted_average
 from .report import build_report
 from .robustness import clopper_pearson, effective_robustness, fit_baseline, select_alpha
 from .results import Record, read_records, summary_table
 from .templates import get_templates, list_templates, register_templates
 
 __all__ = [
+    "average_files", "interpolate_files", "plan_files", "sweep_files",
+    "estimate_fisher", "fisher_merge", "greedy_soup", "uniform_soup", "weighted_average",
     "Backbone", "BackboneSpec", "Classifier", "ConfigError", "EvalSet", "FinetuneConfig", "Interpolator",
     "LabeledDataset", "MergeError", "Record", "RunConfig", "build_dataset", "evaluate", "export_model",
     "finetune", "get_templates", "interpolate", "list_backbones", "list_datasets", "list_templates",
