@@ -157,3 +157,17 @@ def test_bad_inputs_give_clear_errors(open_clip_spec, image_data, tmp_path, caps
     assert main(["interpolate", str(a), str(b), "--alpha", "0.5", "--out", str(tmp_path / "o.safetensors")]) == 2
     assert "tensor 'w' has shape (2, 3)" in capsys.readouterr().err
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_rerun_reuses_finetuned_weights_and_changed_settings_retrain(oc_run, open_clip_spec, image_data):
+    ckpt = oc_run / "checkpoints" / "finetuned.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    first = {(r.alpha, r.dataset): r.correct for r in read_records(oc_run)}
+    cfg = run_config(open_clip_spec, image_data, oc_run, export=False)
+    again = run(parse_config(cfg), progress=False)
+    assert ckpt.stat().st_mtime_ns == before
+    assert {(r.alpha, r.dataset): r.correct for r in again.records} == first
+    cfg["finetune"]["epochs"] = 1
+    run(parse_config({**cfg, "alphas": [0.0, 1.0]}), progress=False)
+    assert ckpt.stat().st_mtime_ns != before
+    assert len(list((oc_run / "checkpoints").glob("train_finetuned_*"))) == 2

@@ -15,6 +15,8 @@ import yaml
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
 from wiseft.checkpoint import load_state
 from wiseft.config import parse_config
+from wiseft.config import parse_config
+from wiseft.pipeline import checkpoint_paths
 from wiseft.train import train_from_config
 from wiseft.train.loop import KILL_ENV
 
@@ -65,7 +67,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(open_clip_spec, image_da
     # step 5 is mid-epoch 1 and after the step-4 checkpoint: the resume must replay step 5
     killed = subprocess.run(_train_cmd(tmp_path, cfg_path), env={**env, KILL_ENV: "5"}, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    ckpts = tmp_path / "killed" / "checkpoints" / "train_finetuned" / "e2e"
+    ckpts = checkpoint_paths(parse_config(cfg), "finetuned")[1] / "e2e"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000002.pt", "step_00000004.pt"]
     assert not (tmp_path / "killed" / "checkpoints" / "finetuned.safetensors").exists()
 

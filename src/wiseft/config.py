@@ -48,7 +48,10 @@ class EvalConfig(BaseModel):
 
     batch_size: int = Field(256, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
-    cache_inputs: bool = True
+    cache: bool | Literal["auto", "memory", "disk"] = "auto"  # decode each input once
+    cache_dir: str | None = None  # where a memory-mapped input cache goes (default: a temp dir)
+    num_workers: int | None = Field(None, ge=0)
+    fp32_check: int = Field(512, ge=0)  # bf16 runs: inputs per set re-run in fp32 to report the difference
 
 
 class RunConfig(BaseModel):
@@ -92,6 +95,13 @@ class RunConfig(BaseModel):
         for name, overrides in self.variants.items():
             runs[name] = FinetuneConfig(**{**self.finetune.model_dump(), **overrides})
         return runs
+
+    def train_key(self, name: str = "finetuned") -> str:
+        """What a fine-tuned checkpoint depends on (backbone, data, fine-tuning settings):
+        a checkpoint with the same key is reused instead of training again."""
+        obj = [self.backbone.model_dump(mode="json"), self.data.model_dump(mode="json"),
+               self.finetune_runs()[name].model_dump(mode="json")]
+        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

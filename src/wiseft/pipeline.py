@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -89,7 +88,9 @@ def _relabel(train: LabeledDataset, classnames: list[str]) -> LabeledDataset:
 
 
 def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
-    if list(ds.classnames) == list(classnames) and "class_map" not in spec:
+    """None where the dataset scores reference logits itself: same classes, or a
+    projection of its own (ImageNet-R/A subsets, ObjectNet's grouped classes)."""
+    if "class_map" not in spec and (list(ds.classnames) == list(classnames) or ds.projection is not None):
         return None
     try:
         return build_projection(classnames, ds.classnames, spec.get("class_map"), name=where)
@@ -133,7 +134,9 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
         thetas[name] = theta_1
         new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, model_name=name,
                     linear=ft_cfg.mode == "linear", batch_size=cfg.evaluation.batch_size,
-                    precision=cfg.evaluation.precision, cache=cfg.evaluation.cache_inputs,
+                    precision=cfg.evaluation.precision, cache=cfg.evaluation.cache,
+                    num_workers=cfg.evaluation.num_workers, cache_dir=cfg.evaluation.cache_dir,
+                    fp32_check=cfg.evaluation.fp32_check,
                     allow_extrapolation=cfg.allow_extrapolation,
                     provenance={**provenance, "mode": ft_cfg.mode}, progress=progress)
         append_records(results_path, new)
@@ -159,24 +162,28 @@ def _meta(cfg: RunConfig, data: PreparedData, alpha: float) -> dict[str, Any]:
             "config_hash": cfg.config_hash(), "finetune": cfg.finetune.model_dump()}
 
 
+def checkpoint_paths(cfg: RunConfig, name: str) -> tuple[Path, Path]:
+    """(final weights, training-checkpoint folder) of a fine-tuning run. The folder is
+    named by the run's train key, so changed settings start afresh and the same
+    settings resume where an interrupted run stopped."""
+    ckpts = Path(cfg.output_dir) / "checkpoints"
+    return ckpts / f"{name}.safetensors", ckpts / f"train_{name}_{cfg.train_key(name)}"
+
+
 def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir: Path, progress) -> dict[str, torch.Tensor]:
-    """Fine-tune, or reuse the checkpoint a previous run with the same settings wrote."""
-    ckpt = run_dir / "checkpoints" / f"{name}.safetensors"
-    key = {"train_key": _hash([cfg.backbone.model_dump(mode="json"), cfg.data.model_dump(mode="json"),
-                               ft_cfg.model_dump(mode="json")])}
-    if ckpt.exists() and read_meta(ckpt).get("train_key") == key["train_key"]:
+    """Fine-tune (resuming an interrupted run), or reuse the weights a previous run with
+    the same settings wrote."""
+    ckpt, train_dir = checkpoint_paths(cfg, name)
+    key = cfg.train_key(name)
+    if ckpt.exists() and read_meta(ckpt).get("train_key") == key:
         log.info("reusing %s", ckpt)
         return load_state(ckpt)
     model.load_state_dict(theta_0)
     tuned = finetune(model, data.train, backbone, ft_cfg, log_path=run_dir / f"train_{name}.jsonl",
-                     progress=progress)
+                     progress=progress, checkpoint_dir=train_dir, resume=True)
     state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
-    save_state(ckpt, state, key)
+    save_state(ckpt, state, {"train_key": key})
     return state
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def summarize(run_dir: str | Path) -> str:

@@ -3,8 +3,6 @@ checkpoint ``wiseft run`` reuses (``OUTPUT_DIR/checkpoints/NAME.safetensors``)."
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,19 +15,11 @@ from .distributed import barrier, current, init_distributed
 log = logging.getLogger("wiseft")
 
 
-def train_key(cfg: RunConfig, name: str) -> str:
-    """The key ``wiseft run`` checks before reusing a fine-tuned checkpoint (same formula
-    as the pipeline's)."""
-    ft_cfg = cfg.finetune_runs()[name]
-    obj = [cfg.backbone.model_dump(mode="json"), cfg.data.model_dump(mode="json"), ft_cfg.model_dump(mode="json")]
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume: bool = False,
                       fresh: bool = False, progress: bool = True) -> dict[str, Path]:
     """Fine-tune the config's runs (all, or ``names``) and write each one's weights.
 
-    Checkpoints go to ``OUTPUT_DIR/checkpoints/train_NAME/``, the metrics log to
+    Checkpoints go to ``OUTPUT_DIR/checkpoints/train_NAME_KEY/`` (KEY: the run's train key), the metrics log to
     ``OUTPUT_DIR/train_NAME.jsonl``. Every process of a torchrun launch calls this.
 
     Example:
@@ -38,7 +28,7 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     from ..backbones.base import load_backbone
     from ..checkpoint import save_state
     from ..finetune import finetune
-    from ..pipeline import build_zeroshot_model, prepare_data
+    from ..pipeline import build_zeroshot_model, checkpoint_paths, prepare_data
 
     info, device = init_distributed(cfg.device)
     runs = cfg.finetune_runs()
@@ -51,17 +41,17 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
     out = {}
     for name in names or list(runs):
-        ckpt_dir = run_dir / "checkpoints" / f"train_{name}"
+        final, ckpt_dir = checkpoint_paths(cfg, name)
         if fresh and info.main and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)
             (run_dir / f"train_{name}.jsonl").unlink(missing_ok=True)
         barrier()
         tuned = finetune(model, data.train, backbone, runs[name], log_path=run_dir / f"train_{name}.jsonl",
                          progress=progress, checkpoint_dir=ckpt_dir, resume=resume)
-        out[name] = run_dir / "checkpoints" / f"{name}.safetensors"
+        out[name] = final
         if info.main:
             state = {k: v.detach().cpu().clone() for k, v in tuned.state_dict().items()}
-            save_state(out[name], state, {"train_key": train_key(cfg, name)})
+            save_state(out[name], state, {"train_key": cfg.train_key(name)})
             log.info("%s: weights in %s", name, out[name])
         barrier()
     return out
