@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -220,7 +221,7 @@ def average_tensor(tensors: Sequence[torch.Tensor], weights: Sequence[float],
 # --- parallel execution -------------------------------------------------------------------
 
 _pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pool_key: tuple[int, int] = (0, 0)  # (size, pid): a forked child must not reuse its parent's pool
 
 
 def _openmp() -> bool:
@@ -233,13 +234,13 @@ def _workers(num_threads: int | None) -> int:
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size != n:
+    global _pool, _pool_key
+    if _pool is None or _pool_key != (n, os.getpid()):
         # With OpenMP the thread count is per thread: the workers run every op on one
         # core, the caller's setting is untouched.
         _pool = ThreadPoolExecutor(n, thread_name_prefix="wiseft-merge", initializer=torch.set_num_threads,
                                    initargs=(1,))
-        _pool_size = n
+        _pool_key = (n, os.getpid())
     return _pool
 
 
