@@ -91,7 +91,7 @@ def test_table_rows(tmp_path):
     by_label = {r[1]: r for r in rows[1:]}
     col = header.index("imagenet")
     assert float(by_label["zero-shot (alpha=0)"][col]) == pytest.approx(68.0, abs=0.01)
-    assert float(by_label["fine-tuned finetuned (alpha=1)"][col]) == pytest.approx(81.0, abs=0.01)
+    assert float(by_label["fine-tuned (alpha=1)"][col]) == pytest.approx(81.0, abs=0.01)
     assert float(by_label["WiSE-FT, alpha=0.5"][col]) == pytest.approx(100 * curve(0.5, 0.68, 0.81, 0.04), abs=0.01)
     assert "WiSE-FT, selected alpha=0.9" in by_label
     # Oracle: the best alpha of each column, on that column's own test set.
@@ -125,7 +125,7 @@ def test_scatter_plot_data(tmp_path):
     np.testing.assert_allclose(y, logit(np.array([by[a, "imagenet-v2"] for a in ALPHAS])))
     zx, zy = lines["zero-shot"]
     assert (zx[0], zy[0]) == pytest.approx((logit(0.68), logit(0.62)))
-    fx, fy = lines["fine-tuned finetuned"]
+    fx, fy = lines["fine-tuned"]
     assert (fx[0], fy[0]) == pytest.approx((logit(0.81), logit(0.70)))
     # The baseline fit line is the fit's prediction along the x axis.
     bx, bb = lines["baseline fit"]

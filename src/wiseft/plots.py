@@ -42,6 +42,11 @@ def curves(records: Iterable[Record], metric: str = "top1") -> dict[str, dict[fl
     return out
 
 
+def finetuned_label(model: str) -> str:
+    """'fine-tuned' for the main run, 'fine-tuned (NAME)' for a variant."""
+    return "fine-tuned" if model == "finetuned" else f"fine-tuned ({model})"
+
+
 def set_logit_ticks(ax, axis: str, lo: float, hi: float, max_ticks: int = 9) -> None:
     """Percent tick labels on ``axis`` ("x" or "y") spanning logit range [lo, hi]."""
     gap = (hi - lo) / max_ticks
@@ -135,7 +140,7 @@ def plot_scatter(
             if a == 0.0 and i == 0:
                 _errorbar(ax, [p], fmt="*", ms=13, color=colors[0], label="zero-shot", zorder=4)
             if a == 1.0:
-                _errorbar(ax, [p], fmt="s", ms=7, color=c, mec="k", label=f"fine-tuned {model}", zorder=4)
+                _errorbar(ax, [p], fmt="s", ms=7, color=c, mec="k", label=finetuned_label(model), zorder=4)
             if a == 0.5 and a != (selected or {}).get(model):
                 ax.plot(logit(p[0]), logit(p[1]), "D", ms=6, mfc="none", mec=c, label=f"alpha=0.5 {model}", zorder=5)
             if selected and a == selected.get(model):

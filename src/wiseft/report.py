@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from wiseft.plots import AVG, plot_alpha_curves, plot_scatter, save_figure
+from wiseft.plots import AVG, finetuned_label, plot_alpha_curves, plot_scatter, save_figure
 from wiseft.results import Record, read_records
 from wiseft.robustness import (
     DEFAULT_ALPHA,
@@ -103,7 +103,7 @@ def build_tables(
                 columns,
                 [
                     ("zero-shot (alpha=0)", at(0.0)),
-                    (f"fine-tuned {model} (alpha=1)", at(1.0)),
+                    (f"{finetuned_label(model)} (alpha=1)", at(1.0)),
                     ("WiSE-FT, alpha=0.5", at(0.5)),
                     (f"WiSE-FT, selected alpha={sel:g}", at(sel)),
                     ("WiSE-FT, best alpha per column (oracle)", [oracle(c) for c in columns]),
