@@ -68,6 +68,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         raise ConfigError(str(e)) from None
     if d.validation_fraction > 0:
         train, val = split_holdout(train, d.validation_fraction, d.seed)
+        val.name = f"{d.name}-val"
         evalsets.append(EvalSet(f"{d.name}-val", "validation", val))
     return PreparedData(list(classnames), templates, train, evalsets)
 
