@@ -90,6 +90,28 @@ def tiny_hf_clip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_hf_siglip_dir(tmp_path_factory) -> Path:
+    """A tiny Hugging Face SiglipModel (a CLIP tokenizer stands in for SigLIP's
+    SentencePiece one, which needs a model file we cannot fetch)."""
+    from transformers import CLIPTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    d = tmp_path_factory.mktemp("hf_siglip")
+    _write_clip_tokenizer(d)
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    torch.manual_seed(0)
+    cfg = SiglipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=2),
+    )
+    SiglipModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A tiny BERT text encoder with a word-level vocabulary, saved as a plain HF directory."""
     from transformers import BertConfig, BertModel, BertTokenizer

@@ -40,6 +40,29 @@ def test_hf_clip_zeroshot_head_matches_get_text_features(tiny_hf_clip_dir):
         torch.testing.assert_close(bb.encoder(x), ref_feats)
 
 
+def test_hf_siglip_head_encoder_and_export(tiny_hf_siglip_dir, tmp_path):
+    from transformers import AutoTokenizer, SiglipModel
+
+    bb = load_backbone({"family": "hf_clip", "name": str(tiny_hf_siglip_dir)})
+    ref = SiglipModel.from_pretrained(tiny_hf_siglip_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_hf_siglip_dir)
+    classes, templates = ["cat", "dog", "bird"], ["a photo of a {}."]
+    head = zeroshot_head(bb, classes, templates, cache=False)
+    with torch.no_grad():
+        out = ref.get_text_features(**tok([templates[0].format(c) for c in classes], padding="max_length",
+                                          max_length=16, return_tensors="pt"))
+        e = torch.nn.functional.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
+        torch.testing.assert_close(head.weight, e * ref.logit_scale.exp(), atol=1e-5, rtol=1e-5)
+        x = torch.randn(2, 3, 32, 32)
+        img = ref.get_image_features(pixel_values=x)
+        torch.testing.assert_close(bb.encoder(x), img if isinstance(img, torch.Tensor) else img.pooler_output)
+    assert bb.transform_eval(__import__("PIL.Image").Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+    path = bb.export(tmp_path)
+    again = SiglipModel.from_pretrained(path)
+    assert torch.equal(again.vision_model.head.attention.in_proj_weight,
+                       bb.encoder.vision_model.head.attention.in_proj_weight)
+
+
 def test_hf_clip_run_and_export_loads_in_transformers(tiny_hf_clip_dir, image_data, tmp_path):
     from transformers import CLIPModel
 
