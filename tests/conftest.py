@@ -67,48 +67,43 @@ def _write_clip_tokenizer(d: Path) -> None:
     (d / "merges.txt").write_text("#version: 0.2\n")
 
 
-@pytest.fixture(scope="session")
-def tiny_hf_clip_dir(tmp_path_factory) -> Path:
-    """A tiny Hugging Face CLIPModel with tokenizer and image processor, saved locally."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+def _save_tiny_hf(d: Path, config_cls, model_cls, processor, max_positions: int) -> Path:
+    """A tiny Hugging Face image-text model with a CLIP tokenizer and ``processor``, saved in ``d``."""
+    from transformers import CLIPTokenizer
 
-    d = tmp_path_factory.mktemp("hf_clip")
     _write_clip_tokenizer(d)
     tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
     torch.manual_seed(0)
-    cfg = CLIPConfig(
+    cfg = config_cls(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77),
+                         num_attention_heads=2, max_position_embeddings=max_positions),
         vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
                            num_hidden_layers=1, num_attention_heads=2),
-        projection_dim=16,
+        **({"projection_dim": 16} if config_cls.__name__ == "CLIPConfig" else {}),
     )
-    CLIPModel(cfg).save_pretrained(d)
+    model_cls(cfg).save_pretrained(d)
     tok.save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    processor.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip_dir(tmp_path_factory) -> Path:
+    """A tiny Hugging Face CLIPModel with tokenizer and image processor, saved locally."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return _save_tiny_hf(tmp_path_factory.mktemp("hf_clip"), CLIPConfig, CLIPModel, processor, 77)
 
 
 @pytest.fixture(scope="session")
 def tiny_hf_siglip_dir(tmp_path_factory) -> Path:
     """A tiny Hugging Face SiglipModel (a CLIP tokenizer stands in for SigLIP's
     SentencePiece one, which needs a model file we cannot fetch)."""
-    from transformers import CLIPTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    d = tmp_path_factory.mktemp("hf_siglip")
-    _write_clip_tokenizer(d)
-    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
-    torch.manual_seed(0)
-    cfg = SiglipConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2),
-    )
-    SiglipModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return _save_tiny_hf(tmp_path_factory.mktemp("hf_siglip"), SiglipConfig, SiglipModel, processor, 16)
 
 
 @pytest.fixture(scope="session")

@@ -135,3 +135,18 @@ def test_unknown_family_is_a_clear_error():
 
     with pytest.raises(ValidationError, match="family"):
         load_backbone({"family": "keras", "name": "x"})
+
+
+def test_unloadable_models_are_clear_errors(tmp_path, capsys):
+    from wiseft.backbones.base import BackboneError
+    from wiseft.cli import main
+
+    with pytest.raises(BackboneError, match="cannot load open_clip model 'ViT-Nope-99'"):
+        load_backbone({"family": "open_clip", "name": "ViT-Nope-99"})
+    with pytest.raises(BackboneError, match="cannot load hf_clip model"):
+        load_backbone({"family": "hf_clip", "name": str(tmp_path / "no-such-dir")})
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "wiseft.json").write_text(
+        '{"backbone": {"family": "open_clip", "name": "ViT-Nope-99"}, "native": "x.safetensors"}')
+    assert main(["predict", str(tmp_path / "m"), "a.png"]) == 2
+    assert "cannot load open_clip model 'ViT-Nope-99'" in capsys.readouterr().err

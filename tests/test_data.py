@@ -88,3 +88,10 @@ def test_projection_subset_and_groups():
     assert build_projection(ref, ref).is_identity
     with pytest.raises(DataError, match="'boat' maps to 'boat'"):
         build_projection(ref, ["boat"], name="shift")
+
+
+def test_registries_list_every_kind():
+    from wiseft import list_backbones, list_datasets
+
+    assert {"image_folder", "manifest", "bbc_news", "imagenet", "objectnet", "cifar10", "fmow"} <= set(list_datasets())
+    assert list_backbones() == ["hf_clip", "open_clip", "sentence_transformer"]

@@ -11,6 +11,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from ..registry import Registry
+
 
 class BackboneSpec(BaseModel):
     """Where a pretrained model comes from.
@@ -62,27 +64,10 @@ class Backbone:
         return h.hexdigest()[:16]
 
 
-_REGISTRY: dict[str, Callable[[BackboneSpec], Backbone]] = {}
-
-
-def register_backbone(family: str):
-    """Decorator: register a loader ``fn(spec) -> Backbone`` for a family."""
-
-    def wrap(fn):
-        _REGISTRY[family] = fn
-        return fn
-
-    return wrap
-
-
-def list_backbones() -> list[str]:
-    """Registered backbone families."""
-    _fill_registry()
-    return sorted(_REGISTRY)
-
-
-def _fill_registry() -> None:
-    from . import hf_clip, open_clip_backbone, text  # noqa: F401
+BACKBONES: Registry = Registry("backbone family", [f"wiseft.backbones.{m}" for m in
+                                                    ("hf_clip", "open_clip_backbone", "text")])
+register_backbone = BACKBONES.register  # decorator: a loader ``fn(spec) -> Backbone`` for a family
+list_backbones = BACKBONES.names
 
 
 def load_backbone(spec: BackboneSpec | dict) -> Backbone:
@@ -93,10 +78,19 @@ def load_backbone(spec: BackboneSpec | dict) -> Backbone:
     """
     if isinstance(spec, dict):
         spec = BackboneSpec(**spec)
-    _fill_registry()
-    if spec.family not in _REGISTRY:
-        raise KeyError(f"unknown backbone family {spec.family!r}; known: {list_backbones()}")
-    return _REGISTRY[spec.family](spec)
+    loader = BACKBONES.get(spec.family)
+    try:
+        return loader(spec)
+    except ImportError:
+        raise
+    except (RuntimeError, OSError, ValueError) as e:  # unknown names, missing files, no network
+        detail = str(e) if len(str(e)) < 400 else str(e)[:400] + " ..."
+        where = f" with pretrained {spec.pretrained!r}" if spec.pretrained else ""
+        raise BackboneError(f"cannot load {spec.family} model {spec.name!r}{where}: {detail}") from e
+
+
+class BackboneError(ValueError):
+    """A pretrained model cannot be loaded; the message names the model and why."""
 
 
 def require(module: str, extra: str):

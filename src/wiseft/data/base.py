@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..metrics import Score, accuracy
+from ..registry import Registry
 
 
 class DataError(ValueError):
@@ -152,35 +153,22 @@ def build_projection(reference: Sequence[str], classnames: Sequence[str],
     return Projection(tuple(groups))
 
 
-_REGISTRY: dict[str, Callable[..., LabeledDataset]] = {}
-
-
-def register_dataset(kind: str):
-    """Decorator: register a builder ``fn(**options) -> LabeledDataset`` for a kind."""
-
-    def wrap(fn):
-        _REGISTRY[kind] = fn
-        return fn
-
-    return wrap
-
-
-def list_datasets() -> list[str]:
-    """Registered dataset kinds."""
-    _fill_registry()
-    return sorted(_REGISTRY)
+DATASETS: Registry = Registry("dataset kind", [f"wiseft.data.{m}" for m in
+                                               ("bbc_news", "cifar", "folders", "imagenet", "transfer", "video",
+                                                "wilds")])
+register_dataset = DATASETS.register  # decorator: a builder ``fn(**options) -> LabeledDataset`` for a kind
+list_datasets = DATASETS.names
 
 
 def build_dataset(spec: dict[str, Any], *, name: str = "", base_dir: str | Path | None = None) -> LabeledDataset:
     """Build a dataset from ``{"kind": ..., **options}``; unknown kinds and options are
     errors naming them. Relative paths resolve against ``base_dir``."""
-    _fill_registry()
     spec = dict(spec)
     kind = spec.pop("kind", None)
     spec.pop("class_map", None)
-    if kind not in _REGISTRY:
-        raise DataError(f"dataset {name!r}: unknown kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
-    fn = _REGISTRY[kind]
+    if kind not in DATASETS:
+        raise DataError(f"dataset {name!r}: unknown kind {kind!r}; known: {', '.join(list_datasets())}")
+    fn = DATASETS.get(kind)
     params = inspect.signature(fn).parameters
     for key in spec:
         if key not in params:
@@ -191,10 +179,6 @@ def build_dataset(spec: dict[str, Any], *, name: str = "", base_dir: str | Path 
     ds = fn(**spec)
     ds.name = name or ds.name
     return ds
-
-
-def _fill_registry() -> None:
-    from . import bbc_news, cifar, folders, imagenet, transfer, video, wilds  # noqa: F401
 
 
 def resource(*parts: str) -> Path:
