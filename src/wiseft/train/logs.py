@@ -26,7 +26,8 @@ class MetricLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ImportError(f"tensorboard: true needs the tensorboard package ({e})") from e
+                raise ImportError("tensorboard: true needs the tensorboard package: "
+                                  f"pip install 'wiseft[tensorboard]' ({e})") from e
             self.tb = SummaryWriter(str(tensorboard_dir))
 
     def truncate(self, stage: str, step: int) -> None:
