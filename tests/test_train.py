@@ -180,3 +180,28 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["a"], torch.ones(2))
     assert CheckpointDir(tmp_path).latest() is None
+
+
+def test_batched_fetch_seeds_torch_per_sample_and_python_once():
+    import random
+
+    from wiseft.train.data import SeededSamples
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.rand(1).item(), random.random()
+
+    data = SeededSamples(Draws(), seed=3)
+    keys = [(1, i) for i in (5, 2, 7)]
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    batch = data.__getitems__(keys)
+    assert torch.equal(torch.rand(1), before)  # the caller's torch RNG state is restored
+    single = [data[k] for k in keys]
+    assert [t for t, _ in batch] == [t for t, _ in single]  # torch draws: a function of the sample alone
+    assert data.__getitems__(keys) == batch  # python draws: a function of the micro-batch
+    assert data.__getitems__([(2, i) for i in (5, 2, 7)]) != batch

@@ -3,9 +3,12 @@
 Every optimizer step consumes one global batch taken in order from a per-epoch
 permutation seeded by ``(seed, epoch)``. The batch is split into ``world x accum``
 micro-batches; rank ``r`` takes micro-batches ``r*accum ... r*accum+accum-1``. A
-sample's augmentation is seeded by ``(seed, epoch, index)``. So the data a step sees
-depends only on the step number, never on the number of processes, workers, or
-where a run was resumed.
+sample's augmentation is seeded by ``(seed, epoch, index)`` through torch's generator
+(which torchvision and open_clip transforms use). So the data a step sees depends only
+on the step number, never on the number of processes, workers, or where a run was
+resumed. Python's ``random`` (used by some transforms, e.g. timm's RandAugment) is
+seeded once per micro-batch, by its first sample: exact on resume with the same
+number of processes, and seeding it per sample would cost more than a small model's step.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SeededSamples(Dataset):
     """Indexed by ``(epoch, i)``: ``base[i]`` with torch's RNG seeded per sample for the
     duration of the call (the caller's torch RNG state is restored). Python's ``random``
-    is seeded per sample too (for transforms that use it) and left so: cheaper than
-    restoring it, and still a function of the data position only."""
+    is seeded too and left so (cheaper than restoring it): per sample on single access,
+    once per micro-batch in the DataLoader's batched fetch (``__getitems__``)."""
 
     def __init__(self, base: Dataset, seed: int, seeded: bool = True):
         self.base, self.seed, self.seeded = base, seed, seeded
@@ -67,6 +70,23 @@ class SeededSamples(Dataset):
         random.seed(s)
         try:
             return self.base[i]
+        finally:
+            gen.set_state(state)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list:
+        """A micro-batch at once (the DataLoader's batched fetch): torch's generator is
+        saved and restored once and seeded per sample; Python's ``random`` is seeded once."""
+        if not self.seeded:
+            return [self.base[i] for _, i in keys]
+        gen = torch.default_generator
+        state = gen.get_state()
+        random.seed(sample_seed(self.seed, *keys[0]))
+        try:
+            out = []
+            for epoch, i in keys:
+                gen.manual_seed(sample_seed(self.seed, epoch, i))
+                out.append(self.base[i])
+            return out
         finally:
             gen.set_state(state)
 
