@@ -129,10 +129,11 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
                   "config_hash": cfg.config_hash(), "versions": package_versions()}
 
     records: list[Record] = []
-    thetas: dict[str, dict[str, torch.Tensor]] = {}
-    for name, ft_cfg in cfg.finetune_runs().items():
+    runs = cfg.finetune_runs()
+    for name, ft_cfg in runs.items():
         theta_1 = _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir, progress)
-        thetas[name] = theta_1
+        if name == "finetuned":
+            theta_main = theta_1  # exported below; variants' weights are dropped after their sweep
         new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, model_name=name,
                     linear=ft_cfg.mode == "linear", batch_size=cfg.evaluation.batch_size,
                     precision=cfg.evaluation.precision, cache=cfg.evaluation.cache,
@@ -145,7 +146,7 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
 
     from .robustness import select_alpha
 
-    selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in thetas}
+    selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
     (run_dir / "summary.md").write_text(summary_table(records) + "\n\nselected alpha (on "
                                         f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
     export_dir = None
@@ -153,7 +154,7 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
         from .merge import Interpolator
 
         alpha = selected["finetuned"]
-        Interpolator(theta_0, thetas["finetuned"], allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
+        Interpolator(theta_0, theta_main, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
         export_dir = export_model(model, backbone, _meta(cfg, data, alpha), run_dir / "export")
     return RunResult(run_dir, records, selected, export_dir)
 
