@@ -186,3 +186,18 @@ def test_two_models_and_objectnet_baseline_from_records(tmp_path):
     data = plotted_data(fig)
     assert {"WiSE-FT aggressive", "WiSE-FT finetuned", "zero-shot", "baseline fit (mean of shifts)"} <= set(data)
     assert (run / "report" / "alpha_aggressive.png").exists()
+
+
+def test_report_command_takes_a_baseline_csv(tmp_path, capsys):
+    from wiseft.cli import main
+
+    recs = [Record("finetuned", a, "news", "reference", "top1", v, int(v * 100), 100)
+            for a, v in [(0.0, 0.6), (0.5, 0.8), (1.0, 0.9)]]
+    recs += [Record("finetuned", a, "tweets", "shift", "top1", v, int(v * 100), 100)
+             for a, v in [(0.0, 0.5), (0.5, 0.6), (1.0, 0.55)]]
+    append_records(tmp_path / "results.jsonl", recs)
+    (tmp_path / "b.csv").write_text("model,news,tweets\nb0,60,40\nb1,70,45\nb2,80,52\nb3,90,60\n")
+    assert main(["report", str(tmp_path), "--baselines", str(tmp_path / "b.csv")]) == 0
+    assert capsys.readouterr().out.startswith("report: ")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "tweets: 4 baseline models" in page

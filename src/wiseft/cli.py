@@ -43,10 +43,11 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _report(run_dir: Path, alpha: float | None = None) -> None:
+def _report(run_dir: Path, alpha: float | None = None, baselines: str | None = None,
+            default_baselines: bool = True) -> None:
     from .report import build_report
 
-    path = build_report(run_dir, alpha=alpha)
+    path = build_report(run_dir, alpha=alpha, baselines=baselines, use_default_baselines=default_baselines)
     print(f"report: {path}")
 
 
@@ -56,7 +57,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    _report(Path(args.run_dir), args.alpha)
+    _report(Path(args.run_dir), args.alpha, args.baselines, not args.no_default_baselines)
     return 0
 
 
@@ -237,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="tables, plots and an HTML page from RUN_DIR/results.jsonl")
     sp.add_argument("run_dir")
     sp.add_argument("--alpha", type=float, help="report this fixed alpha instead of the selected one")
+    sp.add_argument("--baselines", metavar="CSV",
+                    help="baseline models for effective robustness: a 'model' column, one column per dataset (%%)")
+    sp.add_argument("--no-default-baselines", action="store_true",
+                    help="leave out the packaged ImageNet-1k models (ImageNet runs)")
     sp.set_defaults(fn=cmd_report)
 
     sp = sub.add_parser("interpolate", help="theta = (1 - alpha) * A + alpha * B for checkpoint files")
