@@ -97,21 +97,26 @@ class LabeledDataset(Dataset):
         return self._copy(samples=[self.samples[i] for i in indices])
 
 
+def per_class_permutations(labels: Sequence[int], seed: int) -> dict[int, list[int]]:
+    """Indices of each class (in label order) in a seeded random order: the one draw
+    behind every seeded split and subset (validation hold-out, k-shot, fixed test splits)."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    return {y: [by_class[y][j] for j in torch.randperm(len(by_class[y]), generator=g).tolist()]
+            for y in sorted(by_class)}
+
+
 def split_holdout(dataset: LabeledDataset, fraction: float, seed: int = 0
                   ) -> tuple[LabeledDataset, LabeledDataset]:
     """(train, validation): a seeded, class-stratified hold-out of ``fraction`` of each
     class (at least one sample per class that has two or more)."""
     if not 0.0 < fraction < 1.0:
         raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
-    g = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(dataset.labels):
-        by_class.setdefault(y, []).append(i)
     train, val = [], []
-    for y in sorted(by_class):
-        idx = by_class[y]
-        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
-        k = max(1, round(fraction * len(idx))) if len(idx) > 1 else 0
+    for perm in per_class_permutations(dataset.labels, seed).values():
+        k = max(1, round(fraction * len(perm))) if len(perm) > 1 else 0
         val += perm[:k]
         train += perm[k:]
     return dataset.subset(sorted(train)), dataset.subset(sorted(val))

@@ -15,9 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import torch
-
-from .base import DataError, LabeledDataset, register_dataset, resolve
+from .base import DataError, LabeledDataset, per_class_permutations, register_dataset, resolve
 
 TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 CLASSNAMES = ("business", "entertainment", "politics", "sports", "technology")
@@ -54,12 +52,9 @@ def _read_corpus(root: str) -> tuple[tuple[str, str, int], ...]:
 
 def split_indices(labels: list[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded per-topic split into (train, test) indices."""
-    g = torch.Generator().manual_seed(seed)
     train, test = [], []
-    for y in sorted(set(labels)):
-        idx = [i for i, l in enumerate(labels) if l == y]
-        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
-        k = round(test_fraction * len(idx))
+    for perm in per_class_permutations(labels, seed).values():
+        k = round(test_fraction * len(perm))
         test += perm[:k]
         train += perm[k:]
     return sorted(train), sorted(test)

@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.base import DataError, LabeledDataset
+from ..data.base import DataError, LabeledDataset, per_class_permutations
 
 
 def kshot_subset(dataset: LabeledDataset, shots: int, seed: int = 0) -> LabeledDataset:
@@ -29,17 +29,14 @@ def kshot_subset(dataset: LabeledDataset, shots: int, seed: int = 0) -> LabeledD
     Example:
         >>> train_16 = kshot_subset(train, 16, seed=0)
     """
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(dataset.labels):
-        by_class.setdefault(y, []).append(i)
-    g = torch.Generator().manual_seed(seed)
+    perms = per_class_permutations(dataset.labels, seed)
     keep: list[int] = []
-    for y in range(len(dataset.classnames)):
-        idx = by_class.get(y, [])
-        if len(idx) < shots:
-            raise DataError(f"dataset {dataset.name!r}: class {dataset.classnames[y]!r} has {len(idx)} "
+    for y, name in enumerate(dataset.classnames):
+        perm = perms.get(y, [])
+        if len(perm) < shots:
+            raise DataError(f"dataset {dataset.name!r}: class {name!r} has {len(perm)} "
                             f"samples, fewer than shots_per_class={shots}")
-        keep += [idx[j] for j in torch.randperm(len(idx), generator=g)[:shots].tolist()]
+        keep += perm[:shots]
     return dataset.subset(sorted(keep))
 
 
