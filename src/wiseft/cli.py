@@ -165,9 +165,9 @@ def cmd_soup(args) -> int:
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
     from .config import load_config
-    from .evaluate import evaluate
+    from .evaluate import evaluate_records
     from .pipeline import prepare_data, resolve_device
-    from .results import Record, append_records, summary_table
+    from .results import append_records
 
     cfg = load_config(args.config)
     data = prepare_data(cfg)
@@ -175,17 +175,14 @@ def cmd_evaluate(args) -> int:
     if list(meta.get("classnames", data.classnames)) != data.classnames:
         raise ValueError(f"model {args.model} was built for other classes than {args.config}'s")
     model.to(resolve_device(cfg.device))
-    counts = evaluate(model, data.evalsets, backbone, batch_size=cfg.evaluation.batch_size,
-                      precision=cfg.evaluation.precision, cache=False)
-    roles = {es.name: es.role for es in data.evalsets}
-    records = [Record(model=args.name, alpha=meta.get("alpha"), dataset=n, role=roles[n], metric="top1",
-                      value=c / t if t else 0.0, correct=c, total=t,
-                      provenance={"model": str(args.model), "backbone": meta.get("backbone")})
-               for n, (c, t) in counts.items()]
+    records = evaluate_records(model, data.evalsets, backbone, model_name=args.name, alpha=meta.get("alpha"),
+                               batch_size=cfg.evaluation.batch_size, precision=cfg.evaluation.precision,
+                               cache=False, provenance={"model": str(args.model), "backbone": meta.get("backbone")})
     if args.out:
         append_records(args.out, records)
     for r in records:
-        print(f"{r.dataset:30s} {r.role:10s} top1 {100 * r.value:6.2f}  ({r.correct}/{r.total})")
+        counts = f"  ({r.correct}/{r.total})" if r.total is not None else ""
+        print(f"{r.dataset:30s} {r.role:10s} {r.metric:12s} {100 * r.value:6.2f}{counts}")
     return 0
 
 

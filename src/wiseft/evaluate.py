@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
 from .data.base import LabeledDataset, Projection
-from .finetune import device_of, to_device
 from .heads import Classifier
 from .merge import Interpolator, interpolate
 from .metrics import Score
 from .results import Record
+from .runtime import device_of, to_device
 
 log = logging.getLogger("wiseft")
 
@@ -364,6 +364,17 @@ def evaluate(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone,
     return counts
 
 
+def evaluate_records(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone, *,
+                     model_name: str, alpha: float | None = None, batch_size: int = 256,
+                     precision: str = "fp32", cache: bool | CacheMode = True, num_workers: int | None = None,
+                     provenance: dict[str, Any] | None = None, progress: bool = False) -> list[Record]:
+    """Records of every metric each set declares, for one model (e.g. an exported one)."""
+    precision = resolve_precision(precision, device_of(model))
+    scores = {es.name: _evaluate_set(model, es, backbone, batch_size, precision, cache, num_workers, progress)[0]
+              for es in evalsets}
+    return _records({alpha: scores}, evalsets, [alpha], model_name, dict(provenance or {}), {})
+
+
 def _evaluate_set(model, es: EvalSet, backbone, batch_size, precision, cache, num_workers, progress,
                   cache_dir=None) -> tuple[dict[str, Score], torch.Tensor]:
     model.eval()
@@ -449,7 +460,8 @@ def _records(scores, evalsets, alphas, model_name, provenance, checks) -> list[R
             if es.name in checks:
                 prov["bf16_check"] = checks[es.name]
             for metric, s in scores[a][es.name].items():
-                records.append(Record(model=model_name, alpha=float(a), dataset=es.name, role=es.role,
+                records.append(Record(model=model_name, alpha=None if a is None else float(a),
+                                      dataset=es.name, role=es.role,
                                       metric=metric, value=s.value, correct=s.correct, total=s.total,
                                       provenance=prov))
     return records
