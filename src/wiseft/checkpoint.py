@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbones.base import Backbone, BackboneSpec, load_backbone, shareless
 from .heads import Classifier
+from .merge_files import is_safetensors_checkpoint, safetensors_files
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "wiseft.json"
@@ -58,10 +59,10 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if is_safetensors_checkpoint(path):  # a file, a shard index, or a directory with either
+        return {k: v for f in safetensors_files(path) for k, v in load_file(str(f)).items()}
     if path.is_dir():
-        return _load_dir(path)
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return _load_torch_dir(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
@@ -85,19 +86,16 @@ def _strip(key: str) -> str:
     return key
 
 
-def _load_dir(path: Path) -> dict[str, torch.Tensor]:
-    for name in (MODEL_FILE, "pytorch_model.bin", "open_clip_model.safetensors"):
-        if (path / name).exists():
-            return load_state(path / name)
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (path / index).exists():
-            files = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for f in files:
-                state.update(load_state(path / f))
-            return state
-    raise CheckpointError(f"{path} is a directory with no weights ({MODEL_FILE}, pytorch_model.bin, or a "
-                          "sharded index)")
+def _load_torch_dir(path: Path) -> dict[str, torch.Tensor]:
+    """A Hugging Face directory with torch weights, single or sharded."""
+    if (path / "pytorch_model.bin").exists():
+        return load_state(path / "pytorch_model.bin")
+    index = path / "pytorch_model.bin.index.json"
+    if index.exists():
+        files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
+        return {k: v for f in files for k, v in load_state(path / f).items()}
+    raise CheckpointError(f"{path} is a directory with no weights ({MODEL_FILE}, a *.safetensors file or "
+                          "index, pytorch_model.bin or its index)")
 
 
 def export_model(model: Classifier, backbone: Backbone, meta: dict[str, Any], out_dir: str | Path) -> Path:

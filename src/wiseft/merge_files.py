@@ -95,6 +95,12 @@ def _files_of(path: Path) -> tuple[list[Path], Path]:
     raise MergeError(f"{path} is not a safetensors file, shard index or directory with one")
 
 
+def safetensors_files(path: str | Path) -> list[Path]:
+    """The files of a safetensors checkpoint: one file, a shard index, or a directory
+    holding either (MergeError when there is none)."""
+    return _files_of(Path(path))[0]
+
+
 def is_safetensors_checkpoint(path: str | Path) -> bool:
     try:
         _files_of(Path(path))
