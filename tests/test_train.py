@@ -205,3 +205,48 @@ def test_batched_fetch_seeds_torch_per_sample_and_python_once():
     assert [t for t, _ in batch] == [t for t, _ in single]  # torch draws: a function of the sample alone
     assert data.__getitems__(keys) == batch  # python draws: a function of the micro-batch
     assert data.__getitems__([(2, i) for i in (5, 2, 7)]) != batch
+
+
+def test_probe_finds_random_transforms_and_leaves_every_rng_as_it_was(setup, caplog):
+    import random
+
+    import numpy as np
+
+    from wiseft.train.data import TensorSamples, draws_random_numbers
+
+    _, train, backbone = setup
+    states = lambda: (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())  # noqa: E731
+    before = states()
+    assert draws_random_numbers(train.with_transform(backbone.transform_train))  # open_clip's RandomResizedCrop
+    assert not draws_random_numbers(train.with_transform(backbone.transform_eval))
+    assert not draws_random_numbers(TensorSamples(torch.zeros(5, 3), torch.zeros(5)))
+    after = states()
+    assert torch.equal(before[0], after[0]) and before[1] == after[1] and np.array_equal(before[2], after[2])
+
+    class PythonDraws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return random.random()
+
+    class NumpyDraws(PythonDraws):
+        def __getitem__(self, i):
+            return np.random.rand()
+
+    assert draws_random_numbers(PythonDraws())
+    with caplog.at_level("WARNING", logger="wiseft"):
+        assert not draws_random_numbers(NumpyDraws())
+    assert "NumPy's global RNG" in caplog.text
+
+
+def test_trainer_seeds_samples_only_when_the_data_draws_random_numbers(setup):
+    from wiseft.backbones.base import image_collate
+    from wiseft.train import Stage, Trainer
+
+    model, train, backbone = setup
+    cfg = FinetuneConfig(**BASE)
+    seeded = {name: Trainer(model.head, train.with_transform(t), image_collate, cfg, Stage("s", 1, 1e-3),
+                            progress=False).data.seeded
+              for name, t in [("train", backbone.transform_train), ("eval", backbone.transform_eval)]}
+    assert seeded == {"train": True, "eval": False}

@@ -9,18 +9,25 @@ on the step number, never on the number of processes, workers, or where a run wa
 resumed. Python's ``random`` (used by some transforms, e.g. timm's RandAugment) is
 seeded once per micro-batch, by its first sample: exact on resume with the same
 number of processes, and seeding it per sample would cost more than a small model's step.
+Seeding is skipped for data that draws no random numbers (no random transform, or the
+linear head's features): :func:`draws_random_numbers` probes a few samples first, so
+such data runs exactly as a plain loop would.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data.base import DataError, LabeledDataset, per_class_permutations
+
+log = logging.getLogger("wiseft")
 
 
 def kshot_subset(dataset: LabeledDataset, shots: int, seed: int = 0) -> LabeledDataset:
@@ -42,6 +49,36 @@ def kshot_subset(dataset: LabeledDataset, shots: int, seed: int = 0) -> LabeledD
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 2_147_483_629 + index) % (2 ** 63)
+
+
+def draws_random_numbers(dataset: Dataset, probes: int = 3) -> bool:
+    """Whether loading a sample draws from torch's default generator or Python's ``random``
+    (a random transform such as RandomResizedCrop), probed on ``probes`` samples spread
+    over the dataset. Every RNG state is left as it was. Draws from NumPy's global RNG
+    are not seeded per sample; they get a warning, since resume is then not exact.
+
+    Example:
+        >>> draws_random_numbers(train.with_transform(backbone.transform_train))
+        True
+    """
+    n = len(dataset)
+    gen = torch.default_generator
+    torch_state, py_state, np_state = gen.get_state(), random.getstate(), np.random.get_state()
+    draws = np_draws = False
+    try:
+        for i in sorted({round(k * (n - 1) / max(1, probes - 1)) for k in range(probes)} if n else ()):
+            dataset[i]
+            draws = draws or not torch.equal(gen.get_state(), torch_state) or random.getstate() != py_state
+            _, keys, pos, *_ = np.random.get_state()
+            np_draws = np_draws or pos != np_state[2] or not np.array_equal(keys, np_state[1])
+    finally:
+        gen.set_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    if np_draws:
+        log.warning("the training data's transform draws from NumPy's global RNG, which is not seeded per "
+                    "sample: a resumed run will not repeat the augmentation of an uninterrupted one exactly")
+    return draws
 
 
 class SeededSamples(Dataset):

@@ -85,7 +85,7 @@ def _fit_linear(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: s
     micro, _ = resolve_batch(cfg.batch_size, cfg.micro_batch_size, current().world)
     feats, labels = sharded_features(tuned.encoder, train, ctx.backbone, micro, cfg, ctx.progress)
     epochs, lr = (cfg.epochs, cfg.lr) if name == "linear" else (cfg.lp_epochs or cfg.epochs, cfg.lp_lr or cfg.lr)
-    stage = Stage(name, epochs, lr, augment=False)
+    stage = Stage(name, epochs, lr)
     _fit(tuned.head, TensorSamples(feats, labels), stack_collate, ctx, stage)
 
 
@@ -93,7 +93,7 @@ def _fit_e2e(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str)
     cfg = ctx.cfg
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(tuned.encoder)
-    stage = Stage(name, cfg.epochs, cfg.lr, augment=True)
+    stage = Stage(name, cfg.epochs, cfg.lr)
     _fit(tuned, train.with_transform(ctx.backbone.transform_train), ctx.backbone.collate, ctx, stage)
 
 

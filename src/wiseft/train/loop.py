@@ -22,7 +22,7 @@ from ..finetune import FinetuneConfig, cosine_lr
 from ..runtime import autocast, device_of, to_device
 from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_compatible, load_checkpoint, rng_state, \
     set_rng_state
-from .data import BatchPlan, MicroBatch, PlanSampler, SeededSamples, resolve_batch
+from .data import BatchPlan, MicroBatch, PlanSampler, SeededSamples, draws_random_numbers, resolve_batch
 from .distributed import all_gather_objects, all_reduce_sum, current, wrap_model
 from .logs import MetricLog
 from .methods import EMA, ZeroShotL2, param_groups
@@ -34,13 +34,11 @@ KILL_ENV = "WISEFT_FAULT_KILL_AFTER_STEP"
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of fine-tuning: its name, length, peak learning rate, and whether
-    samples get seeded random augmentation."""
+    """One stage of fine-tuning: its name, length and peak learning rate."""
 
     name: str
     epochs: int
     lr: float
-    augment: bool = True
 
 
 class Trainer:
@@ -60,7 +58,8 @@ class Trainer:
         self.plan = BatchPlan(len(dataset), cfg.batch_size, self.info.world * self.accum, self.info.rank,
                               self.accum, cfg.seed)
         self.total = stage.epochs * self.plan.steps_per_epoch
-        self.data = SeededSamples(dataset, cfg.seed, stage.augment)
+        seeded = draws_random_numbers(dataset)
+        self.data = SeededSamples(dataset, cfg.seed, seeded)
         if cfg.channels_last:
             module.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -75,8 +74,9 @@ class Trainer:
         self.ema = EMA(named, cfg.ema_decay) if cfg.ema_decay else None
         self.l2 = ZeroShotL2(self.params, cfg.l2_to_zeroshot) if cfg.l2_to_zeroshot > 0 else None
         self.step = 0
-        log.info("%s: %d samples, global batch %d = %d per device x %d devices x %d accumulation, %d steps",
-                 stage.name, len(dataset), cfg.batch_size, micro, self.info.world, self.accum, self.total)
+        log.info("%s: %d samples, global batch %d = %d per device x %d devices x %d accumulation, %d steps; "
+                 "%s", stage.name, len(dataset), cfg.batch_size, micro, self.info.world, self.accum, self.total,
+                 "random transform: seeded per sample" if seeded else "no random transform")
 
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict:
