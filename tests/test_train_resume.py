@@ -15,7 +15,6 @@ import yaml
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
 from wiseft.checkpoint import load_state
 from wiseft.config import parse_config
-from wiseft.config import parse_config
 from wiseft.pipeline import checkpoint_paths
 from wiseft.train import train_from_config
 from wiseft.train.loop import KILL_ENV
@@ -92,9 +91,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(open_clip_spec, image_da
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun not installed")
-def test_torchrun_two_gloo_processes_match_one_process(open_clip_spec, image_data, tmp_path):
-    # global batch 4 both ways: 2 processes x 2 per device, or 1 process x 2 per step x 2 accumulation
-    cfg = _config(open_clip_spec, image_data, tmp_path / "ddp", epochs=1, save_every_steps=None)
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_gloo_processes_match_one_process(open_clip_spec, image_data, tmp_path, parallel):
+    # global batch 4 both ways: 2 processes x 2 per device, or 1 process x 2 per step x 2 accumulation;
+    # under FSDP each process holds half of every parameter, gradient and optimizer state
+    cfg = _config(open_clip_spec, image_data, tmp_path / "ddp", epochs=1, save_every_steps=None, parallel=parallel)
     cfg_path = _write(cfg, tmp_path / "ddp.yaml")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**_env(tmp_path), "OMP_NUM_THREADS": "1"}

@@ -25,7 +25,7 @@ from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_compatible, l
 from .data import BatchPlan, MicroBatch, PlanSampler, SeededSamples, draws_random_numbers, resolve_batch
 from .distributed import all_gather_objects, all_reduce_sum, current, wrap_model
 from .logs import MetricLog
-from .methods import EMA, ZeroShotL2, param_groups
+from .methods import EMA, ZeroShotL2, adamw, param_groups
 
 log = logging.getLogger("wiseft")
 # test hook: SIGKILL this process right after the given optimizer step (fault-tolerance tests)
@@ -68,8 +68,8 @@ class Trainer:
         self.model = wrap_model(module, cfg.parallel, self.device)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.params = [p for _, p in named]
-        self.opt = torch.optim.AdamW(param_groups(module, cfg.weight_decay, cfg.weight_decay_exclusions),
-                                     lr=stage.lr)
+        self.opt = adamw(param_groups(module, cfg.weight_decay, cfg.weight_decay_exclusions), stage.lr,
+                         self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = EMA(named, cfg.ema_decay) if cfg.ema_decay else None
         self.l2 = ZeroShotL2(self.params, cfg.l2_to_zeroshot) if cfg.l2_to_zeroshot > 0 else None
