@@ -58,10 +58,19 @@ def test_batch_plan_splits_each_global_batch_over_ranks_and_accumulation():
             assert all(len(mbs) == accum for mbs in per_rank)
             real = [i for mbs in per_rank for mb in mbs if mb.weight for i in mb.indices]
             n = 6 if step == 0 else 4
-            assert sorted(real) == sorted(plans[0].permutation(1)[6 * step:6 * step + n].tolist())
+            assert sorted(real) == sorted(plans[0].permutation(1)[6 * step:6 * step + n])
             # per-sample weights sum to the world size, so DDP's mean gives the global mean
             assert sum(mb.weight * len(mb.indices) for mbs in per_rank for mb in mbs) == pytest.approx(world)
-    assert torch.equal(BatchPlan(10, 6, 1, 0, 1, 3).permutation(0), BatchPlan(10, 6, 4, 2, 2, 3).permutation(0))
+    assert BatchPlan(10, 6, 1, 0, 1, 3).permutation(0) == BatchPlan(10, 6, 4, 2, 2, 3).permutation(0)
+
+
+def test_micro_batches_are_the_chunks_tensor_split_makes():
+    perm = list(range(100, 123))
+    for n, micro in [(23, 1), (23, 4), (23, 5), (7, 3), (3, 8)]:
+        expected = [tuple(c.tolist()) for c in torch.tensor_split(torch.tensor(perm[:n]), micro)]
+        got = [mb.indices if mb.weight else () for r in range(micro)
+               for mb in BatchPlan(n, n, micro, r, 1, 0).step(perm[:n], 0)]
+        assert got == expected
 
 
 def test_short_last_batch_keeps_every_rank_stepping():
@@ -195,16 +204,18 @@ def test_batched_fetch_seeds_torch_per_sample_and_python_once():
             return torch.rand(1).item(), random.random()
 
     data = SeededSamples(Draws(), seed=3)
-    keys = [(1, i) for i in (5, 2, 7)]
+    key = (1, (5, 2, 7))
     torch.manual_seed(0)
     before = torch.rand(1)
     torch.manual_seed(0)
-    batch = data.__getitems__(keys)
+    batch = data.__getitems__(key)
     assert torch.equal(torch.rand(1), before)  # the caller's torch RNG state is restored
-    single = [data[k] for k in keys]
+    single = [data[1, i] for i in key[1]]
     assert [t for t, _ in batch] == [t for t, _ in single]  # torch draws: a function of the sample alone
-    assert data.__getitems__(keys) == batch  # python draws: a function of the micro-batch
-    assert data.__getitems__([(2, i) for i in (5, 2, 7)]) != batch
+    assert data.__getitems__(key) == batch  # python draws: a function of the micro-batch
+    assert data.__getitems__((2, (5, 2, 7))) != batch
+    assert [t for t, _ in data.__getitems__((1, (2,)))] == [batch[1][0]]
+    assert SeededSamples(Draws(), seed=3, seeded=False).__getitems__(key) != batch
 
 
 def test_probe_finds_random_transforms_and_leaves_every_rng_as_it_was(setup, caplog):

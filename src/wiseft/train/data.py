@@ -107,17 +107,19 @@ class SeededSamples(Dataset):
         finally:
             gen.set_state(state)
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> list:
-        """A micro-batch at once (the DataLoader's batched fetch): torch's generator is
-        saved and restored once and seeded per sample; Python's ``random`` is seeded once."""
+    def __getitems__(self, key: tuple[int, tuple[int, ...]]) -> list:
+        """A micro-batch at once, keyed ``(epoch, indices)`` (what :class:`PlanSampler` yields
+        to the DataLoader's batched fetch): torch's generator is saved and restored once and
+        seeded per sample; Python's ``random`` is seeded once, by the first sample."""
+        epoch, indices = key
         if not self.seeded:
-            return [self.base[i] for _, i in keys]
+            return [self.base[i] for i in indices]
         gen = torch.default_generator
         state = gen.get_state()
-        random.seed(sample_seed(self.seed, *keys[0]))
+        random.seed(sample_seed(self.seed, epoch, indices[0]))
         try:
             out = []
-            for epoch, i in keys:
+            for i in indices:
                 gen.manual_seed(sample_seed(self.seed, epoch, i))
                 out.append(self.base[i])
             return out
@@ -167,21 +169,24 @@ class BatchPlan:
     def steps_per_epoch(self) -> int:
         return -(-self.num_samples // self.batch_size)
 
-    def permutation(self, epoch: int) -> torch.Tensor:
+    def permutation(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_samples, generator=g)
+        return torch.randperm(self.num_samples, generator=g).tolist()
 
-    def step(self, perm: torch.Tensor, step_in_epoch: int) -> list[MicroBatch]:
-        """This rank's ``accum`` micro-batches of one step of an epoch."""
+    def step(self, perm: list[int], step_in_epoch: int) -> list[MicroBatch]:
+        """This rank's ``accum`` micro-batches of one step of an epoch: the global batch is
+        cut into ``micro_batches`` nearly equal chunks, the larger ones first."""
         batch = perm[step_in_epoch * self.batch_size:(step_in_epoch + 1) * self.batch_size]
-        chunks = torch.tensor_split(batch, self.micro_batches)
+        size, larger = divmod(len(batch), self.micro_batches)
         world = self.micro_batches // self.accum
         out = []
-        for chunk in chunks[self.rank * self.accum:(self.rank + 1) * self.accum]:
-            if len(chunk):
-                out.append(MicroBatch(tuple(chunk.tolist()), world / len(batch)))
+        for c in range(self.rank * self.accum, (self.rank + 1) * self.accum):
+            start = c * size + min(c, larger)
+            chunk = batch[start:start + size + (c < larger)]
+            if chunk:
+                out.append(MicroBatch(tuple(chunk), world / len(batch)))
             else:  # a short last batch: run one sample with weight 0 so every rank syncs
-                out.append(MicroBatch((int(batch[0]),), 0.0))
+                out.append(MicroBatch((batch[0],), 0.0))
         return out
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[list[MicroBatch]]:
@@ -191,15 +196,16 @@ class BatchPlan:
 
 
 class PlanSampler(Sampler):
-    """Batch sampler over ``(epoch, index)`` keys for one epoch of a :class:`BatchPlan`."""
+    """Batch sampler for one epoch of a :class:`BatchPlan`: yields one ``(epoch, indices)``
+    key per micro-batch, which the DataLoader hands whole to :meth:`SeededSamples.__getitems__`."""
 
     def __init__(self, plan: BatchPlan, epoch: int, start_step: int = 0):
         self.plan, self.epoch_, self.start = plan, epoch, start_step
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, ...]]]:
         for micro in self.plan.epoch(self.epoch_, self.start):
             for mb in micro:
-                yield [(self.epoch_, i) for i in mb.indices]
+                yield self.epoch_, mb.indices
 
     def __len__(self) -> int:
         return (self.plan.steps_per_epoch - self.start) * self.plan.accum
