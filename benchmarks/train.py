@@ -2,27 +2,43 @@
 
 The plain loop is written the way the reference WiSE-FT implementation trains: a
 shuffled DataLoader, fp32, per-step cosine lr, cross-entropy, backward, gradient
-clipping at 1.0, AdamW step, no compile. wiseft's loop runs on the same data, batch and
-steps through ``wiseft.train.Trainer`` (seeded per-sample data path, global-batch
-plan, metrics every step). Each configuration runs in its own process so peak memory
-(max RSS on CPU, ``max_memory_allocated`` on GPU) is its own.
+clipping at 1.0, AdamW step (torch's default implementation), no compile. wiseft's loop
+runs on the same data, batch and steps through ``wiseft.train.Trainer`` (global-batch
+plan, per-sample seeding when the data is random, fused AdamW, metrics every step).
+``plain+fused`` is the plain loop with ``AdamW(fused=True)``, to show what the optimizer
+kernel alone is worth. Rows with data ``flip`` apply a random horizontal flip to every
+sample (drawn from torch's RNG, so wiseft seeds each sample for exact resume); ``fixed``
+data draws nothing.
+
+Separate processes on a shared VM differ in speed by up to 25%, and the machine has
+slow spells lasting seconds, which would swamp the differences measured here. So every
+configuration is compared with the plain fp32 loop on the same data **step by step**:
+both train their own copy of the same randomly initialised model in one process, taking
+turns, one optimizer step each (the plain loop's step runs inside wiseft's metrics
+callback), and each pair of steps gives a ratio of step times. A configuration's
+throughput is the batch over its median step time (median over rounds); its ratio is the
+median over every pair of steps, with a distribution-free 95% interval. Peak memory comes
+from a separate process per configuration (max RSS on CPU, ``max_memory_allocated`` on
+GPU); MFU (GPU only) counts training FLOPs as 3x the forward pass.
 
     python benchmarks/train.py                       # CPU: tiny model and ViT-B/32
     python benchmarks/train.py --device cuda --batch 256 --steps 20
-
-Prints a Markdown table (samples/s, ratio to the plain fp32 loop, peak memory, MFU on GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,27 +67,30 @@ def build_model(name: str, num_classes: int = 1000) -> tuple[torch.nn.Module, in
 
 
 class Images(torch.utils.data.Dataset):
-    def __init__(self, n: int, size: int, num_classes: int = 1000):
+    def __init__(self, n: int, size: int, num_classes: int = 1000, flip: bool = False):
         g = torch.Generator().manual_seed(0)
         self.x = torch.rand(n, 3, size, size, generator=g)
         self.y = torch.randint(0, num_classes, (n,), generator=g)
+        self.flip = flip
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
+        x = self.x[i]
+        if self.flip and torch.rand(()) < 0.5:  # a random transform, drawing from torch's RNG
+            x = x.flip(-1)
+        return x, int(self.y[i])
 
 
-def plain_loop(model, data, batch: int, steps: int, device) -> list[float]:
-    """The reference-style loop; wall time after each step."""
+def plain_steps(model, data, batch: int, steps: int, device, fused: bool = False) -> Iterator[None]:
+    """The reference-style loop, one optimizer step per ``next()``."""
     from wiseft.finetune import cosine_lr
 
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=3e-5, weight_decay=0.1)
+    opt = torch.optim.AdamW(params, lr=3e-5, weight_decay=0.1, fused=fused or None)
     model.train()
-    times, t0 = [], time.perf_counter()
     for i, (x, y) in enumerate(loader):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(i, 3e-5, 2, steps)
@@ -81,18 +100,29 @@ def plain_loop(model, data, batch: int, steps: int, device) -> list[float]:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+        yield
 
 
-class _Times:
-    """Stands in for the metrics log: records the wall time of every logged step."""
+class _TakeTurns:
+    """Stands in for wiseft's metrics log (written after every step): records the time of
+    the step just done, then runs one step of the partner loop and records that."""
 
-    def __init__(self):
-        self.t0, self.times = time.perf_counter(), []
+    def __init__(self, partner: Iterator[None] | None, device):
+        self.partner, self.device = partner, device
+        self.own: list[float] = []
+        self.other: list[float] = []
+        self.last = time.perf_counter()
 
     def write(self, **row):
-        self.times.append(time.perf_counter() - self.t0)
+        _sync(self.device)
+        now = time.perf_counter()
+        self.own.append(now - self.last)
+        if self.partner is not None:
+            next(self.partner)
+            self.last = time.perf_counter()
+            self.other.append(self.last - now)
+        else:
+            self.last = now
 
     def truncate(self, *a):
         pass
@@ -101,17 +131,14 @@ class _Times:
         pass
 
 
-def wiseft_loop(model, data, batch: int, steps: int, device, precision: str, **extra) -> list[float]:
+def wiseft_loop(model, data, batch: int, steps: int, device, precision: str, metrics) -> None:
     from wiseft.backbones.base import image_collate
     from wiseft.finetune import FinetuneConfig
     from wiseft.train import Stage, Trainer
 
-    cfg = FinetuneConfig(batch_size=batch, epochs=1, warmup_steps=2, precision=precision,
-                         save_every_steps=None, **extra)
-    times = _Times()
-    Trainer(model, data, image_collate, cfg, Stage("bench", 1, 3e-5), metrics=times, progress=False).fit()
-    _sync(device)
-    return times.times
+    cfg = FinetuneConfig(batch_size=batch, epochs=1, warmup_steps=2, precision=precision, save_every_steps=None)
+    assert -(-len(data) // batch) == steps
+    Trainer(model, data, image_collate, cfg, Stage("bench", 1, 3e-5), metrics=metrics, progress=False).fit()
 
 
 def _sync(device) -> None:
@@ -128,31 +155,76 @@ def flops_per_sample(model, size: int, device) -> float:
     return 3.0 * fc.get_total_flops()
 
 
-def run_one(spec: dict) -> dict:
-    """One configuration, in this process."""
-    torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    model, size = build_model(spec["model"])
+def run_config(model, size: int, spec: dict, device, paired: bool = True) -> tuple[list[float], list[float]]:
+    """One run of ``spec`` on a fresh copy of ``model``, taking turns step by step with the
+    plain fp32 loop on the same data (on another fresh copy) unless ``paired`` is false:
+    (this configuration's step times, the plain loop's), warm-up steps dropped."""
+    warm, steps, batch = spec["warmup"], spec["steps"] + spec["warmup"], spec["batch"]
+    data = Images(batch * steps, size, flip=spec["data"] == "flip")
+    partner = plain_steps(copy.deepcopy(model), data, batch, steps, device) if paired else None
+    clock = _TakeTurns(partner, device)
+    own = copy.deepcopy(model)
+    if spec["loop"] == "wiseft":
+        wiseft_loop(own, data, batch, steps, device, spec["precision"], clock)
+    else:
+        for _ in plain_steps(own, data, batch, steps, device, fused=spec["loop"] == "plain+fused"):
+            clock.write()
+    return clock.own[warm:], clock.other[warm:]
+
+
+def run_model(job: dict) -> list[dict]:
+    """Every configuration of one model, ``rounds`` times each, in this process."""
+    torch.set_num_threads(job["threads"])
+    device = torch.device(job["device"])
+    model, size = build_model(job["model"])
     model.to(device)
-    warm = spec["warmup"]
-    data = Images(spec["batch"] * (spec["steps"] + warm), size)
+    out = []
+    for spec in job["specs"]:
+        own, plain, ratios = [], [], []
+        for _ in range(job["rounds"]):
+            o, p = run_config(model, size, spec, device)
+            own.append(spec["batch"] / statistics.median(o))
+            plain.append(spec["batch"] / statistics.median(p))
+            ratios += [b / a for a, b in zip(o, p)]  # plain step time / this step time
+        ratios.sort()
+        lo, hi = median_interval(len(ratios))
+        row = {**{k: v for k, v in job.items() if k != "specs"}, **spec, "samples_per_s": statistics.median(own),
+               "plain_samples_per_s": statistics.median(plain), "rounds": own,
+               "ratio": statistics.median(ratios), "ratio_ci": (ratios[lo], ratios[hi]), "pairs": len(ratios)}
+        print(f"# {job['model']} {spec['loop']} {spec['precision']} {spec['data']}: {row['samples_per_s']:.1f} "
+              f"samples/s, {row['ratio']:.3f}x the plain loop", file=sys.stderr, flush=True)
+        if device.type == "cuda":
+            peak_flops = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
+            if peak_flops:
+                row["mfu"] = row["samples_per_s"] * flops_per_sample(model, size, device) / peak_flops
+        out.append(row)
+    return out
+
+
+def median_interval(n: int, level: float = 0.95) -> tuple[int, int]:
+    """Indices (k, n-1-k) into n sorted values of a distribution-free interval for the
+    median: the largest k whose coverage 1 - 2 P(Binomial(n, 1/2) <= k) is at least
+    ``level``; the whole range when n is too small to reach it (n < 6 at 95%)."""
+    cdf = lambda k: sum(math.comb(n, j) for j in range(k + 1)) / 2 ** n  # noqa: E731
+    k = 0
+    while k + 1 <= (n - 1) // 2 and 1 - 2 * cdf(k + 1) >= level:
+        k += 1
+    return k, n - 1 - k
+
+
+def peak_memory(job: dict) -> float:
+    """Peak memory (GiB) of a process that runs one configuration once, unpaired: max RSS
+    on CPU, ``max_memory_allocated`` on GPU."""
+    torch.set_num_threads(job["threads"])
+    device = torch.device(job["device"])
+    model, size = build_model(job["model"])
+    model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    if spec["loop"] == "plain":
-        times = plain_loop(model, data, spec["batch"], spec["steps"] + warm, device)
-    else:
-        times = wiseft_loop(model, data, spec["batch"], spec["steps"] + warm, device, spec["precision"],
-                            **spec.get("extra", {}))
-    rate = spec["batch"] * spec["steps"] / (times[-1] - times[warm - 1])
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    out = {**spec, "samples_per_s": rate, "peak_mem_gib": peak / 2 ** 30}
+    run_config(model, size, {**job["specs"][0], "steps": 2}, device, paired=False)
     if device.type == "cuda":
-        name = torch.cuda.get_device_name()
-        peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        if peak_flops:
-            out["mfu"] = rate * flops_per_sample(model, size, device) / peak_flops
-    return out
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30
 
 
 def main(argv=None) -> int:
@@ -160,54 +232,57 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", nargs="+", default=["tiny", "vit-b-32"], choices=sorted(MODELS))
     p.add_argument("--batch", type=int, help="default: 256 tiny / 32 ViT-B/32 on CPU, 256 on GPU")
-    p.add_argument("--steps", type=int, help="timed steps (default: 30 tiny / 6 ViT-B/32 on CPU, 30 on GPU)")
+    p.add_argument("--steps", type=int, help="timed steps per run (default: 30; 4 for ViT-B/32 on CPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=3, help="runs per configuration; the best is kept")
+    p.add_argument("--rounds", type=int, help="runs of every configuration (default: 10; 2 for ViT-B/32 on CPU)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
+    if args.child:
+        kind, job = json.loads(args.child)
+        print(json.dumps(run_model(job) if kind == "rates" else peak_memory(job)))
         return 0
-    specs = []
+    rows = []
     for model in args.models:
-        gpu = args.device.startswith("cuda")
-        batch = args.batch or (256 if gpu or model == "tiny" else 32)
-        steps = args.steps or (30 if gpu or model == "tiny" else 6)
-        for loop, precision in [("plain", "fp32"), ("wiseft", "fp32"), ("wiseft", "bf16")]:
-            specs.append({"model": model, "loop": loop, "precision": precision, "batch": batch, "steps": steps,
-                          "warmup": args.warmup, "device": args.device, "threads": args.threads})
-    best: dict[int, dict] = {}
-    for _ in range(args.repeats):  # interleaved, so load from other processes hits every configuration
-        for i, spec in enumerate(specs):
-            r = _child(spec)
-            print(f"# {spec['model']} {spec['loop']} {spec['precision']}: {r['samples_per_s']:.1f} samples/s",
-                  file=sys.stderr)
-            if i not in best or r["samples_per_s"] > best[i]["samples_per_s"]:
-                best[i] = r
-    rows = [best[i] for i in range(len(specs))]
+        slow = model != "tiny" and not args.device.startswith("cuda")
+        runs = [("plain", "fp32", "fixed"), ("wiseft", "fp32", "fixed"), ("plain+fused", "fp32", "fixed"),
+                ("wiseft", "bf16", "fixed")]
+        if model == "tiny":  # where per-sample seeding would show, if anywhere
+            runs += [("plain", "fp32", "flip"), ("wiseft", "fp32", "flip")]
+        job = {"model": model, "device": args.device, "threads": args.threads,
+               "rounds": args.rounds or (2 if slow else 10),
+               "specs": [{"loop": loop, "precision": precision, "data": data,
+                          "batch": args.batch or (32 if slow else 256), "steps": args.steps or (4 if slow else 30),
+                          "warmup": args.warmup} for loop, precision, data in runs]}
+        results = _child("rates", job)
+        for r, spec in zip(results, job["specs"]):  # peak memory is per process
+            r["peak_mem_gib"] = _child("peak", {**job, "specs": [spec]})
+        rows += results
     print(table(rows))
     return 0
 
 
-def _child(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+def _child(kind: str, job: dict):
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([kind, job])], stdout=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode:
-        raise RuntimeError(out.stderr[-2000:])
+        raise RuntimeError(f"benchmark child {kind} {job['model']} failed (exit {out.returncode})")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [f"device: {rows[0]['device']} ({cpu}), threads {rows[0]['threads']}, torch {torch.__version__}", "",
-             "| model | loop | precision | batch | steps | samples/s | vs plain fp32 | peak memory GiB | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    base = {r["model"]: r["samples_per_s"] for r in rows if r["loop"] == "plain"}
+             "| model | data | loop | precision | batch | steps x rounds | samples/s | plain fp32 alongside | "
+             "vs plain fp32, step by step [95% CI] | peak memory GiB | MFU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"
-        lines.append(f"| {r['model']} | {r['loop']} | {r['precision']} | {r['batch']} | {r['steps']} | "
-                     f"{r['samples_per_s']:.1f} | {r['samples_per_s'] / base[r['model']]:.2f}x | "
+        fmt = ".0f" if r["samples_per_s"] > 100 else ".1f"
+        lines.append(f"| {r['model']} | {r['data']} | {r['loop']} | {r['precision']} | {r['batch']} | "
+                     f"{r['steps']} x {len(r['rounds'])} | {r['samples_per_s']:{fmt}} | "
+                     f"{r['plain_samples_per_s']:{fmt}} | "
+                     f"{r['ratio']:.3f}x [{r['ratio_ci'][0]:.3f}, {r['ratio_ci'][1]:.3f}] | "
                      f"{r['peak_mem_gib']:.2f} | {mfu} |")
     return "\n".join(lines)
 
