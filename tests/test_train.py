@@ -1,6 +1,7 @@
 """Training engine: batch plan, k-shot, accumulation, precision, the paper's alternatives,
 checkpoint files and metrics logs, on the tiny open_clip model."""
 
+import copy
 import json
 
 import pytest
@@ -261,3 +262,21 @@ def test_trainer_seeds_samples_only_when_the_data_draws_random_numbers(setup):
                             progress=False).data.seeded
               for name, t in [("train", backbone.transform_train), ("eval", backbone.transform_eval)]}
     assert seeded == {"train": True, "eval": False}
+
+
+def test_gradients_live_until_the_next_step_and_not_past_training(setup):
+    # freed at the start of a step, not the end: memory freed at the end of a step can go
+    # back to the OS, and the next step's activations then fault it in again (ViT-B/32 on
+    # CPU ran 4% slower than a plain loop that way)
+    from wiseft.backbones.base import image_collate
+    from wiseft.train import Stage, Trainer
+
+    model, train, backbone = setup
+    trainer = Trainer(copy.deepcopy(model), train.with_transform(backbone.transform_eval),
+                      image_collate, FinetuneConfig(**BASE), Stage("s", 1, 1e-3), progress=False)
+    batches = trainer._loader(0, 0)
+    micro = next(trainer.plan.epoch(0))
+    trainer.train_step(batches, micro)
+    assert all(p.grad is not None for p in trainer.params)
+    trainer.fit()
+    assert all(p.grad is None for p in trainer.params)

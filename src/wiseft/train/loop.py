@@ -144,6 +144,10 @@ class Trainer:
         lr = cosine_lr(self.step, self.stage.lr, self.cfg.warmup_steps, self.total)
         for group in self.opt.param_groups:
             group["lr"] = lr
+        # gradients are freed here, just before the forward pass reuses their memory: freed at
+        # the end of a step instead, the allocator can hand them back to the OS and every step
+        # pays page faults for its activations again
+        self.opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.device)
         for m, mb in enumerate(micro):
             inputs, labels = next(batches)
@@ -155,7 +159,6 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
         if self.ema:
             self.ema.update()
         return loss, lr
@@ -191,6 +194,7 @@ class Trainer:
                 if os.environ.get(KILL_ENV) == str(self.step):
                     os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
+        self.opt.zero_grad(set_to_none=True)  # the trained module carries no gradients
         if self.ema:
             self.ema.copy_to_params()
 
