@@ -231,8 +231,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", nargs="+", default=["tiny", "vit-b-32"], choices=sorted(MODELS))
-    p.add_argument("--batch", type=int, help="default: 256 tiny / 32 ViT-B/32 on CPU, 256 on GPU")
-    p.add_argument("--steps", type=int, help="timed steps per run (default: 30; 4 for ViT-B/32 on CPU)")
+    p.add_argument("--batch", type=int, help="default: 256; 16 for ViT-B/32 on CPU")
+    p.add_argument("--steps", type=int, help="timed steps per run (default: 30; 8 for ViT-B/32 on CPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--rounds", type=int, help="runs of every configuration (default: 10; 2 for ViT-B/32 on CPU)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
         job = {"model": model, "device": args.device, "threads": args.threads,
                "rounds": args.rounds or (2 if slow else 10),
                "specs": [{"loop": loop, "precision": precision, "data": data,
-                          "batch": args.batch or (32 if slow else 256), "steps": args.steps or (4 if slow else 30),
+                          "batch": args.batch or (16 if slow else 256), "steps": args.steps or (8 if slow else 30),
                           "warmup": args.warmup} for loop, precision, data in runs]}
         results = _child("rates", job)
         for r, spec in zip(results, job["specs"]):  # peak memory is per process
