@@ -82,10 +82,10 @@ def draws_random_numbers(dataset: Dataset, probes: int = 3) -> bool:
 
 
 class SeededSamples(Dataset):
-    """Indexed by ``(epoch, i)``: ``base[i]`` with torch's RNG seeded per sample for the
+    """``base[i]`` with torch's RNG seeded per sample by ``(seed, epoch, i)`` for the
     duration of the call (the caller's torch RNG state is restored). Python's ``random``
-    is seeded too and left so (cheaper than restoring it): per sample on single access,
-    once per micro-batch in the DataLoader's batched fetch (``__getitems__``)."""
+    is seeded once per micro-batch, by its first sample, and left so (cheaper than
+    restoring it)."""
 
     def __init__(self, base: Dataset, seed: int, seeded: bool = True):
         self.base, self.seed, self.seeded = base, seed, seeded
@@ -94,18 +94,9 @@ class SeededSamples(Dataset):
         return len(self.base)
 
     def __getitem__(self, key: tuple[int, int]):
+        """One sample, keyed ``(epoch, i)``: a micro-batch of one."""
         epoch, i = key
-        if not self.seeded:
-            return self.base[i]
-        gen = torch.default_generator
-        state = gen.get_state()
-        s = sample_seed(self.seed, epoch, i)
-        gen.manual_seed(s)  # not torch.manual_seed: that also queues CUDA seeding, 100x slower
-        random.seed(s)
-        try:
-            return self.base[i]
-        finally:
-            gen.set_state(state)
+        return self.__getitems__((epoch, (i,)))[0]
 
     def __getitems__(self, key: tuple[int, tuple[int, ...]]) -> list:
         """A micro-batch at once, keyed ``(epoch, indices)`` (what :class:`PlanSampler` yields
@@ -120,6 +111,7 @@ class SeededSamples(Dataset):
         try:
             out = []
             for i in indices:
+                # not torch.manual_seed: that also queues CUDA seeding, 100x slower
                 gen.manual_seed(sample_seed(self.seed, epoch, i))
                 out.append(self.base[i])
             return out
