@@ -189,8 +189,8 @@ def main() -> None:
 
     print(f"machine: {_machine()}")
     print(f"sweep: {len(alphas)} alphas; peak = RSS high-water mark during the sweep\n")
-    header = (f"| model | size | engine | time (s) | vs baseline | vs copy limit (1.5x copy) | peak RSS (GB) "
-              f"| above base (GB) |")
+    header = ("| model | size | engine | time (s) | vs baseline | vs copy limit (1.5x copy) | peak RSS (GB) "
+              "| above base (GB) |")
     rows = [header, "|" + "---|" * 8]
     for model in args.models:
         workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wiseft-bench-"))
