@@ -1,6 +1,9 @@
 """The sweep engine: decode once (memory or memmap), exactness against the naive loop,
 linear-head sweeps from features, bad inputs skipped and reported, bf16 check."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -145,3 +148,12 @@ def test_bf16_reports_the_difference_against_fp32(bb, folders):
     check = records[0].provenance["bf16_check"]
     assert check["n"] == 12 and 0.0 <= check["agreement"] <= 1.0
     assert check["top1_diff"] == pytest.approx(check["top1_bf16"] - check["top1_fp32"])
+
+
+def test_text_inputs_need_no_torchvision():
+    """The demo's install (`.[demo]`, a text model) has no torchvision: evaluating must not import it."""
+    code = ("import sys; sys.modules['torchvision'] = None\n"
+            "from wiseft.evaluate import split_transform\n"
+            "identity = lambda x: x\n"
+            "assert split_transform(identity) == (identity, None)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import weakref
 from dataclasses import dataclass, field
@@ -69,14 +70,15 @@ class _Finish:
 def split_transform(transform) -> tuple[Callable, Callable | None]:
     """(per-input part, per-batch part) of an eval transform. A torchvision Compose
     with a ToTensor step splits there, so the cache holds uint8 pixels; anything else
-    is cached as it comes out (per-batch part None)."""
-    from torchvision.transforms import Compose
-
+    is cached as it comes out (per-batch part None). torchvision is not imported here:
+    a transform can only be its Compose if torchvision is loaded already, and text
+    models (the demo's install) do not have it."""
+    tv = sys.modules.get("torchvision.transforms")
     steps = getattr(transform, "transforms", None)
-    if isinstance(transform, Compose) and steps:
+    if tv is not None and isinstance(transform, tv.Compose) and steps:
         for i, s in enumerate(steps):
             if type(s).__name__ in ("ToTensor", "MaybeToTensor"):
-                return _ToUint8(Compose(steps[:i])), _Finish(Compose(steps[i + 1:]))
+                return _ToUint8(tv.Compose(steps[:i])), _Finish(tv.Compose(steps[i + 1:]))
     return transform, None
 
 
