@@ -171,3 +171,37 @@ def test_rerun_reuses_finetuned_weights_and_changed_settings_retrain(oc_run, ope
     run(parse_config({**cfg, "alphas": [0.0, 1.0]}), progress=False)
     assert ckpt.stat().st_mtime_ns != before
     assert len(list((oc_run / "checkpoints").glob("train_finetuned_*"))) == 2
+
+
+def test_quick_run_is_the_same_pipeline_on_a_slice_marked_as_such(open_clip_spec, image_data, tmp_path):
+    cfg = run_config(open_clip_spec, image_data, tmp_path / "run",
+                     variants={"high": {"lr": 1e-2, "epochs": 3}}, alphas=[0.0, 0.25, 0.5, 0.75, 1.0])
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--quick", "--no-progress"]) == 0
+    quick = tmp_path / "run-quick"
+    assert not (tmp_path / "run").exists()  # a real run's directory is never touched
+    records = read_records(quick)
+    assert sorted({r.alpha for r in records}) == [0.0, 0.5, 1.0]
+    assert {r.model for r in records} == {"finetuned", "high"}
+    assert all(r.provenance["quick"] is True for r in records)
+    assert all(r.total <= 48 for r in records)
+    # one epoch for every fine-tune, the variant's own epochs included: 27 training images, batch 8
+    for name in ("finetuned", "high"):
+        steps = [json.loads(line)["step"] for line in (quick / f"train_{name}.jsonl").read_text().splitlines()]
+        assert max(steps) == 3
+    assert yaml.safe_load((quick / "config.yaml").read_text())["variants"] == {"high": {"lr": 1e-2}}
+    assert (quick / "summary.md").read_text().startswith("QUICK RUN")
+    assert (quick / "report" / "table.md").read_text().startswith("**QUICK RUN")
+    assert "QUICK RUN" in (quick / "report" / "index.html").read_text()
+
+
+def test_quick_slice_takes_classes_in_turn():
+    from wiseft.data.base import LabeledDataset
+    from wiseft.pipeline import quick_slice
+
+    ds = LabeledDataset([(i, i % 5) for i in range(500)], list("abcde"))
+    sliced = quick_slice(ds, 48)
+    counts = [sliced.labels.count(y) for y in range(5)]
+    assert len(sliced) == 48 and min(counts) == 9 and max(counts) == 10
+    assert quick_slice(ds, 48).samples == sliced.samples  # seeded
+    assert len(quick_slice(ds.subset(range(20)), 48)) == 20

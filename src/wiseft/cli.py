@@ -32,7 +32,7 @@ def cmd_run(args) -> int:
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     cfg = load_config(args.config, overrides)
-    result = run(cfg, progress=not args.no_progress)
+    result = run(cfg, progress=not args.no_progress, quick=args.quick)
     print(summary_table(result.records))
     print(f"\nselected alpha (held-out validation): {json.dumps(result.selected_alpha)}")
     print(f"results: {result.run_dir / 'results.jsonl'}")
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set finetune.epochs=2 (repeatable)")
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         sp.add_argument("--no-report", action="store_true", help="skip the HTML report")
+        sp.add_argument("--quick", action="store_true",
+                        help="check the config end to end in minutes: the same pipeline on a few dozen examples "
+                             "per set, a few steps per fine-tune and three alphas, into OUTPUT_DIR-quick")
 
     sp = sub.add_parser("run", help="zero-shot, fine-tune, alpha sweep, report, export")
     sp.add_argument("config")

@@ -13,11 +13,12 @@ import torch
 from .backbones.base import Backbone, load_backbone
 from .checkpoint import export_model, load_state, read_meta, save_state
 from .config import ConfigError, RunConfig, load_config
-from .data.base import DataError, LabeledDataset, build_dataset, build_projection, read_classnames, split_holdout
+from .data.base import (DataError, LabeledDataset, build_dataset, build_projection, per_class_permutations,
+                        read_classnames, split_holdout)
 from .evaluate import EvalSet, sweep
 from .finetune import finetune
 from .heads import Classifier, zeroshot_head
-from .results import Record, append_records, package_versions, read_records, summary_table
+from .results import QUICK_BANNER, Record, append_records, package_versions, read_records, summary_table
 from .templates import get_templates, templates_hash
 
 log = logging.getLogger("wiseft")
@@ -99,13 +100,55 @@ def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
         raise ConfigError(f"{where}: {e}") from None
 
 
+# --quick: the same pipeline on a slice of every set, to check a config end to end in minutes
+QUICK_TRAIN, QUICK_EVAL, QUICK_BATCH, QUICK_ALPHAS = 48, 48, 16, (0.0, 0.5, 1.0)
+
+
+def quick_config(cfg: RunConfig) -> RunConfig:
+    """The settings of a quick run: one short epoch per fine-tune (a few steps), three
+    alphas, and a run directory of its own (``OUTPUT_DIR-quick``), so a quick check never
+    touches a real run's records or checkpoints."""
+    short = {"epochs": 1, "batch_size": min(cfg.finetune.batch_size, QUICK_BATCH), "micro_batch_size": None,
+             "warmup_steps": min(cfg.finetune.warmup_steps, 1), "save_every_steps": None, "keep_last": 1,
+             "keep_epoch_checkpoints": False, "lp_epochs": None, "shots_per_class": None}
+    finetune = cfg.finetune.model_copy(update=short)
+    variants = {name: {k: v for k, v in overrides.items() if k not in short}
+                for name, overrides in cfg.variants.items()}
+    alphas = [a for a in QUICK_ALPHAS if a in cfg.alphas] or [cfg.alphas[0], cfg.alphas[-1]]
+    evaluation = cfg.evaluation.model_copy(update={"fp32_check": min(cfg.evaluation.fp32_check, 16)})
+    return cfg.model_copy(update={"finetune": finetune, "variants": variants, "alphas": alphas,
+                                  "evaluation": evaluation, "output_dir": str(cfg.output_dir) + "-quick"})
+
+
+def quick_slice(dataset: LabeledDataset, n: int, seed: int = 0) -> LabeledDataset:
+    """At most ``n`` samples, drawn class by class in turn (seeded), so every class
+    appears while there is room."""
+    perms = list(per_class_permutations(dataset.labels, seed).values())
+    keep: list[int] = []
+    for rank in range(max((len(p) for p in perms), default=0)):
+        keep += [p[rank] for p in perms if rank < len(p)]
+        if len(keep) >= n:
+            break
+    return dataset.subset(sorted(keep[:n]))
+
+
+def _quick_data(data: PreparedData, seed: int) -> PreparedData:
+    evalsets = [EvalSet(e.name, e.role, quick_slice(e.dataset, QUICK_EVAL, seed), e.projection)
+                for e in data.evalsets]
+    return PreparedData(data.classnames, data.templates, quick_slice(data.train, QUICK_TRAIN, seed), evalsets)
+
+
 def build_zeroshot_model(backbone: Backbone, classnames, templates, *, cache: bool = True) -> Classifier:
     """Classifier(encoder, zero-shot head) for the given classes and prompts."""
     return Classifier(backbone.encoder, zeroshot_head(backbone, classnames, templates, cache=cache))
 
 
-def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
+def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = False) -> RunResult:
     """Run the whole WiSE-FT pipeline described by a config (or a YAML path).
+
+    ``quick=True`` runs the same code path on a slice of every set (a few dozen
+    examples), a few steps per fine-tune and three alphas, into ``OUTPUT_DIR-quick``;
+    its records carry ``provenance["quick"] = True`` and its report says so.
 
     Example:
         >>> result = run("examples/bbc_news.yaml")
@@ -114,6 +157,8 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     data = prepare_data(cfg)
+    if quick:
+        cfg, data = quick_config(cfg), _quick_data(data, cfg.data.seed)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -126,7 +171,7 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
     model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
     theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     provenance = {"backbone": cfg.backbone.model_dump(), "templates_hash": templates_hash(data.templates),
-                  "config_hash": cfg.config_hash(), "versions": package_versions()}
+                  "config_hash": cfg.config_hash(), "versions": package_versions(), **({"quick": True} if quick else {})}
 
     records: list[Record] = []
     runs = cfg.finetune_runs()
@@ -147,7 +192,8 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True) -> RunResult:
     from .robustness import select_alpha
 
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
-    (run_dir / "summary.md").write_text(summary_table(records) + "\n\nselected alpha (on "
+    banner = QUICK_BANNER + "\n\n" if quick else ""
+    (run_dir / "summary.md").write_text(banner + summary_table(records) + "\n\nselected alpha (on "
                                         f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
     export_dir = None
     if cfg.export:

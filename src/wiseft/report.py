@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from wiseft.plots import AVG, finetuned_label, plot_alpha_curves, plot_scatter, save_figure
-from wiseft.results import Record, read_records
+from wiseft.results import QUICK_BANNER, Record, is_quick, read_records
 from wiseft.robustness import (
     DEFAULT_ALPHA,
     BaselineFit,
@@ -251,17 +251,35 @@ def build_report(
         figures.append((stem, f"accuracy vs alpha, {m}"))
 
     tables = build_tables(records, selected, rho, metric)
-    _write(out / "table.md", table_markdown(tables))
+    banner = f"**{QUICK_BANNER}**\n\n" if is_quick(records) else ""
+    _write(out / "table.md", banner + table_markdown(tables))
     _write(out / "table.csv", table_csv(tables))
     _write(out / "table.tex", table_latex(tables))
     header, rows = robustness_table(rho)
     _write(out / "robustness.csv", _csv([header, *rows]))
-    _write(out / "robustness.md", _markdown(header, rows))
+    _write(out / "robustness.md", banner + (_markdown(header, rows) if rows else
+                                            no_baseline_note(reference, shifts, use_default_baselines)))
     _write(out / "points.csv", points_csv(records))
     notes = {m: _selection_note(records, m, alpha, metric) for m in models}
     page = _html(run_dir, reference, shifts, selected, notes, fits, tables, header, rows, figures, out, rho)
+    if banner:
+        page = page.replace("<body>", f"<body><p style='background:#fde;padding:8px'><b>{html.escape(QUICK_BANNER)}"
+                            "</b></p>", 1)
     _write(out / "index.html", page)
     return out / "index.html"
+
+
+def no_baseline_note(reference: str, shifts: list[str], use_default: bool) -> str:
+    """What robustness.md says when no baseline models apply to the run's datasets."""
+    if not shifts:
+        why = "the run has no shift test sets"
+    else:
+        why = (f"no baseline models were measured on {reference} and {', '.join(shifts)}"
+               + (" (the packaged baselines cover ImageNet and its shifts only)" if use_default else ""))
+    return ("# Effective robustness\n\nNot computed: " + why + ". Effective robustness compares each "
+            "model's shift accuracy with the line that baseline models trace from reference to shift "
+            "accuracy. Give baselines as a CSV with a `model` column and one column per dataset, in "
+            "percent: `wiseft report RUN_DIR --baselines baselines.csv` (docs/report.md).\n")
 
 
 def _slug(name: str) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 ROLES = ("reference", "shift", "validation")
+QUICK_BANNER = ("QUICK RUN (--quick): a few dozen examples per set and a few steps per fine-tune, to check "
+                "the config end to end. These numbers are not results.")
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,8 @@ def summary_table(records: Iterable[Record], metric: str = "top1", model: str | 
             cells.append(f"{100 * sum(present) / len(present):.2f}" if len(present) == len(shifts) else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def is_quick(records: Iterable[Record]) -> bool:
+    """Whether the records come from a quick check (``wiseft run --quick``), not a real run."""
+    return any(r.provenance.get("quick") for r in records)
