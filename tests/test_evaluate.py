@@ -157,3 +157,26 @@ def test_text_inputs_need_no_torchvision():
             "identity = lambda x: x\n"
             "assert split_transform(identity) == (identity, None)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_alpha_zero_is_scored_once_for_every_fine_tune(bb, folders, monkeypatch, linear):
+    ev = sys.modules["wiseft.evaluate"]  # the package exports a function of the same name
+
+    model = _model(bb)
+    theta_0, theta_1 = _thetas(model, end_to_end=not linear)
+    theta_2 = {k: v * 1.01 if v.is_floating_point() and (not linear or k.startswith("head.")) else v
+               for k, v in theta_1.items()}
+    sets = _sets(folders, "test", "shift")
+    alone = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, linear=linear, progress=False))
+             for t in (theta_1, theta_2)]
+    passes = []
+    forward = ev._cached_outputs
+    monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(1) or forward(*a, **k))
+    memo: dict = {}
+    shared = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, linear=linear, progress=False, zeroshot=memo))
+              for t in (theta_1, theta_2)]
+    assert shared == alone
+    # full sweeps: one pass per (alpha, set), alpha 0 only in the first; linear: features once per set
+    assert len(passes) == (2 * len(sets) if linear else len(sets) * (2 * len(ALPHAS) - 1))

@@ -395,27 +395,40 @@ def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str
           model_name: str = "finetuned", linear: bool = False, batch_size: int = 256,
           precision: str = "fp32", cache: bool | CacheMode = True, allow_extrapolation: bool = False,
           provenance: dict[str, Any] | None = None, progress: bool = True, num_workers: int | None = None,
-          cache_dir: str | Path | None = None, fp32_check: int = 512) -> list[Record]:
+          cache_dir: str | Path | None = None, fp32_check: int = 512, zeroshot: dict | None = None) -> list[Record]:
     """Records of every metric for every (alpha, evaluation set). ``model`` is used as the
     workspace: its weights are overwritten with each theta_alpha in turn. Inputs are
     decoded once per set (``cache``: True/'auto', 'memory', 'disk', or False for the
     naive re-decoding loop). With ``precision='bf16'`` the first alpha is also run in
     fp32 on up to ``fp32_check`` inputs per set and the top-1 difference is logged and
-    stored in the records' provenance (``bf16_check``).
+    stored in the records' provenance (``bf16_check``). ``zeroshot`` is a dict shared
+    by sweeps against the same theta_0 and sets (e.g. several fine-tunes of one model):
+    alpha = 0, theta_0 itself, is scored by the first of them and reused by the rest.
 
     Example:
         >>> records = sweep(model, zs_state, ft_state, [test, sketch], [0, 0.5, 1], backbone)
     """
     device = device_of(model)
     precision = resolve_precision(precision, device)
-    if linear and _same_encoder(theta_0, theta_1):
-        scores, checks = _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size,
+    linear = linear and _same_encoder(theta_0, theta_1)
+    # the same model, inputs and numerics give the same alpha-0 scores: keyed by what shapes them
+    key = (linear, precision, batch_size, tuple(es.name for es in evalsets))
+    known = zeroshot.get(key) if zeroshot is not None and 0.0 in alphas else None
+    todo = [a for a in alphas if known is None or a != 0.0]
+    if known is not None:
+        fp32_check = 0  # the zero-shot sweep's check stands for this one
+    if linear:
+        scores, checks = _sweep_linear(model, theta_0, theta_1, evalsets, todo, backbone, batch_size,
                                        precision, allow_extrapolation, progress, cache, num_workers,
                                        cache_dir, fp32_check)
     else:
-        scores, checks = _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size, precision,
+        scores, checks = _sweep_full(model, theta_0, theta_1, evalsets, todo, backbone, batch_size, precision,
                                      allow_extrapolation, progress, cache, num_workers, cache_dir, fp32_check,
                                      model_name)
+    if known is not None:
+        scores[0.0], checks = known
+    elif zeroshot is not None and 0.0 in alphas:
+        zeroshot[key] = (scores[0.0], checks)
     return _records(scores, evalsets, alphas, model_name, dict(provenance or {}), checks)
 
 

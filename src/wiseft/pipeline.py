@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from .data.base import (DataError, LabeledDataset, build_dataset, build_projecti
 from .evaluate import EvalSet, sweep
 from .finetune import finetune
 from .heads import Classifier, zeroshot_head
+from .runtime import to_device
 from .results import QUICK_BANNER, Record, append_records, package_versions, read_records, summary_table
 from .templates import get_templates, templates_hash
 
@@ -40,6 +43,7 @@ class RunResult:
     records: list[Record]
     selected_alpha: dict[str, float]
     export_dir: Path | None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,6 +153,7 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
     ``quick=True`` runs the same code path on a slice of every set (a few dozen
     examples), a few steps per fine-tune and three alphas, into ``OUTPUT_DIR-quick``;
     its records carry ``provenance["quick"] = True`` and its report says so.
+    ``RunResult.timings`` holds the seconds each stage took.
 
     Example:
         >>> result = run("examples/bbc_news.yaml")
@@ -156,36 +161,47 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
     """
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
-    data = prepare_data(cfg)
+    clock = StageClock()
+    with clock("data"):
+        data = prepare_data(cfg)
     if quick:
         cfg, data = quick_config(cfg), _quick_data(data, cfg.data.seed)
+    runs = cfg.finetune_runs()
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     results_path = run_dir / "results.jsonl"
     if results_path.exists():
         results_path.unlink()  # a rerun replaces its records; checkpoints are reused below
+    reused = {name for name in runs if _reusable(cfg, name)}
+    log.info("%s", plan_text(cfg, data, runs, reused, quick))
 
     device = resolve_device(cfg.device)
-    backbone = load_backbone(cfg.backbone)
-    model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
+    with clock("model load"):
+        backbone = load_backbone(cfg.backbone)
+    with clock("zero-shot head"):
+        model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
     theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if progress:
+        log.info("%s", estimate_text(model, backbone, data, cfg, runs, reused))
     provenance = {"backbone": cfg.backbone.model_dump(), "templates_hash": templates_hash(data.templates),
                   "config_hash": cfg.config_hash(), "versions": package_versions(), **({"quick": True} if quick else {})}
 
     records: list[Record] = []
-    runs = cfg.finetune_runs()
+    zeroshot: dict = {}  # alpha = 0 is theta_0 for every fine-tune: scored once, reused by every sweep
     for name, ft_cfg in runs.items():
-        theta_1 = _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir, progress)
+        with clock(f"fine-tune {name}"):
+            theta_1 = _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir, progress)
         if name == "finetuned":
             theta_main = theta_1  # exported below; variants' weights are dropped after their sweep
-        new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, model_name=name,
-                    linear=ft_cfg.mode == "linear", batch_size=cfg.evaluation.batch_size,
-                    precision=cfg.evaluation.precision, cache=cfg.evaluation.cache,
-                    num_workers=cfg.evaluation.num_workers, cache_dir=cfg.evaluation.cache_dir,
-                    fp32_check=cfg.evaluation.fp32_check,
-                    allow_extrapolation=cfg.allow_extrapolation,
-                    provenance={**provenance, "mode": ft_cfg.mode}, progress=progress)
+        with clock(f"sweep {name}"):
+            new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, model_name=name,
+                        linear=ft_cfg.mode == "linear", batch_size=cfg.evaluation.batch_size,
+                        precision=cfg.evaluation.precision, cache=cfg.evaluation.cache,
+                        num_workers=cfg.evaluation.num_workers, cache_dir=cfg.evaluation.cache_dir,
+                        fp32_check=cfg.evaluation.fp32_check,
+                        allow_extrapolation=cfg.allow_extrapolation,
+                        provenance={**provenance, "mode": ft_cfg.mode}, progress=progress, zeroshot=zeroshot)
         append_records(results_path, new)
         records += new
 
@@ -199,10 +215,85 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
     if cfg.export:
         from .merge import Interpolator
 
-        alpha = selected["finetuned"]
-        Interpolator(theta_0, theta_main, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
-        export_dir = export_model(model, backbone, _meta(cfg, data, alpha), run_dir / "export")
-    return RunResult(run_dir, records, selected, export_dir)
+        with clock("export"):
+            alpha = selected["finetuned"]
+            Interpolator(theta_0, theta_main, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
+            export_dir = export_model(model, backbone, _meta(cfg, data, alpha), run_dir / "export")
+    return RunResult(run_dir, records, selected, export_dir, clock.times)
+
+
+class StageClock:
+    """Wall time of each named stage, in the order they ran: ``with clock("export"): ...``."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - start
+
+
+def plan_text(cfg: RunConfig, data: PreparedData, runs: dict, reused: set[str], quick: bool) -> str:
+    """What a run will do, printed before any model loads."""
+    sets = ", ".join(f"{e.name} ({e.role}) {len(e.dataset)}" for e in data.evalsets)
+    lines = [f"wiseft run{' --quick' if quick else ''}: {cfg.backbone.family} {cfg.backbone.name}, "
+             f"{len(data.classnames)} classes, into {cfg.output_dir}",
+             f"  training set: {len(data.train)} examples; evaluation sets: {sets}"]
+    for i, (name, ft) in enumerate(runs.items(), 1):
+        steps = ft.epochs * -(-len(data.train) // ft.batch_size)
+        what = ("reuse the weights in checkpoints/" if name in reused else
+                f"fine-tune {ft.mode}, {ft.epochs} epoch{'s' if ft.epochs != 1 else ''} x {-(-len(data.train) // ft.batch_size)} steps = "
+                f"{steps} steps of batch {ft.batch_size}, lr {ft.lr:g}, {ft.precision}")
+        lines.append(f"  {i}. {name}: {what}; then {len(cfg.alphas)} alphas x {len(data.evalsets)} sets"
+                     + (" (alpha 0, the zero-shot model, scored once for all)" if i > 1 and 0.0 in cfg.alphas
+                        else ""))
+    lines.append("  then: choose alpha on validation, summary, export" + ("" if cfg.export else " (off)"))
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def estimate_text(model: Classifier, backbone: Backbone, data: PreparedData, cfg: RunConfig, runs: dict,
+                  reused: set[str], probe: int = 16) -> str:
+    """A rough time estimate from timing the model on a few inputs of each set: a
+    training example costs about three forward passes (forward and backward)."""
+    from .evaluate import numerics, resolve_precision
+
+    device = next(model.parameters()).device
+    precision = resolve_precision(cfg.evaluation.precision, device)
+    model.eval()
+
+    def per_input(ds: LabeledDataset, transform) -> float:
+        if not len(ds):
+            return 0.0
+        batch, _ = backbone.collate([(transform(ds.load(r) if ds.load else r), y)
+                                     for r, y in ds.samples[:probe]])
+        batch = to_device(batch, device)
+        with numerics(precision, device):
+            model(batch)  # warm-up
+            t = time.perf_counter()
+            model(batch)
+        return (time.perf_counter() - t) / min(probe, len(ds))
+
+    try:
+        evals = sum(len(e.dataset) * per_input(e.dataset, backbone.transform_eval) for e in data.evalsets)
+        train = per_input(data.train, backbone.transform_eval) * len(data.train)
+    except Exception as e:  # noqa: BLE001 - an estimate never stops a run; bad inputs are handled later
+        return f"  (no time estimate: {type(e).__name__}: {e})"
+    total, alphas = 0.0, len(cfg.alphas)
+    for i, (name, ft) in enumerate(runs.items()):
+        if name not in reused:
+            total += train * (3 * ft.epochs if ft.mode != "linear" else 1)
+        total += evals * (alphas - (1 if i > 0 and 0.0 in cfg.alphas else 0))
+    return f"  estimate: about {_duration(total)} on {device.type} (from timing {probe} inputs per set)"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def _meta(cfg: RunConfig, data: PreparedData, alpha: float) -> dict[str, Any]:
@@ -218,13 +309,18 @@ def checkpoint_paths(cfg: RunConfig, name: str) -> tuple[Path, Path]:
     return ckpts / f"{name}.safetensors", ckpts / f"train_{name}_{cfg.train_key(name)}"
 
 
+def _reusable(cfg: RunConfig, name: str) -> bool:
+    ckpt, _ = checkpoint_paths(cfg, name)
+    return ckpt.exists() and read_meta(ckpt).get("train_key") == cfg.train_key(name)
+
+
 def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir: Path, progress) -> dict[str, torch.Tensor]:
     """Fine-tune (resuming an interrupted run), or reuse the weights a previous run with
     the same settings wrote."""
     ckpt, train_dir = checkpoint_paths(cfg, name)
     key = cfg.train_key(name)
-    if ckpt.exists() and read_meta(ckpt).get("train_key") == key:
-        log.info("reusing %s", ckpt)
+    if _reusable(cfg, name):
+        log.info("%s: reusing %s", name, ckpt)
         return load_state(ckpt)
     model.load_state_dict(theta_0)
     tuned = finetune(model, data.train, backbone, ft_cfg, log_path=run_dir / f"train_{name}.jsonl",
