@@ -1,12 +1,45 @@
-"""One registry per kind of plug-in (backbone families, dataset kinds): a decorator
-fills a dict; the modules that hold the entries are imported on first look-up."""
+"""One registry per kind of plug-in (backbone families, dataset kinds, template sets):
+a decorator (or ``add``) fills a dict; the modules that hold the entries are imported
+on first look-up."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from typing import Callable, Generic, Sequence, TypeVar
+import re
+from typing import Callable, Generic, Iterable, Sequence, TypeVar
 
-T = TypeVar("T", bound=Callable)
+T = TypeVar("T")
+
+
+def did_you_mean(name: object, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``name``, or None when none is close: the same name in
+    another case, an abbreviation by initials ('learning_rate' -> 'lr'), else the
+    nearest by difflib."""
+    if not isinstance(name, str):
+        return None
+    candidates = list(candidates)
+    lowered = {c.lower(): c for c in candidates}
+    if name.lower() in lowered:  # 'Open_CLIP' -> 'open_clip'
+        return lowered[name.lower()]
+    for c in candidates:
+        if _initials(name) == c.lower() or _initials(c) == name.lower():
+            return c
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _initials(name: str) -> str | None:
+    parts = [p for p in re.split(r"[_\-\s.]+", name.lower()) if p]
+    return "".join(p[0] for p in parts) if len(parts) > 1 else None
+
+
+def unknown_name(kind: str, name: object, candidates: Iterable[str]) -> str:
+    """'unknown <kind> 'x'; did you mean 'y'? known: a, b, c' (the hint only when one is close)."""
+    candidates = sorted(candidates)
+    hint = did_you_mean(name, candidates)
+    return (f"unknown {kind} {name!r}" + (f"; did you mean {hint!r}? " if hint else "; ")
+            + f"known: {', '.join(candidates)}")
 
 
 class Registry(Generic[T]):
@@ -33,6 +66,11 @@ class Registry(Generic[T]):
 
         return wrap
 
+    def add(self, name: str, entry: T) -> T:
+        """Add ``entry`` (any value, e.g. a tuple of templates) under ``name``."""
+        self._entries[name] = entry
+        return entry
+
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
@@ -48,9 +86,13 @@ class Registry(Generic[T]):
         self._load()
         return name in self._entries
 
+    def unknown(self, name: object) -> str:
+        """The message for a name not registered: the closest name, and every known one."""
+        return unknown_name(self.kind, name, self.names())
+
     def get(self, name: str) -> T:
-        """The entry, or a KeyError that lists the known names."""
+        """The entry, or a KeyError that suggests the closest name and lists the known ones."""
         self._load()
         if name not in self._entries:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            raise KeyError(self.unknown(name))
         return self._entries[name]

@@ -1,9 +1,11 @@
-"""Prompt template sets, as data. A template is a format string with one ``{}``
-for the class name. Look sets up by name with ``get_templates``; add one with
-``register_templates``.
+"""Prompt template sets, as data, in one registry (``TEMPLATES``). A template is a
+format string with one ``{}`` for the class name. Look sets up by name with
+``get_templates``; add one with ``register_templates``.
 
-The OpenAI sets are those published with CLIP (Radford et al. 2021), the 80
-ImageNet prompts used by the WiSE-FT paper and its reference implementation.
+Every shipped set lives in this module, so any of them can be named in a config
+without first importing the dataset that uses it. The OpenAI sets are those
+published with CLIP (Radford et al. 2021): the 80 ImageNet prompts used by the
+WiSE-FT paper and its reference implementation, and the per-dataset sets.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Sequence
+
+from .registry import Registry
 
 OPENAI_IMAGENET = (
     'a bad photo of a {}.',
@@ -115,30 +119,72 @@ NEWS = (
     "{} news.",
 )
 
-_REGISTRY: dict[str, tuple[str, ...]] = {}
+# The 18 CIFAR prompts published with CLIP (Radford et al. 2021).
+CIFAR_TEMPLATES = tuple(
+    t.format(d) for d in ("a", "the") for t in (
+        "a photo of {} {{}}.", "a blurry photo of {} {{}}.", "a black and white photo of {} {{}}.",
+        "a low contrast photo of {} {{}}.", "a high contrast photo of {} {{}}.", "a bad photo of {} {{}}.",
+        "a good photo of {} {{}}.", "a photo of {} small {{}}.", "a photo of {} big {{}}.")
+)
+
+# The transfer sets' and WILDS sets' prompts (CLIP's and the WiSE-FT paper's).
+DTD = ("a photo of a {} texture.", "a photo of a {} pattern.", "a photo of a {} thing.",
+       "a photo of a {} object.", "a photo of the {} texture.", "a photo of the {} pattern.",
+       "a photo of the {} thing.", "a photo of the {} object.")
+FOOD101 = ("a photo of {}, a type of food.",)
+SUN397 = ("a photo of a {}.", "a photo of the {}.")
+STANFORD_CARS = ("a photo of a {}.", "a photo of the {}.", "a photo of my {}.",
+                 "i love my {}!", "a photo of my dirty {}.", "a photo of my clean {}.",
+                 "a photo of my new {}.", "a photo of my old {}.")
+FMOW = ("satellite photo of a {}.", "aerial photo of a {}.", "satellite photo of the {}.",
+        "aerial photo of the {}.", "satellite image of a {}.", "overhead view of a {}.")
+IWILDCAM = ("a photo of {}.", "{} in the wild.")
+
+TEMPLATES: Registry[tuple[str, ...]] = Registry("template set")
+
+
+def template_problem(template: object) -> str | None:
+    """Why ``template`` cannot be used as a prompt template, or None when it can."""
+    if not isinstance(template, str):
+        return f"template {template!r} must be a string"
+    if template.count("{}") != 1:
+        return f"template {template!r} must contain exactly one '{{}}'"
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError):
+        return f"template {template!r} must contain exactly one '{{}}' and no other braces"
+    return None
 
 
 def register_templates(name: str, templates: Sequence[str]) -> None:
     """Add a template set under ``name``; each template must hold exactly one ``{}``."""
+    if isinstance(templates, str):
+        raise ValueError(f"template set {name!r} must be a list of templates, not one string")
     for t in templates:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} of set {name!r} must contain exactly one '{{}}'")
-    _REGISTRY[name] = tuple(templates)
+        problem = template_problem(t)
+        if problem:
+            raise ValueError(f"{problem} (set {name!r})")
+    if not templates:
+        raise ValueError(f"template set {name!r} is empty")
+    TEMPLATES.add(name, tuple(templates))
 
 
 def list_templates() -> list[str]:
     """Names of the registered template sets."""
-    return sorted(_REGISTRY)
+    return TEMPLATES.names()
 
 
 def get_templates(name_or_list: str | Sequence[str]) -> tuple[str, ...]:
     """A template set by name, or a literal list of templates checked and returned."""
     if isinstance(name_or_list, str):
-        if name_or_list not in _REGISTRY:
-            raise KeyError(f"unknown template set {name_or_list!r}; known: {', '.join(list_templates())}")
-        return _REGISTRY[name_or_list]
-    register_templates("<inline>", name_or_list)
-    return _REGISTRY.pop("<inline>")
+        return TEMPLATES.get(name_or_list)
+    for t in name_or_list:
+        problem = template_problem(t)
+        if problem:
+            raise ValueError(problem)
+    if not name_or_list:
+        raise ValueError("give at least one template")
+    return tuple(name_or_list)
 
 
 def templates_hash(templates: Sequence[str]) -> str:
@@ -146,7 +192,9 @@ def templates_hash(templates: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(templates)).encode()).hexdigest()[:16]
 
 
-register_templates("openai_imagenet", OPENAI_IMAGENET)
-register_templates("openai_imagenet_simple", OPENAI_IMAGENET_SIMPLE)
-register_templates("simple", SIMPLE)
-register_templates("news", NEWS)
+for _name, _set in {"openai_imagenet": OPENAI_IMAGENET, "openai_imagenet_simple": OPENAI_IMAGENET_SIMPLE,
+                    "simple": SIMPLE, "news": NEWS, "cifar": CIFAR_TEMPLATES, "dtd": DTD, "food101": FOOD101,
+                    "sun397": SUN397, "stanford_cars": STANFORD_CARS, "fmow": FMOW,
+                    "iwildcam": IWILDCAM}.items():
+    register_templates(_name, _set)
+del _name, _set

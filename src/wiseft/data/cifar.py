@@ -12,19 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..templates import register_templates
+from ..templates import CIFAR_TEMPLATES  # noqa: F401  (the 'cifar' set; kept importable from here)
 from .base import DataError, LabeledDataset, find_root, register_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-# The 18 CIFAR prompts published with CLIP (Radford et al. 2021).
-CIFAR_TEMPLATES = tuple(
-    t.format(d) for d in ("a", "the") for t in (
-        "a photo of {} {{}}.", "a blurry photo of {} {{}}.", "a black and white photo of {} {{}}.",
-        "a low contrast photo of {} {{}}.", "a high contrast photo of {} {{}}.", "a bad photo of {} {{}}.",
-        "a good photo of {} {{}}.", "a photo of {} small {{}}.", "a photo of {} big {{}}.")
-)
-register_templates("cifar", CIFAR_TEMPLATES)
 
 
 class _NumpyOnly(pickle.Unpickler):

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..templates import register_templates
 from .base import DataError, LabeledDataset, find_root, register_dataset
 from .folders import load_image
-
-register_templates("dtd", ("a photo of a {} texture.", "a photo of a {} pattern.", "a photo of a {} thing.",
-                           "a photo of a {} object.", "a photo of the {} texture.", "a photo of the {} pattern.",
-                           "a photo of the {} thing.", "a photo of the {} object."))
-register_templates("food101", ("a photo of {}, a type of food.",))
-register_templates("sun397", ("a photo of a {}.", "a photo of the {}."))
-register_templates("stanford_cars", ("a photo of a {}.", "a photo of the {}.", "a photo of my {}.",
-                                     "i love my {}!", "a photo of my dirty {}.", "a photo of my clean {}.",
-                                     "a photo of my new {}.", "a photo of my old {}."))
 
 
 def _list_file(path: Path, what: str) -> list[str]:

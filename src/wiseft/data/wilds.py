@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from ..metrics import Score, accuracy, macro_f1, worst_group_accuracy
-from ..templates import register_templates
 from .base import DataError, LabeledDataset, find_root, register_dataset, resource
 from .folders import load_image
 
@@ -34,10 +33,6 @@ FMOW_REGIONS = ("Africa", "Americas", "Oceania", "Asia", "Europe", "Other")
 FMOW_SPLITS = {"train": ("train", (0, 2013)), "id_val": ("val", (0, 2013)), "id_test": ("test", (0, 2013)),
                "val": ("val", (2013, 2016)), "test": ("test", (2016, 10000))}
 IWILDCAM_SPLITS = ("train", "val", "test", "id_val", "id_test")
-
-register_templates("fmow", ("satellite photo of a {}.", "aerial photo of a {}.", "satellite photo of the {}.",
-                            "aerial photo of the {}.", "satellite image of a {}.", "overhead view of a {}."))
-register_templates("iwildcam", ("a photo of {}.", "{} in the wild."))
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
