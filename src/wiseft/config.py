@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from .backbones.base import BackboneSpec
+from .data.base import check_dataset_spec, describe_type
 from .finetune import FinetuneConfig
+from .registry import did_you_mean
+from .templates import TEMPLATES, template_problem
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the file and field."""
+
+
+class FieldError(ValueError):
+    """A validator's error about a field at or below the one it validates: ``loc`` is
+    the path from there (``("kind",)`` inside ``data.train``), so the message names
+    the full dotted field."""
+
+    def __init__(self, loc: tuple = (), message: str = ""):
+        super().__init__(message)
+        self.loc = tuple(str(p) for p in loc)
+        self.message = message
 
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -28,18 +47,58 @@ class DataConfig(BaseModel):
 
     name: str = "reference"
     classnames: list[str] | str | None = None
-    templates: str | list[str] = "openai_imagenet"
+    templates: str | list[str] | None = None  # None: the reference dataset's own set, else openai_imagenet
     train: dict[str, Any]
     test: dict[str, Any]
     shifts: dict[str, dict[str, Any]] = {}
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
 
+    @field_validator("classnames")
+    @classmethod
+    def _classnames(cls, v):
+        if isinstance(v, str) and not v.strip():
+            raise FieldError((), "empty; give a list of class names or a file with one per line")
+        if isinstance(v, list):
+            first: dict[str, int] = {}
+            for i, c in enumerate(v):
+                if not c.strip():
+                    raise FieldError((i,), "empty class name")
+                if c in first:
+                    raise FieldError((i,), f"class {c!r} is listed twice (also at data.classnames.{first[c]})")
+                first[c] = i
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v):
+        if isinstance(v, str):
+            if v not in TEMPLATES:
+                raise FieldError((), TEMPLATES.unknown(v))
+        elif v is not None:
+            if not v:
+                raise FieldError((), "give at least one template, or a template set's name")
+            for i, t in enumerate(v):
+                problem = template_problem(t)
+                if problem:
+                    raise FieldError((i,), problem)
+        return v
+
     @field_validator("train", "test")
     @classmethod
-    def _has_kind(cls, v):
-        if "kind" not in v:
-            raise ValueError("a dataset needs a 'kind' (e.g. image_folder, manifest)")
+    def _dataset(cls, v):
+        problem = check_dataset_spec(v)
+        if problem:
+            raise FieldError(*problem)
+        return v
+
+    @field_validator("shifts")
+    @classmethod
+    def _shift_datasets(cls, v):
+        for name, spec in v.items():
+            problem = check_dataset_spec(spec)
+            if problem:
+                raise FieldError((name, *problem[0]), problem[1])
         return v
 
 
@@ -72,22 +131,49 @@ class RunConfig(BaseModel):
     head_cache: bool = True
     export: bool = True
     base_dir: str | None = Field(None, exclude=True)
+    _source: str | None = PrivateAttr(None)  # the file (or label) it was read from, for errors
 
     @model_validator(mode="after")
     def _check(self):
         if not self.alphas:
-            raise ValueError("alphas: give at least one alpha")
+            raise FieldError(("alphas",), "give at least one alpha")
+        for i, a in enumerate(self.alphas):
+            if not math.isfinite(a):
+                raise FieldError(("alphas", i), f"{a} is not a number")
+            if a in self.alphas[:i]:
+                raise FieldError(("alphas", i), f"{a} is listed twice")
         bad = [a for a in self.alphas if not 0.0 <= a <= 1.0]
         if bad and not self.allow_extrapolation:
-            raise ValueError(f"alphas: {bad} outside [0, 1]; set allow_extrapolation: true to extrapolate")
+            raise FieldError(("alphas",), f"{bad} outside [0, 1]; set allow_extrapolation: true to extrapolate")
+        if self.select_alpha is not None and not 0.0 <= self.select_alpha <= 1.0:  # NaN fails too
+            raise FieldError(("select_alpha",), f"{self.select_alpha} outside [0, 1]; the alpha chosen for the "
+                             "summary and the export is a mix of the two models (allow_extrapolation "
+                             "covers the sweep only)")
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|mps", self.device):
+            hint = did_you_mean(self.device, ["auto", "cpu", "cuda", "mps"])
+            raise FieldError(("device",), f"unknown device {self.device!r}"
+                             + (f"; did you mean {hint!r}?" if hint else "") + " use auto, cpu, cuda, cuda:N or mps")
         for name, overrides in self.variants.items():
             if name == "finetuned":
-                raise ValueError("variants: 'finetuned' names the main run; choose another name")
+                raise FieldError(("variants", name), "'finetuned' names the main run; choose another name")
+            if not name.strip() or name in (".", "..") or any(c in name for c in "/\\"):
+                raise FieldError(("variants", name), "a variant's name names its checkpoint and log files: "
+                                 "give a non-empty name without '/' or '\\'")
             try:
                 FinetuneConfig(**{**self.finetune.model_dump(), **overrides})
             except ValidationError as e:
-                raise ValueError(f"variants.{name}: {_first_error(e)}") from None
+                loc, msg = _describe(e.errors()[0], FinetuneConfig)
+                raise FieldError(("variants", name, *loc), msg) from None
         return self
+
+    @property
+    def source(self) -> str | None:
+        """The file (or label) this config was read from, or None."""
+        return self._source
+
+    def error(self, field: str, message: object) -> ConfigError:
+        """A ConfigError naming this config's file (when it was read from one) and ``field``."""
+        return ConfigError(f"{self._source + ': ' if self._source else ''}{field}: {message}")
 
     def finetune_runs(self) -> dict[str, FinetuneConfig]:
         """The main fine-tune ('finetuned') and each variant, by name."""
@@ -110,10 +196,68 @@ class RunConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" if where else err["msg"]
+def _first_error(e: ValidationError, model: type[BaseModel] = RunConfig) -> str:
+    """'dotted.field: message' for the first error, with the closest valid key for an unknown one."""
+    loc, msg = _describe(e.errors()[0], model)
+    where = ".".join(loc)
+    return f"{where}: {msg}" if where else msg
+
+
+def _describe(err: dict, model: type[BaseModel]) -> tuple[tuple[str, ...], str]:
+    """(dotted location, message) of one pydantic error under ``model``."""
+    loc, union = _strip_union_tags(err["loc"], model)
+    msg = err["msg"]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        return loc + cause.loc, cause.message
+    if err["type"] == "value_error":
+        return loc, msg.removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(model, loc[:-1])
+        if known is not None:
+            hint = did_you_mean(loc[-1], known)
+            msg += f"; unknown key {loc[-1]!r}, " + (f"did you mean {hint!r}?" if hint else f"known: {', '.join(known)}")
+    elif union is not None:  # the value fits none of a union's types: name them all
+        msg = f"expected {describe_type(union)}, got {err.get('input')!r}"
+    return loc, msg
+
+
+def _strip_union_tags(loc: tuple, model: type[BaseModel]) -> tuple[tuple[str, ...], Any]:
+    """``loc`` without the member tags pydantic adds below a union-typed field
+    (``data.templates.str`` -> ``data.templates``), and that union when the error is
+    about the field's value as a whole (else None)."""
+    out, i, current = [], 0, model
+    while i < len(loc):
+        part = loc[i]
+        out.append(str(part))
+        i += 1
+        field = current.model_fields.get(part) if current is not None and isinstance(part, str) else None
+        current = None
+        if field is None:
+            continue
+        ann = field.annotation
+        members = [a for a in typing.get_args(ann) if a is not type(None)]
+        if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(members) > 1:
+            if i < len(loc) and isinstance(loc[i], str):
+                i += 1  # the member tag
+                if i == len(loc):
+                    return tuple(out), ann
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            current = ann
+    return tuple(out), None
+
+
+def _fields_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str] | None:
+    """The keys a config section takes (``finetune`` -> FinetuneConfig's fields), or None."""
+    for part in path:
+        if part not in model.model_fields:
+            return None
+        inner = [t for t in (model.model_fields[part].annotation, *typing.get_args(model.model_fields[part].annotation))
+                 if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return [n for n, f in model.model_fields.items() if not f.exclude]
 
 
 def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: str | Path | None = None) -> RunConfig:
@@ -123,6 +267,7 @@ def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: str 
     except ValidationError as e:
         raise ConfigError(f"{source}: {_first_error(e)}") from None
     cfg.base_dir = str(base_dir) if base_dir is not None else None
+    cfg._source = source
     return cfg
 
 

@@ -53,24 +53,40 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
-    """Build every dataset and check class lists; errors name the dataset key."""
+    """Build every dataset and check class lists; errors name the config file and field.
+
+    With ``data.templates`` unset, the prompts are the reference dataset's own set (the
+    test set's, else the training set's), else ``openai_imagenet``."""
     d = cfg.data
-    try:
-        templates = get_templates(d.templates)
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"data.templates: {e.args[0]}") from None
+
+    def build(spec: dict, name: str, field: str) -> LabeledDataset:
+        try:
+            return build_dataset(spec, name=name, base_dir=cfg.base_dir)
+        except DataError as e:
+            raise cfg.error(field, e) from None
+
     try:
         classnames = read_classnames(d.classnames, cfg.base_dir)
-        train = build_dataset(d.train, name=f"{d.name}-train", base_dir=cfg.base_dir)
+    except DataError as e:
+        raise cfg.error("data.classnames", e) from None
+    train = build(d.train, f"{d.name}-train", "data.train")
+    test = build(d.test, d.name, "data.test")
+    shifts = {name: build(spec, name, f"data.shifts.{name}") for name, spec in d.shifts.items()}
+    try:
         classnames = classnames or train.classnames
         train = _relabel(train, classnames)
-        test = build_dataset(d.test, name=d.name, base_dir=cfg.base_dir)
         evalsets = [EvalSet(d.name, "reference", test, _projection(classnames, test, d.test, "data.test"))]
         for name, spec in d.shifts.items():
-            ds = build_dataset(spec, name=name, base_dir=cfg.base_dir)
+            ds = shifts[name]
             evalsets.append(EvalSet(name, "shift", ds, _projection(classnames, ds, spec, f"data.shifts.{name}")))
-    except DataError as e:
-        raise ConfigError(str(e)) from None
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.source}: {e}" if cfg.source else str(e)) from None
+    own = getattr(test, "templates", None) or getattr(train, "templates", None)
+    try:
+        templates = get_templates(d.templates if d.templates is not None else own or "openai_imagenet")
+    except (KeyError, ValueError) as e:
+        why = "" if d.templates is not None else f"unset, and the reference dataset's own set {own!r} fails: "
+        raise cfg.error("data.templates", why + e.args[0]) from None
     if d.validation_fraction > 0:
         train, val = split_holdout(train, d.validation_fraction, d.seed)
         val.name = f"{d.name}-val"

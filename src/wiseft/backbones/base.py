@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..registry import Registry
 
@@ -24,12 +24,19 @@ class BackboneSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    family: Literal["open_clip", "hf_clip", "sentence_transformer"]
+    family: str  # a registered backbone family: open_clip, hf_clip, sentence_transformer, or one added
     name: str
     pretrained: str | None = None
     logit_scale: float | None = None  # override; text encoders have none of their own
     max_length: int | None = None  # text inputs: tokens kept per input
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v: str) -> str:
+        if v not in BACKBONES:  # families added with register_backbone count too
+            raise ValueError(BACKBONES.unknown(v))
+        return v
 
 
 @dataclass
