@@ -1,8 +1,9 @@
 """Scatter plots on logit axes and accuracy-vs-alpha curves, drawn from records only.
 
-Every function returns a matplotlib ``Figure`` (Agg backend, never shown); ``save_figure``
-writes it as PNG and SVG. Scatter plots draw in logit coordinates on linear axes and
-label the ticks in percent, so accuracies from 0.01% to 99.99% have a place.
+Every function returns a matplotlib ``Figure`` built without pyplot, so it is never shown
+and matplotlib's backend stays as the user set it; ``save_figure`` writes it as PNG and
+SVG. Scatter plots draw in logit coordinates on linear axes and label the ticks in
+percent, so accuracies from 0.01% to 99.99% have a place.
 Each artist carries a label (``"zero-shot"``, ``"WiSE-FT finetuned"``, ``"baseline fit"``,
 ...) so callers and tests can find its data.
 """
@@ -13,16 +14,12 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator  # noqa: E402
-
-from wiseft.results import Record  # noqa: E402
-from wiseft.robustness import BaselineFit, logit, record_interval, sigmoid  # noqa: E402
+from wiseft.results import Record
+from wiseft.robustness import BaselineFit, logit, record_interval, sigmoid
 
 # Candidate tick positions (percent), roundest first; ``set_logit_ticks`` takes them in
 # this order, skipping any that would crowd one already taken.
@@ -119,14 +116,15 @@ def plot_scatter(
     fits = dict(fits or {})
     shifts = sorted({r.dataset for r in records if r.role == "shift"})
     data = curves(records, metric)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    fig = Figure(figsize=(5.5, 4.5), dpi=120)
+    ax = fig.subplots()
     # x axis: the fit's own x set when the run measured it (e.g. imagenet-r-clean), else the reference.
     fit = fits.get(shift) if shift != AVG else None
     present = {d for m in data.values() for v in m.values() for d in v}
     x_ds = fit.x_dataset if fit is not None and fit.x_dataset in present else reference
     y_ds: str | list[str] = shifts if shift == AVG else shift
     xs, ys = [], []
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (model, by_alpha) in enumerate(sorted(data.items())):
         alphas = sorted(by_alpha)
         pts = [(a, _point(by_alpha[a], x_ds, y_ds)) for a in alphas]
@@ -148,7 +146,6 @@ def plot_scatter(
         xs += [p[0] for p in curve]
         ys += [p[1] for p in curve]
     if not xs:
-        plt.close(fig)
         raise ValueError(f"no (model, alpha) has both {x_ds!r} and {y_ds!r} records to plot")
     lx = logit(np.array(xs))
     lo, hi = lx.min(), lx.max()
@@ -207,7 +204,8 @@ def plot_alpha_curves(
     order = {"reference": 0, "shift": 1, "validation": 2}
     datasets = sorted(roles, key=lambda d: (order[roles[d]], d))
     alphas = sorted(by_alpha)
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    fig = Figure(figsize=(6, 4.2), dpi=120)
+    ax = fig.subplots()
     for d in datasets:
         pts = [(a, by_alpha[a][d]) for a in alphas if d in by_alpha[a]]
         a = np.array([p[0] for p in pts])
@@ -248,11 +246,10 @@ def plotted_data(fig: Figure) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir`` and close it."""
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=120, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
     return paths
