@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
 from .data.base import LabeledDataset, Projection
 from .heads import Classifier
 from .merge import Interpolator, interpolate
 from .metrics import Score
+from .progress import progress_bar
 from .results import Record
 from .runtime import device_of, to_device
 
@@ -161,7 +161,7 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
     n = len(dataset)
     kept_idx, kept_y, skipped, batches = [], [], [], []
     data, path, pos = None, None, 0
-    bar = tqdm(total=n, desc=f"decode {dataset.name}", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc=f"decode {dataset.name}", disable=not progress, leave=False, unit="input")
     for chunk in loader:
         good = [(i, x, y) for i, x, y, err in chunk if err is None]
         skipped += [err for _, x, _, err in chunk if err is not None]
@@ -441,7 +441,8 @@ def _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size,
                       cache_dir=cache_dir, progress=progress)
     scores: dict[float, dict[str, dict[str, Score]]] = {}
     checks: dict[str, dict] = {}
-    for k, alpha in enumerate(tqdm(alphas, desc=f"alpha sweep ({model_name})", disable=not progress)):
+    for k, alpha in enumerate(progress_bar(alphas, desc=f"alpha sweep ({model_name})", disable=not progress,
+                                           unit="alpha")):
         interp.load_into(model, alpha)
         scores[alpha] = {}
         for es in evalsets:

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
 from .data.base import LabeledDataset
 from .heads import Classifier
+from .progress import progress_bar
 from .runtime import autocast, device_of, to_device
 
 __all__ = ["FinetuneConfig", "finetune", "cosine_lr", "compute_features", "autocast", "device_of", "to_device"]
@@ -117,7 +117,8 @@ def compute_features(encoder: torch.nn.Module, dataset: LabeledDataset, backbone
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
-    for inputs, y in tqdm(loader, desc=f"features {dataset.name}", disable=not progress, leave=False):
+    for inputs, y in progress_bar(loader, desc=f"features {dataset.name}", disable=not progress, leave=False,
+                                  unit="batch"):
         with autocast(device, precision):
             f = encoder(to_device(inputs, device))
         feats.append(F.normalize(f.float(), dim=-1).cpu())

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..finetune import FinetuneConfig, cosine_lr
+from ..progress import progress_bar
 from ..runtime import autocast, device_of, to_device
 from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_compatible, load_checkpoint, rng_state, \
     set_rng_state
@@ -176,8 +176,8 @@ class Trainer:
             self.load(resume_from)
         self.model.train()
         spe = self.plan.steps_per_epoch
-        bar = tqdm(total=self.total, initial=self.step, desc=f"fine-tune ({self.stage.name})",
-                   disable=not (self.progress and self.info.main), unit="step")
+        bar = progress_bar(total=self.total, initial=self.step, desc=f"fine-tune ({self.stage.name})",
+                           disable=not (self.progress and self.info.main), unit="step")
         meter = _Meter(self.device)
         while self.step < self.total:
             epoch, start = divmod(self.step, spe)
