@@ -5,25 +5,38 @@ Public API::
     from wiseft import load_config, run                     # the whole pipeline
     from wiseft import load_backbone, zeroshot_head, Classifier, finetune
     from wiseft import interpolate, Interpolator, sweep, export_model, load_model
+
+Names load on first use (PEP 562), so ``import wiseft`` and the ``wiseft`` command's
+help do not import torch, matplotlib or scipy.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-from .backbones import Backbone, BackboneSpec, list_backbones, load_backbone, register_backbone
-from .checkpoint import export_model, load_model, load_state, save_state
-from .config import ConfigError, RunConfig, load_config
-from .data import LabeledDataset, build_dataset, list_datasets, register_dataset, split_holdout
-from .evaluate import EvalSet, evaluate, sweep
-from .finetune import FinetuneConfig, finetune
-from .heads import Classifier, zeroshot_head, zeroshot_weights
-from .merge import Interpolator, MergeError, interpolate
-from .merge_files import average_files, interpolate_files, plan_files, sweep_files
-from .pipeline import run
-from .soup import estimate_fisher, fisher_merge, greedy_soup, uniform_soup, weighted_average
-from .report import build_report
-from .robustness import clopper_pearson, effective_robustness, fit_baseline, select_alpha
-from .results import Record, read_records, summary_table
-from .templates import get_templates, list_templates, register_templates
+# public name -> submodule that defines it
+_SOURCES = {
+    "backbones": ["Backbone", "BackboneSpec", "list_backbones", "load_backbone", "register_backbone"],
+    "checkpoint": ["export_model", "load_model", "load_state", "save_state"],
+    "config": ["ConfigError", "RunConfig", "load_config"],
+    "data": ["LabeledDataset", "build_dataset", "list_datasets", "register_dataset", "split_holdout"],
+    "evaluate": ["EvalSet", "evaluate", "sweep"],
+    "finetune": ["FinetuneConfig", "finetune"],
+    "heads": ["Classifier", "zeroshot_head", "zeroshot_weights"],
+    "merge": ["Interpolator", "MergeError", "interpolate"],
+    "merge_files": ["average_files", "interpolate_files", "plan_files", "sweep_files"],
+    "pipeline": ["run"],
+    "soup": ["estimate_fisher", "fisher_merge", "greedy_soup", "uniform_soup", "weighted_average"],
+    "report": ["build_report"],
+    "robustness": ["clopper_pearson", "effective_robustness", "fit_baseline", "select_alpha"],
+    "results": ["Record", "read_records", "summary_table"],
+    "templates": ["get_templates", "list_templates", "register_templates"],
+}
+_LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "average_files", "interpolate_files", "plan_files", "sweep_files",
@@ -36,3 +49,36 @@ __all__ = [
     "sweep", "zeroshot_head", "zeroshot_weights", "build_report", "clopper_pearson", "effective_robustness",
     "fit_baseline", "select_alpha",
 ]
+
+
+def __getattr__(name: str):
+    """Import a public name's submodule on first use; also reach submodules as attributes."""
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # next time a plain attribute
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``wiseft.evaluate`` and ``wiseft.finetune`` name functions, not the submodules of
+    the same name: importing such a submodule binds the function on the package."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -284,18 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors reported as "wiseft: error: ..." (exit code 2) rather than a traceback: the
+# library's named errors by (module, class), looked up only once a command has failed, so
+# that parsing arguments (and --help) imports no torch.
+USER_ERRORS = (("wiseft.config", "ConfigError"), ("wiseft.data.base", "DataError"),
+               ("wiseft.checkpoint", "CheckpointError"), ("wiseft.merge", "MergeError"))
+
+
+def _user_error(e: BaseException) -> bool:
+    """Whether ``e`` is bad input to report in one line (a module not loaded raised none of its errors)."""
+    if isinstance(e, (FileNotFoundError, ImportError, ValueError)):
+        return True
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wiseft`` command."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.base import DataError
-    from .merge import MergeError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.fn(args)
-    except (ConfigError, DataError, CheckpointError, MergeError, FileNotFoundError, ImportError, ValueError) as e:
+    except Exception as e:
+        if not _user_error(e):
+            raise
         print(f"wiseft: error: {e}", file=sys.stderr)
         return 2
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..config import RunConfig
-from .distributed import barrier, current, init_distributed
+if TYPE_CHECKING:  # torch and the config load only when training runs, not for ``--help``
+    from ..config import RunConfig
 
 log = logging.getLogger("wiseft")
 
@@ -29,6 +28,7 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     from ..checkpoint import save_state
     from ..finetune import finetune
     from ..pipeline import build_zeroshot_model, checkpoint_paths, prepare_data
+    from .distributed import barrier, init_distributed
 
     info, device = init_distributed(cfg.device)
     runs = cfg.finetune_runs()
@@ -59,6 +59,10 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
 
 def shutdown() -> None:
     """Leave the process group, if this process joined one."""
+    import torch
+
+    from .distributed import current
+
     if current().enabled:
         torch.distributed.destroy_process_group()
 
@@ -82,6 +86,7 @@ def run_args(args) -> int:
     import yaml
 
     from ..config import load_config
+    from .distributed import current
 
     overrides = {}
     for pair in args.set:
