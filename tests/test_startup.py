@@ -17,13 +17,6 @@ from wiseft.cli import main
 HEAVY = {"torch", "matplotlib", "scipy"}
 SRC = str(Path(wiseft.__file__).resolve().parent.parent)
 
-# Every parser is built at once (the train command's arguments come from wiseft.train.launch),
-# so this holds for the whole CLI once src/wiseft/train/__init__.py loads its names lazily.
-TRAIN_PACKAGE_EAGER = pytest.mark.xfail(
-    strict=True, reason="src/wiseft/train/__init__.py imports the engine (torch) when wiseft.train.launch is "
-                        "imported for the train command's arguments; remove this marker once it loads lazily")
-
-
 def python(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter with ``-X importtime``."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]), **(env or {})}
@@ -47,14 +40,12 @@ def test_import_wiseft_is_light():
     assert heavy(r.stderr) == []
 
 
-@TRAIN_PACKAGE_EAGER
 def test_build_parser_is_light():
     r = python("import wiseft.cli; wiseft.cli.build_parser()")
     assert r.returncode == 0, r.stderr[-2000:]
     assert heavy(r.stderr) == []
 
 
-@TRAIN_PACKAGE_EAGER
 def test_every_help_is_light():
     r = python("""
         import argparse
@@ -76,7 +67,6 @@ def test_every_help_is_light():
     assert heavy(r.stderr) == []
 
 
-@TRAIN_PACKAGE_EAGER
 def test_help_as_a_module_is_light():
     r = python("import runpy, sys; sys.argv = ['wiseft', '--help']; runpy.run_module('wiseft.cli', run_name='__main__')")
     assert r.returncode == 0, r.stderr[-2000:]

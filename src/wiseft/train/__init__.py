@@ -2,17 +2,39 @@
 exact resume, metrics, and the paper's alternative fine-tuning methods.
 
 The library (heads, merge, evaluation) never imports this package; ``wiseft.finetune``
-is the entry point that does.
+is the entry point that does. Names load on first use (PEP 562), so importing
+``wiseft.train.launch`` for the ``train`` command's arguments does not import torch.
 """
 
-from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
-from .data import BatchPlan, kshot_subset, resolve_batch
-from .distributed import DistInfo, init_distributed
-from .engine import enable_grad_checkpointing, run_finetune, sharded_features
-from .launch import train_from_config
-from .logs import MetricLog
-from .loop import Stage, Trainer
+from __future__ import annotations
+
+import importlib
+
+# public name -> submodule that defines it
+_SOURCES = {
+    "checkpoints": ["CheckpointDir", "ResumeError", "load_checkpoint"],
+    "data": ["BatchPlan", "kshot_subset", "resolve_batch"],
+    "distributed": ["DistInfo", "init_distributed"],
+    "engine": ["enable_grad_checkpointing", "run_finetune", "sharded_features"],
+    "launch": ["train_from_config"],
+    "logs": ["MetricLog"],
+    "loop": ["Stage", "Trainer"],
+}
+_LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = ["BatchPlan", "CheckpointDir", "DistInfo", "MetricLog", "ResumeError", "Stage", "Trainer",
            "enable_grad_checkpointing", "init_distributed", "kshot_subset", "load_checkpoint", "resolve_batch",
            "run_finetune", "sharded_features", "train_from_config"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
