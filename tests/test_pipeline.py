@@ -31,8 +31,12 @@ def test_run_writes_records_for_11_alphas(oc_run):
     datasets = {(r.dataset, r.role) for r in records}
     assert datasets == {("colors", "reference"), ("noise", "shift"), ("subset", "shift"),
                         ("colors-val", "validation")}
-    assert len(records) == 11 * 4
-    sub = [r for r in records if r.dataset == "subset"]
+    assert len([r for r in records if r.metric == "top1"]) == 11 * 4
+    # calibration: a temperature per alpha fitted on validation, ECE for every set
+    assert {(r.alpha, r.dataset) for r in records if r.metric == "temperature"} == {
+        (a, "colors-val") for a in alphas}
+    assert len([r for r in records if r.metric == "ece"]) == 11 * 4
+    sub = [r for r in records if r.dataset == "subset" and r.metric == "top1"]
     assert all(r.total == 10 and 0 <= r.correct <= r.total for r in sub)
     prov = records[0].provenance
     assert {"backbone", "templates_hash", "config_hash", "versions", "mode"} <= set(prov)
@@ -122,7 +126,7 @@ def test_evaluate_and_interpolate_commands(oc_run, open_clip_spec, image_data, t
     assert main(["evaluate", str(oc_run / "export"), str(cfg_path), "--out", str(tmp_path / "r.jsonl")]) == 0
     recs = read_records(tmp_path / "r.jsonl")
     meta = json.loads((oc_run / "export" / "wiseft.json").read_text())
-    swept = {r.dataset: r.correct for r in read_records(oc_run) if r.alpha == meta["alpha"]}
+    swept = {r.dataset: r.correct for r in read_records(oc_run) if r.alpha == meta["alpha"] and r.metric == "top1"}
     assert {r.dataset: r.correct for r in recs} == swept  # the export scores as the sweep did
 
     ckpts = oc_run / "checkpoints"
@@ -184,7 +188,7 @@ def test_quick_run_is_the_same_pipeline_on_a_slice_marked_as_such(open_clip_spec
     assert sorted({r.alpha for r in records}) == [0.0, 0.5, 1.0]
     assert {r.model for r in records} == {"finetuned", "high"}
     assert all(r.provenance["quick"] is True for r in records)
-    assert all(r.total <= 48 for r in records)
+    assert all(r.total <= 48 for r in records if r.metric == "top1")
     # one epoch for every fine-tune, the variant's own epochs included: 27 training images, batch 8
     for name in ("finetuned", "high"):
         steps = [json.loads(line)["step"] for line in (quick / f"train_{name}.jsonl").read_text().splitlines()]
@@ -205,3 +209,33 @@ def test_quick_slice_takes_classes_in_turn():
     assert len(sliced) == 48 and min(counts) == 9 and max(counts) == 10
     assert quick_slice(ds, 48).samples == sliced.samples  # seeded
     assert len(quick_slice(ds.subset(range(20)), 48)) == 20
+
+
+def test_predict_uses_the_temperature_fitted_on_validation(oc_run, image_data, capsys):
+    from wiseft.checkpoint import load_model
+    from wiseft.data.folders import load_image
+
+    meta = json.loads((oc_run / "export" / "wiseft.json").read_text())
+    fitted = [r.value for r in read_records(oc_run)
+              if r.model == "finetuned" and r.metric == "temperature" and r.alpha == meta["alpha"]]
+    assert meta["temperature"] == fitted[0] and meta["temperature"] != 1.0
+    image = next((image_data / "test" / "red").iterdir())
+    capsys.readouterr()
+    assert main(["predict", str(oc_run / "export"), str(image), "--top-k", "1"]) == 0
+    shown = float(capsys.readouterr().out.rsplit(" ", 1)[1].rstrip("%\n"))
+    model, bb, _ = load_model(oc_run / "export")
+    with torch.no_grad():
+        logits = model(bb.transform_eval(load_image(image))[None])
+    assert shown == pytest.approx(100 * (logits / meta["temperature"]).softmax(-1).max().item(), abs=0.06)
+
+
+def test_report_shows_calibration_and_says_why_robustness_is_empty(oc_run, tmp_path):
+    from wiseft.report import build_report
+
+    page = build_report(oc_run, out_dir=tmp_path).read_text()
+    calibration = (tmp_path / "calibration.md").read_text().splitlines()
+    assert calibration[2].split(" | ")[:3] == ["| model", "alpha", "temperature"]
+    assert len(calibration) == 4 + 11 and "<h2>Calibration</h2>" in page
+    robustness = (tmp_path / "robustness.md").read_text()
+    assert "Not computed: no baseline models were measured on colors" in robustness
+    assert "--baselines" in robustness

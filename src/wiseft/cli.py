@@ -202,8 +202,9 @@ def cmd_predict(args) -> int:
     classnames = meta["classnames"]
     raw = [load_image(x) for x in args.inputs] if backbone.modality == "image" else list(args.inputs)
     batch, _ = backbone.collate([(backbone.transform_eval(x), 0) for x in raw])
+    temperature = meta.get("temperature") or 1.0  # fitted on held-out validation at the exported alpha
     with torch.no_grad():
-        probs = model(batch).softmax(dim=-1)
+        probs = (model(batch) / temperature).softmax(dim=-1)
     k = min(args.top_k, len(classnames))
     for name, p in zip(args.inputs, probs):
         top = p.topk(k)

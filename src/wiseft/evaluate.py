@@ -29,7 +29,7 @@ from .backbones.base import Backbone
 from .data.base import LabeledDataset, Projection
 from .heads import Classifier
 from .merge import Interpolator, interpolate
-from .metrics import Score
+from .metrics import Score, expected_calibration_error, fit_temperature
 from .progress import progress_bar
 from .results import Record
 from .runtime import device_of, to_device
@@ -378,16 +378,35 @@ def evaluate_records(model: Classifier, evalsets: Sequence[EvalSet], backbone: B
 
 
 def _evaluate_set(model, es: EvalSet, backbone, batch_size, precision, cache, num_workers, progress,
-                  cache_dir=None) -> tuple[dict[str, Score], torch.Tensor]:
+                  cache_dir=None) -> tuple[dict[str, Score], torch.Tensor, torch.Tensor]:
+    """(scores, logits, labels) of one set."""
     model.eval()
     device = device_of(model)
     if cache is False:  # the naive path: decode again, as the reference implementation does
         logits, labels = predict_logits(model, es.batches(backbone, batch_size, cache=False), precision)
-        return es.scores(logits, labels), logits
+        return es.scores(logits, labels), logits, labels
     c = es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache is True else cache,
                   cache_dir=cache_dir, progress=progress)
     logits = _cached_outputs(model, c, batch_size, device, precision)
-    return es.scores(logits, c.labels, c.index), logits
+    return es.scores(logits, c.labels, c.index), logits, c.labels
+
+
+def _validation_first(evalsets: Sequence[EvalSet]) -> list[EvalSet]:
+    """The sets in the order calibration needs: the held-out split that fits each alpha's
+    temperature before the sets scored with it."""
+    return sorted(evalsets, key=lambda es: es.role != "validation")
+
+
+def _calibrate(es: EvalSet, scores: dict[str, Score], logits: torch.Tensor, labels: torch.Tensor,
+               temperatures: dict[float, float], alpha: float) -> None:
+    """Temperature scaling per alpha: the first validation set fits alpha's temperature
+    (recorded as metric ``temperature``); every set gets its ``ece`` under that temperature
+    (1, uncalibrated, when the run holds out no validation data)."""
+    logits, labels = es.project(logits), es.dataset.project_labels(labels)
+    if es.role == "validation" and alpha not in temperatures:
+        temperatures[alpha] = fit_temperature(logits, labels)
+        scores["temperature"] = Score(temperatures[alpha])
+    scores["ece"] = expected_calibration_error(logits, labels, temperatures.get(alpha, 1.0))
 
 
 def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tensor],
@@ -441,13 +460,15 @@ def _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size,
                       cache_dir=cache_dir, progress=progress)
     scores: dict[float, dict[str, dict[str, Score]]] = {}
     checks: dict[str, dict] = {}
+    temperatures: dict[float, float] = {}
     for k, alpha in enumerate(progress_bar(alphas, desc=f"alpha sweep ({model_name})", disable=not progress,
                                            unit="alpha")):
         interp.load_into(model, alpha)
         scores[alpha] = {}
-        for es in evalsets:
-            scores[alpha][es.name], logits = _evaluate_set(model, es, backbone, batch_size, precision, cache,
-                                                           num_workers, False, cache_dir)
+        for es in _validation_first(evalsets):
+            scores[alpha][es.name], logits, labels = _evaluate_set(model, es, backbone, batch_size, precision,
+                                                                   cache, num_workers, False, cache_dir)
+            _calibrate(es, scores[alpha][es.name], logits, labels, temperatures, alpha)
             if k == 0 and precision == "bf16" and fp32_check and cache is not False:
                 c = es._cache
                 ref = _cached_outputs(model, c, batch_size, device_of(model), "fp32", limit=fp32_check)
@@ -495,18 +516,20 @@ def _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_siz
     heads = {a: interpolate(head_0, head_1, a, allow_extrapolation=allow_extrapolation) for a in alphas}
     scores: dict[float, dict[str, dict[str, Score]]] = {a: {} for a in alphas}
     checks: dict[str, dict] = {}
+    temperatures: dict[float, float] = {}
     Interpolator(theta_0, theta_1).load_into(model, 0.0)  # the shared encoder
     model.eval()
     device = device_of(model)
     encode = lambda x: F.normalize(model.encoder(x).float(), dim=-1)  # noqa: E731
-    for es in evalsets:
+    for es in _validation_first(evalsets):
         c = es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache in (True, False) else cache,
                       cache_dir=cache_dir, progress=progress)
         feats = _cached_outputs(encode, c, batch_size, device, precision)
         for a in alphas:
             head = heads[a]
-            scores[a][es.name] = es.scores(feats @ head["weight"].float().cpu().T + head["bias"].float().cpu(),
-                                           c.labels, c.index)
+            logits = feats @ head["weight"].float().cpu().T + head["bias"].float().cpu()
+            scores[a][es.name] = es.scores(logits, c.labels, c.index)
+            _calibrate(es, scores[a][es.name], logits, c.labels, temperatures, a)
         if precision == "bf16" and fp32_check:
             ref = _cached_outputs(encode, c, batch_size, device, "fp32", limit=fp32_check)
             h = heads[alphas[0]]

@@ -1,4 +1,4 @@
-"""Metrics over predictions: accuracy, macro-F1, worst-group accuracy, pm-k.
+"""Metrics over predictions: accuracy, macro-F1, worst-group accuracy, pm-k, calibration.
 
 Each returns a ``Score``: the value and, where it is a proportion of inputs, the
 (correct, total) counts behind it, so records can carry confidence intervals.
@@ -70,3 +70,38 @@ def pm_k_accuracy(pred_by_key: Mapping[Hashable, int],
         correct += all(k in pred_by_key and pred_by_key[k] in labels for k in keys)
     total = len(anchors)
     return Score(correct / total if total else 0.0, correct, total)
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                               bins: int = 15) -> Score:
+    """ECE (Guo et al. 2017): inputs binned by confidence (the top softmax probability of
+    ``logits / temperature``) into ``bins`` equal-width bins; the gap between accuracy
+    and mean confidence in each bin, weighted by the bin's share of inputs."""
+    n = int(labels.numel())
+    if n == 0:
+        return Score(0.0)
+    conf, pred = (logits.float() / temperature).softmax(dim=1).max(dim=1)
+    correct = (pred == labels).float()
+    which = torch.clamp((conf * bins).ceil().long() - 1, 0, bins - 1)  # bin b holds (b/bins, (b+1)/bins]
+    gap = torch.bincount(which, weights=correct - conf, minlength=bins).abs()  # n_bin * |acc - conf|
+    return Score(float(gap.sum() / n))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T that minimises the negative log-likelihood of ``softmax(logits / T)``
+    on held-out data (temperature scaling, Guo et al. 2017): one scalar, so accuracy is
+    unchanged and only the confidence moves."""
+    import math
+
+    from scipy.optimize import minimize_scalar
+
+    if labels.numel() == 0:
+        return 1.0
+    logits, labels = logits.double(), labels.long()
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels))
+
+    best = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                           options={"xatol": 1e-5})
+    return float(math.exp(best.x))

@@ -234,7 +234,8 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
         with clock("export"):
             alpha = selected["finetuned"]
             Interpolator(theta_0, theta_main, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
-            export_dir = export_model(model, backbone, _meta(cfg, data, alpha), run_dir / "export")
+            meta = {**_meta(cfg, data, alpha), "temperature": _temperature(records, "finetuned", alpha)}
+            export_dir = export_model(model, backbone, meta, run_dir / "export")
     return RunResult(run_dir, records, selected, export_dir, clock.times)
 
 
@@ -310,6 +311,13 @@ def estimate_text(model: Classifier, backbone: Backbone, data: PreparedData, cfg
 def _duration(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _temperature(records: list[Record], model: str, alpha: float) -> float | None:
+    """The temperature fitted on validation for ``model`` at ``alpha`` (None if not fitted)."""
+    found = [r.value for r in records if r.model == model and r.metric == "temperature" and r.alpha is not None
+             and abs(r.alpha - alpha) < 1e-9]
+    return found[0] if found else None
 
 
 def _meta(cfg: RunConfig, data: PreparedData, alpha: float) -> dict[str, Any]:

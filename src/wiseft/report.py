@@ -184,6 +184,21 @@ def robustness_table(rho: list[RobustnessRow]) -> tuple[list[str], list[list[str
     return ["model", "alpha", *shifts], rows
 
 
+def calibration_table(records: Iterable[Record]) -> tuple[list[str], list[list[str]]]:
+    """Expected calibration error (percent) of every (model, alpha) on every set, under the
+    temperature fitted for that alpha on held-out validation: how calibration holds under shift."""
+    order = {"reference": 0, "shift": 1, "validation": 2}
+    ece = [r for r in records if r.metric == "ece" and r.alpha is not None]
+    sets = sorted(dict.fromkeys(r.dataset for r in ece), key=lambda d: order[next(r.role for r in ece if r.dataset == d)])
+    temps = {(r.model, r.alpha): r.value for r in records if r.metric == "temperature" and r.alpha is not None}
+    by: dict[tuple[str, float], dict[str, float]] = {}
+    for r in ece:
+        by.setdefault((r.model, r.alpha), {})[r.dataset] = r.value
+    rows = [[m, f"{a:g}", f"{temps[(m, a)]:.3f}" if (m, a) in temps else "",
+             *(f"{100 * v[d]:.2f}" if d in v else "" for d in sets)] for (m, a), v in sorted(by.items())]
+    return ["model", "alpha", "temperature", *sets], rows
+
+
 def points_csv(records: list[Record]) -> str:
     """Every record with its 95% Clopper-Pearson interval (empty without counts)."""
     buf = io.StringIO()
@@ -260,8 +275,16 @@ def build_report(
     _write(out / "robustness.md", banner + (_markdown(header, rows) if rows else
                                             no_baseline_note(reference, shifts, use_default_baselines)))
     _write(out / "points.csv", points_csv(records))
+    calibration = calibration_table(records)
+    if calibration[1]:
+        _write(out / "calibration.md", banner + "Expected calibration error (%, 15 bins) with each alpha's temperature "
+               "fitted on held-out validation.\n\n" + _markdown(*calibration))
     notes = {m: _selection_note(records, m, alpha, metric) for m in models}
     page = _html(run_dir, reference, shifts, selected, notes, fits, tables, header, rows, figures, out, rho)
+    if calibration[1]:
+        page = page.replace("<h2>Plots</h2>", "<h2>Calibration</h2><p>Expected calibration error (percent, 15 "
+                            "bins) of softmax(logits / T), with T fitted per alpha on held-out validation "
+                            "(temperature scaling).</p>" + _html_table(*calibration) + "<h2>Plots</h2>", 1)
     if banner:
         page = page.replace("<body>", f"<body><p style='background:#fde;padding:8px'><b>{html.escape(QUICK_BANNER)}"
                             "</b></p>", 1)
