@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import yaml
+
+from .progress import configure_logging
 
 DEMO_CONFIG = Path(__file__).parent / "resources" / "bbc_news.yaml"
 
@@ -306,7 +307,7 @@ def _user_error(e: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wiseft`` command."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     try:
         return args.fn(args)
     except Exception as e:

@@ -89,8 +89,10 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
 
 def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig, *,
              log_path: str | Path | None = None, progress: bool = True,
-             checkpoint_dir: str | Path | None = None, resume: bool | str | Path = False) -> Classifier:
-    """A fine-tuned copy of ``model`` (the input is left untouched).
+             checkpoint_dir: str | Path | None = None, resume: bool | str | Path = False,
+             name: str | None = None) -> Classifier:
+    """A fine-tuned copy of ``model`` (the input is left untouched). ``name`` labels the
+    run in logs and progress (e.g. a variant's name).
 
     Runs on every process of a ``torchrun`` launch (DDP or FSDP over the initialised
     process group) and returns the full fine-tuned model on each. With
@@ -103,7 +105,7 @@ def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: 
     from .train.engine import run_finetune
 
     return run_finetune(model, train, backbone, cfg, log_path=log_path, progress=progress,
-                        checkpoint_dir=checkpoint_dir, resume=resume)
+                        checkpoint_dir=checkpoint_dir, resume=resume, name=name)
 
 
 @torch.no_grad()

@@ -348,7 +348,7 @@ def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir:
         return load_state(ckpt)
     model.load_state_dict(theta_0)
     tuned = finetune(model, data.train, backbone, ft_cfg, log_path=run_dir / f"train_{name}.jsonl",
-                     progress=progress, checkpoint_dir=train_dir, resume=True)
+                     progress=progress, checkpoint_dir=train_dir, resume=True, name=name)
     state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
     save_state(ckpt, state, {"train_key": key})
     return state

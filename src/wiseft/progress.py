@@ -25,6 +25,17 @@ DEFAULT_INTERVAL = 30.0
 MILESTONES = (25, 50, 75)
 
 
+def configure_logging() -> None:
+    """The command line's output: wiseft's own messages as plain lines; other libraries'
+    only from warnings up, and without their model load/save bars (they named temporary
+    folders and drew bars of their own between ours)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("wiseft").setLevel(logging.INFO)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers
+
+
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
                  disable: bool = False, unit: str = "it", leave: bool = True, initial: int = 0,
                  file: TextIO | None = None):

@@ -27,7 +27,7 @@ log = logging.getLogger("wiseft")
 
 def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig, *,
                  log_path=None, progress: bool = True, checkpoint_dir=None,
-                 resume: bool | str | Path = False) -> Classifier:
+                 resume: bool | str | Path = False, name: str | None = None) -> Classifier:
     """See :func:`wiseft.finetune.finetune`."""
     info = current()
     if cfg.shots_per_class:
@@ -39,7 +39,7 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
     if cfg.tensorboard and info.main:
         tb = (Path(log_path).with_suffix("") if log_path else (root or Path("runs")) / "tensorboard")
     metrics = MetricLog(log_path if info.main else None, tensorboard_dir=tb)
-    ctx = _Context(cfg, backbone, root, resume, metrics, progress)
+    ctx = _Context(cfg, backbone, root, resume, metrics, progress, name)
     try:
         with deterministic(cfg.deterministic):
             torch.manual_seed(cfg.seed + info.rank)
@@ -55,9 +55,9 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
 
 
 class _Context:
-    def __init__(self, cfg, backbone, root, resume, metrics, progress):
+    def __init__(self, cfg, backbone, root, resume, metrics, progress, name):
         self.cfg, self.backbone, self.root, self.resume = cfg, backbone, root, resume
-        self.metrics, self.progress = metrics, progress
+        self.metrics, self.progress, self.name = metrics, progress, name
 
     def checkpoints(self, stage: str) -> CheckpointDir | None:
         if self.root is None:
@@ -77,7 +77,7 @@ class _Context:
 
     def trainer(self, module, dataset, collate, stage: Stage) -> Trainer:
         return Trainer(module, dataset, collate, self.cfg, stage, checkpoints=self.checkpoints(stage.name),
-                       metrics=self.metrics, progress=self.progress)
+                       metrics=self.metrics, progress=self.progress, label=self.name)
 
 
 def _fit_linear(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str) -> None:

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..progress import configure_logging
+
 if TYPE_CHECKING:  # torch and the config load only when training runs, not for ``--help``
     from ..config import RunConfig
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wiseft.train", description="Fine-tune from a run config.")
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     try:
         return run_args(args)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError, ImportError, ValueError) as e:

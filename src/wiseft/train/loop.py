@@ -50,8 +50,9 @@ class Trainer:
 
     def __init__(self, module: torch.nn.Module, dataset: Dataset, collate: Callable, cfg: FinetuneConfig,
                  stage: Stage, *, checkpoints: CheckpointDir | None = None, metrics: MetricLog | None = None,
-                 progress: bool = True):
+                 progress: bool = True, label: str | None = None):
         self.cfg, self.stage, self.collate = cfg, stage, collate
+        self.label = f"{label} ({stage.name})" if label else stage.name  # names the run in logs and progress
         self.info, self.device = current(), device_of(module)
         self.checkpoints, self.metrics, self.progress = checkpoints, metrics or MetricLog(None), progress
         micro, self.accum = resolve_batch(cfg.batch_size, cfg.micro_batch_size, self.info.world)
@@ -75,7 +76,7 @@ class Trainer:
         self.l2 = ZeroShotL2(self.params, cfg.l2_to_zeroshot) if cfg.l2_to_zeroshot > 0 else None
         self.step = 0
         log.info("%s: %d samples, global batch %d = %d per device x %d devices x %d accumulation, %d steps; "
-                 "%s", stage.name, len(dataset), cfg.batch_size, micro, self.info.world, self.accum, self.total,
+                 "%s", self.label, len(dataset), cfg.batch_size, micro, self.info.world, self.accum, self.total,
                  "random transform: seeded per sample" if seeded else "no random transform")
 
     # -- state ---------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + 7919 * state["step"] + self.info.rank)
         self.step = state["step"]
         self.metrics.truncate(self.stage.name, self.step)
-        log.info("%s: resumed from %s at step %d of %d", self.stage.name, path, self.step, self.total)
+        log.info("%s: resumed from %s at step %d of %d", self.label, path, self.step, self.total)
 
     def save(self, epoch_end: int | None) -> None:
         state = self.state()
@@ -176,7 +177,7 @@ class Trainer:
             self.load(resume_from)
         self.model.train()
         spe = self.plan.steps_per_epoch
-        bar = progress_bar(total=self.total, initial=self.step, desc=f"fine-tune ({self.stage.name})",
+        bar = progress_bar(total=self.total, initial=self.step, desc=f"fine-tune {self.label}",
                            disable=not (self.progress and self.info.main), unit="step")
         meter = _Meter(self.device)
         while self.step < self.total:
