@@ -163,18 +163,22 @@ def test_bad_inputs_give_clear_errors(open_clip_spec, image_data, tmp_path, caps
     assert not (tmp_path / "o.safetensors").exists()
 
 
-def test_rerun_reuses_finetuned_weights_and_changed_settings_retrain(oc_run, open_clip_spec, image_data):
-    ckpt = oc_run / "checkpoints" / "finetuned.safetensors"
+def test_rerun_reuses_finetuned_weights_and_changed_settings_retrain(oc_run, open_clip_spec, image_data, tmp_path):
+    import shutil
+
+    out = shutil.copytree(oc_run, tmp_path / "run", copy_function=shutil.copy2)  # the shared run stays as it is
+    ckpt = out / "checkpoints" / "finetuned.safetensors"
     before = ckpt.stat().st_mtime_ns
-    first = {(r.alpha, r.dataset): r.correct for r in read_records(oc_run)}
-    cfg = run_config(open_clip_spec, image_data, oc_run, export=False)
+    key = lambda r: (r.alpha, r.dataset, r.metric)  # noqa: E731
+    first = {key(r): (r.correct, r.value) for r in read_records(out)}
+    cfg = run_config(open_clip_spec, image_data, out, export=False)
     again = run(parse_config(cfg), progress=False)
     assert ckpt.stat().st_mtime_ns == before
-    assert {(r.alpha, r.dataset): r.correct for r in again.records} == first
+    assert {key(r): (r.correct, r.value) for r in again.records} == first
     cfg["finetune"]["epochs"] = 1
     run(parse_config({**cfg, "alphas": [0.0, 1.0]}), progress=False)
     assert ckpt.stat().st_mtime_ns != before
-    assert len(list((oc_run / "checkpoints").glob("train_finetuned_*"))) == 2
+    assert len(list((out / "checkpoints").glob("train_finetuned_*"))) == 2
 
 
 def test_quick_run_is_the_same_pipeline_on_a_slice_marked_as_such(open_clip_spec, image_data, tmp_path):
