@@ -33,3 +33,48 @@ def test_demo_config_validates_and_builds_its_data():
     data = prepare_data(cfg)
     assert [e.role for e in data.evalsets] == ["reference", "shift", "shift", "validation"]
     assert cfg.finetune_runs().keys() == {"finetuned", "aggressive"}
+
+
+def _blocks() -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block in the README."""
+    return re.findall(r"^```(\w*)\n(.*?)^```$", (ROOT / "README.md").read_text(), re.M | re.S)
+
+
+def test_every_readme_code_block_is_run_by_a_test():
+    """bash: the two set-up commands (CI runs them); python: the API example (below);
+    yaml: the config reference (tests/test_config.py validates it against the schema)."""
+    langs = [lang for lang, _ in _blocks()]
+    assert sorted(langs) == ["bash", "bash", "python", "yaml"], langs
+    ci = (ROOT / ".ci" / "run").read_text()
+    demo, _ = _commands()
+    extra = re.search(r'pip install -e "(\.\[\w+\])"', demo).group(1)
+    # the main command's extras alone, in a fresh venv, then the main job on them
+    assert f"fresh_venv {extra[2:-1]}" in ci and "wiseft demo --quick" in ci
+
+
+def test_readme_api_example_runs(open_clip_spec, image_data, tmp_path):
+    import yaml
+    from conftest import COLORS, run_config
+
+    code = next(body for lang, body in _blocks() if lang == "python")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(run_config(open_clip_spec, image_data, tmp_path / "run")))
+    substitutions = {  # what needs a download or a user's files, as the README says under the block
+        '"ViT-B-32"': repr(open_clip_spec["name"]), '"openai"': repr(open_clip_spec["pretrained"]),
+        '"data/train"': repr(str(image_data / "train")), '["cat", "dog"]': repr(list(COLORS)),
+        '"examples/bbc_news.yaml"': repr(str(config)),
+    }
+    for old, new in substitutions.items():
+        assert code.count(old) == 1, f"README API example no longer holds {old}"
+        code = code.replace(old, new)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    import torch
+
+    assert set(scope["result"].selected_alpha) == {"finetuned"}
+    theta_0, theta_1, mixed = scope["theta_0"], scope["theta_1"], scope["mixed"]
+    assert not torch.equal(theta_0["head.weight"], theta_1["head.weight"])  # it fine-tuned
+    for k, v in scope["finetuned"].state_dict().items():  # load_into wrote the same mix
+        torch.testing.assert_close(v, mixed[k], rtol=0, atol=1e-6)
+        if v.is_floating_point():
+            torch.testing.assert_close(mixed[k], 0.5 * theta_0[k] + 0.5 * theta_1[k])
