@@ -76,7 +76,7 @@ def build_tables(
     shifts = _datasets(records, "shift")
     columns = [reference, *shifts] + (["avg shifts"] if shifts else []) + (["avg rho"] if rho else [])
     tables = []
-    for model in sorted(selected):
+    for model in selected:  # in the run's order: the main fine-tune, then its variants
         vals: dict[float, dict[str, float]] = {}
         for r in records:
             if r.model == model:
@@ -248,7 +248,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     reference = reference_dataset(records)
     shifts = _datasets(records, "shift")
-    models = sorted({r.model for r in records if r.alpha is not None and r.metric == metric})
+    models = list(dict.fromkeys(r.model for r in records if r.alpha is not None and r.metric == metric))
     if not models:
         raise ValueError(f"{run_dir}: no records with an alpha for metric {metric!r}")
     selected = {m: select_alpha(records, m, metric, fixed=alpha) for m in models}
