@@ -109,8 +109,10 @@ def export_model(model: Classifier, backbone: Backbone, meta: dict[str, Any], ou
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None, prefix=".export-"))
     try:
         native = backbone.export(tmp)
-        meta = {**meta, "backbone": backbone.spec.model_dump(), "native": native.name,
-                "logit_scale": backbone.logit_scale}
+        spec = backbone.spec.model_dump()
+        if backbone.extras.get("quick_gelu") is not None:  # the activation the weights were built with,
+            spec["quick_gelu"] = backbone.extras["quick_gelu"]  # which a reload from a file cannot look up by tag
+        meta = {**meta, "backbone": spec, "native": native.name, "logit_scale": backbone.logit_scale}
         save_state(tmp / MODEL_FILE, model.state_dict(), meta)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if out_dir.exists():

@@ -1,8 +1,16 @@
-"""open_clip models: an architecture name plus a pretrained tag or a local checkpoint."""
+"""open_clip models: an architecture name plus a pretrained tag or a local checkpoint.
+
+The activation follows the weights: open_clip records per pretrained tag whether it
+was trained with QuickGELU (OpenAI's CLIP weights were) but builds the architecture's
+default (GELU for ``ViT-B-32``) and only warns, so every feature would be off. The
+tag's choice is applied here, an explicit ``quick_gelu`` overrides it, and an export
+records the choice so that a reload builds the same model.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -17,9 +25,14 @@ def load_open_clip(spec: BackboneSpec) -> Backbone:
     """open_clip ``create_model_and_transforms(name, pretrained)``; the image tower is
     the encoder. ``pretrained`` may be a tag, a local .safetensors/.pt/.bin file, or an
     open_clip training checkpoint (``state_dict`` entry, ``module.`` prefixes)."""
+    from ..files import check_torch_file
+    from .base import BackboneError
+
+    check_torch_file(spec.pretrained, BackboneError)  # a pickle that would run code: a named error first
     open_clip = require("open_clip", "openclip")
+    quick_gelu = resolve_quick_gelu(spec)
     model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-        spec.name, pretrained=spec.pretrained or None
+        spec.name, pretrained=spec.pretrained or None, **quick_gelu_kwargs(spec.name, quick_gelu)
     )
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.name)
@@ -31,15 +44,57 @@ def load_open_clip(spec: BackboneSpec) -> Backbone:
     def export(out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / EXPORT_FILE
-        save_file(shareless(model.state_dict()), str(path), metadata={"open_clip_model": spec.name})
+        meta = {"open_clip_model": spec.name}
+        if quick_gelu is not None:
+            meta["quick_gelu"] = "true" if quick_gelu else "false"
+        save_file(shareless(model.state_dict()), str(path), metadata=meta)
         return path
 
     scale = spec.logit_scale if spec.logit_scale is not None else model.logit_scale.detach().exp().item()
     return Backbone(
         spec=spec, modality="image", encoder=model.visual, encode_text=encode_text,
         logit_scale=scale, transform_train=preprocess_train, transform_eval=preprocess_eval,
-        collate=image_collate, export=export, extras={"model": model},
+        collate=image_collate, export=export, extras={"model": model, "quick_gelu": quick_gelu},
     )
+
+
+def resolve_quick_gelu(spec: BackboneSpec) -> bool | None:
+    """Whether ``spec``'s model uses QuickGELU: the explicit ``spec.quick_gelu``, else the
+    pretrained tag's own config (``open_clip.get_pretrained_cfg``), else the
+    architecture's config (``-quickgelu`` names say True); None when open_clip knows
+    neither (a hub or local-directory model keeps its own config)."""
+    if spec.quick_gelu is not None:
+        return spec.quick_gelu
+    open_clip = require("open_clip", "openclip")
+    if spec.pretrained and ":" not in spec.name:  # a hub or local-dir name ignores ``pretrained``
+        tag_cfg = open_clip.get_pretrained_cfg(spec.name.replace("/", "-"), spec.pretrained)
+        if tag_cfg:  # a known tag of this architecture (a file path never is)
+            return bool(tag_cfg.get("quick_gelu", False))
+    arch = _model_config(spec.name)
+    return None if arch is None else bool(arch.get("quick_gelu", False))
+
+
+def quick_gelu_kwargs(name: str, quick_gelu: bool | None) -> dict[str, Any]:
+    """``create_model`` arguments that build ``name`` with that activation: the
+    ``force_quick_gelu`` flag for QuickGELU (so open_clip's own tag check agrees), a
+    ``quick_gelu=False`` config override unless the architecture's config already says
+    GELU."""
+    if quick_gelu is None:
+        return {}
+    if quick_gelu:
+        return {"force_quick_gelu": True}
+    arch = _model_config(name)
+    return {} if arch is not None and not arch.get("quick_gelu", False) else {"quick_gelu": False}
+
+
+def _model_config(name: str) -> dict | None:
+    open_clip = require("open_clip", "openclip")
+    if ":" in name:  # hf-hub: / local-dir: schemas carry their own config
+        return None
+    try:
+        return open_clip.get_model_config(name.replace("/", "-"))  # open_clip reads 'ViT-B/32' as 'ViT-B-32'
+    except Exception:  # noqa: BLE001 - an unknown name is reported when the model is built
+        return None
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
