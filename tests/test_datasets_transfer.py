@@ -40,7 +40,7 @@ def test_sun397(tmp_path):
     (root / "ClassName.txt").write_text("/a/abbey\n/b/badminton_court/indoor\n")
     (root / "Testing_01.txt").write_text("/b/badminton_court/indoor/sun_b.jpg\n/a/abbey/sun_a.jpg\n")
     ds = build_dataset({"kind": "sun397", "root": str(tmp_path)})
-    assert ds.classnames == ["abbey", "indoor badminton court"] and ds.labels == [1, 0]
+    assert ds.classnames == ["abbey", "badminton court indoor"] and ds.labels == [1, 0]  # CLIP's names
     assert ds[1][0].size == (12, 10)
 
 

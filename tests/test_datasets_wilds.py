@@ -42,7 +42,7 @@ def test_fmow_splits_follow_wilds_years_and_row_numbers(fmow_root):
     test = build_dataset({"kind": "fmow", "root": str(fmow_root)})
     assert [s.rsplit("_", 1)[1] for s, _ in test.samples] == ["2.png", "3.png", "4.png", "5.png"]
     assert test.labels == [FMOW_CATEGORIES.index(c) for c in ("zoo", "airport", "barn", "barn")]
-    assert test.classnames[FMOW_CATEGORIES.index("lake_or_pond")] == "lake or pond"
+    assert test.classnames[FMOW_CATEGORIES.index("lake_or_pond")] == "lake_or_pond"  # the reference's names
     assert len(build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "val"})) == 1
     assert len(build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "id_test"})) == 1
     with pytest.raises(DataError, match="split"):
@@ -72,7 +72,7 @@ def test_iwildcam_layout_and_macro_f1(tmp_path):
         write_image(root / "train" / f)
     ds = build_dataset({"kind": "iwildcam", "root": str(tmp_path)})
     assert len(ds.classnames) == 182 and ds.classnames == iwildcam_classnames()
-    assert ds.classnames[4] == "Cougar" and ds.labels == [0, 1, 1]
+    assert ds.classnames[4] == "cougar" and ds.labels == [0, 1, 1]  # lower case, as the reference prompts
     logits = torch.zeros(3, 182)
     logits[0, 1], logits[1, 1], logits[2, 5] = 1, 1, 1  # preds 1, 1, 5 for labels 0, 1, 1
     m = ds.metrics(logits, torch.tensor([0, 1, 1]), torch.arange(3))

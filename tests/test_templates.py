@@ -13,7 +13,7 @@ from wiseft.templates import (TEMPLATES, get_templates, list_templates, register
 SHIPPED = {
     "cifar": (18, "20da23be985f68bb"),
     "dtd": (8, "3bf9e3ef44394d33"),
-    "fmow": (6, "180f6d5f50e35b47"),
+    "fmow": (16, "acb7a2ba61ab645a"),  # the reference implementation's 16 (issue 12); was a 6-prompt set
     "food101": (1, "fb94a25e334c1d34"),
     "iwildcam": (2, "19c35b4877702489"),
     "news": (4, "33f6ef8043e39e55"),

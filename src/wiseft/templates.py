@@ -1,11 +1,15 @@
 """Prompt template sets, as data, in one registry (``TEMPLATES``). A template is a
-format string with one ``{}`` for the class name. Look sets up by name with
+format string with one slot for the class name: ``{}`` (the name as it is), or
+``{with_article}`` (the name after "a" or "an", underscores as spaces: the WiSE-FT
+reference implementation's ``append_proper_article``, used by its FMoW prompts).
+``fill(template, classname)`` makes one prompt. Look sets up by name with
 ``get_templates``; add one with ``register_templates``.
 
 Every shipped set lives in this module, so any of them can be named in a config
 without first importing the dataset that uses it. The OpenAI sets are those
 published with CLIP (Radford et al. 2021): the 80 ImageNet prompts used by the
-WiSE-FT paper and its reference implementation, and the per-dataset sets.
+WiSE-FT paper and its reference implementation, and the per-dataset sets; the FMoW
+and iWildCam sets are the WiSE-FT reference implementation's (``src/templates``).
 """
 
 from __future__ import annotations
@@ -136,21 +140,58 @@ SUN397 = ("a photo of a {}.", "a photo of the {}.")
 STANFORD_CARS = ("a photo of a {}.", "a photo of the {}.", "a photo of my {}.",
                  "i love my {}!", "a photo of my dirty {}.", "a photo of my clean {}.",
                  "a photo of my new {}.", "a photo of my old {}.")
-FMOW = ("satellite photo of a {}.", "aerial photo of a {}.", "satellite photo of the {}.",
-        "aerial photo of the {}.", "satellite image of a {}.", "overhead view of a {}.")
+WITH_ARTICLE = "{with_article}"  # the class name after 'a' or 'an', underscores as spaces
+
+# The WiSE-FT reference implementation's 16 FMoW prompts (src/templates/fmow_template.py),
+# used with its underscored class names: ``{}`` keeps the underscores, ``{with_article}``
+# does not, exactly as the reference writes them.
+FMOW = ("satellite photo of a {}.", "aerial photo of a {}.",
+        "satellite photo of {with_article}.", "aerial photo of {with_article}.",
+        *(f"{kind} photo of a {{}} in {region}." for region in ("asia", "africa", "the americas", "europe",
+                                                                "oceania") for kind in ("satellite", "aerial")),
+        "a photo of a {}.", "{}.")
 IWILDCAM = ("a photo of {}.", "{} in the wild.")
 
 TEMPLATES: Registry[tuple[str, ...]] = Registry("template set")
+
+
+def with_article(classname: str) -> str:
+    """``airport_hangar`` -> ``an airport hangar``: the reference implementation's
+    ``append_proper_article`` (lower-case vowels take "an")."""
+    name = classname.replace("_", " ")
+    return ("an " if name[:1] in tuple("aeiou") else "a ") + name
+
+
+def fill(template: str, classname: str) -> str:
+    """One prompt: ``template`` with its slot filled by ``classname``."""
+    if WITH_ARTICLE in template:
+        return str.format(str(template), with_article=with_article(classname))
+    return str.format(str(template), classname)
+
+
+class Template(str):
+    """A template with the ``{with_article}`` slot: ``format(classname)`` fills it as
+    ``fill`` does, so code that formats plain templates with ``t.format(c)`` makes the
+    same prompts from these. Compares, hashes and serialises as its text."""
+
+    def format(self, *args, **kwargs) -> str:  # type: ignore[override]
+        if len(args) == 1 and not kwargs:
+            return fill(self, args[0])
+        return str.format(str(self), *args, **kwargs)
+
+
+def _as_template(template: str) -> str:
+    return Template(template) if WITH_ARTICLE in template else template
 
 
 def template_problem(template: object) -> str | None:
     """Why ``template`` cannot be used as a prompt template, or None when it can."""
     if not isinstance(template, str):
         return f"template {template!r} must be a string"
-    if template.count("{}") != 1:
-        return f"template {template!r} must contain exactly one '{{}}'"
+    if template.count("{}") + template.count(WITH_ARTICLE) != 1:
+        return f"template {template!r} must contain exactly one '{{}}' (or one '{WITH_ARTICLE}')"
     try:
-        template.format("x")
+        fill(template, "x")
     except (IndexError, KeyError, ValueError):
         return f"template {template!r} must contain exactly one '{{}}' and no other braces"
     return None
@@ -166,7 +207,7 @@ def register_templates(name: str, templates: Sequence[str]) -> None:
             raise ValueError(f"{problem} (set {name!r})")
     if not templates:
         raise ValueError(f"template set {name!r} is empty")
-    TEMPLATES.add(name, tuple(templates))
+    TEMPLATES.add(name, tuple(_as_template(t) for t in templates))
 
 
 def list_templates() -> list[str]:
@@ -184,7 +225,7 @@ def get_templates(name_or_list: str | Sequence[str]) -> tuple[str, ...]:
             raise ValueError(problem)
     if not name_or_list:
         raise ValueError("give at least one template")
-    return tuple(name_or_list)
+    return tuple(_as_template(t) for t in name_or_list)
 
 
 def templates_hash(templates: Sequence[str]) -> str:

@@ -86,13 +86,15 @@ def cifar10(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
 
 @register_dataset("cifar100")
 def cifar100(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
-    """``cifar-100-python/{train,test,meta}`` with the 100 fine labels."""
+    """``cifar-100-python/{train,test,meta}`` with the 100 fine labels, named as the
+    reference implementation names them (torchvision's ``classes``: the meta file's
+    names, underscores kept, e.g. ``aquarium_fish``)."""
     if split not in ("train", "test"):
         raise DataError(f"cifar100: split must be 'train' or 'test', got {split!r}")
     path = find_root(root, base_dir, "cifar-100-python", what="cifar100")
     names = [n.decode() if isinstance(n, bytes) else n for n in read_batch(path / "meta")["fine_label_names"]]
     x, y = _from_batches([path / split], "fine_labels")
-    return array_dataset(x, y, [n.replace("_", " ") for n in names], "cifar100")
+    return array_dataset(x, y, names, "cifar100")
 
 
 @register_dataset("cifar10.1")

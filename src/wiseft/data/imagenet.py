@@ -130,13 +130,14 @@ def _load_objectnet(path: str) -> Image.Image:
 def objectnet(root: str, *, base_dir=None) -> LabeledDataset:
     """ObjectNet 1.0: ``objectnet-1.0/images/<folder>/*.png``; the 113 classes that
     overlap ImageNet are kept (the other 200 folders are skipped), each scored by the
-    max over the logits of its ImageNet classes."""
+    max over the logits of its ImageNet classes. Classes are in folder order and named
+    in lower case, as the reference implementation has them."""
     path = find_root(root, base_dir, "objectnet-1.0/images", "images", what="objectnet")
-    classes = objectnet_classes()
+    classes = sorted(objectnet_classes(), key=lambda c: c[1])
     all_folders = frozenset(json.loads((resource("objectnet") / "folder_to_objectnet_label.json").read_text()))
     samples = class_folder_samples(path, {f: i for i, (_, f, _) in enumerate(classes)}, what="objectnet",
                                    skip=all_folders)
-    return LabeledDataset(samples, [c for c, _, _ in classes], load=_load_objectnet, name="objectnet",
+    return LabeledDataset(samples, [c.lower() for c, _, _ in classes], load=_load_objectnet, name="objectnet",
                           projection=Projection(tuple(g for _, _, g in classes)), templates="openai_imagenet")
 
 

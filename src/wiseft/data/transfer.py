@@ -51,9 +51,10 @@ def food101(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
 
 
 def sun397_name(category: str) -> str:
-    """``/b/badminton_court/indoor`` -> ``indoor badminton court``."""
+    """``/b/badminton_court/indoor`` -> ``badminton court indoor``: CLIP's published
+    SUN397 class names (the parts in order, underscores as spaces)."""
     parts = category.strip("/").split("/")[1:]
-    return " ".join(reversed(parts)).replace("_", " ")
+    return " ".join(parts).replace("_", " ")
 
 
 @register_dataset("sun397")

@@ -79,17 +79,18 @@ def fmow(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
         regions[file] = FMOW_REGIONS.index(region if region in FMOW_REGIONS else "Other")
     if not samples:
         raise DataError(f"fmow: no rows of split {split!r} in {path / 'rgb_metadata.csv'}")
-    ds = FMoW(samples, [c.replace("_", " ") for c in FMOW_CATEGORIES], load=load_image, name="fmow",
-              templates="fmow")
+    # the reference implementation's class names, underscores kept: its prompts use them as they are
+    ds = FMoW(samples, list(FMOW_CATEGORIES), load=load_image, name="fmow", templates="fmow")
     ds.region_of = regions
     return ds
 
 
 def iwildcam_classnames() -> list[str]:
-    """The 182 iWildCam class names (English) in WILDS label order (rows labelled
-    99999 are categories absent from the WILDS release)."""
+    """The 182 iWildCam class names in WILDS label order: the English names in lower
+    case, as the reference implementation prompts with them (rows labelled 99999 are
+    categories absent from the WILDS release)."""
     rows = [r for r in _read_csv(resource("iwildcam", "labels.csv")) if int(r["y"]) < 99999]
-    return [r["english"] for r in sorted(rows, key=lambda r: int(r["y"]))]
+    return [r["english"].lower() for r in sorted(rows, key=lambda r: int(r["y"]))]
 
 
 class IWildCam(LabeledDataset):
