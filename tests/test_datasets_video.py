@@ -2,10 +2,12 @@
 
 import json
 
+import pytest
 import torch
 
 from dataset_fixtures import write_image
 from wiseft.data import build_dataset
+from wiseft.data.base import DataError
 from wiseft.data.imagenet import imagenet_wnids
 from wiseft.metrics import pm_k_accuracy
 
@@ -19,6 +21,23 @@ def test_pm_k_by_hand():
     assert pm_k_accuracy(preds, anchors).correct == 1
 
 
+def test_pm_k_scores_each_frame_against_its_own_labels():
+    """Shankar et al. 2021 and the reference (imagenet_vid_robust.py: ``argmax(preds[elem])
+    in label_map[elem]``): a neighbour frame is right when it is predicted as one of its
+    own labels; the old rule scored every frame against its anchor's labels."""
+    anchors = {"a": ({0}, ("a1",)), "c": ({5}, ("c1",))}
+    own = {"a": {0}, "a1": {1}, "c": {5}, "c1": {5}}  # frame a1 shows another object than its anchor
+    preds = {"a": 0, "a1": 1, "c": 5, "c1": 5}
+    assert pm_k_accuracy(preds, anchors).correct == 1  # old rule: a1 is "wrong"
+    s = pm_k_accuracy(preds, anchors, own)
+    assert (s.correct, s.total) == (2, 2)
+    # and the other way: a frame predicted as its anchor's class but not as its own
+    anchors, own, preds = {"b": ({2}, ("b1",))}, {"b": {2}, "b1": {3}}, {"b": 2, "b1": 2}
+    assert (pm_k_accuracy(preds, anchors).correct, pm_k_accuracy(preds, anchors, own).correct) == (1, 0)
+    # frames without labels of their own (YTBB-Robust) are scored against their anchor's
+    assert pm_k_accuracy(preds, anchors, {"b": {2}}).correct == 1
+
+
 def test_imagenet_vid_robust_layout_and_scores(tmp_path):
     root = tmp_path / "imagenet-vid-robust"
     w = imagenet_wnids()
@@ -27,7 +46,8 @@ def test_imagenet_vid_robust_layout_and_scores(tmp_path):
     (root / "misc" / "imagenet_vid_class_index.json").write_text(json.dumps({"0": ["v0", "airplane"],
                                                                              "1": ["v1", "bear"]}))
     (root / "misc" / "rev_wnid_map.json").write_text(json.dumps({"v0": [w[3], w[7]], "v1": [w[5]]}))
-    (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0], "s2/0.JPEG": [1]}))
+    (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0], "s1/1.JPEG": [0], "s2/0.JPEG": [1],
+                                                               "s2/1.JPEG": [1], "s2/2.JPEG": [1]}))
     (root / "metadata" / "pmsets.json").write_text(json.dumps({"s1/0.JPEG": ["s1/0.JPEG", "s1/1.JPEG"],
                                                                "s2/0.JPEG": ["s2/1.JPEG", "s2/2.JPEG"]}))
     for k in ("s1/0", "s1/1", "s2/0", "s2/1", "s2/2"):
@@ -42,6 +62,17 @@ def test_imagenet_vid_robust_layout_and_scores(tmp_path):
     m = ds.metrics(ds.project_logits(logits), torch.tensor(ds.labels), torch.arange(5))
     assert (m["pm0"].correct, m["pm0"].total) == (2, 2)
     assert (m["pm10"].correct, m["pm10"].total) == (1, 2)
+    # s2/2 labelled airplane (another object than its anchor's bear): predicting airplane is right
+    (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0], "s1/1.JPEG": [0], "s2/0.JPEG": [1],
+                                                               "s2/1.JPEG": [1], "s2/2.JPEG": [0]}))
+    ds = build_dataset({"kind": "imagenet-vid-robust", "root": str(tmp_path)})
+    assert ds.labels[keys.index("s2/2.JPEG")] == 0
+    m = ds.metrics(ds.project_logits(logits), torch.tensor(ds.labels), torch.arange(5))
+    assert (m["pm0"].correct, m["pm10"].correct) == (2, 2)
+    # every frame of a pm-k set needs its own labels
+    (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0], "s2/0.JPEG": [1]}))
+    with pytest.raises(DataError, match="have no labels"):
+        build_dataset({"kind": "imagenet-vid-robust", "root": str(tmp_path)})
 
 
 def test_ytbb_robust_reads_reviewed_pm_k_sets(tmp_path):

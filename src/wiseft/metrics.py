@@ -59,15 +59,20 @@ def worst_group_accuracy(preds: torch.Tensor, labels: torch.Tensor, groups: torc
 
 
 def pm_k_accuracy(pred_by_key: Mapping[Hashable, int],
-                  anchors: Mapping[Hashable, tuple[Collection[int], Sequence[Hashable]]]) -> Score:
+                  anchors: Mapping[Hashable, tuple[Collection[int], Sequence[Hashable]]],
+                  frame_labels: Mapping[Hashable, Collection[int]] | None = None) -> Score:
     """pm-k (Shankar et al. 2021): an anchor frame counts as correct only if it and every
-    frame of its neighbourhood are predicted as one of the anchor's labels. ``anchors``
-    maps an anchor key to (labels, neighbour keys), with no neighbours for pm-0; a
-    frame with no prediction (unreadable) makes its anchor wrong."""
+    frame of its neighbourhood are predicted correctly, each frame against its own
+    labels. ``anchors`` maps an anchor key to (its labels, neighbour keys), with no
+    neighbours for pm-0; ``frame_labels`` gives a frame's own labels (ImageNet-Vid-Robust
+    labels every frame); a frame without an entry is scored against its anchor's labels
+    (YTBB-Robust labels only anchors, and its reference scores neighbours so). A frame
+    with no prediction (unreadable) makes its anchor wrong."""
+    own = frame_labels or {}
     correct = 0
     for a, (labels, nbrs) in anchors.items():
         keys = [a, *nbrs]
-        correct += all(k in pred_by_key and pred_by_key[k] in labels for k in keys)
+        correct += all(k in pred_by_key and pred_by_key[k] in own.get(k, labels) for k in keys)
     total = len(anchors)
     return Score(correct / total if total else 0.0, correct, total)
 

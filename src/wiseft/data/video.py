@@ -1,7 +1,10 @@
 """ImageNet-Vid-Robust and YTBB-Robust (Shankar et al. 2021): video frames scored
 with an ImageNet head projected onto the video classes (max over the mapped
 ImageNet logits), reported as pm-0 (anchor frames) and pm-10 (an anchor counts only
-if it and every reviewed frame within 10 of it are right)."""
+if it and every reviewed frame within 10 of it are right). ImageNet-Vid-Robust labels
+every frame, and each frame is scored against its own labels; YTBB-Robust labels the
+anchors, and a neighbour is scored against its anchor's labels (as the reference
+implementation, mlfoundations/wise-ft ``src/datasets``, scores both)."""
 
 from __future__ import annotations
 
@@ -27,11 +30,12 @@ def frame_key(path: str | Path) -> str:
 
 
 class VideoRobust(LabeledDataset):
-    """Frames with, per anchor frame, its label set and its pm-k neighbour frames.
-    A sample's label is its anchor's first label (for display only: the metrics use
-    the label sets)."""
+    """Frames with, per anchor frame, its label set and its pm-k neighbour frames, and
+    each frame's own label set where the set labels every frame. A sample's label is
+    the smallest of its labels (for display only: the metrics use the label sets)."""
 
     anchors: dict[str, tuple[frozenset[int], tuple[str, ...]]]
+    frame_labels: dict[str, frozenset[int]]  # frame key -> its own labels ({} : anchors' labels)
     key_of: dict[str, str]  # image path -> frame key
     groups: tuple[tuple[int, ...], ...]  # reference classes per video class (may be empty)
 
@@ -47,22 +51,24 @@ class VideoRobust(LabeledDataset):
     def metrics(self, logits, labels, index) -> dict[str, Score]:
         preds = logits.argmax(dim=1).tolist()
         pred_by_key = {self.key_of[self.samples[i][0]]: p for i, p in zip(index.tolist(), preds)}
-        pm0 = pm_k_accuracy(pred_by_key, {a: (ls, ()) for a, (ls, _) in self.anchors.items()})
-        return {"top1": pm0, "pm0": pm0, "pm10": pm_k_accuracy(pred_by_key, self.anchors)}
+        pm0 = pm_k_accuracy(pred_by_key, {a: (ls, ()) for a, (ls, _) in self.anchors.items()}, self.frame_labels)
+        return {"top1": pm0, "pm0": pm0, "pm10": pm_k_accuracy(pred_by_key, self.anchors, self.frame_labels)}
 
 
-def _video_dataset(name: str, root: Path, anchors, classnames, groups) -> VideoRobust:
-    wanted = {a: next(iter(sorted(ls))) for a, (ls, _) in anchors.items()}
+def _video_dataset(name: str, root: Path, anchors, classnames, groups,
+                   frame_labels: dict[str, frozenset[int]] | None = None) -> VideoRobust:
+    frame_labels = frame_labels or {}
+    wanted = {a: min(frame_labels.get(a, ls)) for a, (ls, _) in anchors.items()}
     for a, (ls, nbrs) in anchors.items():
         for k in nbrs:
-            wanted.setdefault(k, min(ls))
+            wanted.setdefault(k, min(frame_labels.get(k, ls)))
     samples = [(str(root / k), y) for k, y in sorted(wanted.items())]
     missing = [s for s, _ in samples if not Path(s).is_file()]
     if len(missing) == len(samples):
         raise DataError(f"{name}: none of the {len(samples)} annotated frames are under {root} "
                         f"(e.g. {missing[0] if missing else '?'})")
     ds = VideoRobust(samples, classnames, load=load_image, name=name, templates="openai_imagenet")
-    ds.anchors, ds.groups = anchors, groups
+    ds.anchors, ds.groups, ds.frame_labels = anchors, groups, frame_labels
     ds.key_of = {str(root / k): k for k in wanted}
     return ds
 
@@ -133,9 +139,14 @@ def imagenet_vid_robust(root: str, *, base_dir=None) -> LabeledDataset:
     inet = {w: i for i, w in enumerate(imagenet_wnids())}
     classnames = [vid[i][1] for i in range(len(vid))]
     groups = tuple(tuple(inet[w] for w in rev.get(vid[i][0], [])) for i in range(len(vid)))
+    unlabelled = sorted({f for a, frames in pmsets.items() for f in (a, *frames)} - set(labels))
+    if unlabelled:
+        raise DataError(f"imagenet-vid-robust: {len(unlabelled)} frames of {path / 'metadata/pmsets.json'} have no "
+                        f"labels in {path / 'metadata/labels.json'}, e.g. {unlabelled[0]!r}")
     anchors = {a: (frozenset(labels[a]), tuple(f for f in frames if f != a)) for a, frames in pmsets.items()}
+    frame_labels = {f: frozenset(labels[f]) for a, frames in pmsets.items() for f in (a, *frames)}
     frames = path / "frames" if (path / "frames").is_dir() else path
-    return _video_dataset("imagenet-vid-robust", frames, anchors, classnames, groups)
+    return _video_dataset("imagenet-vid-robust", frames, anchors, classnames, groups, frame_labels)
 
 
 def _must(p: Path) -> Path:
