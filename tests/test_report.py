@@ -11,10 +11,15 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from scipy import special, stats
+
+from wiseft.ensemble import OUTPUT_ENSEMBLE, output_ensemble_name
 from wiseft.plots import plot_alpha_curves, plot_scatter, plotted_data
 from wiseft.report import build_report, build_tables, reference_dataset, table_markdown
-from wiseft.results import Record, append_records, read_records
-from wiseft.robustness import build_baselines, logit, robustness_rows, select_alpha
+from wiseft.results import Record, append_records, read_records, summary_table
+from wiseft.robustness import AVG, build_baselines, logit, robustness_rows, select_alpha
+
+TESTBED = Path("/work/shared/data/imagenet-testbed/robustness_top1s.csv")
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 # Accuracy at alpha 0 (zero-shot) and 1 (fine-tuned), with a WiSE-FT bump in between.
@@ -27,21 +32,34 @@ CURVES = {
     ("objectnet", "shift", 18574): (0.54, 0.52, 0.05),
     ("imagenet-val-heldout", "validation", 10000): (0.69, 0.82, 0.04),
 }
+# ImageNet accuracy on the classes of ImageNet-R, -A and ObjectNet (reference records).
+RESTRICTED = {
+    "top1_on_imagenet-r_classes": (10000, (0.90, 0.95, 0.01)),
+    "top1_on_imagenet-a_classes": (10000, (0.88, 0.94, 0.01)),
+    "top1_on_objectnet_classes": (6250, (0.80, 0.89, 0.02)),
+}
 
 
 def curve(a: float, lo: float, hi: float, bump: float) -> float:
     return (1 - a) * lo + a * hi + 4 * bump * a * (1 - a)
 
 
-def make_run(run_dir: Path, validation: bool = True) -> Path:
-    """A results.jsonl shaped like an ImageNet WiSE-FT run, with counts."""
+def make_run(run_dir: Path, validation: bool = True, model: str = "finetuned", provenance: dict | None = None,
+             scale: float = 1.0) -> Path:
+    """A results.jsonl shaped like an ImageNet WiSE-FT run, with counts (``scale`` shrinks
+    the WiSE-FT bump, as the output-space ensemble's smaller one)."""
     records = []
+    prov = {"mode": "e2e", **(provenance or {})}
     for (ds, role, n), (lo, hi, bump) in CURVES.items():
         if role == "validation" and not validation:
             continue
         for a in ALPHAS:
-            k = round(n * curve(a, lo, hi, bump))
-            records.append(Record("finetuned", a, ds, role, "top1", k / n, k, n, {"mode": "e2e"}))
+            k = round(n * curve(a, lo, hi, bump * scale))
+            records.append(Record(model, a, ds, role, "top1", k / n, k, n, prov))
+    for metric, (n, (lo, hi, bump)) in RESTRICTED.items():
+        for a in ALPHAS:
+            k = round(n * curve(a, lo, hi, bump * scale))
+            records.append(Record(model, a, "imagenet", "reference", metric, k / n, k, n, prov))
     append_records(run_dir / "results.jsonl", records)
     return run_dir
 
@@ -79,7 +97,10 @@ def test_report_from_fixture(tmp_path):
     assert "http://" not in page and "https://" not in page
     first = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page).group(1)
     assert base64.b64decode(first)[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "alpha = <b>0.9</b>" in page and "objectnet" in page and "No baseline for: objectnet" in page
+    assert "alpha = <b>0.9</b>" in page and "objectnet" in page and "No baseline for" not in page
+    # The robustness testbed's standard models are the default baseline, ObjectNet included.
+    assert "robustness testbed" in page and "objectnet: 87 baseline models, x = top1_on_objectnet_classes" in page
+    assert "average over imagenet-v2, imagenet-sketch, imagenet-r, imagenet-a, objectnet: 82 baseline models" in page
 
 
 def test_table_rows(tmp_path):
@@ -88,6 +109,7 @@ def test_table_rows(tmp_path):
     rows = list(csv.reader((out / "table.csv").open()))
     header = rows[0]
     assert header[:4] == ["model", "row", "alpha", "imagenet"] and "avg shifts" in header and "avg rho" in header
+    assert header.index("avg shifts") + 1 == header.index("avg ref., shifts")
     by_label = {r[1]: r for r in rows[1:]}
     col = header.index("imagenet")
     assert float(by_label["zero-shot (alpha=0)"][col]) == pytest.approx(68.0, abs=0.01)
@@ -102,6 +124,13 @@ def test_table_rows(tmp_path):
     assert float(oracle[ca]) == pytest.approx(100 * curve(best, 0.50, 0.37, 0.06), abs=0.01)
     md = (out / "table.md").read_text()
     assert "oracle" in md and f"(alpha={best:g})" in md
+    # Table 1's averages at alpha 0.5, by hand from the fixture's curves.
+    half = by_label["WiSE-FT, alpha=0.5"]
+    shifts = [curve(0.5, *v) for (d, role, _), v in CURVES.items() if role == "shift"]
+    avg = sum(shifts) / 5
+    assert float(half[header.index("avg shifts")]) == pytest.approx(100 * avg, abs=0.01)
+    ref = curve(0.5, 0.68, 0.81, 0.04)
+    assert float(half[header.index("avg ref., shifts")]) == pytest.approx(100 * (ref + avg) / 2, abs=0.01)
     tex = (out / "table.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\bottomrule" in tex and "imagenet-v2" in tex
 
@@ -120,7 +149,7 @@ def test_scatter_plot_data(tmp_path):
     fig = plot_scatter(records, "imagenet-v2", "imagenet", fits, {"finetuned": 0.9})
     lines = plotted_data(fig)
     x, y = lines["WiSE-FT finetuned"]
-    by = {(r.alpha, r.dataset): r.value for r in records}
+    by = {(r.alpha, r.dataset): r.value for r in records if r.metric == "top1"}
     np.testing.assert_allclose(x, logit(np.array([by[a, "imagenet"] for a in ALPHAS])))
     np.testing.assert_allclose(y, logit(np.array([by[a, "imagenet-v2"] for a in ALPHAS])))
     zx, zy = lines["zero-shot"]
@@ -130,7 +159,7 @@ def test_scatter_plot_data(tmp_path):
     # The baseline fit line is the fit's prediction along the x axis.
     bx, bb = lines["baseline fit"]
     np.testing.assert_allclose(bb, logit(fits["imagenet-v2"].predict(1 / (1 + np.exp(-bx)))), rtol=1e-9)
-    assert fits["imagenet-v2"].n > 500 and "baseline models (n=" in " ".join(lines)
+    assert fits["imagenet-v2"].n == 87 and "baseline models (n=87)" in " ".join(lines)
     # Ticks are percent labels.
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels and all(s.endswith("%") for s in labels)
@@ -170,22 +199,123 @@ def test_rows_for_user_baselines(tmp_path):
 
 def test_two_models_and_objectnet_baseline_from_records(tmp_path):
     run = make_run(tmp_path)
-    extra = [Record("aggressive", r.alpha, r.dataset, r.role, "top1", min(1.0, r.value * (1 + 0.05 * r.alpha)))
+    extra = [Record("aggressive", r.alpha, r.dataset, r.role, r.metric, min(1.0, r.value * (1 + 0.05 * r.alpha)))
              for r in read_records(run)]
     for name, ref, obj in [("resnet50", 0.76, 0.30), ("resnet101", 0.78, 0.35)]:
         extra += [Record(name, None, "imagenet", "reference", "top1", ref), Record(name, None, "objectnet", "shift", "top1", obj)]
     append_records(run / "results.jsonl", extra)
-    build_report(run, alpha=0.35)
+    build_report(run, alpha=0.35, use_default_baselines=False)
     page = (run / "report" / "index.html").read_text()
-    assert "No baseline for" not in page and "objectnet: 2 baseline models" in page
+    assert "objectnet: 2 baseline models, x = imagenet" in page and "No baseline for: imagenet-v2" in page
     assert page.count("not evaluated in this run") == 2
     rows = list(csv.reader((run / "report" / "table.csv").open()))
     assert {r[0] for r in rows[1:]} == {"aggressive", "finetuned"}
     fig = plot_scatter(read_records(run), "avg", "imagenet", build_baselines(read_records(run), "imagenet", [
         "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet"]))
     data = plotted_data(fig)
-    assert {"WiSE-FT aggressive", "WiSE-FT finetuned", "zero-shot", "baseline fit (mean of shifts)"} <= set(data)
+    assert {"WiSE-FT aggressive", "WiSE-FT finetuned", "zero-shot", "baseline fit"} <= set(data)
     assert (run / "report" / "alpha_aggressive.png").exists()
+
+
+@pytest.mark.skipif(not TESTBED.exists(), reason="raw testbed results not present")
+def test_effective_robustness_as_the_paper_computes_it(tmp_path):
+    """rho on ImageNet-R uses the measured ImageNet accuracy on its classes; the average
+    uses one line fitted on the testbed models' averaged accuracies: both by hand."""
+    records = read_records(make_run(tmp_path))
+    with TESTBED.open() as f:
+        raw = [r for r in csv.DictReader(f) if r["model_type"] == "STANDARD"]
+    rows = {(r.alpha, r.shift): r for r in robustness_rows(records, build_baselines(
+        records, "imagenet", [d for d, role, _ in CURVES if role == "shift"]), "imagenet")}
+
+    def line(xcol, ycols):
+        keep = [r for r in raw if r[xcol] and all(r[c] for c in ycols)]
+        x = np.array([float(r[xcol]) for r in keep]) / 100
+        y = np.array([np.mean([float(r[c]) for c in ycols]) for r in keep]) / 100
+        return stats.linregress(special.logit(x), special.logit(y))
+
+    a = 0.5
+    x_r = round(10000 * curve(a, 0.90, 0.95, 0.01)) / 10000
+    y_r = round(30000 * curve(a, 0.77, 0.66, 0.05)) / 30000
+    fit = line("val-on-imagenet-r-classes", ["imagenet-r"])
+    assert rows[a, "imagenet-r"].acc_x == pytest.approx(x_r)
+    assert rows[a, "imagenet-r"].rho == pytest.approx(y_r - special.expit(fit.slope * special.logit(x_r) + fit.intercept))
+    cols = ["imagenetv2-matched-frequency-format-val", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet-1.0-beta"]
+    fit = line("val", cols)
+    ref = round(50000 * curve(a, 0.68, 0.81, 0.04)) / 50000
+    ys = [round(n * curve(a, *v)) / n for (d, role, n), v in CURVES.items() if role == "shift"]
+    expect = np.mean(ys) - special.expit(fit.slope * special.logit(ref) + fit.intercept)
+    assert rows[a, AVG].rho == pytest.approx(expect)
+    # Without the class-restricted records a shift on a class subset gets no rho (never estimated).
+    plain = [r for r in records if not r.metric.startswith("top1_on_")]
+    shifts = {r.shift for r in robustness_rows(plain, build_baselines(plain, "imagenet", ["imagenet-r"]), "imagenet")}
+    assert "imagenet-r" not in shifts
+    # The scatter's x axis is the class-restricted accuracy.
+    fig = plot_scatter(records, "imagenet-r", "imagenet", build_baselines(records, "imagenet", ["imagenet-r"]))
+    x, _ = plotted_data(fig)["WiSE-FT finetuned"]
+    assert x[5] == pytest.approx(logit(x_r)) and "classes" in fig.axes[0].get_xlabel()
+
+
+def test_output_space_ensemble_in_tables_and_plots(tmp_path):
+    run = make_run(tmp_path)
+    make_run(tmp_path, model=output_ensemble_name("finetuned"), provenance={"method": OUTPUT_ENSEMBLE}, scale=0.5)
+    build_report(run)
+    rows = list(csv.reader((run / "report" / "table.csv").open()))
+    header, by_label = rows[0], {r[1]: r for r in rows[1:]}
+    assert {r[0] for r in rows[1:]} == {"finetuned"}  # the ensemble's rows sit in its fine-tune's block
+    col = header.index("imagenet")
+    assert float(by_label["output-space ensemble, alpha=0.5"][col]) == pytest.approx(
+        100 * curve(0.5, 0.68, 0.81, 0.02), abs=0.01)
+    # Its own alpha, chosen on its own validation records: argmax of curve(a, .69, .82, .02) on the grid.
+    best = max(ALPHAS, key=lambda a: round(10000 * curve(a, 0.69, 0.82, 0.02)))
+    assert f"output-space ensemble, selected alpha={best:g}" in by_label
+    records = read_records(run)
+    fig = plot_scatter(records, "imagenet-v2", "imagenet", {}, {"finetuned": 0.9})
+    x, y = plotted_data(fig)["finetuned (output ensemble)"]
+    assert y[5] == pytest.approx(logit(round(10000 * curve(0.5, 0.62, 0.70, 0.02)) / 10000))
+    fig = plot_alpha_curves(records, "finetuned", 0.9, ensemble=output_ensemble_name("finetuned"))
+    a, v = plotted_data(fig)["avg shifts (output ensemble)"]
+    assert len(a) == len(ALPHAS)
+    assert "output ensemble" in (run / "report" / "robustness.md").read_text()
+
+
+def _primary(model, alpha, ds, role, values, primary):
+    return [Record(model, alpha, ds, role, m, v, provenance={"primary": True} if m == primary else {})
+            for m, v in values.items()]
+
+
+def test_each_dataset_uses_its_primary_metric(tmp_path, capsys):
+    """FMoW-like run: worst-region accuracy is the shift's primary metric; --metric top1 forces top-1."""
+    from wiseft.cli import main
+
+    recs = []
+    for a, (ref, top, worst, val_top, val_worst) in zip([0.0, 0.5, 1.0], [(0.6, 0.5, 0.3, 0.6, 0.2),
+                                                                           (0.7, 0.6, 0.45, 0.7, 0.5),
+                                                                           (0.8, 0.55, 0.35, 0.8, 0.4)]):
+        recs += _primary("finetuned", a, "fmow-id", "reference", {"top1": ref, "worst_region_acc": ref - 0.1}, "top1")
+        recs += _primary("finetuned", a, "fmow-ood", "shift", {"top1": top, "worst_region_acc": worst,
+                                                               "ece": 0.01}, "worst_region_acc")
+        recs += _primary("finetuned", a, "fmow-val", "validation", {"top1": val_top, "worst_region_acc": val_worst},
+                         "worst_region_acc")
+    append_records(tmp_path / "results.jsonl", recs)
+    assert main(["report", str(tmp_path)]) == 0
+    rows = list(csv.reader((tmp_path / "report" / "table.csv").open()))
+    header, by_label = rows[0], {r[1]: r for r in rows[1:]}
+    assert header[3:5] == ["fmow-id", "fmow-ood (worst_region_acc)"]
+    assert float(by_label["fine-tuned (alpha=1)"][4]) == pytest.approx(35.0)
+    # Chosen on validation worst-region accuracy (0.5 at alpha 0.5), not top-1 (0.8 at alpha 1).
+    assert "WiSE-FT, selected alpha=0.5" in by_label
+    assert float(by_label["WiSE-FT, alpha=0.5"][header.index("avg ref., shifts")]) == pytest.approx(100 * (0.7 + 0.45) / 2)
+    assert main(["report", str(tmp_path), "--metric", "top1"]) == 0
+    rows = list(csv.reader((tmp_path / "report" / "table.csv").open()))
+    header, by_label = rows[0], {r[1]: r for r in rows[1:]}
+    assert header[3:5] == ["fmow-id", "fmow-ood"] and float(by_label["fine-tuned (alpha=1)"][4]) == pytest.approx(55.0)
+    assert "WiSE-FT, selected alpha=1" in by_label
+    with pytest.raises(ValueError, match="not an accuracy"):
+        build_report(tmp_path, metric="ece")
+    with pytest.raises(ValueError, match="no records of metric 'top5'.*worst_region_acc"):
+        build_report(tmp_path, metric="top5")
+    # The run's summary table follows the same rule.
+    assert "fmow-ood (worst_region_acc)" in summary_table(read_records(tmp_path))
 
 
 def test_report_command_takes_a_baseline_csv(tmp_path, capsys):
@@ -201,3 +331,12 @@ def test_report_command_takes_a_baseline_csv(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("report: ")
     page = (tmp_path / "report" / "index.html").read_text()
     assert "tweets: 4 baseline models" in page
+
+
+def test_report_command_default_baselines_choice(tmp_path, capsys):
+    from wiseft.cli import main
+
+    run = make_run(tmp_path)
+    assert main(["report", str(run), "--default-baselines", "timm"]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "timm results/" in page and "robustness testbed" not in page and "No baseline for: objectnet" in page

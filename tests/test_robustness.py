@@ -15,6 +15,7 @@ from scipy import special, stats
 
 from wiseft.results import Record
 from wiseft.robustness import (
+    AVG,
     BaselineFit,
     build_baselines,
     clopper_pearson,
@@ -29,6 +30,8 @@ from wiseft.robustness import (
 )
 
 SHARED = Path("/work/shared/data/imagenet-baselines")
+TESTBED = Path("/work/shared/data/imagenet-testbed/robustness_top1s.csv")
+FIVE = ["imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet"]
 
 
 # --- the baseline fit and rho -------------------------------------------------------
@@ -113,34 +116,81 @@ def test_record_interval_and_bad_counts():
 # --- baselines ----------------------------------------------------------------------
 
 
-def test_default_baseline_is_imagenet_1k_only():
-    table = load_baseline_table()
+def test_timm_baseline_is_imagenet_1k_only():
+    table = load_baseline_table(packaged="timm")
     assert len(table) > 1000
     for name in table:
         tag = name.split("@")[0].split(".", 1)[1]
         assert "in1k" in tag and not any(w in name for w in ("in21k", "in22k", "in12k", "laion", "jft", "clip", "dist"))
-    fits = build_baselines([], "imagenet", ["imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet"])
-    assert set(fits) == {"imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a"}  # no objectnet
+    fits = build_baselines([], "imagenet", FIVE, default="timm")
+    # No objectnet in timm, so no fit for it and none for the average over all five.
+    assert set(fits) == {"imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a"}
     assert fits["imagenet-v2"].x_dataset == "imagenet"
-    assert fits["imagenet-r"].x_dataset == "imagenet-r-clean" and fits["imagenet-r"].x_from_reference
+    # timm's imagenet-r-clean column is ImageNet val on ImageNet-R's classes: the x axis.
+    assert fits["imagenet-r"].x_dataset == "top1_on_imagenet-r_classes"
     # Other reference sets get no ImageNet default.
     assert build_baselines([], "cifar10", ["cifar10.1"]) == {}
+    with pytest.raises(ValueError, match="unknown default baselines"):
+        build_baselines([], "imagenet", FIVE, default="timmm")
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="raw timm results not present")
-def test_default_baseline_matches_raw_timm_files():
+def test_timm_baseline_matches_raw_timm_files():
     """Refit imagenet-v2 from the raw timm CSVs with scipy: same line as the package's."""
     def read(name):
         with (SHARED / name).open() as f:
             return {(r["model"], r["img_size"]): float(r["top1"]) / 100 for r in csv.DictReader(f)}
 
     ref, v2 = read("results-imagenet.csv"), read("results-imagenetv2-matched-frequency.csv")
-    keys = [k for k in load_baseline_table()]
+    keys = [k for k in load_baseline_table(packaged="timm")]
     pairs = [(ref[tuple(k.split("@"))], v2[tuple(k.split("@"))]) for k in keys]
     x, y = np.array(pairs).T
     line = stats.linregress(special.logit(x), special.logit(y))
-    fit = build_baselines([], "imagenet", ["imagenet-v2"])["imagenet-v2"]
+    fit = build_baselines([], "imagenet", ["imagenet-v2"], default="timm")["imagenet-v2"]
     assert fit.slope == pytest.approx(line.slope, rel=1e-9) and fit.intercept == pytest.approx(line.intercept, rel=1e-9)
+
+
+def _testbed_standard() -> list[dict[str, str]]:
+    with TESTBED.open() as f:
+        return [r for r in csv.DictReader(f) if r["model_type"] == "STANDARD"]
+
+
+@pytest.mark.skipif(not TESTBED.exists(), reason="raw testbed results not present")
+def test_default_baseline_is_the_testbed_standard_models():
+    """The default: the testbed's STANDARD models, every shift with the paper's x axis,
+    refitted here with scipy from the raw testbed file."""
+    raw = _testbed_standard()
+    table = load_baseline_table()
+    assert len(table) == len(raw) == 87
+    row = table["resnet50"]
+    src = next(r for r in raw if r["model"] == "resnet50")
+    assert row["imagenet"] == pytest.approx(float(src["val"]) / 100)
+    assert row["top1_on_objectnet_classes"] == pytest.approx(float(src["val-on-objectnet-classes"]) / 100)
+    fits = build_baselines([], "imagenet", FIVE)
+    assert set(fits) == {*FIVE, AVG}
+    assert fits["imagenet-sketch"].x_dataset == "imagenet"
+    for shift, col, x_col in [("objectnet", "objectnet-1.0-beta", "val-on-objectnet-classes"),
+                              ("imagenet-r", "imagenet-r", "val-on-imagenet-r-classes"),
+                              ("imagenet-v2", "imagenetv2-matched-frequency-format-val", "val")]:
+        pairs = np.array([(float(r[x_col]), float(r[col])) for r in raw if r[x_col] and r[col]]) / 100
+        line = stats.linregress(special.logit(pairs[:, 0]), special.logit(pairs[:, 1]))
+        assert fits[shift].n == len(pairs)
+        assert fits[shift].slope == pytest.approx(line.slope, rel=1e-9), shift
+        assert fits[shift].intercept == pytest.approx(line.intercept, rel=1e-9), shift
+    assert fits["objectnet"].x_dataset == "top1_on_objectnet_classes"
+    # The average: one line from ImageNet accuracy to the mean over the five shifts, over
+    # the models that have all five (not the mean of the five lines).
+    cols = ["imagenetv2-matched-frequency-format-val", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet-1.0-beta"]
+    full = [r for r in raw if all(r[c] for c in cols)]
+    x = np.array([float(r["val"]) for r in full]) / 100
+    y = np.array([np.mean([float(r[c]) for c in cols]) for r in full]) / 100
+    line = stats.linregress(special.logit(x), special.logit(y))
+    avg = fits[AVG]
+    assert avg.n == len(full) == 82 and avg.parts == tuple(FIVE) and avg.x_dataset == "imagenet"
+    assert avg.slope == pytest.approx(line.slope, rel=1e-9) and avg.intercept == pytest.approx(line.intercept, rel=1e-9)
+    # Fitted over only the shifts a run has.
+    three = build_baselines([], "imagenet", FIVE[:3])[AVG]
+    assert three.parts == tuple(FIVE[:3]) and three.slope != pytest.approx(avg.slope)
 
 
 def test_user_baseline_csv(tmp_path):
@@ -148,30 +198,57 @@ def test_user_baseline_csv(tmp_path):
     p.write_text("model,news,tweets\na,60,40\nb,70,45\nc,80,\n")
     assert load_baseline_table(p) == {"a": {"news": 0.6, "tweets": 0.4}, "b": {"news": 0.7, "tweets": 0.45}, "c": {"news": 0.8}}
     fits = fit_baselines(load_baseline_table(p), "news", ["tweets", "other"])
-    assert set(fits) == {"tweets"} and fits["tweets"].n == 2
+    assert set(fits) == {"tweets"} and fits["tweets"].n == 2  # 'other' unmeasured: no avg fit either
     p.write_text("model,news\na,sixty\n")
     with pytest.raises(ValueError, match=r"b.csv:2.*news"):
         load_baseline_table(p)
+    # A -clean column is the reference on the shift's classes; model_type is metadata.
+    p.write_text("model,imagenet,imagenet-r-clean,imagenet-r,model_type\na,70,90,30,STANDARD\n")
+    assert load_baseline_table(p) == {"a": {"imagenet": 0.7, "top1_on_imagenet-r_classes": 0.9, "imagenet-r": 0.3}}
 
 
-def _rec(model, alpha, ds, role, v):
-    return Record(model, alpha, ds, role, "top1", v)
+def test_average_fit_by_hand():
+    """avg: logit(mean of the shifts) against logit(reference), over models with every shift."""
+    table = {"a": {"ref": 0.6, "s": 0.5, "t": 0.3}, "b": {"ref": 0.8, "s": 0.7, "t": 0.5},
+             "c": {"ref": 0.9, "s": 0.8, "t": 0.6}, "d": {"ref": 0.7, "s": 0.1}}
+    fit = fit_baselines(table, "ref", ["s", "t"])[AVG]
+    x, y = special.logit([0.6, 0.8, 0.9]), special.logit([0.4, 0.6, 0.7])
+    line = stats.linregress(x, y)
+    assert fit.n == 3 and fit.slope == pytest.approx(line.slope) and fit.intercept == pytest.approx(line.intercept)
+
+
+def _rec(model, alpha, ds, role, v, metric="top1"):
+    return Record(model, alpha, ds, role, metric, v)
 
 
 def test_robustness_rows_by_hand():
     fit_s = BaselineFit("s", 1.0, 0.0, (0.5, 0.6), (0.5, 0.6), "ref")  # beta(x) = x
-    fit_t = BaselineFit("t", 1.0, -1.0, (0.5, 0.6), (0.5, 0.6), "t-clean", x_from_reference=(1.0, 0.0))
+    fit_t = BaselineFit("t", 1.0, -1.0, (0.5, 0.6), (0.5, 0.6), "top1_on_t_classes")
+    fit_avg = BaselineFit(AVG, 1.0, -0.5, (0.5, 0.6), (0.5, 0.6), "ref", parts=("s", "t"))
+    fits = {"s": fit_s, "t": fit_t, AVG: fit_avg}
     recs = [_rec("m", 0.0, "ref", "reference", 0.7), _rec("m", 0.0, "s", "shift", 0.75), _rec("m", 0.0, "t", "shift", 0.4)]
-    rows = {r.shift: r for r in robustness_rows(recs, {"s": fit_s, "t": fit_t}, "ref")}
+    rows = {r.shift: r for r in robustness_rows(recs, fits, "ref")}
     assert rows["s"].rho == pytest.approx(0.05)
-    # t-clean not measured: x estimated from ref through the identity map; beta = expit(logit(.7) - 1).
-    beta_t = special.expit(special.logit(0.7) - 1)
-    assert rows["t"].x_estimated and rows["t"].rho == pytest.approx(0.4 - beta_t)
-    assert rows["avg"].rho == pytest.approx((0.05 + 0.4 - beta_t) / 2)
-    # Measured clean accuracy is used when present.
-    recs.append(_rec("m", 0.0, "t-clean", "reference", 0.9))
-    rows = {r.shift: r for r in robustness_rows(recs, {"s": fit_s, "t": fit_t}, "ref")}
-    assert not rows["t"].x_estimated and rows["t"].rho == pytest.approx(0.4 - special.expit(special.logit(0.9) - 1))
+    # No class-restricted reference accuracy measured: no rho on t (never estimated).
+    assert "t" not in rows
+    # The average has its own line at the reference accuracy: mean(.75, .4) - expit(logit(.7) - .5).
+    assert rows[AVG].acc_shift == pytest.approx(0.575)
+    assert rows[AVG].rho == pytest.approx(0.575 - special.expit(special.logit(0.7) - 0.5))
+    # The measured class-restricted accuracy is t's x.
+    recs.append(_rec("m", 0.0, "ref", "reference", 0.9, metric="top1_on_t_classes"))
+    rows = {r.shift: r for r in robustness_rows(recs, fits, "ref")}
+    assert rows["t"].acc_x == 0.9 and rows["t"].rho == pytest.approx(0.4 - special.expit(special.logit(0.9) - 1))
+    assert rows[AVG].rho == pytest.approx(0.575 - special.expit(special.logit(0.7) - 0.5))  # unchanged
+
+
+def test_robustness_rows_use_each_datasets_primary_metric():
+    primary = {"primary": True}
+    fit = BaselineFit("s", 1.0, 0.0, (0.5, 0.6), (0.5, 0.6), "ref")
+    recs = [Record("m", 0.0, "ref", "reference", "top1", 0.7, provenance=primary),
+            Record("m", 0.0, "s", "shift", "top1", 0.75),
+            Record("m", 0.0, "s", "shift", "worst_region_acc", 0.55, provenance=primary)]
+    assert robustness_rows(recs, {"s": fit}, "ref")[0].rho == pytest.approx(0.55 - 0.7)
+    assert robustness_rows(recs, {"s": fit}, "ref", metric="top1")[0].rho == pytest.approx(0.75 - 0.7)
 
 
 # --- alpha selection ----------------------------------------------------------------
@@ -209,6 +286,16 @@ def test_select_alpha_ignores_any_test_records(val, test):
     noisy = recs + [_val(a, v, role=role) for a, v, role in test]
     assert select_alpha(noisy, "m") == select_alpha(recs, "m")
     assert select_alpha(recs, "m") in {a for a, _ in val}
+
+
+def test_select_alpha_on_the_validation_sets_primary_metric():
+    f1 = {"primary": True}
+    recs = [_val(0.2, 0.9), _val(0.8, 0.6)]  # top1 prefers 0.2
+    recs += [Record("m", 0.2, "val", "validation", "macro_f1", 0.3, provenance=f1),
+             Record("m", 0.8, "val", "validation", "macro_f1", 0.5, provenance=f1)]
+    recs += [_val(0.2, 0.01, metric="ece"), _val(0.8, 0.2, metric="ece")]
+    assert select_alpha(recs, "m") == 0.8
+    assert select_alpha(recs, "m", metric="top1") == 0.2
 
 
 def test_select_alpha_defaults_and_errors():

@@ -58,7 +58,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    _report(Path(args.run_dir), args.alpha, args.baselines, not args.no_default_baselines)
+    from .report import build_report
+
+    path = build_report(Path(args.run_dir), alpha=args.alpha, baselines=args.baselines,
+                        use_default_baselines=not args.no_default_baselines,
+                        default_baselines=args.default_baselines, metric=args.metric)
+    print(f"report: {path}")
     return 0
 
 
@@ -242,8 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--alpha", type=float, help="report this fixed alpha instead of the selected one")
     sp.add_argument("--baselines", metavar="CSV",
                     help="baseline models for effective robustness: a 'model' column, one column per dataset (%%)")
+    sp.add_argument("--default-baselines", choices=("testbed", "timm"), default="testbed",
+                    help="packaged baseline models for ImageNet runs: the robustness testbed's standard models "
+                         "(Taori et al. 2020; default) or timm's ImageNet-1k models")
     sp.add_argument("--no-default-baselines", action="store_true",
-                    help="leave out the packaged ImageNet-1k models (ImageNet runs)")
+                    help="leave out the packaged baseline models (ImageNet runs)")
+    sp.add_argument("--metric", default="primary", metavar="NAME",
+                    help="the metric of every table, plot and the alpha selection: 'primary' (default: each "
+                         "dataset's own, e.g. FMoW worst_region_acc, iWildCam macro_f1) or one name, e.g. top1")
     sp.set_defaults(fn=cmd_report)
 
     sp = sub.add_parser("interpolate", help="theta = (1 - alpha) * A + alpha * B for checkpoint files")

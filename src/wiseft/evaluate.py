@@ -31,7 +31,7 @@ from .heads import Classifier
 from .merge import Interpolator, interpolate
 from .metrics import Score, expected_calibration_error, fit_temperature
 from .progress import progress_bar
-from .results import Record
+from .results import NOT_PRIMARY, Record
 from .runtime import device_of, to_device
 
 log = logging.getLogger("wiseft")
@@ -488,6 +488,9 @@ def _compare(es: EvalSet, low: torch.Tensor, ref: torch.Tensor, c: InputCache, a
 
 
 def _records(scores, evalsets, alphas, model_name, provenance, checks) -> list[Record]:
+    """One record per (alpha, set, metric). The first metric a set's dataset declares,
+    calibration aside (``ece``, ``temperature``), is its primary one: that record's
+    provenance says ``"primary": true`` (docs/results-format.md)."""
     records = []
     for a in alphas:
         for es in evalsets:
@@ -496,11 +499,13 @@ def _records(scores, evalsets, alphas, model_name, provenance, checks) -> list[R
                 prov["skipped_inputs"] = len(es.skipped)
             if es.name in checks:
                 prov["bf16_check"] = checks[es.name]
+            primary = next((m for m in scores[a][es.name] if m not in NOT_PRIMARY and not m.startswith("top1_on_")),
+                           None)
             for metric, s in scores[a][es.name].items():
                 records.append(Record(model=model_name, alpha=None if a is None else float(a),
                                       dataset=es.name, role=es.role,
                                       metric=metric, value=s.value, correct=s.correct, total=s.total,
-                                      provenance=prov))
+                                      provenance={**prov, "primary": True} if metric == primary else prov))
     return records
 
 

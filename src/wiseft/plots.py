@@ -18,8 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
-from wiseft.results import Record
-from wiseft.robustness import BaselineFit, logit, record_interval, sigmoid
+from wiseft.results import OUTPUT_ENSEMBLE, PRIMARY, Record, select_metric
+from wiseft.robustness import AVG, BaselineFit, logit, record_interval, sigmoid
 
 # Candidate tick positions (percent), roundest first; ``set_logit_ticks`` takes them in
 # this order, skipping any that would crowd one already taken.
@@ -27,16 +27,26 @@ TICKS = (
     50, 10, 90, 1, 99, 99.9, 0.1, 20, 80, 30, 70, 5, 95, 40, 60, 2, 98, 99.5, 0.5, 99.99,
     99.8, 25, 75, 15, 85, 35, 65, 45, 55,
 )
-AVG = "avg"
 
 
-def curves(records: Iterable[Record], metric: str = "top1") -> dict[str, dict[float, dict[str, Record]]]:
-    """model -> alpha -> dataset -> record, for the WiSE-FT curves (alpha not None)."""
+def curves(records: Iterable[Record], metric: str = PRIMARY) -> dict[str, dict[float, dict[str, Record]]]:
+    """model -> alpha -> dataset -> record, for the WiSE-FT curves (alpha not None), each
+    dataset under its primary metric (or ``metric``). The reference set's class-restricted
+    accuracies are added under their metric name (``top1_on_imagenet-r_classes``)."""
+    records = list(records)
     out: dict[str, dict[float, dict[str, Record]]] = {}
-    for r in records:
-        if r.alpha is not None and r.metric == metric:
+    for r in select_metric(records, metric):
+        if r.alpha is not None:
             out.setdefault(r.model, {}).setdefault(float(r.alpha), {})[r.dataset] = r
+    for r in records:
+        if r.alpha is not None and r.role == "reference" and r.metric.startswith("top1_on_"):
+            out.setdefault(r.model, {}).setdefault(float(r.alpha), {})[r.metric] = r
     return out
+
+
+def is_output_ensemble(records: Iterable[Record], model: str) -> bool:
+    """Whether ``model``'s records are an output-space ensemble (``provenance.method``)."""
+    return any(r.model == model and r.provenance.get("method") == OUTPUT_ENSEMBLE for r in records)
 
 
 def finetuned_label(model: str) -> str:
@@ -87,29 +97,22 @@ def _errorbar(ax, pts, **kw):
     return ax.errorbar(x, y, xerr=xerr, yerr=yerr, elinewidth=0.8, capsize=0, **kw)
 
 
-def _baseline_on_reference(fit: BaselineFit, x_on_ref: bool):
-    """Baseline (points, curve) with x on the fit's own axis or on the reference axis."""
-    bx, by = np.array(fit.x), np.array(fit.y)
-    if x_on_ref and fit.x_from_reference is not None:
-        a, b = fit.x_from_reference
-        bx = sigmoid((logit(bx) - b) / a)  # invert the reference -> x map
-        return bx, by, lambda x: fit.predict(fit.x_of_reference(x))
-    return bx, by, fit.predict
-
-
 def plot_scatter(
     records: Iterable[Record],
     shift: str,
     reference: str,
     fits: Mapping[str, BaselineFit] | None = None,
     selected: Mapping[str, float] | None = None,
-    metric: str = "top1",
+    metric: str = PRIMARY,
 ) -> Figure:
     """Reference vs shift accuracy on logit axes: zero-shot, fine-tuned, the WiSE-FT curve
-    over alpha for each model, baseline models and fit, and 95% Clopper-Pearson bars.
+    over alpha for each model (and the output-space ensemble's, dashed, where the run has
+    one), baseline models and fit, and 95% Clopper-Pearson bars.
 
-    ``shift`` may be ``"avg"``: the mean over every shift dataset (no error bars; the
-    baseline is the mean of the per-shift fits, drawn only when every shift has one).
+    The x axis is the fit's: for ImageNet-R, -A and ObjectNet the reference accuracy on
+    the shift's classes (when the run measured it; otherwise the reference accuracy, with
+    no baseline drawn). ``shift`` may be ``"avg"``: the mean over every shift dataset (no
+    error bars; the baseline is the fit on the baseline models' averaged accuracies).
     ``selected`` marks the chosen alpha of each model.
     """
     records = list(records)
@@ -118,8 +121,8 @@ def plot_scatter(
     data = curves(records, metric)
     fig = Figure(figsize=(5.5, 4.5), dpi=120)
     ax = fig.subplots()
-    # x axis: the fit's own x set when the run measured it (e.g. imagenet-r-clean), else the reference.
-    fit = fits.get(shift) if shift != AVG else None
+    # x axis: the fit's own x (e.g. top1_on_imagenet-r_classes) when the run measured it, else the reference.
+    fit = fits.get(shift)
     present = {d for m in data.values() for v in m.values() for d in v}
     x_ds = fit.x_dataset if fit is not None and fit.x_dataset in present else reference
     y_ds: str | list[str] = shifts if shift == AVG else shift
@@ -133,6 +136,11 @@ def plot_scatter(
             continue
         c = colors[(i + 2) % len(colors)]
         curve = [p for _, p in pts]
+        if is_output_ensemble(records, model):  # same end points as its WiSE-FT curve
+            _errorbar(ax, curve, fmt="--^", ms=3, color=c, label=model, zorder=3)
+            xs += [p[0] for p in curve]
+            ys += [p[1] for p in curve]
+            continue
         _errorbar(ax, curve, fmt="-o", ms=3, color=c, label=f"WiSE-FT {model}", zorder=3)
         for a, p in pts:
             if a == 0.0 and i == 0:
@@ -151,7 +159,7 @@ def plot_scatter(
     lo, hi = lx.min(), lx.max()
     pad = max(0.35, 0.15 * (hi - lo))
     grid = np.linspace(lo - pad, hi + pad, 200)
-    baseline_label, line = _draw_baseline(ax, fits, shift, shifts, x_ds == reference, grid)
+    baseline_label, line = _draw_baseline(ax, fit, x_ds, grid)
     ax.set_xlim(grid[0], grid[-1])
     # The y range holds the models and the baseline line under them.
     under = line[(grid >= lo) & (grid <= hi)] if line.size else line
@@ -161,9 +169,10 @@ def plot_scatter(
     ax.set_ylim(ylo - ypad, yhi + ypad)
     set_logit_ticks(ax, "x", *ax.get_xlim())
     set_logit_ticks(ax, "y", *ax.get_ylim())
-    mapped = fit is not None and fit.x_dataset != x_ds
-    ax.set_xlabel(f"{x_ds} accuracy ({metric})" + (f"; baseline mapped from {fit.x_dataset}" if mapped else ""))
-    ax.set_ylabel(f"{'average over shifts' if shift == AVG else shift} accuracy ({metric})")
+    ax.set_xlabel(f"{reference} accuracy" + (f" on {shift}'s classes" if x_ds != reference else "")
+                  + f" ({_metric_of(data, x_ds) if x_ds == reference else 'top1'})")
+    ax.set_ylabel(f"{'average over shifts' if shift == AVG else shift} accuracy"
+                  + ("" if shift == AVG else f" ({_metric_of(data, shift)})"))
     ax.set_title(f"{'Average over ' + str(len(shifts)) + ' shifts' if shift == AVG else shift}" + baseline_label, fontsize=10)
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.legend(fontsize=7, loc="best")
@@ -171,32 +180,34 @@ def plot_scatter(
     return fig
 
 
-def _draw_baseline(ax, fits, shift, shifts, x_on_ref, grid) -> tuple[str, np.ndarray]:
+def _metric_of(data, dataset: str) -> str:
+    """The metric a dataset's points show (its primary metric, or the one asked for)."""
+    return next((v[dataset].metric for m in data.values() for v in m.values() if dataset in v), "top1")
+
+
+def _draw_baseline(ax, fit: BaselineFit | None, x_ds: str, grid) -> tuple[str, np.ndarray]:
     """Draw the baseline models and fit line; returns a title suffix and the line's y."""
-    if shift == AVG:
-        if not shifts or any(s not in fits for s in shifts):
-            return " (no baseline: not every shift has one)", np.array([])
-        preds = [_baseline_on_reference(fits[s], True)[2] for s in shifts]
-        line = logit(np.mean([p(sigmoid(grid)) for p in preds], axis=0))
-        ax.plot(grid, line, "--", color="0.3", lw=1.2, label="baseline fit (mean of shifts)")
-        return "", line
-    fit = fits.get(shift)
     if fit is None:
         return " (no baseline)", np.array([])
-    bx, by, predict = _baseline_on_reference(fit, x_on_ref)
+    if fit.x_dataset != x_ds:  # the run did not measure the fit's x (class-restricted accuracy)
+        return f" (no baseline: the run has no {fit.x_dataset} records)", np.array([])
+    bx, by = np.array(fit.x), np.array(fit.y)
     keep = (logit(bx) >= grid[0]) & (logit(bx) <= grid[-1])
     ax.plot(logit(bx[keep]), logit(by[keep]), ".", ms=2, color="0.6", alpha=0.5, label=f"baseline models (n={fit.n})", zorder=1)
-    line = logit(predict(sigmoid(grid)))
+    line = logit(fit.predict(sigmoid(grid)))
     ax.plot(grid, line, "--", color="0.3", lw=1.2, label="baseline fit", zorder=2)
     return f" (baseline slope {fit.slope:.2f})", line
 
 
 def plot_alpha_curves(
-    records: Iterable[Record], model: str, selected: float | None = None, metric: str = "top1"
+    records: Iterable[Record], model: str, selected: float | None = None, metric: str = PRIMARY,
+    ensemble: str | None = None,
 ) -> Figure:
     """Accuracy (percent) vs alpha for the reference, each shift, their average and the
     validation set (dashed), with 95% Clopper-Pearson bands; alpha 0.5 and the
-    selected alpha are marked."""
+    selected alpha are marked. ``ensemble`` names the output-space ensemble of ``model``,
+    whose reference and average-over-shifts curves are drawn dotted for comparison."""
+    records = list(records)
     by_alpha = curves(records, metric).get(model)
     if not by_alpha:
         raise ValueError(f"no records with an alpha for model {model!r}")
@@ -219,11 +230,24 @@ def plot_alpha_curves(
     avg = [(a, np.mean([by_alpha[a][d].value for d in shifts])) for a in alphas if shifts and all(d in by_alpha[a] for d in shifts)]
     if avg:
         ax.plot([p[0] for p in avg], [p[1] * 100 for p in avg], "-", color="k", lw=2, label="avg shifts")
+    ens = curves(records, metric).get(ensemble) if ensemble else None
+    if ens:
+        ref = next((d for d in datasets if roles[d] == "reference"), None)
+        e_alphas = sorted(ens)
+        if ref is not None:
+            pts = [(a, ens[a][ref].value) for a in e_alphas if ref in ens[a]]
+            ax.plot([p[0] for p in pts], [p[1] * 100 for p in pts], ":", color="C0", lw=2,
+                    label=f"{ref} (output ensemble)")
+        e_avg = [(a, np.mean([ens[a][d].value for d in shifts])) for a in e_alphas
+                 if shifts and all(d in ens[a] for d in shifts)]
+        if e_avg:
+            ax.plot([p[0] for p in e_avg], [p[1] * 100 for p in e_avg], ":", color="k", lw=2,
+                    label="avg shifts (output ensemble)")
     ax.axvline(0.5, color="0.5", lw=0.8, ls=":", label="alpha=0.5")
     if selected is not None:
         ax.axvline(selected, color="k", lw=1, ls="-.", label=f"selected alpha={selected:g}")
     ax.set_xlabel("alpha (0 = zero-shot, 1 = fine-tuned)")
-    ax.set_ylabel(f"accuracy (%, {metric})")
+    ax.set_ylabel("accuracy (%)" if metric == PRIMARY else f"accuracy (%, {metric})")
     ax.set_title(f"Accuracy vs alpha: {model}", fontsize=10)
     ax.set_xlim(min(alphas), max(alphas))
     ax.grid(True, lw=0.3, alpha=0.5)

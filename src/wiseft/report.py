@@ -6,7 +6,7 @@ Writes into ``RUN_DIR/report/`` (or ``out_dir``):
 - ``scatter_<shift>.png|svg`` and ``scatter_avg.png|svg``: reference vs shift, logit axes
 - ``alpha_<model>.png|svg``: accuracy vs alpha
 - ``table.md|csv|tex``: Table-1-style accuracies (zero-shot, fine-tuned, alpha 0.5,
-  selected alpha, per-column oracle alpha)
+  selected alpha, the output-space ensemble where the run has one, per-column oracle alpha)
 - ``robustness.md|csv``: effective robustness rho for every model, alpha and shift
 - ``points.csv``: every accuracy with its 95% Clopper-Pearson interval
 """
@@ -17,15 +17,27 @@ import base64
 import csv
 import html
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from wiseft.plots import AVG, finetuned_label, plot_alpha_curves, plot_scatter, save_figure
-from wiseft.results import QUICK_BANNER, Record, is_quick, read_records
+from wiseft.plots import finetuned_label, is_output_ensemble, plot_alpha_curves, plot_scatter, save_figure
+from wiseft.results import (
+    NOT_PRIMARY,
+    PRIMARY,
+    QUICK_BANNER,
+    Record,
+    column_name,
+    is_quick,
+    output_ensemble_name,
+    read_records,
+    select_metric,
+)
 from wiseft.robustness import (
+    AVG,
     DEFAULT_ALPHA,
+    DEFAULT_BASELINES,
+    PACKAGED_BASELINES,
     BaselineFit,
     RobustnessRow,
     build_baselines,
@@ -47,10 +59,10 @@ class Table:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write text atomically: a temporary file, then os.replace."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write text atomically, through the I/O layer (temporary, fsync, rename)."""
+    from .files import atomic_write
+
+    atomic_write(path, text)
 
 
 def _datasets(records: list[Record], role: str) -> list[str]:
@@ -66,30 +78,51 @@ def reference_dataset(records: Iterable[Record]) -> str:
     return main[0]
 
 
+AVG_SHIFTS, AVG_REF_SHIFTS, AVG_RHO = "avg shifts", "avg ref., shifts", "avg rho"
+
+
 def build_tables(
-    records: Iterable[Record], selected: dict[str, float], rho: list[RobustnessRow], metric: str = "top1"
+    records: Iterable[Record], selected: dict[str, float], rho: list[RobustnessRow], metric: str = PRIMARY
 ) -> list[Table]:
-    """Per model: zero-shot, fine-tuned, WiSE-FT at 0.5, at the selected alpha, and the
-    per-column best alpha (an oracle: it looks at the test sets, so it is not a method)."""
-    records = [r for r in records if r.metric == metric and r.alpha is not None and r.role != "validation"]
+    """Per model: zero-shot, fine-tuned, WiSE-FT at 0.5, at the selected alpha, the
+    output-space ensemble of the same end points at 0.5 and at its selected alpha (when
+    ``selected`` has ``output_ensemble_name(model)``), and the per-column best alpha (an
+    oracle: it looks at the test sets, so it is not a method).
+
+    Columns: the reference and each shift under their primary metric (or ``metric``;
+    named in the header when not top1), ``avg shifts`` (their mean), ``avg ref., shifts``
+    (the mean of the reference value and ``avg shifts``, as in the paper's Table 1) and
+    ``avg rho`` (effective robustness on the average over shifts)."""
+    records = [r for r in select_metric(records, metric) if r.alpha is not None and r.role != "validation"]
     reference = reference_dataset(records)
     shifts = _datasets(records, "shift")
-    columns = [reference, *shifts] + (["avg shifts"] if shifts else []) + (["avg rho"] if rho else [])
-    tables = []
-    for model in selected:  # in the run's order: the main fine-tune, then its variants
+    names = {r.dataset: column_name(r.dataset, r.metric) for r in records}
+    columns = ([names[reference], *(names[s] for s in shifts)] + ([AVG_SHIFTS, AVG_REF_SHIFTS] if shifts else [])
+               + ([AVG_RHO] if rho else []))
+
+    def values(model: str) -> dict[float, dict[str, float]]:
         vals: dict[float, dict[str, float]] = {}
         for r in records:
             if r.model == model:
-                vals.setdefault(float(r.alpha), {})[r.dataset] = r.value
-        for a, v in vals.items():
-            if shifts and all(s in v for s in shifts):
-                v["avg shifts"] = sum(v[s] for s in shifts) / len(shifts)
+                vals.setdefault(float(r.alpha), {})[names[r.dataset]] = r.value
+        for v in vals.values():
+            if shifts and all(names[s] in v for s in shifts):
+                v[AVG_SHIFTS] = sum(v[names[s]] for s in shifts) / len(shifts)
+                if names[reference] in v:
+                    v[AVG_REF_SHIFTS] = (v[names[reference]] + v[AVG_SHIFTS]) / 2
         for row in rho:
             if row.model == model and row.shift == AVG:
-                vals.setdefault(row.alpha, {})["avg rho"] = row.rho
+                vals.setdefault(row.alpha, {})[AVG_RHO] = row.rho
+        return vals
 
-        def at(alpha: float) -> list[Cell]:
-            return [(vals.get(alpha, {}).get(c), alpha) for c in columns]
+    tables = []
+    for model in selected:  # in the run's order: the main fine-tune, then its variants
+        if any(output_ensemble_name(m) == model for m in selected):
+            continue  # an output ensemble: rows in its fine-tune's block
+        vals = values(model)
+
+        def at(v: dict[float, dict[str, float]], alpha: float) -> list[Cell]:
+            return [(v.get(alpha, {}).get(c), alpha) for c in columns]
 
         def oracle(col: str) -> Cell:
             have = [(v[col], a) for a, v in vals.items() if col in v]
@@ -97,19 +130,19 @@ def build_tables(
             return max(have, key=lambda t: (t[0], -abs(t[1] - DEFAULT_ALPHA))) if have else (None, None)
 
         sel = selected[model]
-        tables.append(
-            Table(
-                model,
-                columns,
-                [
-                    ("zero-shot (alpha=0)", at(0.0)),
-                    (f"{finetuned_label(model)} (alpha=1)", at(1.0)),
-                    ("WiSE-FT, alpha=0.5", at(0.5)),
-                    (f"WiSE-FT, selected alpha={sel:g}", at(sel)),
-                    ("WiSE-FT, best alpha per column (oracle)", [oracle(c) for c in columns]),
-                ],
-            )
-        )
+        rows = [
+            ("zero-shot (alpha=0)", at(vals, 0.0)),
+            (f"{finetuned_label(model)} (alpha=1)", at(vals, 1.0)),
+            ("WiSE-FT, alpha=0.5", at(vals, 0.5)),
+            (f"WiSE-FT, selected alpha={sel:g}", at(vals, sel)),
+        ]
+        ens = output_ensemble_name(model)
+        if ens in selected:
+            ens_vals = values(ens)
+            rows += [("output-space ensemble, alpha=0.5", at(ens_vals, 0.5)),
+                     (f"output-space ensemble, selected alpha={selected[ens]:g}", at(ens_vals, selected[ens]))]
+        rows.append(("WiSE-FT, best alpha per column (oracle)", [oracle(c) for c in columns]))
+        tables.append(Table(model, columns, rows))
     return tables
 
 
@@ -117,7 +150,7 @@ def _fmt(cell: Cell, with_alpha: bool, col: str) -> str:
     value, alpha = cell
     if value is None:
         return ""
-    text = f"{100 * value:+.2f}" if col == "avg rho" else f"{100 * value:.2f}"
+    text = f"{100 * value:+.2f}" if col == AVG_RHO else f"{100 * value:.2f}"
     return f"{text} (alpha={alpha:g})" if with_alpha else text
 
 
@@ -216,10 +249,12 @@ def _selection_note(records: list[Record], model: str, alpha: float | None, metr
     if alpha is not None:
         grid = {float(r.alpha) for r in records if r.model == model and r.alpha is not None}
         return "fixed by the user" + ("" if float(alpha) in grid else "; not evaluated in this run")
-    val = sorted({r.dataset for r in records if r.model == model and r.role == "validation" and r.metric == metric})
+    val = [r for r in select_metric(records, metric) if r.model == model and r.role == "validation"]
     if not val:
         return f"default {DEFAULT_ALPHA} (no validation records)"
-    return f"highest {metric} on held-out validation ({', '.join(val)}); ties toward 0.5"
+    sets = sorted({f"{r.dataset}" if r.metric == "top1" else f"{r.dataset} ({r.metric})" for r in val})
+    named = "" if metric == PRIMARY else f"{metric} "
+    return f"highest {named}value on held-out validation ({', '.join(sets)}); ties toward 0.5"
 
 
 def build_report(
@@ -229,30 +264,48 @@ def build_report(
     *,
     baselines: str | Path | None = None,
     use_default_baselines: bool = True,
-    metric: str = "top1",
+    default_baselines: str = DEFAULT_BASELINES,
+    metric: str = PRIMARY,
 ) -> Path:
     """Build the report of a run from its results.jsonl alone; returns the index.html path.
 
     ``alpha`` fixes the selected alpha instead of choosing it on validation records.
+    ``metric`` is ``"primary"`` (each dataset's declared primary metric: FMoW worst-region
+    accuracy, iWildCam macro-F1, top-1 elsewhere) or one metric name for every dataset.
     ``baselines`` adds a CSV of baseline models (``model`` column, one column per
     dataset, percent) to the ones in results.jsonl (``alpha`` null) and, for ImageNet
-    runs, the packaged timm ImageNet-1k models (``use_default_baselines``).
+    runs, the packaged set ``default_baselines`` (``"testbed"``: the robustness testbed's
+    standard models; ``"timm"``: timm's ImageNet-1k models) unless ``use_default_baselines``
+    is False.
 
     Example:
         >>> build_report("runs/demo")
         PosixPath('runs/demo/report/index.html')
     """
+    if metric in NOT_PRIMARY:
+        raise ValueError(f"metric {metric!r} is not an accuracy to tabulate or choose alpha on; "
+                         "calibration has its own table (calibration.md)")
+    if default_baselines not in PACKAGED_BASELINES:
+        raise ValueError(f"unknown default baselines {default_baselines!r}; choose from {sorted(PACKAGED_BASELINES)}")
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    reference = reference_dataset(records)
-    shifts = _datasets(records, "shift")
-    models = list(dict.fromkeys(r.model for r in records if r.alpha is not None and r.metric == metric))
-    if not models:
-        raise ValueError(f"{run_dir}: no records with an alpha for metric {metric!r}")
-    selected = {m: select_alpha(records, m, metric, fixed=alpha) for m in models}
-    fits = build_baselines(records, reference, shifts, extra=baselines, use_default=use_default_baselines, metric=metric)
+    chosen = select_metric(records, metric)
+    if metric != PRIMARY and not any(r.metric == metric for r in records):
+        raise ValueError(f"{run_dir}: no records of metric {metric!r} "
+                         f"(metrics present: {sorted({r.metric for r in records})})")
+    if not any(r.alpha is not None for r in chosen):
+        raise ValueError(f"{run_dir}: no records with an alpha for metric {metric!r} "
+                         f"(metrics present: {sorted({r.metric for r in records})})")
+    reference = reference_dataset(chosen)
+    shifts = _datasets(chosen, "shift")
+    names = list(dict.fromkeys(r.model for r in chosen if r.alpha is not None))
+    models = [m for m in names if not is_output_ensemble(records, m)]
+    ensembles = {m: output_ensemble_name(m) for m in models if output_ensemble_name(m) in names}
+    selected = {m: select_alpha(records, m, metric, fixed=alpha) for m in names}
+    fits = build_baselines(records, reference, shifts, extra=baselines, use_default=use_default_baselines,
+                           metric=metric, default=default_baselines)
     rho = robustness_rows(records, fits, reference, metric)
 
     figures: list[tuple[str, str]] = []
@@ -262,7 +315,7 @@ def build_report(
         figures.append((stem, f"{reference} vs {shift}"))
     for m in models:
         stem = f"alpha_{_slug(m)}"
-        save_figure(plot_alpha_curves(records, m, selected[m], metric), out, stem)
+        save_figure(plot_alpha_curves(records, m, selected[m], metric, ensemble=ensembles.get(m)), out, stem)
         figures.append((stem, f"accuracy vs alpha, {m}"))
 
     tables = build_tables(records, selected, rho, metric)
@@ -279,7 +332,7 @@ def build_report(
     if calibration[1]:
         _write(out / "calibration.md", banner + "Expected calibration error (%, 15 bins) with each alpha's temperature "
                "fitted on held-out validation.\n\n" + _markdown(*calibration))
-    notes = {m: _selection_note(records, m, alpha, metric) for m in models}
+    notes = {m: _selection_note(records, m, alpha, metric) for m in names}
     page = _html(run_dir, reference, shifts, selected, notes, fits, tables, header, rows, figures, out, rho)
     if calibration[1]:
         page = page.replace("<h2>Plots</h2>", "<h2>Calibration</h2><p>Expected calibration error (percent, 15 "
@@ -348,12 +401,16 @@ def _html(run_dir, reference, shifts, selected, notes, fits: dict[str, BaselineF
         parts += [f"<h3>{e(t.model)}</h3>", _html_table(["", *t.columns], rows)]
     parts.append("<h2>Effective robustness</h2>")
     if fits:
-        parts.append("<p>rho = shift accuracy minus the baseline's prediction from reference accuracy "
-                     "(percentage points). Baseline: a line from logit(x accuracy) to logit(shift accuracy).</p><ul>")
+        parts.append("<p>rho = shift accuracy minus the baseline's prediction from x accuracy "
+                     "(percentage points). Baseline: a line from logit(x accuracy) to logit(shift accuracy) over "
+                     "baseline models; for ImageNet-R, -A and ObjectNet x is the reference accuracy on the "
+                     "shift's classes, and the average over shifts has its own line, fitted on the baseline "
+                     "models' averaged accuracies.</p><ul>")
         for s, f in fits.items():
-            est = any(r.x_estimated for r in rho if r.shift == s)
-            extra = f"; x accuracy estimated from {e(reference)} (the run did not measure {e(f.x_dataset)})" if est else ""
-            parts.append(f"<li>{e(s)}: {f.n} baseline models, x = {e(f.x_dataset)}, "
+            what = f"average over {e(', '.join(f.parts))}" if s == AVG else e(s)
+            measured = any(r.shift == s for r in rho)
+            extra = "" if measured else f"; no rho: the run has no {e(f.x_dataset)} records"
+            parts.append(f"<li>{what}: {f.n} baseline models, x = {e(f.x_dataset)}, "
                          f"logit(y) = {f.slope:.3f} logit(x) {f.intercept:+.3f}{extra}</li>")
         parts.append("</ul>")
         parts.append(f"<p>Sources: {e(next(iter(fits.values())).source)}.</p>")

@@ -7,13 +7,17 @@ Every table, plot and report is rebuilt from these records alone; see
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 ROLES = ("reference", "shift", "validation")
+# Metric selector: each dataset's primary metric (the record flagged ``provenance["primary"]``).
+PRIMARY = "primary"
+# Metrics that are never a dataset's primary one: calibration error (lower is better) and the
+# fitted temperature (not a score at all).
+NOT_PRIMARY = ("ece", "temperature")
 QUICK_BANNER = ("QUICK RUN (--quick): a few dozen examples per set and a few steps per fine-tune, to check "
                 "the config end to end. These numbers are not results.")
 
@@ -57,14 +61,11 @@ def package_versions() -> dict[str, str]:
 
 
 def append_records(path: str | Path, records: Iterable[Record]) -> None:
-    """Append records to a JSON-lines file (created if missing), flushed to disk."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r), sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append records to a JSON-lines file (created if missing) atomically: the old lines
+    plus the new go to a temporary that replaces the file, so a kill leaves it whole."""
+    from .files import append_text
+
+    append_text(path, "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records))
 
 
 def read_records(path: str | Path) -> list[Record]:
@@ -86,20 +87,62 @@ def read_records(path: str | Path) -> list[Record]:
     return out
 
 
-def summary_table(records: Iterable[Record], metric: str = "top1", model: str | None = None) -> str:
+# provenance["method"] of output-space-ensemble records (WiSE-FT's own carry no method).
+OUTPUT_ENSEMBLE = "output_ensemble"
+
+
+def output_ensemble_name(model: str) -> str:
+    """The model name output-ensemble records carry: ``"finetuned (output ensemble)"``."""
+    return f"{model} (output ensemble)"
+
+
+def restricted_metric(shift: str) -> str:
+    """The reference-set metric for accuracy on ``shift``'s classes only:
+    ``top1_on_imagenet-r_classes`` (the x axis of ImageNet-R's effective robustness)."""
+    return f"top1_on_{shift}_classes"
+
+
+def primary_metrics(records: Iterable[Record]) -> dict[str, str]:
+    """dataset -> its primary metric: the metric of the records flagged
+    ``provenance["primary"]`` (the first metric the dataset declares); ``top1`` for
+    datasets whose records carry no flag (files written before it existed)."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for r in records:
+        seen.add(r.dataset)
+        if r.provenance.get("primary") and r.metric not in NOT_PRIMARY:
+            out.setdefault(r.dataset, r.metric)
+    return {d: out.get(d, "top1") for d in seen}
+
+
+def select_metric(records: Iterable[Record], metric: str = PRIMARY) -> list[Record]:
+    """The records of one metric per dataset: each dataset's primary metric (``"primary"``),
+    or the named metric for every dataset that has it (the others keep their primary one,
+    so ``pm10`` still has an ImageNet reference to plot against)."""
+    records = list(records)
+    chosen = primary_metrics(records)
+    if metric != PRIMARY:
+        chosen.update({r.dataset: metric for r in records if r.metric == metric})
+    return [r for r in records if r.metric == chosen[r.dataset]]
+
+
+def summary_table(records: Iterable[Record], metric: str = PRIMARY, model: str | None = None) -> str:
     """A Markdown table: one row per (model, alpha), one column per dataset, plus the
-    average over shift datasets. Accuracies are shown in percent."""
+    average over shift datasets, in percent. Each column shows its dataset's primary
+    metric (named in the header when it is not top1), or ``metric`` when one is named."""
     rows: dict[tuple[str, float], dict[str, float]] = {}
     datasets: dict[str, str] = {}
-    for r in records:
-        if r.metric != metric or r.alpha is None or (model is not None and r.model != model):
+    names: dict[str, str] = {}
+    for r in select_metric(records, metric):
+        if r.alpha is None or (model is not None and r.model != model):
             continue
         rows.setdefault((r.model, r.alpha), {})[r.dataset] = r.value
         datasets.setdefault(r.dataset, r.role)
+        names.setdefault(r.dataset, r.metric)
     order = {"reference": 0, "shift": 1, "validation": 2}
     cols = sorted(datasets, key=lambda d: (order[datasets[d]], list(datasets).index(d)))
     shifts = [d for d in cols if datasets[d] == "shift"]
-    header = ["model", "alpha", *cols] + (["avg shifts"] if shifts else [])
+    header = ["model", "alpha", *(column_name(d, names[d]) for d in cols)] + (["avg shifts"] if shifts else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, alpha), vals in sorted(rows.items()):
         cells = [name, f"{alpha:.2f}"] + [f"{100 * vals[d]:.2f}" if d in vals else "" for d in cols]
@@ -108,6 +151,11 @@ def summary_table(records: Iterable[Record], metric: str = "top1", model: str | 
             cells.append(f"{100 * sum(present) / len(present):.2f}" if len(present) == len(shifts) else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def column_name(dataset: str, metric: str) -> str:
+    """A table column: the dataset, with its metric when that is not top-1 accuracy."""
+    return dataset if metric == "top1" else f"{dataset} ({metric})"
 
 
 def is_quick(records: Iterable[Record]) -> bool:

@@ -5,7 +5,10 @@ model's accuracy under a distribution shift lies above what its reference accura
 predicts. The prediction ``beta`` is a line fitted in logit space over a set of
 baseline models: ``logit(acc_shift) = slope * logit(acc_ref) + intercept``, so
 ``beta(acc_ref) = sigmoid(slope * logit(acc_ref) + intercept)`` and
-``rho(f) = acc_shift(f) - beta(acc_ref(f))``.
+``rho(f) = acc_shift(f) - beta(acc_ref(f))``. For a shift scored on a subset of the
+reference classes (ImageNet-R, -A, ObjectNet) the x axis is the reference accuracy on
+those classes (measured, metric ``top1_on_<shift>_classes``); the average over shifts
+has its own line, fitted on the baseline models' averaged shift accuracies.
 
 Alpha selection looks only at records with ``role == "validation"`` (held out of the
 reference training data); shift test sets are never used to choose alpha.
@@ -22,20 +25,41 @@ from typing import Iterable, Mapping
 import numpy as np
 from scipy import stats
 
-from wiseft.results import Record
+from wiseft.results import PRIMARY, Record, restricted_metric, select_metric
 
 DEFAULT_ALPHA = 0.5
 # Accuracies are clipped this far from 0 and 1 before taking logits, so a perfect or
 # zero score still has a finite place on the axis (99.99% is the largest shown).
 EPS = 1e-4
+AVG = "avg"  # the average over shifts, as a "shift" name in fits and rows
 DEFAULT_BASELINE_REFERENCE = "imagenet"
-DEFAULT_BASELINE_SOURCE = (
-    "timm results/ (huggingface/pytorch-image-models @ aa4b5850), ImageNet-1k-only models"
-)
-# ImageNet shifts the packaged baseline covers; objectnet has none (timm publishes none).
-DEFAULT_BASELINE_SHIFTS = ("imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a")
 
-BaselineTable = dict[str, dict[str, float]]  # baseline model -> dataset -> accuracy in [0, 1]
+
+@dataclass(frozen=True)
+class PackagedBaselines:
+    """A baseline set shipped in ``resources/baselines`` (see the README there)."""
+
+    file: str
+    source: str
+    model_types: tuple[str, ...] = ()  # rows kept by their model_type column; empty: all
+
+
+PACKAGED_BASELINES = {
+    "testbed": PackagedBaselines(
+        "imagenet_testbed.csv",
+        "robustness testbed (Taori et al. 2020, modestyachts/imagenet-testbed @ 0170eec6), standard ImageNet models",
+        ("STANDARD",),
+    ),
+    "timm": PackagedBaselines(
+        "imagenet_in1k.csv",
+        "timm results/ (huggingface/pytorch-image-models @ aa4b5850), ImageNet-1k-only models",
+    ),
+}
+DEFAULT_BASELINES = "testbed"
+# Non-accuracy columns of a baseline CSV.
+META_COLUMNS = ("model", "img_size", "model_type")
+
+BaselineTable = dict[str, dict[str, float]]  # baseline model -> column -> accuracy in [0, 1]
 
 
 def logit(p: float | np.ndarray, eps: float = EPS) -> float | np.ndarray:
@@ -55,10 +79,9 @@ def sigmoid(z: float | np.ndarray) -> float | np.ndarray:
 class BaselineFit:
     """``logit(acc_shift) = slope * logit(acc_x) + intercept`` over baseline models.
 
-    ``x_dataset`` names the accuracy on the x axis: the reference set, or its
-    class-restricted version (``imagenet-r-clean``). When it is not the reference,
-    ``x_from_reference`` maps reference accuracy to it with a second logit-linear fit
-    over the same baseline models, for runs that did not measure it.
+    ``x_dataset`` names the accuracy on the x axis: the reference set, or the reference
+    accuracy on the shift's classes (``top1_on_imagenet-r_classes``). For the average
+    over shifts (``shift == "avg"``), ``parts`` lists the shifts averaged.
     """
 
     shift: str
@@ -68,7 +91,7 @@ class BaselineFit:
     y: tuple[float, ...]
     x_dataset: str
     source: str = ""
-    x_from_reference: tuple[float, float] | None = None
+    parts: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -78,13 +101,6 @@ class BaselineFit:
     def predict(self, acc_x: float | np.ndarray) -> float | np.ndarray:
         """beta(acc_x): the shift accuracy the baseline predicts at x accuracy ``acc_x``."""
         return sigmoid(self.slope * logit(acc_x) + self.intercept)
-
-    def x_of_reference(self, acc_ref: float | np.ndarray) -> float | np.ndarray:
-        """The x-axis accuracy estimated from reference accuracy (identity if the same)."""
-        if self.x_from_reference is None:
-            return acc_ref
-        a, b = self.x_from_reference
-        return sigmoid(a * logit(acc_ref) + b)
 
 
 def fit_baseline(
@@ -130,16 +146,29 @@ def record_interval(record: Record, confidence: float = 0.95) -> tuple[float, fl
     return clopper_pearson(record.correct, record.total, confidence)
 
 
-def load_baseline_table(path: str | Path | None = None) -> BaselineTable:
+def _column(col: str) -> str:
+    """A baseline CSV column in wiseft's names: timm's ``imagenet-r-clean`` (ImageNet val
+    on ImageNet-R's classes) is ``top1_on_imagenet-r_classes``."""
+    return restricted_metric(col[: -len("-clean")]) if col.endswith("-clean") else col
+
+
+def load_baseline_table(path: str | Path | None = None, *, packaged: str = DEFAULT_BASELINES) -> BaselineTable:
     """Read a baseline CSV: a ``model`` column and one column per dataset, in percent.
 
     An ``img_size`` column, when present, is joined to the model name (timm lists some
-    models at two resolutions). Empty cells are skipped. Without ``path``, the packaged
-    ImageNet-1k baseline (see ``resources/baselines/README.md``) is read.
+    models at two resolutions); a ``model_type`` column is metadata. Empty cells are
+    skipped; ``<shift>-clean`` columns are read as ``top1_on_<shift>_classes``. Without
+    ``path``, the packaged set ``packaged`` is read (``"testbed"``: the robustness
+    testbed's standard models; ``"timm"``: timm's ImageNet-1k models; see
+    ``resources/baselines/README.md``).
     """
+    keep: tuple[str, ...] = ()
     if path is None:
-        text = resources.files("wiseft").joinpath("resources/baselines/imagenet_in1k.csv").read_text()
-        name = "packaged imagenet_in1k.csv"
+        if packaged not in PACKAGED_BASELINES:
+            raise ValueError(f"unknown packaged baselines {packaged!r}; choose from {sorted(PACKAGED_BASELINES)}")
+        spec = PACKAGED_BASELINES[packaged]
+        text = resources.files("wiseft").joinpath(f"resources/baselines/{spec.file}").read_text()
+        name, keep = f"packaged {spec.file}", spec.model_types
     else:
         text, name = Path(path).read_text(encoding="utf-8"), str(path)
     rows = list(csv.DictReader(text.splitlines()))
@@ -147,53 +176,63 @@ def load_baseline_table(path: str | Path | None = None) -> BaselineTable:
         raise ValueError(f"{name}: a baseline CSV needs a 'model' column and one column per dataset")
     table: BaselineTable = {}
     for i, row in enumerate(rows, 2):
+        if keep and row.get("model_type") not in keep:
+            continue
         key = row["model"] + (f"@{row['img_size']}" if row.get("img_size") else "")
         accs = {}
         for col, cell in row.items():
-            if col in ("model", "img_size") or cell in (None, ""):
+            if col in META_COLUMNS or cell in (None, ""):
                 continue
             try:
-                accs[col] = float(cell) / 100.0
+                accs[_column(col)] = float(cell) / 100.0
             except ValueError:
                 raise ValueError(f"{name}:{i}: column {col!r} is not a number: {cell!r}") from None
         table[key] = accs
     return table
 
 
-def baseline_table_from_records(records: Iterable[Record], metric: str = "top1") -> BaselineTable:
+def baseline_table_from_records(records: Iterable[Record], metric: str = PRIMARY) -> BaselineTable:
     """Baseline models found in a results file: records with ``alpha`` None.
 
     Such records are other models evaluated on the same test sets (a user's own
-    baselines); they are not part of any WiSE-FT curve.
+    baselines); they are not part of any WiSE-FT curve. Their class-restricted
+    reference accuracies (``top1_on_<shift>_classes``) are read too.
     """
+    records = [r for r in records if r.alpha is None and r.role != "validation"]
     table: BaselineTable = {}
+    for r in select_metric(records, metric):
+        table.setdefault(r.model, {})[r.dataset] = r.value
     for r in records:
-        if r.alpha is None and r.metric == metric and r.role != "validation":
-            table.setdefault(r.model, {})[r.dataset] = r.value
+        if r.role == "reference" and r.metric.startswith("top1_on_"):
+            table.setdefault(r.model, {})[r.metric] = r.value
     return table
 
 
 def fit_baselines(
     table: Mapping[str, Mapping[str, float]], reference: str, shifts: Iterable[str], source: str = ""
 ) -> dict[str, BaselineFit]:
-    """One fit per shift that at least 2 baseline models cover; other shifts are left out.
+    """One fit per shift that at least 2 baseline models cover, and one for the average
+    over ``shifts`` (key ``"avg"``) when at least 2 models cover them all.
 
-    The x axis for shift ``S`` is column ``S-clean`` when the table has it (the reference
-    set restricted to the shift's classes), else ``reference``.
+    The x axis for shift ``S`` is ``top1_on_S_classes`` (the reference accuracy on S's
+    classes) when the table has it, else ``reference``. The average's line is fitted on
+    each model's mean accuracy over every shift in ``shifts`` against its reference
+    accuracy; shifts left out of ``shifts`` play no part.
     """
+    shifts = list(shifts)
     fits = {}
     for shift in shifts:
-        x_col = f"{shift}-clean" if sum(f"{shift}-clean" in r for r in table.values()) >= 2 else reference
+        restricted = restricted_metric(shift)
+        x_col = restricted if sum(restricted in r and shift in r for r in table.values()) >= 2 else reference
         pairs = [(r[x_col], r[shift]) for r in table.values() if x_col in r and shift in r]
-        if len(pairs) < 2:
-            continue
-        fit = fit_baseline(*zip(*pairs), shift=shift, x_dataset=x_col, source=source)
-        if x_col != reference:
-            ref_pairs = [(r[reference], r[x_col]) for r in table.values() if reference in r and x_col in r]
-            if len(ref_pairs) >= 2:
-                m = fit_baseline(*zip(*ref_pairs))
-                fit = BaselineFit(**{**fit.__dict__, "x_from_reference": (m.slope, m.intercept)})
-        fits[shift] = fit
+        if len(pairs) >= 2:
+            fits[shift] = fit_baseline(*zip(*pairs), shift=shift, x_dataset=x_col, source=source)
+    if shifts:
+        pairs = [(r[reference], float(np.mean([r[s] for s in shifts])))
+                 for r in table.values() if reference in r and all(s in r for s in shifts)]
+        if len(pairs) >= 2:
+            fit = fit_baseline(*zip(*pairs), shift=AVG, x_dataset=reference, source=source)
+            fits[AVG] = BaselineFit(**{**fit.__dict__, "parts": tuple(shifts)})
     return fits
 
 
@@ -203,14 +242,19 @@ def build_baselines(
     shifts: Iterable[str],
     extra: str | Path | None = None,
     use_default: bool = True,
-    metric: str = "top1",
+    metric: str = PRIMARY,
+    default: str = DEFAULT_BASELINES,
 ) -> dict[str, BaselineFit]:
-    """Fit the baseline for each shift from every source that applies.
+    """Fit the baseline for each shift, and the average over shifts, from every source that applies.
 
     Sources, pooled: records with ``alpha`` None in ``records``; the CSV ``extra``;
-    and, when ``use_default`` and ``reference`` is ``imagenet``, the packaged timm
-    ImageNet-1k models (covering imagenet-v2, -sketch, -r and -a; not objectnet).
+    and, when ``use_default`` and ``reference`` is ``imagenet``, the packaged set
+    ``default``: ``"testbed"`` (the robustness testbed's standard ImageNet models, on
+    all five shifts, with class-restricted ImageNet accuracies) or ``"timm"`` (timm's
+    ImageNet-1k models; no ObjectNet).
     """
+    if default not in PACKAGED_BASELINES:
+        raise ValueError(f"unknown default baselines {default!r}; choose from {sorted(PACKAGED_BASELINES)}")
     table: BaselineTable = {}
     sources = []
     own = baseline_table_from_records(records, metric)
@@ -222,8 +266,8 @@ def build_baselines(
         table.update({f"user:{k}": v for k, v in user.items()})
         sources.append(f"{len(user)} models from {extra}")
     if use_default and reference == DEFAULT_BASELINE_REFERENCE:
-        table.update({f"timm:{k}": v for k, v in load_baseline_table().items()})
-        sources.append(DEFAULT_BASELINE_SOURCE)
+        table.update({f"{default}:{k}": v for k, v in load_baseline_table(packaged=default).items()})
+        sources.append(PACKAGED_BASELINES[default].source)
     return fit_baselines(table, reference, list(shifts), source="; ".join(sources))
 
 
@@ -239,58 +283,53 @@ class RobustnessRow:
     predicted: float
     rho: float
     x_dataset: str
-    x_estimated: bool
 
 
 def robustness_rows(
-    records: Iterable[Record], fits: Mapping[str, BaselineFit], reference: str, metric: str = "top1"
+    records: Iterable[Record], fits: Mapping[str, BaselineFit], reference: str, metric: str = PRIMARY
 ) -> list[RobustnessRow]:
-    """rho for every (model, alpha) and every shift with a baseline, plus their average.
+    """rho for every (model, alpha) and every shift with a baseline, plus the average.
 
-    The x accuracy is the record of the fit's ``x_dataset`` when the run measured it,
-    else it is estimated from the reference accuracy (``x_estimated`` True). The
-    ``"avg"`` row averages accuracies, predictions and rho over the shifts with a
-    baseline, and only appears when every one of them was measured.
+    The x accuracy is the record of the fit's ``x_dataset``: the reference set's value,
+    or its class-restricted accuracy (metric ``top1_on_<shift>_classes`` on the reference
+    set); a (model, alpha) without that record gets no rho on that shift. The ``"avg"``
+    row compares the mean accuracy over the average fit's shifts with that fit's
+    prediction at the reference accuracy, and appears only when every one was measured.
     """
+    records = list(records)
     acc: dict[tuple[str, float], dict[str, float]] = {}
-    for r in records:
-        if r.alpha is not None and r.metric == metric and r.role != "validation":
+    for r in select_metric(records, metric):
+        if r.alpha is not None and r.role != "validation":
             acc.setdefault((r.model, float(r.alpha)), {})[r.dataset] = r.value
+    for r in records:  # class-restricted reference accuracies: x axes, never a column
+        if r.alpha is not None and r.role == "reference" and r.dataset == reference and r.metric.startswith("top1_on_"):
+            acc.setdefault((r.model, float(r.alpha)), {})[r.metric] = r.value
     rows = []
     for (model, alpha), vals in sorted(acc.items()):
         if reference not in vals:
             continue
-        these = []
         for shift, fit in fits.items():
-            if shift not in vals:
+            if shift == AVG:
                 continue
-            estimated = fit.x_dataset not in vals
-            acc_x = float(fit.x_of_reference(vals[reference])) if estimated else vals[fit.x_dataset]
-            pred = float(fit.predict(acc_x))
-            these.append(
-                RobustnessRow(model, alpha, shift, acc_x, vals[shift], pred, vals[shift] - pred, fit.x_dataset, estimated)
-            )
-        rows.extend(these)
-        if these and len(these) == len(fits):
-            mean = lambda xs: float(sum(xs) / len(xs))  # noqa: E731
-            rows.append(
-                RobustnessRow(
-                    model, alpha, "avg", vals[reference], mean([t.acc_shift for t in these]),
-                    mean([t.predicted for t in these]), mean([t.rho for t in these]),
-                    reference, any(t.x_estimated for t in these),
-                )
-            )
+            if shift in vals and fit.x_dataset in vals:
+                pred = float(fit.predict(vals[fit.x_dataset]))
+                rows.append(RobustnessRow(model, alpha, shift, vals[fit.x_dataset], vals[shift], pred,
+                                          vals[shift] - pred, fit.x_dataset))
+        avg = fits.get(AVG)
+        if avg is not None and all(s in vals for s in avg.parts):
+            y = float(np.mean([vals[s] for s in avg.parts]))
+            pred = float(avg.predict(vals[reference]))
+            rows.append(RobustnessRow(model, alpha, AVG, vals[reference], y, pred, y - pred, reference))
     return rows
 
 
-
-
 def select_alpha(
-    records: Iterable[Record], model: str, metric: str = "top1", fixed: float | None = None
+    records: Iterable[Record], model: str, metric: str = PRIMARY, fixed: float | None = None
 ) -> float:
     """The mixing coefficient alpha to use for ``model``.
 
-    The rule: among the ``validation`` records of ``model`` for ``metric``, the alpha
+    The rule: among the ``validation`` records of ``model`` for ``metric`` (by default
+    each validation set's primary metric; never ``ece`` or ``temperature``), the alpha
     with the highest value wins; ties go to the alpha closest to 0.5 (the paper's
     default), then to the smaller alpha. Reference and shift test records are never
     read. With no validation records the answer is 0.5. ``fixed`` overrides the rule.
@@ -311,8 +350,8 @@ def select_alpha(
             raise ValueError(f"fixed alpha must be in [0, 1], got {fixed}")
         return fixed
     scores: dict[float, list[float]] = {}
-    for r in records:
-        if r.model == model and r.role == "validation" and r.metric == metric and r.alpha is not None:
+    for r in select_metric(records, metric):
+        if r.model == model and r.role == "validation" and r.alpha is not None:
             scores.setdefault(float(r.alpha), []).append(r.value)
     if not scores:
         return DEFAULT_ALPHA

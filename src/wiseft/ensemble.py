@@ -1,0 +1,106 @@
+"""The paper's comparisons computed from logits alone: the output-space ensemble, and the
+reference accuracy on a shift's classes (the x axis of its effective robustness).
+
+Both are pure functions of logits already computed by a sweep, so they cost no extra
+forward pass.
+
+- **Output-space ensemble** (WiSE-FT, the weight- vs output-space figure): the logits of
+  the zero-shot and the fine-tuned model mixed, ``(1 - alpha) * f_0(x) + alpha * f_1(x)``,
+  over the same alpha grid as the weight-space curve. Its records are those of a model
+  named ``output_ensemble_name(model)`` with ``provenance["method"] == "output_ensemble"``.
+  For a linear head (frozen encoder) it equals WiSE-FT exactly.
+- **Class-restricted reference accuracy** (Taori et al. 2020): for a shift scored on a
+  subset of the reference classes (ImageNet-R, -A, ObjectNet), the top-1 accuracy on the
+  reference samples whose label is in that subset, with the logits restricted to it;
+  recorded on the reference set as metric ``top1_on_<shift>_classes``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+import torch
+
+from .metrics import Score, accuracy
+from .results import OUTPUT_ENSEMBLE, output_ensemble_name, restricted_metric
+
+if TYPE_CHECKING:  # evaluate imports this module; the types only
+    from .data.base import Projection
+    from .evaluate import EvalSet
+
+__all__ = ["OUTPUT_ENSEMBLE", "class_restricted_score", "class_restricted_scores", "output_ensemble_name",
+           "output_ensemble_scores"]
+
+Scores = dict[float, dict[str, dict[str, Score]]]  # alpha -> set name -> metric -> score
+
+
+def output_ensemble_scores(
+    evalsets: Sequence["EvalSet"],
+    logits_0: Mapping[str, torch.Tensor],
+    logits_1: Mapping[str, torch.Tensor],
+    labels: Mapping[str, torch.Tensor],
+    alphas: Iterable[float],
+    index: Mapping[str, torch.Tensor] | None = None,
+) -> Scores:
+    """Every metric of every set at every alpha for ``(1 - alpha) * logits_0 + alpha * logits_1``.
+
+    ``logits_0``/``logits_1`` hold, per set name, the reference-space logits of the
+    zero-shot (alpha 0) and fine-tuned (alpha 1) models on the same inputs in the same
+    order; ``labels`` and ``index`` (positions in ``dataset.samples``, as ``EvalSet.scores``
+    takes them) line up with them. Each set scores with its own ``scores()``, so the
+    metrics are the ones it declares; the reference set also gets its class-restricted
+    accuracies (``class_restricted_scores``), the x axes of the ensemble's effective
+    robustness. The result has the shape ``_records`` takes.
+
+    Example:
+        >>> scores = output_ensemble_scores(sets, {"test": z0}, {"test": z1}, {"test": y}, [0, 0.5, 1])
+        >>> scores[0.5]["test"]["top1"].value
+        0.83
+    """
+    out: Scores = {}
+    for a in alphas:
+        a = float(a)
+        out[a] = {}
+        for es in evalsets:
+            z0, z1 = logits_0[es.name].float(), logits_1[es.name].float()
+            if z0.shape != z1.shape:
+                raise ValueError(f"{es.name}: zero-shot logits {tuple(z0.shape)} and fine-tuned logits "
+                                 f"{tuple(z1.shape)} differ in shape")
+            mixed = (1 - a) * z0 + a * z1
+            out[a][es.name] = es.scores(mixed, labels[es.name], None if index is None else index.get(es.name))
+            if es.role == "reference":
+                out[a][es.name].update(class_restricted_scores(mixed, labels[es.name], evalsets))
+    return out
+
+
+def class_restricted_score(logits: torch.Tensor, labels: torch.Tensor, projection: "Projection") -> Score:
+    """Top-1 accuracy on the reference samples whose label is one of the reference classes
+    ``projection`` maps onto, predicting among those classes only (the robustness testbed's
+    ``val-on-<shift>-classes``). A prediction is right when it is the sample's own
+    reference class."""
+    classes = sorted({c for g in projection.groups for c in g})
+    keep = torch.isin(labels, torch.as_tensor(classes, dtype=labels.dtype))
+    sub = torch.as_tensor(classes, dtype=torch.long)
+    preds = sub[logits[keep][:, sub].argmax(dim=1)]
+    return accuracy(preds, labels[keep])
+
+
+def class_restricted_scores(logits: torch.Tensor, labels: torch.Tensor,
+                            evalsets: Iterable["EvalSet"]) -> dict[str, Score]:
+    """``top1_on_<shift>_classes`` for every shift set scored on a proper subset of the
+    reference classes, from the reference set's ``logits`` and ``labels``. Shifts over
+    all reference classes (ImageNet-V2, -Sketch) and sets without a projection get none.
+
+    Example:
+        >>> class_restricted_scores(ref_logits, ref_labels, [imagenet_r, imagenet_v2])
+        {'top1_on_imagenet-r_classes': Score(value=0.93, correct=9300, total=10000)}
+    """
+    out = {}
+    for es in evalsets:
+        proj = es.projection if es.projection is not None else es.dataset.projection
+        if es.role != "shift" or proj is None:
+            continue
+        if len({c for g in proj.groups for c in g}) >= logits.shape[1]:
+            continue
+        out[restricted_metric(es.name)] = class_restricted_score(logits, labels, proj)
+    return out
