@@ -5,9 +5,6 @@ dicts written by other tools (open_clip training checkpoints, Hugging Face dirs)
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbones.base import Backbone, BackboneSpec, load_backbone, shareless
 from .heads import Classifier
-from .merge_files import is_safetensors_checkpoint, safetensors_files
+from .files import atomic_path, atomic_write, read_torch, resolve_checkpoint
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "wiseft.json"
@@ -31,15 +28,8 @@ class CheckpointError(ValueError):
 def save_state(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> Path:
     """Write a state dict as safetensors with ``meta`` as JSON in the header, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(shareless(state), tmp, metadata={"wiseft": json.dumps(meta or {})})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(shareless(state), str(tmp), metadata={"wiseft": json.dumps(meta or {})})
     return path
 
 
@@ -56,17 +46,23 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a wiseft model dir, a Hugging Face dir (single or sharded), a
     .safetensors file, or a torch file (read with ``weights_only=True``); ``state_dict``
     and ``model`` wrappers and ``module.``/``_orig_mod.`` prefixes are removed."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if is_safetensors_checkpoint(path):  # a file, a shard index, or a directory with either
-        return {k: v for f in safetensors_files(path) for k, v in load_file(str(f)).items()}
-    if path.is_dir():
-        return _load_torch_dir(path)
+    kind, files = resolve_checkpoint(path, CheckpointError)  # the one resolver: every format
+    if kind == "safetensors":
+        return {k: v for f in files for k, v in _load_safetensors(f).items()}
+    return {k: v for f in files for k, v in _torch_state(f).items()}
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint: {e}") from None
+        return load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"cannot read {file} as safetensors (truncated or damaged): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _torch_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of one torch file (``torch.load(weights_only=True)``)."""
+    obj = read_torch(path, CheckpointError)
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -86,18 +82,6 @@ def _strip(key: str) -> str:
     return key
 
 
-def _load_torch_dir(path: Path) -> dict[str, torch.Tensor]:
-    """A Hugging Face directory with torch weights, single or sharded."""
-    if (path / "pytorch_model.bin").exists():
-        return load_state(path / "pytorch_model.bin")
-    index = path / "pytorch_model.bin.index.json"
-    if index.exists():
-        files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
-        return {k: v for f in files for k, v in load_state(path / f).items()}
-    raise CheckpointError(f"{path} is a directory with no weights ({MODEL_FILE}, a *.safetensors file or "
-                          "index, pytorch_model.bin or its index)")
-
-
 def export_model(model: Classifier, backbone: Backbone, meta: dict[str, Any], out_dir: str | Path) -> Path:
     """Write a self-contained model directory: the classifier (``model.safetensors``),
     its metadata (``wiseft.json``) and the full pretrained model with these encoder
@@ -106,22 +90,14 @@ def export_model(model: Classifier, backbone: Backbone, meta: dict[str, Any], ou
     out_dir = Path(out_dir)
     if model.encoder is not backbone.encoder:
         backbone.encoder.load_state_dict(model.encoder.state_dict())
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None, prefix=".export-"))
-    try:
+    with atomic_path(out_dir, directory=True) as tmp:  # an old export is replaced in one step
         native = backbone.export(tmp)
         spec = backbone.spec.model_dump()
         if backbone.extras.get("quick_gelu") is not None:  # the activation the weights were built with,
             spec["quick_gelu"] = backbone.extras["quick_gelu"]  # which a reload from a file cannot look up by tag
         meta = {**meta, "backbone": spec, "native": native.name, "logit_scale": backbone.logit_scale}
         save_state(tmp / MODEL_FILE, model.state_dict(), meta)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        atomic_write(tmp / META_FILE, json.dumps(meta, indent=2))
     return out_dir
 
 

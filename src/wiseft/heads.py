@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +14,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .backbones.base import Backbone
+from .files import write_with
 from .templates import templates_hash
+
+log = logging.getLogger("wiseft")
 
 
 @torch.no_grad()
@@ -46,21 +50,34 @@ def zeroshot_head(backbone: Backbone, classnames: Sequence[str], templates: Sequ
         [backbone.fingerprint(), list(classnames), templates_hash(templates), backbone.logit_scale]
     ).encode()).hexdigest()[:24]
     path = head_cache_dir() / f"{key}.safetensors"
-    if cache and path.exists():
-        weight = load_file(str(path))["weight"]
-    else:
+    weight = _read_cached_head(path, len(classnames)) if cache else None
+    if weight is None:
         weight = zeroshot_weights(backbone.encode_text, classnames, templates, batch_size)
         weight = weight * backbone.logit_scale
         if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"weight": weight.contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            write_with(path, lambda tmp: save_file({"weight": weight.contiguous()}, str(tmp)))
     head = torch.nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.zero_()
     return head
+
+
+def _read_cached_head(path: Path, num_classes: int) -> torch.Tensor | None:
+    """A cached head's weight, or None when there is none or it is damaged (truncated,
+    wrong shape, non-finite): a damaged entry is removed and rebuilt, never trusted."""
+    if not path.exists():
+        return None
+    try:
+        weight = load_file(str(path))["weight"]
+        if weight.ndim != 2 or weight.shape[0] != num_classes or not torch.isfinite(weight).all():
+            raise ValueError(f"shape {tuple(weight.shape)} for {num_classes} classes, or non-finite values")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own type for a truncated file
+        log.warning("head cache %s is damaged (%s); rebuilding it", path, str(e).splitlines()[0] if str(e) else
+                    type(e).__name__)
+        path.unlink(missing_ok=True)
+        return None
+    return weight
 
 
 class Classifier(torch.nn.Module):

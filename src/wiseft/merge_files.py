@@ -10,18 +10,19 @@ results are bit-identical to the in-memory engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path
+from .files import safetensors_files as _resolve_safetensors
 from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha,
                     interpolate_many, make_selection, plan_merge)
 
@@ -32,10 +33,9 @@ DTYPES = {
     "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
 }
 CODES = {v: k for k, v in DTYPES.items()}
-INDEX_SUFFIX = ".safetensors.index.json"
 DEFAULT_CHUNK_BYTES = 16 << 20
 DEFAULT_SHARD_BYTES = 5 << 30
-_SINGLE_NAMES = ("model.safetensors", "open_clip_model.safetensors")
+_SINGLE_NAMES = SAFETENSORS_SINGLE_NAMES
 
 
 @dataclass(frozen=True)
@@ -70,29 +70,9 @@ def parse_size(text: str | int) -> int:
 
 
 def _files_of(path: Path) -> tuple[list[Path], Path]:
-    """The safetensors files of ``path`` and the path that names the checkpoint."""
-    if path.is_dir():
-        for name in _SINGLE_NAMES:
-            if (path / name).is_file():
-                return [path / name], path
-        index = sorted(path.glob("*" + INDEX_SUFFIX))
-        singles = sorted(path.glob("*.safetensors"))
-        if len(index) == 1:
-            path = index[0]
-        elif len(singles) == 1:
-            return singles, path
-        else:
-            raise MergeError(f"{path} holds no safetensors checkpoint (model.safetensors, one *.safetensors "
-                             f"file, or one *{INDEX_SUFFIX})")
-    if path.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise MergeError(f"cannot read the shard index {path}: {e!r}") from None
-        return [path.parent / f for f in dict.fromkeys(weight_map.values())], path
-    if path.suffix == ".safetensors" and path.is_file():
-        return [path], path
-    raise MergeError(f"{path} is not a safetensors file, shard index or directory with one")
+    """The safetensors files of ``path`` and the path that names the checkpoint (the
+    one resolver in ``files.py``; MergeError when there is none)."""
+    return _resolve_safetensors(path, MergeError)
 
 
 def safetensors_files(path: str | Path) -> list[Path]:
@@ -189,15 +169,14 @@ class _Output:
 
     def __init__(self, dest: Path, shards: list[list[Step]], metadata: Mapping[str, str], single_file: bool):
         self.dest, self.shards, self.metadata = dest, shards, metadata
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if single_file and len(shards) > 1:
+            raise MergeError(f"{dest} would need {len(shards)} shards; give a directory to write shards")
+        # the I/O layer's temporary (a file, or a folder of shards): fsynced and renamed by commit()
+        self._atomic = atomic_path(dest, directory=not single_file)
+        self.tmp = self._atomic.__enter__()
         if single_file:
-            if len(shards) > 1:
-                raise MergeError(f"{dest} would need {len(shards)} shards; give a directory to write shards")
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-            os.close(fd)
-            self.tmp, self.files = Path(tmp), [Path(tmp)]
+            self.files = [self.tmp]
         else:
-            self.tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
             n = len(shards)
             names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
                                                           for i in range(n)]
@@ -232,17 +211,13 @@ class _Output:
             total = sum(s.spec.nbytes for shard in self.shards for s in shard)
             (self.tmp / ("model" + INDEX_SUFFIX)).write_text(
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        if self.dest.is_dir() and not self.single_file:
-            shutil.rmtree(self.dest)
-        os.replace(self.tmp, self.dest)
+        self._atomic.__exit__(None, None, None)  # fsync, rename over dest (an old directory in one step)
         return self.dest
 
     def abort(self) -> None:
         self.close_shard()
-        if self.tmp.is_dir():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        elif self.tmp.exists():
-            self.tmp.unlink()
+        with contextlib.suppress(MergeError):
+            self._atomic.__exit__(MergeError, MergeError("aborted"), None)  # removes the temporary
 
 
 class _Reader:

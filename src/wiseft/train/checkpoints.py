@@ -8,15 +8,15 @@ read back with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..files import read_torch, resolve_checkpoint, write_with
 
 FORMAT = "wiseft-train-1"
 _NAME = re.compile(r"^(?:epoch_(\d+)_)?step_(\d+)\.pt$")
@@ -28,6 +28,10 @@ TRAJECTORY_FIELDS = ("mode", "lr", "weight_decay", "batch_size", "epochs", "warm
 
 class ResumeError(ValueError):
     """A checkpoint cannot continue this run; the message names the file and field."""
+
+
+RESUME_HINT = ("wiseft's own training checkpoints hold plain tensors and containers only; delete this file "
+               "(or resume from another one) and train from the last good checkpoint or afresh")
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,26 +57,9 @@ def _tuples(x):
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """``torch.save`` through the I/O layer: a temporary file in the same folder, fsync,
+    rename, fsync of the folder (a killed writer's temporary is removed by the next)."""
+    return write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 class CheckpointDir:
@@ -109,13 +96,33 @@ class CheckpointDir:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint, read with ``torch.load(weights_only=True)`` through the
+    one resolver; a pickle that would run code or a damaged file is a ResumeError."""
     path = Path(path)
     if not path.is_file():
         raise ResumeError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    kind, _ = resolve_checkpoint(path, ResumeError)
+    if kind != "torch":
+        raise ResumeError(f"{path} is not a wiseft training checkpoint (a {kind} file holds weights only)")
+    state = read_torch(path, ResumeError, hint=RESUME_HINT)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ResumeError(f"{path} is not a wiseft training checkpoint")
     return state
+
+
+def check_resumable(root: str | Path) -> None:
+    """Check, before anything is written, that the checkpoint each stage under ``root``
+    would resume from (its latest) reads with ``weights_only=True`` (memory-mapped, so
+    cheap) and is a wiseft training checkpoint; ResumeError naming the file if not."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for stage in sorted(p for p in root.iterdir() if p.is_dir()):
+        latest = CheckpointDir(stage).latest()
+        if latest is not None:
+            state = read_torch(latest, ResumeError, hint=RESUME_HINT, mmap=True)
+            if not isinstance(state, dict) or state.get("format") != FORMAT:
+                raise ResumeError(f"{latest} is not a wiseft training checkpoint")
 
 
 def check_compatible(state: dict[str, Any], config: dict[str, Any], stage: str, path: Path) -> None:

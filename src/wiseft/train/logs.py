@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write, open_append
 
 FIELDS = ("stage", "step", "epoch", "loss", "lr", "samples_per_s", "elapsed_s")
 
@@ -38,15 +39,12 @@ class MetricLog:
         rows = self._read()
         keep = [r for r in rows if not (r.get("stage", stage) == stage and int(r["step"]) >= step)]
         if len(keep) != len(rows):
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(self._format(keep, header=True))
-            os.replace(tmp, self.path)
+            atomic_write(self.path, self._format(keep, header=True))
 
     def write(self, **row: Any) -> None:
         if self.path is not None:
             if self.f is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.f = open(self.path, "a", encoding="utf-8", newline="")
+                self.f = open_append(self.path, encoding="utf-8", newline="")  # drops a killed writer's torn line
             self.f.write(self._format([row], header=self.f.tell() == 0))
             self.f.flush()
         if self.tb is not None:
@@ -66,6 +64,7 @@ class MetricLog:
 
     def _read(self) -> list[dict]:
         text = self.path.read_text(encoding="utf-8")
+        text = text[:text.rfind("\n") + 1]  # a torn last line (its writer was killed) is not a row
         if self.csv:
             return list(csv.DictReader(io.StringIO(text)))
         return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,455 @@
+"""The one I/O layer: atomic writes, stale temporaries, folder locks, and the one
+checkpoint resolver.
+
+Every file wiseft leaves goes through :func:`atomic_path` (or its short forms
+:func:`atomic_write`, :func:`append_text`): the bytes go to ``.NAME.PID@HOST.XXXX.tmp``
+in the destination's folder, are fsynced, renamed over ``NAME``, and the folder is
+fsynced. A reader sees the old file or the new one, never half of one. A process
+killed mid-write leaves its temporary behind; the next write into that folder (or
+the next lock of it) removes temporaries whose process is gone.
+
+A run directory or training-checkpoint folder is held by one process at a time with
+:func:`hold` (``fcntl.flock`` on ``.wiseft.lock``, which holds the PID); the kernel
+drops the lock when its holder dies, so a killed run never blocks the next.
+
+Checkpoints on disk are read through :func:`resolve_checkpoint` (safetensors file,
+shard index, Hugging Face or wiseft directory, torch file) and :func:`read_torch`
+(``torch.load(weights_only=True)``; a pickle that would run code is a named error).
+
+This module imports only the standard library at the top (torch when reading a
+torch file), so every other module may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import fnmatch
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger("wiseft")
+
+LOCK_NAME = ".wiseft.lock"
+# test hook: SIGKILL this process after a temporary whose destination name matches this
+# glob is written and fsynced, before it is renamed (tests/test_faults.py)
+KILL_ENV = "WISEFT_FAULT_KILL_IN_WRITE"
+INDEX_SUFFIX = ".safetensors.index.json"
+SAFETENSORS_SINGLE_NAMES = ("model.safetensors", "open_clip_model.safetensors")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[0-9a-f]+\.tmp$")
+
+
+class LockError(ValueError):
+    """A folder is held by another process; the message names the folder and its PID."""
+
+
+# ---------------------------------------------------------------------------------------
+# atomic writes
+
+
+def temp_path(dest: str | Path) -> Path:
+    """A fresh temporary name next to ``dest`` that names this process:
+    ``.NAME.PID@HOST.XXXXXXXX.tmp``."""
+    dest = Path(dest)
+    return dest.with_name(f".{dest.name}.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(folder: str | Path) -> list[Path]:
+    """Remove temporaries in ``folder`` left by a process of this host that is gone
+    (killed mid-write); return what was removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP.match(name)
+        if not m or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        p = Path(folder) / name
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    if removed:
+        log.info("removed %d stale temporar%s of killed processes in %s: %s", len(removed),
+                 "y" if len(removed) == 1 else "ies", folder, ", ".join(p.name for p in removed))
+    return removed
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename or new entry in ``folder`` durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems cannot fsync a directory
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for root, _, names in os.walk(path):
+            for n in names:
+                _fsync_file(Path(root) / n)
+            fsync_dir(root)
+    else:
+        _fsync_file(path)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fault_hook(dest: Path) -> None:
+    pattern = os.environ.get(KILL_ENV)
+    if pattern and fnmatch.fnmatch(dest.name, pattern):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest`` (an empty folder when ``directory``);
+    what the block writes there is fsynced and renamed over ``dest`` when it ends
+    without error, and removed when it raises. A directory replaces an old one
+    (exchanged in one step where the kernel can)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dest.parent)
+    tmp = temp_path(dest)
+    if directory:
+        tmp.mkdir()
+    else:  # created here, so its mode follows the umask like any new file
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _fault_hook(dest)
+        if directory and dest.exists():
+            _replace_dir(tmp, dest)
+        else:
+            os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    """Put directory ``tmp`` at ``dest`` where a directory already is: an atomic
+    exchange (renameat2) where available, else move the old one to a temporary name
+    first (a kill in between leaves it there, removed as stale by the next write)."""
+    if _exchange(tmp, dest):
+        _remove(tmp)  # now the old directory
+        return
+    old = temp_path(dest)
+    os.replace(dest, old)
+    os.replace(tmp, dest)
+    _remove(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def atomic_write(dest: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
+    """Write text or bytes to ``dest`` atomically."""
+    with atomic_path(dest) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding=encoding)
+        else:
+            tmp.write_bytes(data)
+    return Path(dest)
+
+
+def append_text(dest: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Append ``text`` to ``dest`` (created if missing) by writing the old content plus
+    the new to a temporary and renaming it: a kill leaves the old file whole."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out:
+            if dest.exists():
+                with open(dest, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            out.write(text.encode(encoding))
+    return dest
+
+
+def open_append(path: str | Path, encoding: str = "utf-8", newline: str | None = None):
+    """Open a line log for appending, first dropping a torn last line (a writer killed
+    mid-line); write whole lines and flush after each."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError), open(path, "r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":  # torn: cut back to the end of the last whole line
+                pos = end
+                while pos > 0:
+                    start = max(0, pos - (1 << 16))
+                    f.seek(start)
+                    cut = f.read(pos - start).rfind(b"\n")
+                    if cut >= 0:
+                        pos = start + cut + 1
+                        break
+                    pos = start
+                log.warning("%s ended in a torn line (a writer was killed); dropped %d bytes", path, end - pos)
+                f.truncate(pos)
+    return open(path, "a", encoding=encoding, newline=newline)
+
+
+# ---------------------------------------------------------------------------------------
+# locks
+
+
+def _holder(path: Path) -> str:
+    try:
+        pid = path.read_text().split()[0]
+        return f"process {pid}"
+    except (OSError, IndexError):
+        return "another process"
+
+
+class FolderLock:
+    """An advisory lock (``fcntl.flock``) on ``FOLDER/.wiseft.lock``, which holds the
+    holder's PID. Released by :meth:`release`, or by the kernel when the holder dies."""
+
+    def __init__(self, folder: str | Path, what: str = "folder"):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> "FolderLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            for attempt in range(10):  # a moment's grace for another process's check_free probe
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 9:
+                        raise
+                    time.sleep(0.05)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockError(f"{self.what} {self.folder} is in use by {_holder(self.path)} (lock {self.path}); "
+                            "wait for it to finish, or choose another output_dir") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {_HOST}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+        clean_stale(self.folder)
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def hold(folder: str | Path, what: str = "folder") -> FolderLock:
+    """``with hold(run_dir, "run directory"):`` - the folder is this process's until the
+    block ends; another process gets a LockError naming the holder's PID."""
+    return FolderLock(folder, what)
+
+
+def check_free(folder: str | Path, what: str = "folder") -> None:
+    """Raise LockError if another process holds ``folder`` now; writes nothing (a cheap
+    check before expensive work; :func:`hold` is what keeps the folder)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LockError(f"{what} {folder} is in use by {_holder(path)} (lock {path}); "
+                        "wait for it to finish, or choose another output_dir") from None
+    finally:
+        os.close(fd)
+
+
+def clear_dir(folder: str | Path) -> None:
+    """Remove everything in ``folder`` but its lock file."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name != LOCK_NAME:
+                _remove(p)
+
+
+# ---------------------------------------------------------------------------------------
+# the checkpoint resolver
+
+
+def safetensors_files(path: str | Path, error: type[Exception] = ValueError) -> tuple[list[Path], Path]:
+    """(files, the path that names the checkpoint) of a safetensors checkpoint: one
+    file, a shard index, or a directory holding either; ``error`` when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        for name in SAFETENSORS_SINGLE_NAMES:
+            if (path / name).is_file():
+                return [path / name], path
+        index = sorted(path.glob("*" + INDEX_SUFFIX))
+        singles = sorted(path.glob("*.safetensors"))
+        if len(index) == 1:
+            path = index[0]
+        elif len(singles) == 1:
+            return singles, path
+        else:
+            raise error(f"{path} holds no safetensors checkpoint (model.safetensors, one *.safetensors "
+                        f"file, or one *{INDEX_SUFFIX})")
+    if path.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(path.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise error(f"cannot read the shard index {path}: {e!r}") from None
+        return [path.parent / f for f in dict.fromkeys(weight_map.values())], path
+    if path.suffix == ".safetensors" and path.is_file():
+        return [path], path
+    raise error(f"{path} is not a safetensors file, shard index or directory with one")
+
+
+def resolve_checkpoint(path: str | Path, error: type[Exception] = ValueError) -> tuple[str, list[Path]]:
+    """``("safetensors", files)`` or ``("torch", files)`` for a checkpoint path: a
+    safetensors file, shard index or directory with either (wiseft or Hugging Face),
+    a directory with ``pytorch_model.bin`` or its index, or a torch file."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"checkpoint {path} does not exist")
+    try:
+        return "safetensors", safetensors_files(path, error)[0]
+    except error:
+        pass
+    if path.is_dir():
+        if (path / "pytorch_model.bin").is_file():
+            return "torch", [path / "pytorch_model.bin"]
+        index = path / "pytorch_model.bin.index.json"
+        if index.is_file():
+            try:
+                files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise error(f"cannot read the shard index {index}: {e!r}") from None
+            return "torch", [path / f for f in files]
+        raise error(f"{path} is a directory with no weights (model.safetensors, a *.safetensors file or "
+                    "index, pytorch_model.bin or its index)")
+    return "torch", [path]
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+PICKLE_HINT = ("convert it to safetensors once, in a Python you trust: sd = torch.load(PATH, weights_only=False); "
+               "safetensors.torch.save_file(sd.get('state_dict', sd), 'model.safetensors')")
+
+
+def read_torch(path: str | Path, error: type[Exception] = ValueError, *, hint: str | None = None,
+               mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU. A pickle that would run code (or
+    a damaged file) is ``error`` in one line naming the file; ``hint`` says how to
+    convert it (default: to safetensors)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if not found:
+            raise error(f"cannot read {path} as a torch checkpoint (truncated or damaged): "
+                        f"{_first_line(e)}") from None
+        raise error(f"{path} is a pickle that would run code when loaded (it calls {found[1]}); wiseft "
+                    f"reads torch files with weights_only=True only; {hint or PICKLE_HINT}") from None
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a file that is not a checkpoint
+        if mmap:  # an old (non-zip) torch file cannot be memory-mapped: read it plainly
+            return read_torch(path, error, hint=hint)
+        raise error(f"cannot read {path} as a torch checkpoint (truncated, damaged or not a torch file): "
+                    f"{_first_line(e)}") from None
+
+
+def check_torch_file(path: str | Path | None, error: type[Exception] = ValueError) -> None:
+    """If ``path`` is a local torch file (.pt/.pth/.bin/.ckpt), check it loads with
+    ``weights_only=True`` (memory-mapped where it can) before another library opens it."""
+    if not path:
+        return
+    p = Path(str(path)).expanduser()
+    if p.suffix.lower() in TORCH_SUFFIXES and p.is_file():
+        read_torch(p, error, mmap=True)
+
+
+def write_with(dest: str | Path, writer: Callable[[Path], Any]) -> Path:
+    """``writer(tmp)`` writes the file at a temporary path; then it is renamed to ``dest``."""
+    with atomic_path(dest) as tmp:
+        writer(tmp)
+    return Path(dest)
