@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,14 @@ from .config import ConfigError, RunConfig, load_config
 from .data.base import (DataError, LabeledDataset, build_dataset, build_projection, per_class_permutations,
                         read_classnames, split_holdout)
 from .evaluate import EvalSet, sweep
+from .files import atomic_write, check_free, hold
 from .finetune import finetune
 from .heads import Classifier, zeroshot_head
 from .runtime import to_device
 from .results import QUICK_BANNER, Record, append_records, package_versions, read_records, summary_table
 from .templates import get_templates, templates_hash
+from .train.checkpoints import check_resumable
+from .train.distributed import current
 
 log = logging.getLogger("wiseft")
 
@@ -175,8 +179,16 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
         >>> result = run("examples/bbc_news.yaml")
         >>> result.selected_alpha
     """
+    with contextlib.ExitStack() as held:  # the run directory's lock, released however the run ends
+        return _run(cfg, progress, quick, held)
+
+
+def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: contextlib.ExitStack) -> RunResult:
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
+    main_process = current().main and os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 locks
+    if main_process:  # another run in this directory: fail now, before any heavy work (writes nothing)
+        check_free((quick_config(cfg) if quick else cfg).output_dir, "run directory")
     clock = StageClock()
     with clock("data"):
         data = prepare_data(cfg)
@@ -184,17 +196,22 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
         cfg, data = quick_config(cfg), _quick_data(data, cfg.data.seed)
     runs = cfg.finetune_runs()
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
     results_path = run_dir / "results.jsonl"
-    if results_path.exists():
-        results_path.unlink()  # a rerun replaces its records; checkpoints are reused below
     reused = {name for name in runs if _reusable(cfg, name)}
     log.info("%s", plan_text(cfg, data, runs, reused, quick))
 
     device = resolve_device(cfg.device)
     with clock("model load"):
         backbone = load_backbone(cfg.backbone)
+    # inputs are valid and the model loaded: now the run directory is this process's, and written to
+    if main_process:
+        held.enter_context(hold(run_dir, "run directory"))
+    for name in runs:  # a checkpoint to resume from that would not load: say so before writing anything
+        if name not in reused:
+            check_resumable(checkpoint_paths(cfg, name)[1])
+    atomic_write(run_dir / "config.yaml", cfg.to_yaml())
+    if results_path.exists():
+        results_path.unlink()  # a rerun replaces its records; checkpoints are reused below
     with clock("zero-shot head"):
         model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
     theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -225,8 +242,8 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
 
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
     banner = QUICK_BANNER + "\n\n" if quick else ""
-    (run_dir / "summary.md").write_text(banner + summary_table(records) + "\n\nselected alpha (on "
-                                        f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
+    atomic_write(run_dir / "summary.md", banner + summary_table(records) + "\n\nselected alpha (on "
+                 f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
     export_dir = None
     if cfg.export:
         from .merge import Interpolator

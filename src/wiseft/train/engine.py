@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from ..backbones.base import Backbone
 from ..data.base import LabeledDataset
+from ..files import hold
 from ..finetune import FinetuneConfig, compute_features
 from ..heads import Classifier
 from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
@@ -33,23 +34,26 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
     if cfg.shots_per_class:
         train = kshot_subset(train, cfg.shots_per_class, cfg.shots_seed)
     root = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if root is not None and not resume and any(root.glob("*/*.pt")):
-        raise ResumeError(f"{root} already holds training checkpoints: resume, or choose an empty folder")
-    tb = None
-    if cfg.tensorboard and info.main:
-        tb = (Path(log_path).with_suffix("") if log_path else (root or Path("runs")) / "tensorboard")
-    metrics = MetricLog(log_path if info.main else None, tensorboard_dir=tb)
-    ctx = _Context(cfg, backbone, root, resume, metrics, progress, name)
-    try:
-        with deterministic(cfg.deterministic):
-            torch.manual_seed(cfg.seed + info.rank)
-            tuned = copy.deepcopy(model)
-            if cfg.mode in ("linear", "lp-ft"):
-                _fit_linear(tuned, train, ctx, "linear" if cfg.mode == "linear" else "lp")
-            if cfg.mode in ("e2e", "lp-ft"):
-                _fit_e2e(tuned, train, ctx, "e2e" if cfg.mode == "e2e" else "ft")
-    finally:
-        metrics.close()
+    # one process trains into a checkpoint folder at a time (under torchrun, rank 0 holds it)
+    held = hold(root, "training-checkpoint folder") if root is not None and info.main else contextlib.nullcontext()
+    with held:
+        if root is not None and not resume and any(root.glob("*/*.pt")):
+            raise ResumeError(f"{root} already holds training checkpoints: resume, or choose an empty folder")
+        tb = None
+        if cfg.tensorboard and info.main:
+            tb = (Path(log_path).with_suffix("") if log_path else (root or Path("runs")) / "tensorboard")
+        metrics = MetricLog(log_path if info.main else None, tensorboard_dir=tb)
+        ctx = _Context(cfg, backbone, root, resume, metrics, progress, name)
+        try:
+            with deterministic(cfg.deterministic):
+                torch.manual_seed(cfg.seed + info.rank)
+                tuned = copy.deepcopy(model)
+                if cfg.mode in ("linear", "lp-ft"):
+                    _fit_linear(tuned, train, ctx, "linear" if cfg.mode == "linear" else "lp")
+                if cfg.mode in ("e2e", "lp-ft"):
+                    _fit_e2e(tuned, train, ctx, "e2e" if cfg.mode == "e2e" else "ft")
+        finally:
+            metrics.close()
     tuned.eval()
     return tuned
 

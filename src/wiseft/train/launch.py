@@ -4,7 +4,6 @@ checkpoint ``wiseft run`` reuses (``OUTPUT_DIR/checkpoints/NAME.safetensors``)."
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     """
     from ..backbones.base import load_backbone
     from ..checkpoint import save_state
+    from ..files import clear_dir, hold
     from ..finetune import finetune
     from ..pipeline import build_zeroshot_model, checkpoint_paths, prepare_data
     from .distributed import barrier, init_distributed
@@ -45,7 +45,8 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     for name in names or list(runs):
         final, ckpt_dir = checkpoint_paths(cfg, name)
         if fresh and info.main and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)
+            with hold(ckpt_dir, "training-checkpoint folder"):  # never under a process training there now
+                clear_dir(ckpt_dir)
             (run_dir / f"train_{name}.jsonl").unlink(missing_ok=True)
         barrier()
         tuned = finetune(model, data.train, backbone, runs[name], log_path=run_dir / f"train_{name}.jsonl",
