@@ -17,7 +17,6 @@ import base64
 import csv
 import html
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -60,10 +59,10 @@ class Table:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write text atomically: a temporary file, then os.replace."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write text atomically, through the I/O layer (temporary, fsync, rename)."""
+    from .files import atomic_write
+
+    atomic_write(path, text)
 
 
 def _datasets(records: list[Record], role: str) -> list[str]:

@@ -7,7 +7,6 @@ Every table, plot and report is rebuilt from these records alone; see
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,14 +61,11 @@ def package_versions() -> dict[str, str]:
 
 
 def append_records(path: str | Path, records: Iterable[Record]) -> None:
-    """Append records to a JSON-lines file (created if missing), flushed to disk."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r), sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append records to a JSON-lines file (created if missing) atomically: the old lines
+    plus the new go to a temporary that replaces the file, so a kill leaves it whole."""
+    from .files import append_text
+
+    append_text(path, "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records))
 
 
 def read_records(path: str | Path) -> list[Record]:
