@@ -225,3 +225,71 @@ def test_pieces_on_worker_threads_give_the_same_bits(alpha, dtype):
     finally:
         m.PIECE_NUMEL = old
     assert torch.equal(out, whole)
+
+
+# --- equal inputs mix to themselves, -inf included (issue 13) ----------------------------
+
+def _masked(seed: int, n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.full((4, 4), float("-inf")).triu(1)  # an additive attention mask, the same in both
+    big = torch.randn(n, generator=g)
+    big[::1000] = float("-inf")  # -inf at the same places in both models
+    return {"mask": mask, "big": big, "mask16": mask.clone().half(), "w": torch.randn(3, generator=g)}
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])
+def test_equal_minus_inf_mixes_to_minus_inf_in_memory(alpha):
+    a, b = _masked(0, (1 << 20) + 7), _masked(1, (1 << 20) + 7)  # large: the threaded path
+    for out in (interpolate(a, b, alpha), Interpolator(a, b).merge(alpha)):
+        for k in ("mask", "mask16"):
+            assert torch.equal(out[k], a[k]), k
+        assert not out["big"].isnan().any()
+        assert torch.equal(out["big"][::1000], a["big"][::1000])
+        finite = a["big"].isfinite()
+        assert torch.equal(out["big"][finite], torch.lerp(a["big"], b["big"], alpha)[finite])
+    target = {k: torch.nn.Parameter(v.clone(), requires_grad=False) for k, v in a.items()}
+    module = torch.nn.Module()
+    for k, v in target.items():
+        module.register_buffer(k, v.data.clone())
+    Interpolator(a, b).load_into(module, alpha)
+    assert torch.equal(module.mask, a["mask"]) and not module.big.isnan().any()
+
+
+def test_equal_minus_inf_mixes_to_minus_inf_out_of_core(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from wiseft.merge_files import average_files, sweep_files
+
+    a, b = _masked(0, 5000), _masked(1, 5000)
+    for th in (a, b):  # a large mask, read in chunks (files refuse -inf outside a 0/-inf mask)
+        th["big"] = torch.zeros(5000)
+        th["big"][::1000] = float("-inf")
+        th["w"] = torch.randn(5000)
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    outs = {0.3: tmp_path / "m03.safetensors", 0.8: tmp_path / "m08.safetensors"}
+    sweep_files(tmp_path / "a.safetensors", tmp_path / "b.safetensors", outs, chunk_bytes=4096)
+    for alpha, path in outs.items():
+        m = load_file(path)
+        assert torch.equal(m["mask"], a["mask"]) and torch.equal(m["mask16"], a["mask16"])
+        assert torch.equal(m["big"], interpolate(a, b, alpha)["big"])  # same bits as in memory
+    avg = load_file(average_files([tmp_path / "a.safetensors", tmp_path / "b.safetensors"],
+                                  tmp_path / "avg.safetensors", [1.0, 2.0]))
+    assert torch.equal(avg["mask"], a["mask"]) and not avg["big"].isnan().any()
+
+
+def test_soups_of_equal_minus_inf_stay_minus_inf():
+    from wiseft.soup import greedy_soup, uniform_soup, weighted_average
+
+    thetas = [_masked(s, 3000) for s in range(3)]
+    for out in (uniform_soup(thetas), weighted_average(thetas, [0.2, 0.3, 0.5]),
+                greedy_soup(thetas, lambda th: 1.0).state):
+        assert torch.equal(out["mask"], thetas[0]["mask"]) and torch.equal(out["mask16"], thetas[0]["mask16"])
+        assert torch.equal(out["big"][::1000], thetas[0]["big"][::1000]) and not out["big"].isnan().any()
+
+
+def test_a_plus_inf_minus_inf_mix_is_still_nan_not_hidden():
+    a = {"w": torch.tensor([float("inf"), 1.0])}
+    b = {"w": torch.tensor([float("-inf"), 1.0])}
+    out = interpolate(a, b, 0.5)["w"]
+    assert out[0].isnan() and out[1] == 1.0  # unequal inputs are not touched

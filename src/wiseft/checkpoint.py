@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbones.base import Backbone, BackboneSpec, load_backbone, shareless
 from .heads import Classifier
+from .merge import check_finite
 from .files import atomic_path, atomic_write, read_torch, resolve_checkpoint
 
 MODEL_FILE = "model.safetensors"
@@ -48,8 +49,11 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     and ``model`` wrappers and ``module.``/``_orig_mod.`` prefixes are removed."""
     kind, files = resolve_checkpoint(path, CheckpointError)  # the one resolver: every format
     if kind == "safetensors":
-        return {k: v for f in files for k, v in _load_safetensors(f).items()}
-    return {k: v for f in files for k, v in _torch_state(f).items()}
+        state = {k: v for f in files for k, v in _load_safetensors(f).items()}
+    else:
+        state = {k: v for f in files for k, v in _torch_state(f).items()}
+    check_finite(state, f"checkpoint {path}")  # NaN/Inf weights (a diverged fine-tune) never enter
+    return state
 
 
 def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
@@ -88,6 +92,7 @@ def export_model(model: Classifier, backbone: Backbone, meta: dict[str, Any], ou
     weights in the family's own format (open_clip file, HF or sentence-transformers
     directory). ``backbone.encoder`` is set to ``model.encoder``'s weights."""
     out_dir = Path(out_dir)
+    check_finite(model.state_dict(), f"model to export to {out_dir}")  # before anything is written
     if model.encoder is not backbone.encoder:
         backbone.encoder.load_state_dict(model.encoder.state_dict())
     with atomic_path(out_dir, directory=True) as tmp:  # an old export is replaced in one step

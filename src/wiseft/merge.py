@@ -35,6 +35,36 @@ class MergeError(ValueError):
     """Checkpoints cannot be merged; the message names the first mismatch."""
 
 
+class NonFiniteError(ValueError):
+    """Weights hold NaN or Inf; the message names where they are and the first such tensor."""
+
+
+def _is_mask(t: torch.Tensor) -> bool:
+    """An additive mask (or a chunk of one): 0 where attending, -inf where masked."""
+    return bool(((t == 0) | (t == float("-inf"))).all())
+
+
+def first_nonfinite(state: StateDict) -> str | None:
+    """The first tensor of ``state`` holding a NaN or an Inf, or None. An additive mask
+    (entries 0 and -inf only, e.g. a causal attention mask) is not a fault."""
+    for name, t in state.items():
+        if (t.is_floating_point() or t.is_complex()) and t.device.type != "meta" and not _all_finite(t):
+            t = t.detach()  # the sum was not finite: a NaN or Inf, or only an overflow
+            if not bool(torch.isfinite(t).all()) and not _is_mask(t):
+                return name
+    return None
+
+
+def check_finite(state: StateDict, what: str) -> None:
+    """Raise NonFiniteError naming ``what`` and its first tensor holding NaN or Inf."""
+    name = first_nonfinite(state)
+    if name is not None:
+        t = state[name].detach()
+        n_nan, n_inf = int(t.isnan().sum()), int(t.isinf().sum())
+        raise NonFiniteError(f"{what}: tensor {name!r} holds {n_nan} NaN and {n_inf} Inf values "
+                             f"(of {t.numel()}); the weights are broken (a diverged fine-tune?)")
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Shape and dtype of a tensor: all the planner needs."""
@@ -172,8 +202,32 @@ def interpolate_tensor(a: torch.Tensor, b: torch.Tensor, alpha: float,
     if alpha == 1.0:
         return out.copy_(b)
     if out.device != a.device:
-        return out.copy_(torch.lerp(a, b, alpha))
-    return torch.lerp(a, b, alpha, out=out)
+        out.copy_(torch.lerp(a, b, alpha))
+    else:
+        torch.lerp(a, b, alpha, out=out)
+    return _keep_equal(out, [a, b])
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds no NaN or Inf, from one cheap reduction (a sum: NaN or Inf
+    anywhere makes it non-finite; an overflow to Inf only sends the caller to the
+    exact check)."""
+    if t.numel() == 0:
+        return True
+    return bool(t.sum(dtype=torch.float32 if t.dtype.itemsize < 4 else None).isfinite().all())
+
+
+def _keep_equal(out: torch.Tensor, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``out`` with every element where all ``inputs`` agree set to that value: the mix
+    of -inf and -inf (an additive attention mask in both models) is -inf, not the NaN
+    of ``-inf - -inf``. Costs one reduction unless ``out`` holds a NaN or Inf."""
+    if not (out.is_floating_point() or out.is_complex()) or _all_finite(out):
+        return out
+    a = inputs[0].to(out.device)
+    same = torch.ones(out.shape, dtype=torch.bool, device=out.device)
+    for b in inputs[1:]:
+        same &= a == b.to(out.device)
+    return out.copy_(torch.where(same, a.to(out.dtype), out))
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -215,7 +269,7 @@ def average_tensor(tensors: Sequence[torch.Tensor], weights: Sequence[float],
         acc.add_(t, alpha=w)
     if total != 1.0:
         acc.div_(total)
-    return out if acc is out else out.copy_(acc)
+    return _keep_equal(out if acc is out else out.copy_(acc), [t for t, _ in live])
 
 
 # --- parallel execution -------------------------------------------------------------------
@@ -349,6 +403,10 @@ class Interpolator:
         self.ties = tie_map(self.steps, (self.theta_0, self.theta_1))
         self._input_storages = {v.untyped_storage().data_ptr() for th in (self.theta_0, self.theta_1)
                                 for v in th.values() if v.numel() and v.device.type != "meta"}
+        # small mixed inputs holding NaN/Inf, which the foreach path must fix after lerp
+        self._nonfinite = {id(th[s.name]) for s in self.steps if s.op == "mix" and s.spec.numel < SMALL_NUMEL
+                           for th in (self.theta_0, self.theta_1)
+                           if th[s.name].device.type != "meta" and not _all_finite(th[s.name])}
 
     def new_target(self) -> dict[str, torch.Tensor]:
         """An uninitialised output state dict (tied names share a tensor)."""
@@ -424,6 +482,9 @@ class Interpolator:
             # lerp_ on a copy of a is the same kernel, on the same values, as lerp(a, b)
             torch._foreach_copy_(small[0], small[1])
             torch._foreach_lerp_(small[0], small[2], alpha)
+            for t, a, b in zip(*small):  # inputs holding NaN/Inf (known from __init__): equal stays equal
+                if id(a) in self._nonfinite or id(b) in self._nonfinite:
+                    _keep_equal(t, [a, b])
         interpolate_many(large, self.num_threads)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path
 from .files import safetensors_files as _resolve_safetensors
-from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha,
+from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite,
                     interpolate_many, make_selection, plan_merge)
 
 DTYPES = {
@@ -274,6 +274,7 @@ def _stream(ckpts: Sequence[SafetensorsCheckpoint], steps: Sequence[Step], kerne
                     out = out_buf[:n].view(s.spec.dtype)
                     for o, kernel in zip(outputs, kernels):
                         kernel(ins, out)
+                        check_finite({s.name: out}, f"merged checkpoint {o.dest}")
                         o.write(out_buf[:n])
         for o in outputs:
             o.close_shard()
