@@ -53,6 +53,10 @@ class DataConfig(BaseModel):
     shifts: dict[str, dict[str, Any]] = {}
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
+    # the fraction of a set (training or evaluation) whose inputs may be unreadable: they are
+    # skipped and counted; more is an error naming the set and the first bad file. Left out of
+    # the dump at its default, so configs written before it keep their hash and train key.
+    max_unreadable: float = Field(0.01, ge=0.0, le=1.0, exclude_if=lambda v: v == 0.01)
 
     @field_validator("classnames")
     @classmethod
@@ -185,7 +189,8 @@ class RunConfig(BaseModel):
     def train_key(self, name: str = "finetuned") -> str:
         """What a fine-tuned checkpoint depends on (backbone, data, fine-tuning settings):
         a checkpoint with the same key is reused instead of training again."""
-        obj = [self.backbone.model_dump(mode="json"), self.data.model_dump(mode="json"),
+        data = self.data.model_dump(mode="json", exclude={"max_unreadable"})  # a threshold, not the trained result
+        obj = [self.backbone.model_dump(mode="json"), data,
                self.finetune_runs()[name].model_dump(mode="json")]
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .backbones.base import Backbone
 from .data.base import LabeledDataset, Projection
+from .data.folders import check_unreadable
 from .heads import Classifier
 from .merge import Interpolator, interpolate
 from .metrics import Score, expected_calibration_error, fit_temperature
@@ -186,6 +187,15 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
         kept_idx += [i for i, _, _ in good]
         kept_y += [y for _, _, y in good]
     bar.close()
+    if skipped:  # skipped and counted (records: provenance.skipped_inputs), unless too many to score the set
+        log.warning("%s: %d of %d inputs unreadable, skipped (first: %s)", dataset.name, len(skipped), n, skipped[0])
+        try:
+            check_unreadable(len(skipped), n, getattr(dataset, "max_unreadable", None),
+                             f"evaluation set {dataset.name!r}", skipped[0])
+        except ValueError:
+            if path is not None:
+                _remove(path)
+            raise
     cache = InputCache(torch.as_tensor(kept_y, dtype=torch.long), torch.as_tensor(kept_idx, dtype=torch.long),
                        skipped, data=None if data is None else data[:pos], batches_=batches or None,
                        finish=finish, path=path)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 from .base import DataError, LabeledDataset, read_classnames, register_dataset, resolve
@@ -14,13 +16,68 @@ from .base import DataError, LabeledDataset, read_classnames, register_dataset, 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
+DEFAULT_MAX_UNREADABLE = 0.01  # data.max_unreadable: the fraction of a set that may be skipped
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded (damaged, truncated, not an image, or a
+    decompression bomb); training and evaluation skip and count it."""
+
+
+class TooManyUnreadable(DataError):
+    """More of a set is unreadable than ``data.max_unreadable`` allows."""
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB; an unreadable file is an error naming it."""
+    """Open an image file as 8-bit RGB: the one decoding policy of training, evaluation
+    and ``wiseft predict``.
+
+    - 16- and 32-bit integer greyscale (``I;16*``, ``I``, e.g. 16-bit PNGs) is read as
+      16-bit and scaled to 8 bits (``v * 255 / 65535``, clipped), not clipped to white;
+      float greyscale (``F``) is scaled by 255 when it lies in [0, 1], else clipped.
+    - Transparency (``RGBA``, ``LA``, ``PA``, a palette with a transparent colour) is
+      dropped: the colour channels are kept as they are, as the reference
+      implementation's ``convert('RGB')`` keeps them (not composited on white).
+    - Every other mode (``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``)
+      goes through PIL's own conversion to RGB.
+
+    Any decoder failure, and any image over ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a
+    decompression bomb, refused before it is decoded), raises :class:`UnreadableImage`
+    naming the file."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _to_rgb(im)
+    except Exception as e:  # noqa: BLE001 - decoders raise many types (OSError, SyntaxError, struct.error, ...)
+        raise UnreadableImage(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if mode == "F":
+            a = a * 255.0 if np.nanmin(a, initial=0.0) >= 0.0 and np.nanmax(a, initial=0.0) <= 1.0 else a
+        else:
+            a = a * (255.0 / 65535.0)
+        grey = np.clip(np.nan_to_num(np.rint(a)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in im.info or mode == "PA":
+        return im.convert("RGBA").convert("RGB")  # PIL warns when a palette's transparency is dropped directly
+    if mode in ("La", "RGBa"):  # premultiplied alpha: undo it, then drop alpha
+        return im.convert("RGBA" if mode == "RGBa" else "LA").convert("RGB")
+    return im.convert("RGB")
+
+
+def check_unreadable(unreadable: int, total: int, max_fraction: float | None, what: str, example: str = "") -> None:
+    """Raise :class:`TooManyUnreadable` when more than ``max_fraction`` of the ``total``
+    inputs of ``what`` could not be read (``example``: the first one, and why). A run
+    sets the fraction on each dataset (``dataset.max_unreadable``, from
+    ``data.max_unreadable``); None, a dataset's default outside a run, sets no limit."""
+    if max_fraction is not None and total and unreadable > max_fraction * total:
+        raise TooManyUnreadable(f"{what}: {unreadable} of {total} inputs ({unreadable / total:.1%}) are unreadable, "
+                                f"more than data.max_unreadable = {max_fraction:g} allows; first: {example}")
 
 
 @register_dataset("image_folder")

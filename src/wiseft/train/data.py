@@ -67,7 +67,10 @@ def draws_random_numbers(dataset: Dataset, probes: int = 3) -> bool:
     draws = np_draws = False
     try:
         for i in sorted({round(k * (n - 1) / max(1, probes - 1)) for k in range(probes)} if n else ()):
-            dataset[i]
+            try:
+                dataset[i]
+            except Exception:  # noqa: BLE001 - an unreadable sample: training skips it, the probe too
+                continue
             draws = draws or not torch.equal(gen.get_state(), torch_state) or random.getstate() != py_state
             _, keys, pos, *_ = np.random.get_state()
             np_draws = np_draws or pos != np_state[2] or not np.array_equal(keys, np_state[1])
@@ -103,20 +106,73 @@ class SeededSamples(Dataset):
         to the DataLoader's batched fetch): torch's generator is saved and restored once and
         seeded per sample; Python's ``random`` is seeded once, by the first sample."""
         epoch, indices = key
+        out = Samples()
         if not self.seeded:
-            return [self.base[i] for i in indices]
+            for i in indices:
+                self._load(i, out)
+            return self._never_empty(out, indices)
         gen = torch.default_generator
         state = gen.get_state()
         random.seed(sample_seed(self.seed, epoch, indices[0]))
         try:
-            out = []
             for i in indices:
                 # not torch.manual_seed: that also queues CUDA seeding, 100x slower
                 gen.manual_seed(sample_seed(self.seed, epoch, i))
-                out.append(self.base[i])
-            return out
+                self._load(i, out)
+            return self._never_empty(out, indices)
         finally:
             gen.set_state(state)
+
+    def _load(self, i: int, out: "Samples") -> None:
+        """Append sample ``i``, or note it as unreadable (the decoding policy of
+        :func:`wiseft.data.folders.load_image`: any decoder failure is a bad input)."""
+        try:
+            out.append(self.base[i])
+        except Exception as e:  # noqa: BLE001 - a bad input, skipped and counted, not a crash
+            out.unreadable.append((i, f"{_ref(self.base, i)}: {type(e).__name__}: {e}"))
+
+    def _never_empty(self, out: "Samples", indices: tuple[int, ...]) -> "Samples":
+        """A micro-batch whose every sample is unreadable still runs (ranks stay in step):
+        it takes the next readable sample with label -100, which the loss ignores."""
+        if out or not len(self.base):
+            return out
+        n = len(self.base)
+        for k in range(1, min(n, 1000)):
+            probe = Samples()
+            self._load((indices[-1] + k) % n, probe)
+            if probe:
+                x, _ = probe[0]
+                out.append((x, IGNORE_LABEL))
+                return out
+        raise DataError(f"no readable sample near index {indices[-1]} of the training set; first error: "
+                        f"{out.unreadable[0][1]}")
+
+
+IGNORE_LABEL = -100  # cross_entropy's ignore_index: a placeholder sample that adds nothing to the loss
+
+
+class Samples(list):
+    """A micro-batch's loaded samples, and the ``(index, reason)`` of those skipped as unreadable."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.unreadable: list[tuple[int, str]] = []
+
+
+def _ref(dataset, i: int) -> str:
+    samples = getattr(dataset, "samples", None)
+    return str(samples[i][0]) if samples is not None else f"sample {i}"
+
+
+class SkipUnreadable:
+    """A collate function that also returns the micro-batch's unreadable samples:
+    ``(inputs, labels, [(index, reason), ...])``."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, batch):
+        return (*self.collate(list(batch)), list(getattr(batch, "unreadable", ())))
 
 
 class TensorSamples(Dataset):

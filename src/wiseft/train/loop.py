@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.folders import check_unreadable
 from ..finetune import FinetuneConfig, cosine_lr
 from ..progress import progress_bar
 from ..runtime import autocast, device_of, to_device
 from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_compatible, load_checkpoint, rng_state, \
     set_rng_state
-from .data import BatchPlan, MicroBatch, PlanSampler, SeededSamples, draws_random_numbers, resolve_batch
+from .data import (BatchPlan, MicroBatch, PlanSampler, SeededSamples, SkipUnreadable, draws_random_numbers,
+                   resolve_batch)
 from .distributed import all_gather_objects, all_reduce_sum, current, wrap_model
 from .logs import MetricLog
 from .methods import EMA, ZeroShotL2, adamw, param_groups
@@ -30,6 +33,10 @@ from .methods import EMA, ZeroShotL2, adamw, param_groups
 log = logging.getLogger("wiseft")
 # test hook: SIGKILL this process right after the given optimizer step (fault-tolerance tests)
 KILL_ENV = "WISEFT_FAULT_KILL_AFTER_STEP"
+
+
+class DivergedError(ValueError):
+    """The loss became NaN or Inf: training stopped at that step, without saving it."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,11 @@ class Trainer:
     def __init__(self, module: torch.nn.Module, dataset: Dataset, collate: Callable, cfg: FinetuneConfig,
                  stage: Stage, *, checkpoints: CheckpointDir | None = None, metrics: MetricLog | None = None,
                  progress: bool = True, label: str | None = None):
-        self.cfg, self.stage, self.collate = cfg, stage, collate
+        self.cfg, self.stage, self.collate = cfg, stage, SkipUnreadable(collate)
+        # unreadable samples are skipped and counted; more than this fraction of the set is an error
+        # (set from data.max_unreadable by the pipeline; None: no limit)
+        self.max_unreadable = getattr(dataset, "max_unreadable", None)
+        self.unreadable: dict[int, str] = {}  # sample index -> why, on this process
         self.label = f"{label} ({stage.name})" if label else stage.name  # names the run in logs and progress
         self.info, self.device = current(), device_of(module)
         self.checkpoints, self.metrics, self.progress = checkpoints, metrics or MetricLog(None), progress
@@ -75,6 +86,7 @@ class Trainer:
         self.ema = EMA(named, cfg.ema_decay) if cfg.ema_decay else None
         self.l2 = ZeroShotL2(self.params, cfg.l2_to_zeroshot) if cfg.l2_to_zeroshot > 0 else None
         self.step = 0
+        self._bad_step = torch.full((), _NONE, dtype=torch.long, device=self.device)  # first non-finite loss
         log.info("%s: %d samples, global batch %d = %d per device x %d devices x %d accumulation, %d steps; "
                  "%s", self.label, len(dataset), cfg.batch_size, micro, self.info.world, self.accum, self.total,
                  "random transform: seeded per sample" if seeded else "no random transform")
@@ -151,7 +163,11 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=self.device)
         for m, mb in enumerate(micro):
-            inputs, labels = next(batches)
+            inputs, labels, unreadable = next(batches)
+            for i, why in unreadable:
+                if i not in self.unreadable:
+                    self.unreadable[i] = why
+                    log.warning("%s: skipping unreadable training sample %s", self.label, why)
             loss += self._micro_step(inputs, labels, mb, sync=m == len(micro) - 1)
         self.scaler.unscale_(self.opt)
         if self.l2:
@@ -186,6 +202,10 @@ class Trainer:
             for s, micro in enumerate(self.plan.epoch(epoch, start), start=start):
                 loss, lr = self.train_step(batches, micro)
                 self.step += 1
+                # no sync here: the first step with a non-finite loss is checked where the loop syncs anyway
+                self._bad_step = torch.minimum(self._bad_step, torch.where(
+                    torch.isfinite(loss), torch.full_like(self._bad_step, _NONE),
+                    torch.full_like(self._bad_step, self.step)))
                 meter.add(loss, min(self.cfg.batch_size, self.plan.num_samples - s * self.cfg.batch_size))
                 if self.step % self.cfg.log_every_steps == 0 or self.step == self.total:
                     self._log(meter, epoch, lr, bar)
@@ -195,6 +215,7 @@ class Trainer:
                 if os.environ.get(KILL_ENV) == str(self.step):
                     os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
+        self._check_health()
         self.opt.zero_grad(set_to_none=True)  # the trained module carries no gradients
         if self.ema:
             self.ema.copy_to_params()
@@ -202,14 +223,45 @@ class Trainer:
     def _maybe_save(self, epoch_end: bool, epoch: int) -> None:
         every = self.cfg.save_every_steps
         if self.checkpoints is not None and (epoch_end or (every and self.step % every == 0)):
+            self._check_health()  # a diverged run never overwrites its last good checkpoint
             self.save(epoch + 1 if epoch_end else None)
 
     def _log(self, meter: "_Meter", epoch: int, lr: float, bar) -> None:
         loss, rate, elapsed = meter.flush(self.info.world)
+        unreadable = self._count_unreadable()
         if self.info.main:
+            extra = {"unreadable": unreadable} if unreadable else {}
             self.metrics.write(stage=self.stage.name, step=self.step - 1, epoch=epoch, loss=loss, lr=lr,
-                               samples_per_s=rate, elapsed_s=elapsed)
+                               samples_per_s=rate, elapsed_s=elapsed, **extra)
             bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{rate:.1f}")
+        self._check_health(unreadable)
+
+    def _count_unreadable(self) -> int:
+        """Unreadable samples met so far, over all processes."""
+        n = torch.tensor(float(len(self.unreadable)), device=self.device)
+        return int(all_reduce_sum(n).item())
+
+    def _check_health(self, unreadable: int | None = None) -> None:
+        """Raise DivergedError at the first step whose loss was NaN or Inf, or the
+        unreadable-input error when too much of the training set cannot be read.
+        Every process calls it at the same points (it all-reduces)."""
+        bad = self._bad_step.clone()
+        if self.info.enabled:
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        if int(bad) != _NONE:
+            last = self.checkpoints.latest() if self.checkpoints is not None else None
+            raise DivergedError(
+                f"fine-tune {self.label} diverged: the loss is NaN or Inf at step {int(bad)} of {self.total} "
+                f"(lr {self.stage.lr:g}); training stopped without saving that step"
+                + (f"; the last good checkpoint is {last}" if last else "")
+                + "; try a lower lr, grad_clip, or precision fp32")
+        n = self._count_unreadable() if unreadable is None else unreadable
+        if n:
+            first = next(iter(self.unreadable.values()), "on another process")
+            check_unreadable(n, self.plan.num_samples, self.max_unreadable, f"training set ({self.label})", first)
+
+
+_NONE = 2 ** 62  # no step with a non-finite loss yet
 
 
 class _Meter:
