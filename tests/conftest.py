@@ -163,7 +163,7 @@ def run_config(spec: dict, image_data: Path, out: Path, **overrides) -> dict:
             "test": {"kind": "image_folder", "root": str(image_data / "test")},
             "shifts": {
                 "noise": {"kind": "image_folder", "root": str(image_data / "shift_noise")},
-                "subset": {"kind": "image_folder", "root": str(image_data / "shift_subset")},
+                "subset": {"kind": "image_folder", "root": str(image_data / "shift_subset"), "subset": True},
             },
             "validation_fraction": 0.25,
         },

@@ -65,9 +65,11 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 
     def build(spec: dict, name: str, field: str) -> LabeledDataset:
         try:
-            return build_dataset(spec, name=name, base_dir=cfg.base_dir)
+            ds = build_dataset(spec, name=name, base_dir=cfg.base_dir)
         except DataError as e:
             raise cfg.error(field, e) from None
+        ds.max_unreadable = d.max_unreadable  # read by training and evaluation when they skip inputs
+        return ds
 
     try:
         classnames = read_classnames(d.classnames, cfg.base_dir)
@@ -115,8 +117,32 @@ def _relabel(train: LabeledDataset, classnames: list[str]) -> LabeledDataset:
 
 def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
     """None where the dataset scores reference logits itself: same classes, or a
-    projection of its own (ImageNet-R/A subsets, ObjectNet's grouped classes)."""
-    if "class_map" not in spec and (list(ds.classnames) == list(classnames) or ds.projection is not None):
+    projection of its own (ImageNet-R/A subsets, ObjectNet's grouped classes).
+
+    A set must cover every reference class unless its spec says ``subset: true``: a
+    set whose classes (its folders, or a user set's declared classes that no sample
+    has) lack some reference classes is an error, not a silent subset score."""
+    subset = spec.get("subset", False) is True
+    if ds.projection is not None and "class_map" not in spec:
+        return None  # the dataset's own projection: a subset by design
+    if not subset:
+        present = set(ds.classnames)
+        if spec.get("kind") in ("image_folder", "manifest"):  # declared classes no sample has are missing too
+            labels = {y for _, y in ds.samples}
+            present = {c for i, c in enumerate(ds.classnames) if i in labels}
+        class_map = spec.get("class_map") or {}
+        targets = set()
+        for c in present:
+            m = class_map.get(c, c)
+            targets.update([m] if isinstance(m, (str, int)) else m)
+        missing = [c for i, c in enumerate(classnames) if c not in targets and i not in targets]
+        if missing:
+            raise ConfigError(f"{where}: {len(missing)} of the {len(classnames)} reference classes have no "
+                              f"samples in this set ({', '.join(map(repr, missing[:5]))}"
+                              f"{', ...' if len(missing) > 5 else ''}); add the missing class folders or "
+                              "records, or set 'subset: true' on this dataset to score it on the classes "
+                              "it has")
+    if "class_map" not in spec and list(ds.classnames) == list(classnames):
         return None
     try:
         return build_projection(classnames, ds.classnames, spec.get("class_map"), name=where)

@@ -195,7 +195,7 @@ def check_dataset_spec(spec: Mapping[str, Any]) -> tuple[tuple[str, ...], str] |
     options = dataset_options(kind)
     takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
     for key in spec:
-        if key in ("kind", "class_map") or key in options or takes_any:
+        if key in ("kind", "class_map", "subset") or key in options or takes_any:
             continue
         hint = did_you_mean(key, options)
         return (str(key),), (f"unknown option {key!r} for dataset kind {kind!r}"
@@ -210,6 +210,8 @@ def check_dataset_spec(spec: Mapping[str, Any]) -> tuple[tuple[str, ...], str] |
     checks = [(key, hints[key]) for key in spec if key in hints and key in options]
     if "class_map" in spec:
         checks.append(("class_map", _CLASS_MAP))
+    if "subset" in spec:  # the set's classes may be a proper subset of the reference classes
+        checks.append(("subset", bool))
     for key, hint in checks:
         problem = _type_problem(spec[key], hint)
         if problem:
@@ -257,6 +259,7 @@ def build_dataset(spec: dict[str, Any], *, name: str = "", base_dir: str | Path 
     spec = dict(spec)
     kind = spec.pop("kind", None)
     spec.pop("class_map", None)
+    spec.pop("subset", None)  # read by the caller, with class_map, when it projects onto the reference classes
     if kind not in DATASETS:
         raise DataError(f"dataset {name!r}: unknown kind {kind!r}; known: {', '.join(list_datasets())}")
     fn = DATASETS.get(kind)
@@ -295,10 +298,30 @@ def resolve(path: str | Path, base_dir: str | Path | None) -> Path:
 
 
 def read_classnames(classnames: Sequence[str] | str | Path | None, base_dir=None) -> list[str] | None:
-    """A class-name list given inline, or a text file with one name per line."""
-    if classnames is None or isinstance(classnames, list):
+    """A class-name list given inline, or a text file with one name per line. A name
+    given twice is an error naming it and where (two head rows would be identical)."""
+    if classnames is None:
+        return None
+    if isinstance(classnames, list):
+        check_unique(classnames, "the class-name list")
         return classnames
     path = resolve(classnames, base_dir)
     if not path.is_file():
         raise DataError(f"class-name file {path} does not exist")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+    names = [c for _, c in lines if c]
+    check_unique(names, f"class-name file {path}", [n for n, c in lines if c], "line")
+    return names
+
+
+def check_unique(classnames: Sequence[str], where: str, positions: Sequence[int] | None = None,
+                 unit: str = "entry") -> None:
+    """Raise DataError naming the first class listed twice in ``classnames`` and ``where``
+    it came from (``positions``: each name's line or entry number, default 0-based index)."""
+    first: dict[str, int] = {}
+    for i, c in enumerate(classnames):
+        if c in first:
+            pos = positions or range(len(classnames))
+            raise DataError(f"{where}: class {c!r} is listed twice ({unit} {pos[first[c]]} and {pos[i]}); "
+                            "identical names give identical head rows: rename or remove one")
+        first[c] = i
