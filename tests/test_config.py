@@ -271,7 +271,7 @@ def test_the_demo_config_still_validates_unchanged():
         "validation_fraction": 0.15, "seed": 0}
     assert cfg.backbone.model_dump(mode="json") == {
         "family": "sentence_transformer", "name": "packaged:all-MiniLM-L6-v2", "pretrained": None,
-        "logit_scale": None, "max_length": 128, "precision": "fp32"}
+        "logit_scale": None, "max_length": 64, "precision": "fp32"}  # 64 tokens since the speed-up
 
 
 def _readme_config_block() -> str:
