@@ -62,6 +62,7 @@ def test_imagenet_vid_robust_layout_and_scores(tmp_path):
     m = ds.metrics(ds.project_logits(logits), torch.tensor(ds.labels), torch.arange(5))
     assert (m["pm0"].correct, m["pm0"].total) == (2, 2)
     assert (m["pm10"].correct, m["pm10"].total) == (1, 2)
+    assert next(iter(m)) == "pm10"  # pm-k is the primary metric for video
     # s2/2 labelled airplane (another object than its anchor's bear): predicting airplane is right
     (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0], "s1/1.JPEG": [0], "s2/0.JPEG": [1],
                                                                "s2/1.JPEG": [1], "s2/2.JPEG": [0]}))

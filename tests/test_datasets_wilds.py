@@ -59,6 +59,7 @@ def test_fmow_worst_region_accuracy(fmow_root):
     m = ds.metrics(logits, torch.tensor(ds.labels), torch.arange(4))
     assert m["top1"].value == 0.5 and (m["top1"].correct, m["top1"].total) == (2, 4)
     assert m["worst_region_acc"].value == 0.0 and m["worst_region_acc"].total == 1
+    assert next(iter(m)) == "worst_region_acc"  # the paper's FMoW metric is the primary one
     # skipped inputs: only rows 0 and 2 scored (index says which samples they are)
     m = ds.metrics(logits[[0, 2]], torch.tensor(ds.labels)[[0, 2]], torch.tensor([0, 2]))
     assert m["worst_region_acc"].value == 0.0 and m["top1"].value == 0.5
@@ -78,6 +79,7 @@ def test_iwildcam_layout_and_macro_f1(tmp_path):
     m = ds.metrics(logits, torch.tensor([0, 1, 1]), torch.arange(3))
     # F1 over present classes {0, 1}: class 0 -> 0; class 1: tp 1, fp 1, fn 1 -> 0.5
     assert m["top1"].value == pytest.approx(1 / 3) and m["macro_f1"].value == pytest.approx(0.25)
+    assert next(iter(m)) == "macro_f1"  # the paper's iWildCam metric is the primary one
 
 
 def test_metric_functions_by_hand():

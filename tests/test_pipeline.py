@@ -31,7 +31,16 @@ def test_run_writes_records_for_11_alphas(oc_run):
     datasets = {(r.dataset, r.role) for r in records}
     assert datasets == {("colors", "reference"), ("noise", "shift"), ("subset", "shift"),
                         ("colors-val", "validation")}
-    assert len([r for r in records if r.metric == "top1"]) == 11 * 4
+    assert len([r for r in records if r.metric == "top1" and r.model == "finetuned"]) == 11 * 4
+    # the output-space ensemble over the same alphas; at the ends it is the zero-shot / fine-tuned model
+    ensemble = {(r.alpha, r.dataset): r.correct for r in records
+                if r.model == "finetuned (output ensemble)" and r.metric == "top1"}
+    wise = {(r.alpha, r.dataset): r.correct for r in records if r.model == "finetuned" and r.metric == "top1"}
+    assert ensemble.keys() == wise.keys()
+    assert all(ensemble[k] == wise[k] for k in wise if k[0] in (0.0, 1.0))
+    # the reference set's accuracy on the 2-class subset shift's classes, the x of its effective robustness
+    restricted = [r for r in records if r.metric == "top1_on_subset_classes" and r.model == "finetuned"]
+    assert [r.dataset for r in restricted] == ["colors"] * 11 and all(r.total == 12 for r in restricted)
     # calibration: a temperature per alpha fitted on validation, ECE for every set
     assert {(r.alpha, r.dataset) for r in records if r.metric == "temperature"} == {
         (a, "colors-val") for a in alphas}
@@ -126,7 +135,8 @@ def test_evaluate_and_interpolate_commands(oc_run, open_clip_spec, image_data, t
     assert main(["evaluate", str(oc_run / "export"), str(cfg_path), "--out", str(tmp_path / "r.jsonl")]) == 0
     recs = read_records(tmp_path / "r.jsonl")
     meta = json.loads((oc_run / "export" / "wiseft.json").read_text())
-    swept = {r.dataset: r.correct for r in read_records(oc_run) if r.alpha == meta["alpha"] and r.metric == "top1"}
+    swept = {r.dataset: r.correct for r in read_records(oc_run)
+             if r.alpha == meta["alpha"] and r.metric == "top1" and r.model == "finetuned"}
     assert {r.dataset: r.correct for r in recs} == swept  # the export scores as the sweep did
 
     ckpts = oc_run / "checkpoints"
@@ -190,7 +200,7 @@ def test_quick_run_is_the_same_pipeline_on_a_slice_marked_as_such(open_clip_spec
     assert not (tmp_path / "run").exists()  # a real run's directory is never touched
     records = read_records(quick)
     assert sorted({r.alpha for r in records}) == [0.0, 0.5, 1.0]
-    assert {r.model for r in records} == {"finetuned", "high"}
+    assert {r.model for r in records} == {"finetuned", "high", "finetuned (output ensemble)", "high (output ensemble)"}
     assert all(r.provenance["quick"] is True for r in records)
     assert all(r.total <= 48 for r in records if r.metric == "top1")
     # one epoch for every fine-tune, the variant's own epochs included: 27 training images, batch 8

@@ -5,7 +5,8 @@ tensors in memory, or in a memory-mapped file when they do not fit), and every a
 runs over that cache; with a linear head (frozen encoder) features are computed once
 and every alpha is scored from them, which is exact because the mixed head's logits
 are the mix of the two heads' logits. Unreadable inputs are skipped, counted and
-reported per set; they never stop a sweep.
+reported per set; a sweep stops with a named error only when more than
+``max_unreadable`` of a set (default 1%) cannot be read.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 from .backbones.base import Backbone
 from .data.base import LabeledDataset, Projection
 from .data.folders import check_unreadable
+from .ensemble import class_restricted_scores, output_ensemble_scores
 from .heads import Classifier
 from .merge import Interpolator, interpolate
 from .metrics import Score, expected_calibration_error, fit_temperature
 from .progress import progress_bar
-from .results import NOT_PRIMARY, Record
+from .results import NOT_PRIMARY, OUTPUT_ENSEMBLE, Record, output_ensemble_name
 from .runtime import device_of, to_device
 
 log = logging.getLogger("wiseft")
@@ -279,7 +281,7 @@ class EvalSet:
         return self.dataset.project_logits(logits)
 
     def scores(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, Score]:
-        """Every metric the dataset declares (top-1 first) for reference-space logits."""
+        """Every metric the dataset declares (its primary metric first) for reference-space logits."""
         if index is None:
             index = torch.arange(len(labels))
         return self.dataset.metrics(self.project(logits), self.dataset.project_labels(labels), index)
@@ -407,6 +409,16 @@ def _validation_first(evalsets: Sequence[EvalSet]) -> list[EvalSet]:
     return sorted(evalsets, key=lambda es: es.role != "validation")
 
 
+def _score_more(es: EvalSet, scores: dict[str, Score], logits: torch.Tensor, labels: torch.Tensor,
+                temperatures: dict[float, float], alpha: float, evalsets: Sequence[EvalSet]) -> None:
+    """What a sweep adds to a set's own metrics: calibration, and on the reference set its
+    accuracy restricted to each subset shift's classes (the x axis of that shift's
+    effective robustness, as the robustness testbed scores it)."""
+    _calibrate(es, scores, logits, labels, temperatures, alpha)
+    if es.role == "reference":
+        scores.update(class_restricted_scores(logits, labels, evalsets))
+
+
 def _calibrate(es: EvalSet, scores: dict[str, Score], logits: torch.Tensor, labels: torch.Tensor,
                temperatures: dict[float, float], alpha: float) -> None:
     """Temperature scaling per alpha: the first validation set fits alpha's temperature
@@ -446,23 +458,43 @@ def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str
     todo = [a for a in alphas if known is None or a != 0.0]
     if known is not None:
         fp32_check = 0  # the zero-shot sweep's check stands for this one
-    if linear:
+    ends: dict[float, dict[str, tuple]] = {}  # alpha 0 and 1 logits, for the output-space ensemble
+    if linear:  # there the output-space ensemble is WiSE-FT itself
         scores, checks = _sweep_linear(model, theta_0, theta_1, evalsets, todo, backbone, batch_size,
                                        precision, allow_extrapolation, progress, cache, num_workers,
                                        cache_dir, fp32_check)
     else:
         scores, checks = _sweep_full(model, theta_0, theta_1, evalsets, todo, backbone, batch_size, precision,
                                      allow_extrapolation, progress, cache, num_workers, cache_dir, fp32_check,
-                                     model_name)
+                                     model_name, ends)
     if known is not None:
-        scores[0.0], checks = known
+        scores[0.0], checks, zeroshot_ends = known
+        if zeroshot_ends:
+            ends[0.0] = zeroshot_ends
     elif zeroshot is not None and 0.0 in alphas:
-        zeroshot[key] = (scores[0.0], checks)
-    return _records(scores, evalsets, alphas, model_name, dict(provenance or {}), checks)
+        zeroshot[key] = (scores[0.0], checks, ends.get(0.0))
+    provenance = dict(provenance or {})
+    records = _records(scores, evalsets, alphas, model_name, provenance, checks)
+    if 0.0 in ends and 1.0 in ends:
+        records += _ensemble_records(ends, evalsets, alphas, model_name, provenance)
+    return records
+
+
+def _ensemble_records(ends: dict[float, dict[str, tuple]], evalsets, alphas, model_name: str,
+                      provenance: dict) -> list[Record]:
+    """Records of the output-space ensemble (1 - alpha) f_0(x) + alpha f_1(x) over the same
+    alphas, from the two end points' logits (the paper's weight- vs output-space comparison)."""
+    names = [es.name for es in evalsets]
+    logits_0, logits_1 = ({n: ends[a][n][0] for n in names} for a in (0.0, 1.0))
+    labels = {n: ends[1.0][n][1] for n in names}
+    index = {n: ends[1.0][n][2] for n in names} if all(ends[1.0][n][2] is not None for n in names) else None
+    scores = output_ensemble_scores(evalsets, logits_0, logits_1, labels, alphas, index)
+    return _records(scores, evalsets, alphas, output_ensemble_name(model_name),
+                    {**provenance, "method": OUTPUT_ENSEMBLE}, {})
 
 
 def _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size, precision, allow_extrapolation,
-                progress, cache, num_workers, cache_dir, fp32_check, model_name):
+                progress, cache, num_workers, cache_dir, fp32_check, model_name, ends):
     interp = Interpolator(theta_0, theta_1, allow_extrapolation=allow_extrapolation)
     if cache is not False:  # decode everything before the first alpha, once
         for es in evalsets:
@@ -478,7 +510,10 @@ def _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size,
         for es in _validation_first(evalsets):
             scores[alpha][es.name], logits, labels = _evaluate_set(model, es, backbone, batch_size, precision,
                                                                    cache, num_workers, False, cache_dir)
-            _calibrate(es, scores[alpha][es.name], logits, labels, temperatures, alpha)
+            _score_more(es, scores[alpha][es.name], logits, labels, temperatures, alpha, evalsets)
+            if float(alpha) in (0.0, 1.0):
+                index = None if cache is False else es._cache.index
+                ends.setdefault(float(alpha), {})[es.name] = (logits, labels, index)
             if k == 0 and precision == "bf16" and fp32_check and cache is not False:
                 c = es._cache
                 ref = _cached_outputs(model, c, batch_size, device_of(model), "fp32", limit=fp32_check)
@@ -544,7 +579,7 @@ def _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_siz
             head = heads[a]
             logits = feats @ head["weight"].float().cpu().T + head["bias"].float().cpu()
             scores[a][es.name] = es.scores(logits, c.labels, c.index)
-            _calibrate(es, scores[a][es.name], logits, c.labels, temperatures, a)
+            _score_more(es, scores[a][es.name], logits, c.labels, temperatures, a, evalsets)
         if precision == "bf16" and fp32_check:
             ref = _cached_outputs(encode, c, batch_size, device, "fp32", limit=fp32_check)
             h = heads[alphas[0]]
