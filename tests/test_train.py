@@ -149,7 +149,7 @@ def test_linear_and_lp_ft_modes(setup, tmp_path):
     assert not torch.equal(lin.head.weight, setup[0].head.weight)
     lpft = _tune(setup, mode="lp-ft", lp_epochs=2, lp_lr=1e-2, checkpoint_dir=tmp_path / "ck",
                  log_path=tmp_path / "log.jsonl")
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["ft", "lp"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [".wiseft.lock", "ft", "lp"]  # one stage folder each
     stages = [json.loads(line)["stage"] for line in (tmp_path / "log.jsonl").open()]
     assert stages == ["lp"] * 14 + ["ft"] * 7
     assert _max_diff(lpft.encoder, setup[0].encoder) > 0
