@@ -19,7 +19,7 @@ from wiseft.report import build_report, build_tables, reference_dataset, table_m
 from wiseft.results import Record, append_records, read_records, summary_table
 from wiseft.robustness import AVG, build_baselines, logit, robustness_rows, select_alpha
 
-TESTBED = Path("/work/shared/data/imagenet-testbed/robustness_top1s.csv")
+TESTBED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-testbed" / "robustness_top1s.csv"
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 # Accuracy at alpha 0 (zero-shot) and 1 (fine-tuned), with a WiSE-FT bump in between.

@@ -29,8 +29,8 @@ from wiseft.robustness import (
     select_alpha,
 )
 
-SHARED = Path("/work/shared/data/imagenet-baselines")
-TESTBED = Path("/work/shared/data/imagenet-testbed/robustness_top1s.csv")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-baselines"  # shared/ beside the checkout
+TESTBED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-testbed" / "robustness_top1s.csv"
 FIVE = ["imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet"]
 
 
