@@ -78,3 +78,18 @@ def test_readme_api_example_runs(open_clip_spec, image_data, tmp_path):
         torch.testing.assert_close(v, mixed[k], rtol=0, atol=1e-6)
         if v.is_floating_point():
             torch.testing.assert_close(mixed[k], 0.5 * theta_0[k] + 0.5 * theta_1[k])
+
+
+def test_readme_demo_table_is_the_reports_own_table(tmp_path):
+    """benchmarks/demo.py --update-readme pastes report/table.md into the README and keeps the
+    run's records: rebuilding the report from those records gives the README's table exactly."""
+    import shutil
+
+    from wiseft.report import build_report
+
+    records = ROOT / "benchmarks" / "results" / "demo" / "results.jsonl"
+    shutil.copy(records, tmp_path / "results.jsonl")
+    build_report(tmp_path)
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- demo-table:start -->\n", 1)[1].split("\n<!-- demo-table:end -->", 1)[0]
+    assert block == (tmp_path / "report" / "table.md").read_text().strip()
