@@ -266,3 +266,22 @@ def test_sets_with_their_own_projection_still_score_a_subset(open_clip_spec, ima
     assert sub.projection is not None and len(sub.projection.groups) == 2
     with pytest.raises(DataError):
         raise DataError("placeholder")  # DataError stays a ValueError the CLI reports
+
+
+def test_linear_features_skip_unreadable_inputs_and_keep_rows_under_torchrun(tmp_path):
+    from wiseft.finetune import compute_features
+
+    ds = image_folder(str(_folder_with_bad(tmp_path)))
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    stack = lambda batch: (torch.stack([x.float() for x, _ in batch]), torch.tensor([y for _, y in batch]))  # noqa: E731
+    backbone = SimpleNamespace(transform_eval=_pixels, collate=stack)
+    ds.max_unreadable = 0.5
+    feats, labels = compute_features(encoder, ds, backbone, 5, progress=False)
+    assert len(feats) == len(labels) == len(ds) - 1  # the broken file's row is left out
+    rows, row_labels = compute_features(encoder, ds, backbone, 5, progress=False, keep_rows=True)
+    bad = [i for i, (ref, _) in enumerate(ds.samples) if str(ref).endswith("zz_bad0.png")]
+    assert len(rows) == len(ds) and row_labels[bad].tolist() == [-100]  # ignored by the loss
+    assert torch.equal(rows[[i for i in range(len(ds)) if i not in bad]], feats)
+    ds.max_unreadable = 0.01
+    with pytest.raises(TooManyUnreadable, match="features of"):
+        compute_features(encoder, ds, backbone, 5, progress=False)

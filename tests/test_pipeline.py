@@ -253,3 +253,17 @@ def test_report_shows_calibration_and_says_why_robustness_is_empty(oc_run, tmp_p
     robustness = (tmp_path / "robustness.md").read_text()
     assert "Not computed: no baseline models were measured on colors" in robustness
     assert "--baselines" in robustness
+
+
+def test_evaluate_command_skips_and_counts_unreadable_images(oc_run, open_clip_spec, image_data, tmp_path):
+    import shutil
+
+    test = shutil.copytree(image_data / "test", tmp_path / "test")
+    (test / "red" / "zz_broken.jpg").write_bytes(b"not an image")
+    cfg = run_config(open_clip_spec, image_data, tmp_path / "unused")
+    cfg["data"]["test"]["root"] = str(test)
+    cfg["data"]["max_unreadable"] = 0.1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", str(oc_run / "export"), str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r.jsonl")]) == 0
+    top1 = [r for r in read_records(tmp_path / "r.jsonl") if r.dataset == "colors" and r.metric == "top1"]
+    assert top1[0].total == 18 and top1[0].provenance["skipped_inputs"] == 1

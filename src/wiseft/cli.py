@@ -183,7 +183,8 @@ def cmd_evaluate(args) -> int:
     model.to(resolve_device(cfg.device))
     records = evaluate_records(model, data.evalsets, backbone, model_name=args.name, alpha=meta.get("alpha"),
                                batch_size=cfg.evaluation.batch_size, precision=cfg.evaluation.precision,
-                               cache=False, provenance={"model": str(args.model), "backbone": meta.get("backbone")})
+                               cache=cfg.evaluation.cache, num_workers=cfg.evaluation.num_workers,
+                               provenance={"model": str(args.model), "backbone": meta.get("backbone")})
     if args.out:
         append_records(args.out, records)
     for r in records:

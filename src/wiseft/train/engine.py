@@ -122,7 +122,7 @@ def sharded_features(encoder: torch.nn.Module, train: LabeledDataset, backbone: 
         return compute_features(encoder, train, backbone, batch_size, **kw)
     n = len(train)
     feats, labels = compute_features(encoder, train.subset(range(info.rank, n, info.world)), backbone,
-                                     batch_size, **kw)
+                                     batch_size, keep_rows=True, **kw)
     rows = -(-n // info.world)
     device = next(encoder.parameters()).device
     both = torch.zeros(rows, feats.shape[1] + 1, device=device)
