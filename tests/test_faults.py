@@ -320,3 +320,16 @@ def test_a_truncated_checkpoint_is_a_named_error(tmp_path):
         load_state(pt)
     with pytest.raises(ResumeError, match="truncated, damaged"):
         load_checkpoint(pt)
+
+
+def test_kill_during_a_report_plot_write_keeps_the_old_plot(tmp_path):
+    code = ("from pathlib import Path\nfrom matplotlib.figure import Figure\nfrom wiseft.plots import save_figure\n"
+            "fig = Figure(figsize=(2, 2)); fig.add_subplot().plot([0, 1], [0, {v}])\n"
+            f"save_figure(fig, Path({str(tmp_path)!r}), 'scatter')\n")
+    assert _python(code.format(v=1)).returncode == 0
+    before = (tmp_path / "scatter.png").read_bytes()
+    killed = _python(code.format(v=2), **{KILL_ENV: "*.png"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (tmp_path / "scatter.png").read_bytes() == before and _temporaries(tmp_path)
+    assert _python(code.format(v=3)).returncode == 0
+    assert _temporaries(tmp_path) == [] and (tmp_path / "scatter.png").read_bytes() != before

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
+from wiseft.files import write_with
 from wiseft.results import OUTPUT_ENSEMBLE, PRIMARY, Record, select_metric
 from wiseft.robustness import AVG, BaselineFit, logit, record_interval, sigmoid
 
@@ -274,6 +275,8 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    # through the one I/O layer (temporary file, fsync, rename): the format is named, as the
+    # temporary file's suffix does not say it
+    write_with(paths[0], lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    write_with(paths[1], lambda tmp: fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None}))
     return paths
