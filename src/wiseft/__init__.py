@@ -23,6 +23,7 @@ _SOURCES = {
     "backbones": ["Backbone", "BackboneSpec", "list_backbones", "load_backbone", "register_backbone"],
     "checkpoint": ["export_model", "load_model", "load_state", "save_state"],
     "config": ["ConfigError", "RunConfig", "load_config"],
+    "errors": ["WiseftError"],
     "data": ["LabeledDataset", "build_dataset", "list_datasets", "register_dataset", "split_holdout"],
     "evaluate": ["EvalSet", "evaluate", "sweep"],
     "finetune": ["FinetuneConfig", "finetune"],
@@ -47,7 +48,7 @@ __all__ = [
     "load_backbone", "load_config", "load_model", "load_state", "read_records", "register_backbone",
     "register_dataset", "register_templates", "run", "save_state", "split_holdout", "summary_table",
     "sweep", "zeroshot_head", "zeroshot_weights", "build_report", "clopper_pearson", "effective_robustness",
-    "fit_baseline", "select_alpha",
+    "fit_baseline", "select_alpha", "WiseftError",
 ]
 
 

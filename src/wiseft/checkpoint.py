@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .backbones.base import Backbone, BackboneSpec, load_backbone, shareless
+from .errors import WiseftError
 from .heads import Classifier
 from .merge import check_finite
 from .files import atomic_path, atomic_write, read_torch, resolve_checkpoint
@@ -22,7 +23,7 @@ META_FILE = "wiseft.json"
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WiseftError):
     """A checkpoint cannot be read; the message names the file and what is wrong."""
 
 

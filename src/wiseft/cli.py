@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .errors import WiseftError
 from .progress import configure_logging
 
 DEMO_CONFIG = Path(__file__).parent / "resources" / "bbc_news.yaml"
@@ -193,6 +194,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+REGISTRIES = {"backbones": ("wiseft.backbones.base", "BACKBONES"), "datasets": ("wiseft.data.base", "DATASETS"),
+              "templates": ("wiseft.templates", "TEMPLATES")}
+
+
+def cmd_list(args) -> int:
+    import importlib
+
+    unknown = [k for k in args.kinds if k not in REGISTRIES]
+    if unknown:
+        raise WiseftError(f"wiseft list: unknown kind {unknown[0]!r}; known: {', '.join(REGISTRIES)}")
+    for kind in args.kinds or list(REGISTRIES):
+        module, name = REGISTRIES[kind]
+        registry = getattr(importlib.import_module(module), name)
+        print(f"{kind}: {', '.join(registry.names())}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .train.launch import run_args
 
@@ -290,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=3)
     sp.set_defaults(fn=cmd_predict)
 
+    sp = sub.add_parser("list", help="what can be named in a config: backbone families, dataset kinds, template sets")
+    sp.add_argument("kinds", nargs="*", metavar="KIND",
+                    help=f"one or more of {', '.join(sorted(REGISTRIES))} (default: all)")
+    sp.set_defaults(fn=cmd_list)
+
     sp = sub.add_parser("train", help="fine-tune only (resumable; under torchrun for several processes)")
     from .train.launch import add_arguments
 
@@ -298,22 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Errors reported as "wiseft: error: ..." (exit code 2) rather than a traceback: the
-# library's named errors by (module, class), looked up only once a command has failed, so
-# that parsing arguments (and --help) imports no torch.
-USER_ERRORS = (("wiseft.config", "ConfigError"), ("wiseft.data.base", "DataError"),
-               ("wiseft.checkpoint", "CheckpointError"), ("wiseft.merge", "MergeError"))
-
-
 def _user_error(e: BaseException) -> bool:
-    """Whether ``e`` is bad input to report in one line (a module not loaded raised none of its errors)."""
-    if isinstance(e, (FileNotFoundError, ImportError, ValueError)):
-        return True
-    for module, name in USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(e, cls):
-            return True
-    return False
+    """Whether ``e`` is reported as one line (``wiseft: error: ...``, exit code 2) rather than
+    a traceback: wiseft's named errors (``WiseftError``), a missing file or optional
+    dependency, and plain ValueErrors that checks outside the library raise."""
+    return isinstance(e, (WiseftError, FileNotFoundError, ImportError, ValueError))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,13 +16,14 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from .backbones.base import BackboneSpec
+from .errors import WiseftError
 from .data.base import check_dataset_spec, describe_type
 from .finetune import FinetuneConfig
 from .registry import did_you_mean
 from .templates import TEMPLATES, template_problem
 
 
-class ConfigError(ValueError):
+class ConfigError(WiseftError):
     """A configuration that cannot run; the message names the file and field."""
 
 

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import WiseftError
+
 log = logging.getLogger("wiseft")
 
 LOCK_NAME = ".wiseft.lock"
@@ -51,7 +53,7 @@ _HOST = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9_-]+)\.[0-9a-f]+\.tmp$")
 
 
-class LockError(ValueError):
+class LockError(WiseftError):
     """A folder is held by another process; the message names the folder and its PID."""
 
 

@@ -22,6 +22,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from .errors import WiseftError
+
 StateDict = Mapping[str, torch.Tensor]
 
 # Tensors below this many elements are merged with one foreach call per alpha rather
@@ -31,11 +33,11 @@ SMALL_NUMEL = 1 << 16
 PIECE_NUMEL = 1 << 20
 
 
-class MergeError(ValueError):
+class MergeError(WiseftError):
     """Checkpoints cannot be merged; the message names the first mismatch."""
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(WiseftError):
     """Weights hold NaN or Inf; the message names where they are and the first such tensor."""
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, model_validator
 
+from ..errors import WiseftError
 from ..registry import Registry
 
 
@@ -117,7 +118,7 @@ def load_backbone(spec: BackboneSpec | dict) -> Backbone:
         raise BackboneError(f"cannot load {spec.family} model {spec.name!r}{where}: {detail}") from e
 
 
-class BackboneError(ValueError):
+class BackboneError(WiseftError):
     """A pretrained model cannot be loaded; the message names the model and why."""
 
 

@@ -13,11 +13,12 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import WiseftError
 from ..metrics import Score, accuracy
 from ..registry import Registry, did_you_mean
 
 
-class DataError(ValueError):
+class DataError(WiseftError):
     """Bad dataset input; the message names the file, folder or field."""
 
 

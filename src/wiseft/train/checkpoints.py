@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import WiseftError
 from ..files import read_torch, resolve_checkpoint, write_with
 
 FORMAT = "wiseft-train-1"
@@ -26,7 +27,7 @@ TRAJECTORY_FIELDS = ("mode", "lr", "weight_decay", "batch_size", "epochs", "warm
                      "weight_decay_exclusions", "lp_epochs", "lp_lr", "shots_per_class", "shots_seed")
 
 
-class ResumeError(ValueError):
+class ResumeError(WiseftError):
     """A checkpoint cannot continue this run; the message names the file and field."""
 
 

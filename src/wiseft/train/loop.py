@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.folders import check_unreadable
+from ..errors import WiseftError
 from ..finetune import FinetuneConfig, cosine_lr
 from ..progress import progress_bar
 from ..runtime import autocast, device_of, to_device
@@ -35,7 +36,7 @@ log = logging.getLogger("wiseft")
 KILL_ENV = "WISEFT_FAULT_KILL_AFTER_STEP"
 
 
-class DivergedError(ValueError):
+class DivergedError(WiseftError):
     """The loss became NaN or Inf: training stopped at that step, without saving it."""
 
 
