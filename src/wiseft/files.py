@@ -2,7 +2,7 @@
 checkpoint resolver.
 
 Every file wiseft leaves goes through :func:`atomic_path` (or its short forms
-:func:`atomic_write`, :func:`append_text`): the bytes go to ``.NAME.PID@HOST.XXXX.tmp``
+:func:`atomic_write`, :func:`append_text`): the bytes go to ``.NAME.PID@HOST.RANDOM.tmp``
 in the destination's folder, are fsynced, renamed over ``NAME``, and the folder is
 fsynced. A reader sees the old file or the new one, never half of one. A process
 killed mid-write leaves its temporary behind; the next write into that folder (or
@@ -63,7 +63,7 @@ class LockError(WiseftError):
 
 def temp_path(dest: str | Path) -> Path:
     """A fresh temporary name next to ``dest`` that names this process:
-    ``.NAME.PID@HOST.XXXXXXXX.tmp``."""
+    ``.NAME.PID@HOST.RANDOM.tmp``."""
     dest = Path(dest)
     return dest.with_name(f".{dest.name}.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}.tmp")
 
