@@ -25,6 +25,8 @@ from wiseft.pipeline import checkpoint_paths
 from wiseft.results import read_records
 from wiseft.train.checkpoints import FORMAT, ResumeError, load_checkpoint
 
+pytestmark = pytest.mark.slow  # subprocesses killed mid-write, concurrent runs
+
 # A stand-in backbone for the head cache: deterministic text embeddings, no model.
 STUB = """
 import torch

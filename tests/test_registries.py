@@ -13,6 +13,8 @@ from wiseft.backbones.base import BACKBONES
 from wiseft.data.base import DATASETS
 from wiseft.templates import list_templates
 
+pytestmark = pytest.mark.slow  # a fresh interpreter per registry
+
 # every registry fully loaded here first, so a set registered as a side effect of
 # importing some module is listed too (and must still resolve in a fresh interpreter)
 NAMES = {"backbones": BACKBONES.names(), "datasets": DATASETS.names(), "templates": list_templates()}

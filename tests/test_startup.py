@@ -14,6 +14,8 @@ import pytest
 import wiseft
 from wiseft.cli import main
 
+pytestmark = pytest.mark.slow  # fresh interpreters with -X importtime
+
 HEAVY = {"torch", "matplotlib", "scipy"}
 SRC = str(Path(wiseft.__file__).resolve().parent.parent)
 

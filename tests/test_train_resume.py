@@ -59,6 +59,7 @@ def _write(cfg, path):
     return path
 
 
+@pytest.mark.slow  # a subprocess killed mid-epoch, then resumed
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(open_clip_spec, image_data, tmp_path):
     cfg = _config(open_clip_spec, image_data, tmp_path / "killed")
     cfg_path = _write(cfg, tmp_path / "killed.yaml")
@@ -91,6 +92,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(open_clip_spec, image_da
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun not installed")
+@pytest.mark.slow  # two torchrun processes
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_gloo_processes_match_one_process(open_clip_spec, image_data, tmp_path, parallel):
     # global batch 4 both ways: 2 processes x 2 per device, or 1 process x 2 per step x 2 accumulation;
