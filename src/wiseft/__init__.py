@@ -22,11 +22,11 @@ __version__ = "0.1.0"
 _SOURCES = {
     "backbones": ["Backbone", "BackboneSpec", "list_backbones", "load_backbone", "register_backbone"],
     "checkpoint": ["export_model", "load_model", "load_state", "save_state"],
-    "config": ["ConfigError", "RunConfig", "load_config"],
+    "config": ["ConfigError", "FinetuneConfig", "RunConfig", "load_config"],
     "errors": ["WiseftError"],
     "data": ["LabeledDataset", "build_dataset", "list_datasets", "register_dataset", "split_holdout"],
     "evaluate": ["EvalSet", "evaluate", "sweep"],
-    "finetune": ["FinetuneConfig", "finetune"],
+    "finetune": ["finetune"],
     "heads": ["Classifier", "zeroshot_head", "zeroshot_weights"],
     "merge": ["Interpolator", "MergeError", "interpolate"],
     "merge_files": ["average_files", "interpolate_files", "plan_files", "sweep_files"],

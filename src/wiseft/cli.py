@@ -194,7 +194,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-REGISTRIES = {"backbones": ("wiseft.backbones.base", "BACKBONES"), "datasets": ("wiseft.data.base", "DATASETS"),
+REGISTRIES = {"backbones": ("wiseft.registry", "BACKBONES"), "datasets": ("wiseft.registry", "DATASETS"),
               "templates": ("wiseft.templates", "TEMPLATES")}
 
 

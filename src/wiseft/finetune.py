@@ -15,10 +15,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
 
 from .backbones.base import Backbone
+from .config.finetune import FinetuneConfig
 from .data.base import LabeledDataset
 from .heads import Classifier
 from .progress import progress_bar
@@ -28,59 +28,6 @@ __all__ = ["FinetuneConfig", "finetune", "cosine_lr", "compute_features", "autoc
 
 
 log = logging.getLogger("wiseft")
-
-
-class FinetuneConfig(BaseModel):
-    """How to fine-tune; every field has the paper's default (or is off by default).
-
-    ``batch_size`` is the global batch: per-device batch x devices x accumulation
-    steps. ``micro_batch_size`` sets the per-device batch of one forward pass; the
-    accumulation steps follow from it.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["e2e", "linear", "lp-ft"] = "e2e"
-    lr: float = Field(3e-5, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    batch_size: int = Field(512, ge=1)
-    epochs: int = Field(10, ge=1)
-    warmup_steps: int = Field(500, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
-    num_workers: int = Field(0, ge=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # scale: devices, accumulation, memory, speed
-    micro_batch_size: int | None = Field(None, ge=1)
-    parallel: Literal["ddp", "fsdp"] = "ddp"
-    grad_checkpointing: bool = False
-    compile: bool = False
-    channels_last: bool = False
-    deterministic: bool = False
-    # the paper's alternatives to compare against WiSE-FT
-    ema_decay: float | None = Field(None, gt=0, lt=1)
-    l2_to_zeroshot: float = Field(0.0, ge=0)
-    weight_decay_exclusions: bool = False
-    lp_epochs: int | None = Field(None, ge=1)
-    lp_lr: float | None = Field(None, gt=0)
-    # low-data regime
-    shots_per_class: int | None = Field(None, ge=1)
-    shots_seed: int = 0
-    # checkpoints and logs
-    save_every_steps: int | None = Field(500, ge=1)
-    keep_last: int = Field(2, ge=1)
-    keep_epoch_checkpoints: bool = True
-    log_every_steps: int = Field(1, ge=1)
-    tensorboard: bool = False
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.deterministic and self.precision != "fp32":
-            raise ValueError("deterministic: needs precision fp32")
-        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
-            raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
-        return self
 
 
 def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:

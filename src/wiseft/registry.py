@@ -96,3 +96,12 @@ class Registry(Generic[T]):
         if name not in self._entries:
             raise KeyError(self.unknown(name))
         return self._entries[name]
+
+
+# The registries. Each lists the modules that fill it; they are imported on the first
+# look-up, so importing this module (and the config that validates against it) needs no torch.
+BACKBONES: Registry = Registry("backbone family", [f"wiseft.backbones.{m}" for m in
+                                                    ("hf_clip", "open_clip_backbone", "text")])
+DATASETS: Registry = Registry("dataset kind", [f"wiseft.data.{m}" for m in
+                                               ("bbc_news", "cifar", "folders", "imagenet", "transfer", "video",
+                                                "wilds")])

@@ -15,12 +15,12 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from .backbones.base import BackboneSpec
-from .errors import WiseftError
-from .data.base import check_dataset_spec, describe_type
+from ..errors import WiseftError
+from ..registry import did_you_mean
+from ..templates import TEMPLATES, template_problem
+from .backbone import BackboneSpec
+from .datasets import check_dataset_spec, describe_type
 from .finetune import FinetuneConfig
-from .registry import did_you_mean
-from .templates import TEMPLATES, template_problem
 
 
 class ConfigError(WiseftError):

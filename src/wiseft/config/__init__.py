@@ -1,0 +1,13 @@
+"""The typed config tree: one pydantic model per section, validated at load with errors
+that name the file and the field. Importing it needs no torch; validating a dataset or
+backbone looks its kind up in the registries, which load their modules on first use."""
+
+from .backbone import BackboneSpec
+from .datasets import check_dataset_spec, dataset_options, describe_type
+from .finetune import FinetuneConfig
+from .run import (DEFAULT_ALPHAS, ConfigError, DataConfig, EvalConfig, FieldError, RunConfig, load_config,
+                  parse_config)
+
+__all__ = ["BackboneSpec", "ConfigError", "DEFAULT_ALPHAS", "DataConfig", "EvalConfig", "FieldError",
+           "FinetuneConfig", "RunConfig", "check_dataset_spec", "dataset_options", "describe_type", "load_config",
+           "parse_config"]

@@ -1,0 +1,55 @@
+"""Where a pretrained model comes from: the backbone section of a config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, model_validator
+
+from ..registry import BACKBONES
+
+
+class BackboneSpec(BaseModel):
+    """Where a pretrained model comes from.
+
+    ``family`` picks the adapter; ``name`` is an open_clip architecture
+    (``ViT-B-32``), a Hugging Face hub id or a local directory; ``pretrained`` is an
+    open_clip tag (``openai``, ``laion2b_s34b_b79k``) or a local checkpoint file.
+    ``quick_gelu`` (open_clip only) overrides the activation; unset, it follows the
+    pretrained tag's own config (OpenAI's weights were trained with QuickGELU), else the
+    architecture's (``ViT-B-32-quickgelu``). Set it for a local checkpoint file whose
+    weights were trained with QuickGELU.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str  # a registered backbone family: open_clip, hf_clip, sentence_transformer, or one added
+    name: str
+    pretrained: str | None = None
+    logit_scale: float | None = None  # override; text encoders have none of their own
+    max_length: int | None = None  # text inputs: tokens kept per input
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    quick_gelu: bool | None = None  # open_clip: QuickGELU activation; None: the tag's (else the architecture's) choice
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, v: str) -> str:
+        if v not in BACKBONES:  # families added with register_backbone count too
+            raise ValueError(BACKBONES.unknown(v))
+        return v
+
+    @model_validator(mode="after")
+    def _quick_gelu_is_open_clip(self) -> "BackboneSpec":
+        if self.quick_gelu is not None and self.family in ("hf_clip", "sentence_transformer"):
+            raise ValueError(f"quick_gelu is an open_clip setting; family {self.family!r} takes its "
+                             "activation from the model's own config")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # unset, quick_gelu is left out, so specs (and the hashes and records made from
+        # them) written before the field existed read the same
+        out = handler(self)
+        if self.quick_gelu is None:
+            out.pop("quick_gelu", None)
+        return out

@@ -1,0 +1,60 @@
+"""How to fine-tune: the finetune section of a config (and of each variant)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FinetuneConfig(BaseModel):
+    """How to fine-tune; every field has the paper's default (or is off by default).
+
+    ``batch_size`` is the global batch: per-device batch x devices x accumulation
+    steps. ``micro_batch_size`` sets the per-device batch of one forward pass; the
+    accumulation steps follow from it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["e2e", "linear", "lp-ft"] = "e2e"
+    lr: float = Field(3e-5, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    batch_size: int = Field(512, ge=1)
+    epochs: int = Field(10, ge=1)
+    warmup_steps: int = Field(500, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # scale: devices, accumulation, memory, speed
+    micro_batch_size: int | None = Field(None, ge=1)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    deterministic: bool = False
+    # the paper's alternatives to compare against WiSE-FT
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    l2_to_zeroshot: float = Field(0.0, ge=0)
+    weight_decay_exclusions: bool = False
+    lp_epochs: int | None = Field(None, ge=1)
+    lp_lr: float | None = Field(None, gt=0)
+    # low-data regime
+    shots_per_class: int | None = Field(None, ge=1)
+    shots_seed: int = 0
+    # checkpoints and logs
+    save_every_steps: int | None = Field(500, ge=1)
+    keep_last: int = Field(2, ge=1)
+    keep_epoch_checkpoints: bool = True
+    log_every_steps: int = Field(1, ge=1)
+    tensorboard: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.deterministic and self.precision != "fp32":
+            raise ValueError("deterministic: needs precision fp32")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
+        return self
