@@ -4,9 +4,9 @@ backbone looks its kind up in the registries, which load their modules on first 
 
 from .backbone import BackboneSpec
 from .datasets import check_dataset_spec, dataset_options, describe_type
+from .evaluation import EvalConfig
 from .finetune import FinetuneConfig
-from .run import (DEFAULT_ALPHAS, ConfigError, DataConfig, EvalConfig, FieldError, RunConfig, load_config,
-                  parse_config)
+from .run import DEFAULT_ALPHAS, ConfigError, DataConfig, FieldError, RunConfig, load_config, parse_config
 
 __all__ = ["BackboneSpec", "ConfigError", "DEFAULT_ALPHAS", "DataConfig", "EvalConfig", "FieldError",
            "FinetuneConfig", "RunConfig", "check_dataset_spec", "dataset_options", "describe_type", "load_config",

@@ -20,6 +20,7 @@ from ..registry import did_you_mean
 from ..templates import TEMPLATES, template_problem
 from .backbone import BackboneSpec
 from .datasets import check_dataset_spec, describe_type
+from .evaluation import EvalConfig
 from .finetune import FinetuneConfig
 
 
@@ -105,17 +106,6 @@ class DataConfig(BaseModel):
             if problem:
                 raise FieldError((name, *problem[0]), problem[1])
         return v
-
-
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    batch_size: int = Field(256, ge=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
-    cache: bool | Literal["auto", "memory", "disk"] = "auto"  # decode each input once
-    cache_dir: str | None = None  # where a memory-mapped input cache goes (default: a temp dir)
-    num_workers: int | None = Field(None, ge=0)
-    fp32_check: int = Field(512, ge=0)  # bf16 runs: inputs per set re-run in fp32 to report the difference
 
 
 class RunConfig(BaseModel):
