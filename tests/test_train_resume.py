@@ -15,8 +15,8 @@ import yaml
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
 from wiseft.checkpoint import load_state
 from wiseft.config import parse_config
+from wiseft.launch import train_from_config
 from wiseft.pipeline import checkpoint_paths
-from wiseft.train import train_from_config
 from wiseft.train.loop import KILL_ENV
 
 # 27 training images (36 minus the validation hold-out), batch 4: 7 steps per epoch, 14 in all
@@ -45,7 +45,7 @@ def _entry(tmp_path):
     script = tmp_path / "train_entry.py"
     script.write_text("import sys, open_clip\n"
                       f"open_clip.add_model_config({str(tmp_path / 'oc')!r})\n"
-                      "from wiseft.train.launch import main\n"
+                      "from wiseft.launch import main\n"
                       "sys.exit(main())\n")
     return str(script)
 

@@ -7,22 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from .errors import WiseftError
-from .progress import configure_logging
+from .launch import add_config_arguments, add_train_arguments, call_command, cmd_train, config_overrides
 
 DEMO_CONFIG = Path(__file__).parent / "resources" / "bbc_news.yaml"
 
 
-def _set_pairs(pairs: list[str]) -> dict:
-    out = {}
-    for p in pairs:
-        key, sep, value = p.partition("=")
-        if not sep:
-            raise SystemExit(f"wiseft: error: --set expects KEY=VALUE, got {p!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+def _run_overrides(args) -> dict:
+    """The config overrides of ``run`` and ``demo``. A malformed ``--set`` exits with
+    status 1 here, as these commands always have (``train`` reports it with status 2)."""
+    from .config import ConfigError
+
+    try:
+        return config_overrides(args)
+    except ConfigError as e:
+        raise SystemExit(f"wiseft: error: {e}") from None
 
 
 def cmd_run(args) -> int:
@@ -30,10 +29,7 @@ def cmd_run(args) -> int:
     from .pipeline import run
     from .results import summary_table
 
-    overrides = _set_pairs(args.set)
-    if args.output_dir:
-        overrides["output_dir"] = args.output_dir
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, _run_overrides(args))
     result = run(cfg, progress=not args.no_progress, quick=args.quick)
     print(summary_table(result.records))
     print(f"\nselected alpha (held-out validation): {json.dumps(result.selected_alpha)}")
@@ -211,12 +207,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .train.launch import run_args
-
-    return run_args(args)
-
-
 def cmd_predict(args) -> int:
     import torch
 
@@ -239,28 +229,47 @@ def cmd_predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``wiseft`` command's parser: each subcommand's ``fn`` runs it."""
     p = argparse.ArgumentParser(prog="wiseft", description="Robust fine-tuning of zero-shot models (WiSE-FT).")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_report_command(sub)
+    _add_merge_commands(sub)
+    _add_model_commands(sub)
+    sp = sub.add_parser("list", help="what can be named in a config: backbone families, dataset kinds, template sets")
+    sp.add_argument("kinds", nargs="*", metavar="KIND",
+                    help=f"one or more of {', '.join(sorted(REGISTRIES))} (default: all)")
+    sp.set_defaults(fn=cmd_list)
+    sp = sub.add_parser("train", help="fine-tune only (resumable; under torchrun for several processes)")
+    add_train_arguments(sp)
+    sp.set_defaults(fn=cmd_train)
+    return p
 
-    def run_args(sp):
-        sp.add_argument("--output-dir", help="run directory (overrides output_dir)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set finetune.epochs=2 (repeatable)")
-        sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        sp.add_argument("--no-report", action="store_true", help="skip the HTML report")
-        sp.add_argument("--quick", action="store_true",
-                        help="check the config end to end in minutes: the same pipeline on a few dozen examples "
-                             "per set, a few steps per fine-tune and three alphas, into OUTPUT_DIR-quick")
 
+def _run_arguments(sp: argparse.ArgumentParser) -> None:
+    """The options of ``run`` and ``demo``."""
+    add_config_arguments(sp)
+    sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sp.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    sp.add_argument("--quick", action="store_true",
+                    help="check the config end to end in minutes: the same pipeline on a few dozen examples "
+                         "per set, a few steps per fine-tune and three alphas, into OUTPUT_DIR-quick")
+
+
+def _add_run_commands(sub) -> None:
+    """``run`` and ``demo``: the whole pipeline."""
     sp = sub.add_parser("run", help="zero-shot, fine-tune, alpha sweep, report, export")
     sp.add_argument("config")
-    run_args(sp)
+    _run_arguments(sp)
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("demo", help="the offline demo: MiniLM on BBC News, shifted to headlines")
-    run_args(sp)
+    _run_arguments(sp)
     sp.set_defaults(fn=cmd_demo)
 
+
+def _add_report_command(sub) -> None:
+    """``report``: tables, plots and the HTML page of a finished run."""
     sp = sub.add_parser("report", help="tables, plots and an HTML page from RUN_DIR/results.jsonl")
     sp.add_argument("run_dir")
     sp.add_argument("--alpha", type=float, help="report this fixed alpha instead of the selected one")
@@ -276,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "dataset's own, e.g. FMoW worst_region_acc, iWildCam macro_f1) or one name, e.g. top1")
     sp.set_defaults(fn=cmd_report)
 
+
+def _add_merge_commands(sub) -> None:
+    """``interpolate`` and ``soup``: merging checkpoint files."""
     sp = sub.add_parser("interpolate", help="theta = (1 - alpha) * A + alpha * B for checkpoint files")
     sp.add_argument("model_a", help="zero-shot side: wiseft model dir, .safetensors, .pt, or HF dir")
     sp.add_argument("model_b", help="fine-tuned side, same architecture")
@@ -295,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     _merge_args(sp, "index of the model that tensors not merged come from (default 0)")
     sp.set_defaults(fn=cmd_soup)
 
+
+def _add_model_commands(sub) -> None:
+    """``evaluate`` and ``predict``: using an exported model."""
     sp = sub.add_parser("evaluate", help="evaluate an exported model on a config's test and shift sets")
     sp.add_argument("model")
     sp.add_argument("config")
@@ -308,37 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=3)
     sp.set_defaults(fn=cmd_predict)
 
-    sp = sub.add_parser("list", help="what can be named in a config: backbone families, dataset kinds, template sets")
-    sp.add_argument("kinds", nargs="*", metavar="KIND",
-                    help=f"one or more of {', '.join(sorted(REGISTRIES))} (default: all)")
-    sp.set_defaults(fn=cmd_list)
-
-    sp = sub.add_parser("train", help="fine-tune only (resumable; under torchrun for several processes)")
-    from .train.launch import add_arguments
-
-    add_arguments(sp)
-    sp.set_defaults(fn=cmd_train)
-    return p
-
-
-def _user_error(e: BaseException) -> bool:
-    """Whether ``e`` is reported as one line (``wiseft: error: ...``, exit code 2) rather than
-    a traceback: wiseft's named errors (``WiseftError``), a missing file or optional
-    dependency, and plain ValueErrors that checks outside the library raise."""
-    return isinstance(e, (WiseftError, FileNotFoundError, ImportError, ValueError))
-
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wiseft`` command."""
     args = build_parser().parse_args(argv)
-    configure_logging()
-    try:
-        return args.fn(args)
-    except Exception as e:
-        if not _user_error(e):
-            raise
-        print(f"wiseft: error: {e}", file=sys.stderr)
-        return 2
+    return call_command(args.fn, args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from .data.base import (DataError, LabeledDataset, build_dataset, build_projecti
                         read_classnames, split_holdout)
 from .evaluate import EvalSet, sweep
 from .files import atomic_write, check_free, hold
-from .finetune import finetune
+from .finetune import TrainRun, finetune
 from .heads import Classifier, zeroshot_head
 from .runtime import to_device
 from .results import QUICK_BANNER, Record, append_records, package_versions, read_records, summary_table
@@ -390,8 +390,9 @@ def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir:
         log.info("%s: reusing %s", name, ckpt)
         return load_state(ckpt)
     model.load_state_dict(theta_0)
-    tuned = finetune(model, data.train, backbone, ft_cfg, log_path=run_dir / f"train_{name}.jsonl",
-                     progress=progress, checkpoint_dir=train_dir, resume=True, name=name)
+    tuned = finetune(model, data.train, backbone, ft_cfg,
+                     TrainRun(log_path=run_dir / f"train_{name}.jsonl", progress=progress,
+                              checkpoint_dir=train_dir, resume=True, name=name))
     state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
     save_state(ckpt, state, {"train_key": key})
     return state

@@ -2,8 +2,9 @@
 exact resume, metrics, and the paper's alternative fine-tuning methods.
 
 The library (heads, merge, evaluation) never imports this package; ``wiseft.finetune``
-is the entry point that does. Names load on first use (PEP 562), so importing
-``wiseft.train.launch`` for the ``train`` command's arguments does not import torch.
+is the entry point that does. It imports nothing above itself: the launcher that
+fine-tunes from a run config (``python -m wiseft.train``) is :mod:`wiseft.launch`.
+Names load on first use (PEP 562), so ``import wiseft.train`` does not import torch.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ _SOURCES = {
     "checkpoints": ["CheckpointDir", "ResumeError", "load_checkpoint"],
     "data": ["BatchPlan", "kshot_subset", "resolve_batch"],
     "distributed": ["DistInfo", "init_distributed"],
-    "engine": ["enable_grad_checkpointing", "run_finetune", "sharded_features"],
-    "launch": ["train_from_config"],
+    "engine": ["TrainRun", "enable_grad_checkpointing", "run_finetune", "sharded_features"],
+    "features": ["compute_features"],
     "logs": ["MetricLog"],
     "loop": ["Stage", "Trainer"],
+    "schedule": ["cosine_lr"],
 }
 _LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 
-__all__ = ["BatchPlan", "CheckpointDir", "DistInfo", "MetricLog", "ResumeError", "Stage", "Trainer",
-           "enable_grad_checkpointing", "init_distributed", "kshot_subset", "load_checkpoint", "resolve_batch",
-           "run_finetune", "sharded_features", "train_from_config"]
+__all__ = ["BatchPlan", "CheckpointDir", "DistInfo", "MetricLog", "ResumeError", "Stage", "Trainer", "TrainRun",
+           "compute_features", "cosine_lr", "enable_grad_checkpointing", "init_distributed", "kshot_subset",
+           "load_checkpoint", "resolve_batch", "run_finetune", "sharded_features"]
 
 
 def __getattr__(name: str):

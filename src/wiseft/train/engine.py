@@ -5,45 +5,80 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from ..backbones.base import Backbone
+from ..config.finetune import FinetuneConfig
 from ..data.base import LabeledDataset
 from ..files import hold
-from ..finetune import FinetuneConfig, compute_features
 from ..heads import Classifier
 from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
 from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from .distributed import current
+from .features import compute_features
 from .logs import MetricLog
 from .loop import Stage, Trainer
 
 log = logging.getLogger("wiseft")
 
 
-def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig, *,
-                 log_path=None, progress: bool = True, checkpoint_dir=None,
-                 resume: bool | str | Path = False, name: str | None = None) -> Classifier:
+@dataclass(frozen=True)
+class TrainRun:
+    """Where one fine-tuning run writes and how it reports (the settings of the run,
+    as opposed to the :class:`FinetuneConfig` recipe).
+
+    ``log_path``: the metrics log (JSON lines, or CSV for a ``.csv`` name);
+    ``checkpoint_dir``: where resumable checkpoints go (none: no checkpoints);
+    ``resume``: continue from the latest checkpoint there (``True``) or from a given
+    checkpoint file; ``name``: labels the run in logs and progress (e.g. a variant's name).
+
+    Example:
+        >>> TrainRun(log_path="runs/x/train.jsonl", checkpoint_dir="runs/x/ckpt", resume=True)
+    """
+
+    log_path: str | Path | None = None
+    progress: bool = True
+    checkpoint_dir: str | Path | None = None
+    resume: bool | str | Path = False
+    name: str | None = None
+
+    @classmethod
+    def of(cls, run: TrainRun | None, **options: Any) -> TrainRun:
+        """``run`` (default: the defaults) with the given fields replaced: the keyword
+        arguments ``finetune`` accepts, e.g. ``TrainRun.of(None, resume=True)``."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in options if k not in fields]
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the run options are {', '.join(fields)}")
+        return dataclasses.replace(run if run is not None else cls(), **options)
+
+
+def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig,
+                 run: TrainRun | None = None, **options: Any) -> Classifier:
     """See :func:`wiseft.finetune.finetune`."""
+    run = TrainRun.of(run, **options)
     info = current()
     if cfg.shots_per_class:
         train = kshot_subset(train, cfg.shots_per_class, cfg.shots_seed)
-    root = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    root = Path(run.checkpoint_dir) if run.checkpoint_dir is not None else None
     # one process trains into a checkpoint folder at a time (under torchrun, rank 0 holds it)
     held = hold(root, "training-checkpoint folder") if root is not None and info.main else contextlib.nullcontext()
     with held:
-        if root is not None and not resume and any(root.glob("*/*.pt")):
+        if root is not None and not run.resume and any(root.glob("*/*.pt")):
             raise ResumeError(f"{root} already holds training checkpoints: resume, or choose an empty folder")
         tb = None
         if cfg.tensorboard and info.main:
-            tb = (Path(log_path).with_suffix("") if log_path else (root or Path("runs")) / "tensorboard")
-        metrics = MetricLog(log_path if info.main else None, tensorboard_dir=tb)
-        ctx = _Context(cfg, backbone, root, resume, metrics, progress, name)
+            tb = (Path(run.log_path).with_suffix("") if run.log_path else (root or Path("runs")) / "tensorboard")
+        metrics = MetricLog(run.log_path if info.main else None, tensorboard_dir=tb)
+        ctx = _Context(cfg, backbone, root, run, metrics)
         try:
             with deterministic(cfg.deterministic):
                 torch.manual_seed(cfg.seed + info.rank)
@@ -59,9 +94,13 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
 
 
 class _Context:
-    def __init__(self, cfg, backbone, root, resume, metrics, progress, name):
-        self.cfg, self.backbone, self.root, self.resume = cfg, backbone, root, resume
-        self.metrics, self.progress, self.name = metrics, progress, name
+    """What every stage of one run shares: the recipe, the backbone, the run's settings
+    and its metrics log."""
+
+    def __init__(self, cfg: FinetuneConfig, backbone: Backbone, root: Path | None, run: TrainRun,
+                 metrics: MetricLog):
+        self.cfg, self.backbone, self.root, self.metrics = cfg, backbone, root, metrics
+        self.resume, self.progress, self.name = run.resume, run.progress, run.name
 
     def checkpoints(self, stage: str) -> CheckpointDir | None:
         if self.root is None:

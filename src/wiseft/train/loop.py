@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.utils.data import DataLoader, Dataset
 
+from ..config.finetune import FinetuneConfig
 from ..data.folders import check_unreadable
 from ..errors import WiseftError
-from ..finetune import FinetuneConfig, cosine_lr
 from ..progress import progress_bar
 from ..runtime import autocast, device_of, to_device
 from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_compatible, load_checkpoint, rng_state, \
@@ -30,6 +30,7 @@ from .data import (BatchPlan, MicroBatch, PlanSampler, SeededSamples, SkipUnread
 from .distributed import all_gather_objects, all_reduce_sum, current, wrap_model
 from .logs import MetricLog
 from .methods import EMA, ZeroShotL2, adamw, param_groups
+from .schedule import cosine_lr
 
 log = logging.getLogger("wiseft")
 # test hook: SIGKILL this process right after the given optimizer step (fault-tolerance tests)

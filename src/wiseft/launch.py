@@ -1,0 +1,163 @@
+"""Fine-tune from a run config, on one process or under ``torchrun`` (``wiseft train``,
+``python -m wiseft.train``); it writes the checkpoint ``wiseft run`` reuses
+(``OUTPUT_DIR/checkpoints/NAME.safetensors``). Also the command-line pieces both entry
+points share: the config-override arguments (``--output-dir``, ``--set KEY=VALUE``)
+and the one-line report of a user's error.
+
+Light to import: torch, the config and the pipeline load only when a command runs,
+not for ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from .errors import WiseftError
+from .progress import configure_logging
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+log = logging.getLogger("wiseft")
+
+
+def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume: bool = False,
+                      fresh: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Fine-tune the config's runs (all, or ``names``) and write each one's weights.
+
+    Checkpoints go to ``OUTPUT_DIR/checkpoints/train_NAME_KEY/`` (KEY: the run's train key), the metrics log to
+    ``OUTPUT_DIR/train_NAME.jsonl``. Every process of a torchrun launch calls this.
+
+    Example:
+        >>> train_from_config(load_config("config.yaml"), resume=True)
+    """
+    from .backbones.base import load_backbone
+    from .checkpoint import save_state
+    from .files import clear_dir, hold
+    from .finetune import TrainRun, finetune
+    from .pipeline import build_zeroshot_model, checkpoint_paths, prepare_data
+    from .train.distributed import barrier, init_distributed
+
+    info, device = init_distributed(cfg.device)
+    runs = cfg.finetune_runs()
+    unknown = [n for n in names or [] if n not in runs]
+    if unknown:
+        raise ValueError(f"no fine-tuning run named {unknown[0]!r}; the config has {sorted(runs)}")
+    run_dir = Path(cfg.output_dir)
+    data = prepare_data(cfg)
+    backbone = load_backbone(cfg.backbone)
+    model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
+    out = {}
+    for name in names or list(runs):
+        final, ckpt_dir = checkpoint_paths(cfg, name)
+        if fresh and info.main and ckpt_dir.exists():
+            with hold(ckpt_dir, "training-checkpoint folder"):  # never under a process training there now
+                clear_dir(ckpt_dir)
+            (run_dir / f"train_{name}.jsonl").unlink(missing_ok=True)
+        barrier()
+        tuned = finetune(model, data.train, backbone, runs[name],
+                         TrainRun(log_path=run_dir / f"train_{name}.jsonl", progress=progress,
+                                  checkpoint_dir=ckpt_dir, resume=resume))
+        out[name] = final
+        if info.main:
+            state = {k: v.detach().cpu().clone() for k, v in tuned.state_dict().items()}
+            save_state(out[name], state, {"train_key": cfg.train_key(name)})
+            log.info("%s: weights in %s", name, out[name])
+        barrier()
+    return out
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    import torch
+
+    from .train.distributed import current
+
+    if current().enabled:
+        torch.distributed.destroy_process_group()
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--output-dir`` and ``--set KEY=VALUE``, the config overrides of ``run``, ``demo``
+    and ``train`` (read back by :func:`config_overrides`)."""
+    p.add_argument("--output-dir", help="run directory (overrides output_dir)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set finetune.epochs=2 (repeatable)")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The config fields ``--set`` and ``--output-dir`` override: ``{"finetune.epochs": 2}``
+    (each value read as YAML). A ``--set`` without ``=`` is a ConfigError."""
+    import yaml
+
+    from .config import ConfigError
+
+    overrides = {}
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    return overrides
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``train`` arguments (shared by ``python -m wiseft.train`` and ``wiseft train``)."""
+    p.add_argument("config", help="run config YAML (backbone, data, finetune, variants)")
+    p.add_argument("--run", action="append", dest="names", metavar="NAME",
+                   help="train only this run: 'finetuned' or a variant name (repeatable)")
+    add_config_arguments(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
+    group.add_argument("--fresh", action="store_true", help="delete earlier checkpoints and start over")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run ``train`` from parsed arguments; rank 0 prints each run's weights file."""
+    from .config import load_config
+    from .train.distributed import current
+
+    cfg = load_config(args.config, config_overrides(args))
+    try:
+        out = train_from_config(cfg, names=args.names, resume=args.resume, fresh=args.fresh,
+                                progress=not args.no_progress)
+    finally:
+        shutdown()
+    if current().main:
+        for name, path in out.items():
+            print(f"{name}: {path}")
+    return 0
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether ``e`` is reported as one line (``wiseft: error: ...``, exit code 2) rather than
+    a traceback: wiseft's named errors (``WiseftError``), a missing file or optional
+    dependency, and plain ValueErrors that checks outside the library raise."""
+    return isinstance(e, (WiseftError, FileNotFoundError, ImportError, ValueError))
+
+
+def call_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``fn(args)`` with the command line's logging; a user's error (:func:`is_user_error`)
+    prints one line on stderr and returns exit code 2, anything else raises."""
+    configure_logging()
+    try:
+        return fn(args)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        print(f"wiseft: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m wiseft.train`` (run it under torchrun for several processes)."""
+    p = argparse.ArgumentParser(prog="python -m wiseft.train", description="Fine-tune from a run config.")
+    add_train_arguments(p)
+    return call_command(cmd_train, p.parse_args(argv))
