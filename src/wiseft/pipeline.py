@@ -23,7 +23,7 @@ from .files import atomic_write, check_free, hold
 from .finetune import TrainRun, finetune
 from .heads import Classifier, zeroshot_head
 from .runtime import to_device
-from .results import QUICK_BANNER, Record, append_records, package_versions, read_records, summary_table
+from .results import QUICK_BANNER, Record, append_records, package_versions, summary_table
 from .templates import get_templates, templates_hash
 from .train.checkpoints import check_resumable
 from .train.distributed import current
@@ -210,19 +210,14 @@ def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = Fal
 
 
 def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: contextlib.ExitStack) -> RunResult:
+    """The body of :func:`run`; ``held`` keeps the run directory's lock until the run ends."""
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     main_process = current().main and os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 locks
-    if main_process:  # another run in this directory: fail now, before any heavy work (writes nothing)
-        check_free((quick_config(cfg) if quick else cfg).output_dir, "run directory")
     clock = StageClock()
-    with clock("data"):
-        data = prepare_data(cfg)
-    if quick:
-        cfg, data = quick_config(cfg), _quick_data(data, cfg.data.seed)
+    cfg, data = _checked_inputs(cfg, quick, main_process, clock)
     runs = cfg.finetune_runs()
     run_dir = Path(cfg.output_dir)
-    results_path = run_dir / "results.jsonl"
     reused = {name for name in runs if _reusable(cfg, name)}
     log.info("%s", plan_text(cfg, data, runs, reused, quick))
 
@@ -232,19 +227,13 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     # inputs are valid and the model loaded: now the run directory is this process's, and written to
     if main_process:
         held.enter_context(hold(run_dir, "run directory"))
-    for name in runs:  # a checkpoint to resume from that would not load: say so before writing anything
-        if name not in reused:
-            check_resumable(checkpoint_paths(cfg, name)[1])
-    atomic_write(run_dir / "config.yaml", cfg.to_yaml())
-    if results_path.exists():
-        results_path.unlink()  # a rerun replaces its records; checkpoints are reused below
+    results_path = _start_run_dir(cfg, runs, reused)
     with clock("zero-shot head"):
         model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
     theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if progress:
         log.info("%s", estimate_text(model, backbone, data, cfg, runs, reused))
-    provenance = {"backbone": cfg.backbone.model_dump(), "templates_hash": templates_hash(data.templates),
-                  "config_hash": cfg.config_hash(), "versions": package_versions(), **({"quick": True} if quick else {})}
+    provenance = _provenance(cfg, data, quick)
 
     records: list[Record] = []
     zeroshot: dict = {}  # alpha = 0 is theta_0 for every fine-tune: scored once, reused by every sweep
@@ -267,9 +256,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     from .robustness import select_alpha
 
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
-    banner = QUICK_BANNER + "\n\n" if quick else ""
-    atomic_write(run_dir / "summary.md", banner + summary_table(records) + "\n\nselected alpha (on "
-                 f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
+    _write_summary(cfg, records, selected, quick)
     export_dir = None
     if cfg.export:
         from .merge import Interpolator
@@ -280,6 +267,48 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
             meta = {**_meta(cfg, data, alpha), "temperature": _temperature(records, "finetuned", alpha)}
             export_dir = export_model(model, backbone, meta, run_dir / "export")
     return RunResult(run_dir, records, selected, export_dir, clock.times)
+
+
+def _checked_inputs(cfg: RunConfig, quick: bool, main_process: bool,
+                    clock: StageClock) -> tuple[RunConfig, PreparedData]:
+    """The run's config and datasets (sliced for ``quick``), checked before any model
+    loads; another run holding the run directory is an error before anything is read."""
+    if main_process:  # another run in this directory: fail now, before any heavy work (writes nothing)
+        check_free((quick_config(cfg) if quick else cfg).output_dir, "run directory")
+    with clock("data"):
+        data = prepare_data(cfg)
+    if quick:
+        cfg, data = quick_config(cfg), _quick_data(data, cfg.data.seed)
+    return cfg, data
+
+
+def _start_run_dir(cfg: RunConfig, runs: dict, reused: set[str]) -> Path:
+    """Write the resolved config into the run directory and drop a previous run's
+    records (its checkpoints are reused); first, every checkpoint to resume from must
+    load, so that a bad one stops the run before anything is written. Returns the
+    records' path."""
+    for name in runs:  # a checkpoint to resume from that would not load: say so before writing anything
+        if name not in reused:
+            check_resumable(checkpoint_paths(cfg, name)[1])
+    run_dir = Path(cfg.output_dir)
+    results_path = run_dir / "results.jsonl"
+    atomic_write(run_dir / "config.yaml", cfg.to_yaml())
+    if results_path.exists():
+        results_path.unlink()  # a rerun replaces its records; checkpoints are reused below
+    return results_path
+
+
+def _provenance(cfg: RunConfig, data: PreparedData, quick: bool) -> dict[str, Any]:
+    """What every record of the run carries: backbone, prompts, config hash, versions."""
+    return {"backbone": cfg.backbone.model_dump(), "templates_hash": templates_hash(data.templates),
+            "config_hash": cfg.config_hash(), "versions": package_versions(), **({"quick": True} if quick else {})}
+
+
+def _write_summary(cfg: RunConfig, records: list[Record], selected: dict[str, float], quick: bool) -> None:
+    """``summary.md``: the records' table and the alpha selected for each fine-tune."""
+    banner = QUICK_BANNER + "\n\n" if quick else ""
+    atomic_write(Path(cfg.output_dir) / "summary.md", banner + summary_table(records) + "\n\nselected alpha (on "
+                 f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
 
 
 class StageClock:
@@ -396,8 +425,3 @@ def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir:
     state = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
     save_state(ckpt, state, {"train_key": key})
     return state
-
-
-def summarize(run_dir: str | Path) -> str:
-    """The summary table of a finished run, from its records alone."""
-    return summary_table(read_records(run_dir))
