@@ -33,9 +33,12 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         build_dataset({"kind": "image_folder", "root": str(tmp_path / "imgs"), "classnames": ["cat", "dog"]})
     with pytest.raises(DataError, match="does not exist"):
         build_dataset({"kind": "image_folder", "root": str(tmp_path / "nope")})
-    with pytest.raises(DataError, match="unknown option 'rooot'"):
+    with pytest.raises(DataError, match=r"^dataset 'train' \(image_folder\): rooot: unknown option 'rooot' "
+                                        r"for dataset kind 'image_folder'; did you mean 'root'\? "
+                                        r"allowed: root, classnames$"):
         build_dataset({"kind": "image_folder", "rooot": "x"}, name="train")
-    with pytest.raises(DataError, match="unknown kind 'imagefolder'"):
+    with pytest.raises(DataError, match=r"^dataset: kind: unknown dataset kind 'imagefolder'; did you mean "
+                                        r"'image_folder'\? known: "):
         build_dataset({"kind": "imagefolder"})
 
 

@@ -1,6 +1,7 @@
 """WILDS FMoW and iWildCam layouts, splits and metrics against hand values."""
 
 import csv
+import typing
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from dataset_fixtures import write_image
 from wiseft.data import build_dataset
 from wiseft.data.base import DataError
-from wiseft.data.wilds import FMOW_CATEGORIES, iwildcam_classnames
+from wiseft.data.wilds import FMOW_CATEGORIES, FMOW_SPLITS, FmowSplit, iwildcam_classnames
 from wiseft.metrics import macro_f1, worst_group_accuracy
 
 
@@ -45,8 +46,10 @@ def test_fmow_splits_follow_wilds_years_and_row_numbers(fmow_root):
     assert test.classnames[FMOW_CATEGORIES.index("lake_or_pond")] == "lake_or_pond"  # the reference's names
     assert len(build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "val"})) == 1
     assert len(build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "id_test"})) == 1
-    with pytest.raises(DataError, match="split"):
+    with pytest.raises(DataError, match=r"^dataset 'fmow': split: Input should be 'train', 'id_val', 'id_test', "
+                                        r"'val' or 'test', got 'nope'$"):
         build_dataset({"kind": "fmow", "root": str(fmow_root), "split": "nope"})
+    assert typing.get_args(FmowSplit) == tuple(FMOW_SPLITS)  # the split a config may name is one the loader has
 
 
 def test_fmow_worst_region_accuracy(fmow_root):

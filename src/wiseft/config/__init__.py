@@ -3,11 +3,12 @@ that name the file and the field. Importing it needs no torch; validating a data
 backbone looks its kind up in the registries, which load their modules on first use."""
 
 from .backbone import BackboneSpec
-from .datasets import check_dataset_spec, dataset_options, describe_type
+from .datasets import DatasetSpec, check_dataset_spec, dataset_options, describe_type
+from .errors import ConfigError, FieldError
 from .evaluation import EvalConfig
 from .finetune import FinetuneConfig
-from .run import DEFAULT_ALPHAS, ConfigError, DataConfig, FieldError, RunConfig, load_config, parse_config
+from .run import DEFAULT_ALPHAS, DataConfig, RunConfig, load_config, parse_config
 
-__all__ = ["BackboneSpec", "ConfigError", "DEFAULT_ALPHAS", "DataConfig", "EvalConfig", "FieldError",
+__all__ = ["BackboneSpec", "ConfigError", "DEFAULT_ALPHAS", "DataConfig", "DatasetSpec", "EvalConfig", "FieldError",
            "FinetuneConfig", "RunConfig", "check_dataset_spec", "dataset_options", "describe_type", "load_config",
            "parse_config"]

@@ -1,5 +1,6 @@
 """Dataset specs (``{"kind": ..., **options}``) checked against the registered builders'
-signatures, without reading any file."""
+signatures, without reading any file: the one check of a config's datasets and of
+``build_dataset``."""
 
 from __future__ import annotations
 
@@ -9,10 +10,63 @@ import typing
 from pathlib import PurePath
 from typing import Any, Mapping
 
-from ..registry import DATASETS, did_you_mean
+from pydantic import GetCoreSchemaHandler, TypeAdapter, ValidationError
+from pydantic_core import CoreSchema, core_schema
 
+from ..registry import DATASETS, did_you_mean
+from .errors import FieldError
 
 _CLASS_MAP = dict[str, str | int | list[str | int]]  # dataset class -> reference class name(s) or index(es)
+# keys of a spec that the run reads (projecting a set onto the reference classes), not the builder
+RUN_KEYS = ("class_map", "subset")
+
+
+class DatasetSpec(dict[str, Any]):
+    """A dataset as a config names it: ``{"kind": ..., **options}``, plus the run's own
+    keys ``class_map`` and ``subset``. As a config field it is checked against the kind's
+    registered builder (``check_dataset_spec``: option names, required options, values
+    against the builder's annotations) and holds, and dumps, exactly what was written; it
+    is a dict, so ``spec["kind"]``, ``spec.get(...)`` and ``dict(spec)`` read it as before.
+
+    Example:
+        >>> spec = DatasetSpec.check({"kind": "cifar10", "root": "data", "split": "test"})
+        >>> spec.kind, spec.options
+        ('cifar10', {'root': 'data', 'split': 'test'})
+    """
+
+    @classmethod
+    def check(cls, spec: Mapping[str, Any]) -> "DatasetSpec":
+        """``spec`` as a DatasetSpec (a copy), or a FieldError naming the first problem:
+        where inside the spec, and why."""
+        problem = check_dataset_spec(spec)
+        if problem:
+            raise FieldError(*problem)
+        return cls(spec)
+
+    @property
+    def kind(self) -> str:
+        """The registered dataset kind."""
+        return self["kind"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The builder's keyword arguments: every key but ``kind`` and the run's keys."""
+        return {k: v for k, v in self.items() if k != "kind" and k not in RUN_KEYS}
+
+    @property
+    def class_map(self) -> dict[str, Any] | None:
+        """Dataset class -> reference class name(s) or index(es), or None."""
+        return self.get("class_map")
+
+    @property
+    def subset(self) -> bool:
+        """Whether the set's classes may be a proper subset of the reference classes."""
+        return self.get("subset", False) is True
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # validated as a dict, then checked; serialised as the plain dict it holds
+        return core_schema.no_info_after_validator_function(cls.check, handler.generate_schema(dict[str, Any]))
 
 
 def dataset_options(kind: str) -> dict[str, inspect.Parameter]:
@@ -40,11 +94,11 @@ def check_dataset_spec(spec: Mapping[str, Any]) -> tuple[tuple[str, ...], str] |
     options = dataset_options(kind)
     takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
     for key in spec:
-        if key in ("kind", "class_map", "subset") or key in options or takes_any:
+        if key == "kind" or key in RUN_KEYS or key in options or takes_any:
             continue
         hint = did_you_mean(key, options)
         return (str(key),), (f"unknown option {key!r} for dataset kind {kind!r}"
-                             + (f"; did you mean {hint!r}?" if hint else "") + f" allowed: {', '.join(options)}")
+                             + (f"; did you mean {hint!r}? " if hint else "; ") + f"allowed: {', '.join(options)}")
     for name, p in options.items():
         if p.default is inspect.Parameter.empty and name not in spec:
             return (name,), f"missing; dataset kind {kind!r} needs option {name!r}"
@@ -65,8 +119,6 @@ def check_dataset_spec(spec: Mapping[str, Any]) -> tuple[tuple[str, ...], str] |
 
 
 def _type_problem(value: Any, hint: Any) -> tuple[tuple[str, ...], str] | None:
-    from pydantic import TypeAdapter, ValidationError
-
     adapter = TypeAdapter(hint)
     try:
         adapter.validate_python(value, strict=True)

@@ -9,34 +9,19 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from ..errors import WiseftError
 from ..registry import did_you_mean
 from ..templates import TEMPLATES, template_problem
 from .backbone import BackboneSpec
-from .datasets import check_dataset_spec, describe_type
+from .datasets import DatasetSpec, describe_type
+from .errors import ConfigError, FieldError
 from .evaluation import EvalConfig
 from .finetune import FinetuneConfig
-
-
-class ConfigError(WiseftError):
-    """A configuration that cannot run; the message names the file and field."""
-
-
-class FieldError(ValueError):
-    """A validator's error about a field at or below the one it validates: ``loc`` is
-    the path from there (``("kind",)`` inside ``data.train``), so the message names
-    the full dotted field."""
-
-    def __init__(self, loc: tuple = (), message: str = ""):
-        super().__init__(message)
-        self.loc = tuple(str(p) for p in loc)
-        self.message = message
 
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -50,9 +35,9 @@ class DataConfig(BaseModel):
     name: str = "reference"
     classnames: list[str] | str | None = None
     templates: str | list[str] | None = None  # None: the reference dataset's own set, else openai_imagenet
-    train: dict[str, Any]
-    test: dict[str, Any]
-    shifts: dict[str, dict[str, Any]] = {}
+    train: DatasetSpec
+    test: DatasetSpec
+    shifts: dict[str, DatasetSpec] = {}
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
     # the fraction of a set (training or evaluation) whose inputs may be unreadable: they are
@@ -88,23 +73,6 @@ class DataConfig(BaseModel):
                 problem = template_problem(t)
                 if problem:
                     raise FieldError((i,), problem)
-        return v
-
-    @field_validator("train", "test")
-    @classmethod
-    def _dataset(cls, v):
-        problem = check_dataset_spec(v)
-        if problem:
-            raise FieldError(*problem)
-        return v
-
-    @field_validator("shifts")
-    @classmethod
-    def _shift_datasets(cls, v):
-        for name, spec in v.items():
-            problem = check_dataset_spec(spec)
-            if problem:
-                raise FieldError((name, *problem[0]), problem[1])
         return v
 
 

@@ -6,19 +6,26 @@ import inspect
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import WiseftError
 from ..metrics import Score, accuracy
-from ..config.datasets import check_dataset_spec, dataset_options, describe_type  # noqa: F401 (re-exported)
+from ..config.datasets import (DatasetSpec, check_dataset_spec, dataset_options,  # noqa: F401 (re-exported)
+                               describe_type)
+from ..config.errors import FieldError
 from ..registry import DATASETS
 
 
 class DataError(WiseftError):
     """Bad dataset input; the message names the file, folder or field."""
+
+
+# A builder annotates each option it takes (``split: TrainOrTest``); the one check of a
+# dataset spec, in a config or in build_dataset, reads the allowed values from there.
+TrainOrTest = Literal["train", "test"]
 
 
 @runtime_checkable
@@ -164,26 +171,36 @@ register_dataset = DATASETS.register  # decorator: a builder ``fn(**options) -> 
 list_datasets = DATASETS.names
 
 
-def build_dataset(spec: dict[str, Any], *, name: str = "", base_dir: str | Path | None = None) -> LabeledDataset:
-    """Build a dataset from ``{"kind": ..., **options}``; unknown kinds and options are
-    errors naming them. Relative paths resolve against ``base_dir``."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    spec.pop("class_map", None)
-    spec.pop("subset", None)  # read by the caller, with class_map, when it projects onto the reference classes
-    if kind not in DATASETS:
-        raise DataError(f"dataset {name!r}: unknown kind {kind!r}; known: {', '.join(list_datasets())}")
-    fn = DATASETS.get(kind)
-    params = inspect.signature(fn).parameters
-    for key in spec:
-        if key not in params:
-            allowed = [p for p in params if p not in ("base_dir", "name")]
-            raise DataError(f"dataset {name!r} ({kind}): unknown option {key!r}; allowed: {allowed}")
-    if "base_dir" in params:
-        spec["base_dir"] = base_dir
-    ds = fn(**spec)
+def build_dataset(spec: Mapping[str, Any], *, name: str = "", base_dir: str | Path | None = None) -> LabeledDataset:
+    """Build a dataset from ``{"kind": ..., **options}``, checked first as a config's
+    datasets are (``DatasetSpec``, against the kind's builder): an unknown kind or option,
+    a missing option or a value the builder does not take is a DataError naming the
+    dataset, the field and what is allowed. Relative paths resolve against ``base_dir``.
+
+    Example:
+        >>> test = build_dataset({"kind": "cifar10", "root": "data", "split": "test"})
+    """
+    try:
+        spec = DatasetSpec.check(spec)
+    except FieldError as e:
+        where = ".".join(e.loc) + ": " if e.loc else ""
+        raise DataError(f"{_dataset_label(name, spec)}: {where}{e.message}") from None
+    fn = DATASETS.get(spec.kind)
+    options = spec.options
+    if "base_dir" in inspect.signature(fn).parameters:
+        options["base_dir"] = base_dir
+    ds = fn(**options)
     ds.name = name or ds.name
     return ds
+
+
+def _dataset_label(name: str, spec: object) -> str:
+    """``dataset 'train' (cifar10)``, ``dataset 'cifar10'``: the name a build error gives."""
+    kind = spec.get("kind") if isinstance(spec, Mapping) else None
+    kind = kind if isinstance(kind, str) and kind in DATASETS else ""
+    if name and kind and name != kind:
+        return f"dataset {name!r} ({kind})"
+    return f"dataset {name or kind!r}" if name or kind else "dataset"
 
 
 def resource(*parts: str) -> Path:

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from .base import DataError, LabeledDataset, per_class_permutations, register_dataset, resolve
+from .base import DataError, LabeledDataset, TrainOrTest, per_class_permutations, register_dataset, resolve
 
 TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 CLASSNAMES = ("business", "entertainment", "politics", "sports", "technology")
@@ -61,20 +61,16 @@ def split_indices(labels: list[int], test_fraction: float, seed: int) -> tuple[l
 
 
 @register_dataset("bbc_news")
-def bbc_news(split: Literal["train", "test"] = "train",
+def bbc_news(split: TrainOrTest = "train",
              view: Literal["article", "headline", "body"] = "article",
-             root: str | None = None, test_fraction: float = 0.3, seed: int = 0,
+             root: str | Path | None = None, test_fraction: float = 0.3, seed: int = 0,
              max_chars: int | None = None, *, base_dir=None) -> LabeledDataset:
     """One split and view of BBC News; ``max_chars`` trims long texts before tokenising."""
-    if split not in ("train", "test"):
-        raise DataError(f"bbc_news: split must be 'train' or 'test', got {split!r}")
-    if view not in ("article", "headline", "body"):
-        raise DataError(f"bbc_news: view must be 'article', 'headline' or 'body', got {view!r}")
     folder = resolve(root, base_dir) if root else default_root()
     corpus = _read_corpus(str(folder))
     train, test = split_indices([y for *_, y in corpus], test_fraction, seed)
     samples = []
-    for i in (train if split == "train" else test):
+    for i in {"train": train, "test": test}[split]:
         headline, body, y = corpus[i]
         text = {"article": f"{headline}. {body}", "headline": headline, "body": body}[view]
         samples.append((text[:max_chars] if max_chars else text, y))

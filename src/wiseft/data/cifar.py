@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..templates import CIFAR_TEMPLATES  # noqa: F401  (the 'cifar' set; kept importable from here)
-from .base import DataError, LabeledDataset, find_root, register_dataset
+from .base import DataError, LabeledDataset, TrainOrTest, find_root, register_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -74,23 +74,19 @@ def _from_batches(files: list[Path], label_key: str) -> tuple[np.ndarray, list[i
 
 
 @register_dataset("cifar10")
-def cifar10(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
+def cifar10(root: str | Path, split: TrainOrTest = "test", *, base_dir=None) -> LabeledDataset:
     """``cifar-10-batches-py/{data_batch_1..5,test_batch}``."""
     path = find_root(root, base_dir, "cifar-10-batches-py", what="cifar10")
-    files = [path / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [path / "test_batch"]
-    if split not in ("train", "test"):
-        raise DataError(f"cifar10: split must be 'train' or 'test', got {split!r}")
+    files = {"train": [path / f"data_batch_{i}" for i in range(1, 6)], "test": [path / "test_batch"]}[split]
     x, y = _from_batches(files, "labels")
     return array_dataset(x, y, CIFAR10_CLASSES, "cifar10")
 
 
 @register_dataset("cifar100")
-def cifar100(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
+def cifar100(root: str | Path, split: TrainOrTest = "test", *, base_dir=None) -> LabeledDataset:
     """``cifar-100-python/{train,test,meta}`` with the 100 fine labels, named as the
     reference implementation names them (torchvision's ``classes``: the meta file's
     names, underscores kept, e.g. ``aquarium_fish``)."""
-    if split not in ("train", "test"):
-        raise DataError(f"cifar100: split must be 'train' or 'test', got {split!r}")
     path = find_root(root, base_dir, "cifar-100-python", what="cifar100")
     names = [n.decode() if isinstance(n, bytes) else n for n in read_batch(path / "meta")["fine_label_names"]]
     x, y = _from_batches([path / split], "fine_labels")
@@ -98,7 +94,7 @@ def cifar100(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset
 
 
 @register_dataset("cifar10.1")
-def cifar10_1(root: str, version: str = "v6", *, base_dir=None) -> LabeledDataset:
+def cifar10_1(root: str | Path, version: str = "v6", *, base_dir=None) -> LabeledDataset:
     """CIFAR-10.1: ``cifar10.1_<version>_data.npy`` and ``cifar10.1_<version>_labels.npy``."""
     path = find_root(root, base_dir, "CIFAR-10.1/datasets", "datasets", what="cifar10.1")
     x = _npy(path / f"cifar10.1_{version}_data.npy")
@@ -107,7 +103,7 @@ def cifar10_1(root: str, version: str = "v6", *, base_dir=None) -> LabeledDatase
 
 
 @register_dataset("cifar10.2")
-def cifar10_2(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
+def cifar10_2(root: str | Path, split: TrainOrTest = "test", *, base_dir=None) -> LabeledDataset:
     """CIFAR-10.2: ``cifar102_<split>.npz`` with ``images`` and ``labels``."""
     path = find_root(root, base_dir, "cifar-10.2", what="cifar10.2")
     file = path / f"cifar102_{split}.npz"

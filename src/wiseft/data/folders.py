@@ -81,7 +81,7 @@ def check_unreadable(unreadable: int, total: int, max_fraction: float | None, wh
 
 
 @register_dataset("image_folder")
-def image_folder(root: str, classnames: Sequence[str] | str | None = None, *,
+def image_folder(root: str | Path, classnames: Sequence[str] | str | Path | None = None, *,
                  base_dir=None) -> LabeledDataset:
     """``root/<class folder>/<image>``. Without ``classnames`` the sorted folder names
     are the classes. With them, folders named after classes map by name; otherwise
@@ -111,7 +111,8 @@ def image_folder(root: str, classnames: Sequence[str] | str | None = None, *,
 
 
 @register_dataset("manifest")
-def manifest(path: str, classnames: Sequence[str] | str | None = None, *, base_dir=None) -> LabeledDataset:
+def manifest(path: str | Path, classnames: Sequence[str] | str | Path | None = None, *,
+             base_dir=None) -> LabeledDataset:
     """A CSV (with a header) or JSONL file of records with ``label`` and either ``path``
     (an image, relative to the manifest) or ``text``. Labels are class names, or
     integer indices into ``classnames``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from PIL import Image
 
@@ -60,11 +60,9 @@ def _wnid_subset(name: str, wnids: list[str], root: Path, templates: str = "open
 
 
 @register_dataset("imagenet")
-def imagenet(root: str, split: str = "val", *, base_dir=None) -> LabeledDataset:
+def imagenet(root: str | Path, split: Literal["train", "val"] = "val", *, base_dir=None) -> LabeledDataset:
     """ILSVRC-2012: ``root/{train,val}/<wnid>/*.JPEG`` (val sorted into wnid folders, as
     the usual ``valprep.sh`` leaves it)."""
-    if split not in ("train", "val"):
-        raise DataError(f"imagenet: split must be 'train' or 'val', got {split!r}")
     path = find_root(root, base_dir, what="imagenet")
     if (path / split).is_dir():
         path = path / split
@@ -72,7 +70,7 @@ def imagenet(root: str, split: str = "val", *, base_dir=None) -> LabeledDataset:
 
 
 @register_dataset("imagenet-v2")
-def imagenet_v2(root: str, variant: str = "matched-frequency", *, base_dir=None) -> LabeledDataset:
+def imagenet_v2(root: str | Path, variant: str = "matched-frequency", *, base_dir=None) -> LabeledDataset:
     """ImageNetV2: ``imagenetv2-<variant>-format-val/<class index>/*.jpeg``."""
     path = find_root(root, base_dir, f"imagenetv2-{variant}-format-val", f"imagenetv2-{variant}",
                      what="imagenet-v2")
@@ -82,21 +80,21 @@ def imagenet_v2(root: str, variant: str = "matched-frequency", *, base_dir=None)
 
 
 @register_dataset("imagenet-sketch")
-def imagenet_sketch(root: str, *, base_dir=None) -> LabeledDataset:
+def imagenet_sketch(root: str | Path, *, base_dir=None) -> LabeledDataset:
     """ImageNet-Sketch: ``sketch/<wnid>/*.JPEG``, 1000 classes."""
     path = find_root(root, base_dir, "sketch", "imagenet-sketch/sketch", what="imagenet-sketch")
     return _wnid_subset("imagenet-sketch", list(imagenet_wnids()), path)
 
 
 @register_dataset("imagenet-r")
-def imagenet_r(root: str, *, base_dir=None) -> LabeledDataset:
+def imagenet_r(root: str | Path, *, base_dir=None) -> LabeledDataset:
     """ImageNet-R: ``imagenet-r/<wnid>/*.jpg``, 200 ImageNet classes."""
     path = find_root(root, base_dir, "imagenet-r", what="imagenet-r")
     return _wnid_subset("imagenet-r", _lines(resource("imagenet_r_wnids.txt")), path)
 
 
 @register_dataset("imagenet-a")
-def imagenet_a(root: str, *, base_dir=None) -> LabeledDataset:
+def imagenet_a(root: str | Path, *, base_dir=None) -> LabeledDataset:
     """ImageNet-A: ``imagenet-a/<wnid>/*.jpg``, 200 ImageNet classes."""
     path = find_root(root, base_dir, "imagenet-a", what="imagenet-a")
     return _wnid_subset("imagenet-a", _lines(resource("imagenet_a_wnids.txt")), path)
@@ -127,7 +125,7 @@ def _load_objectnet(path: str) -> Image.Image:
 
 
 @register_dataset("objectnet")
-def objectnet(root: str, *, base_dir=None) -> LabeledDataset:
+def objectnet(root: str | Path, *, base_dir=None) -> LabeledDataset:
     """ObjectNet 1.0: ``objectnet-1.0/images/<folder>/*.png``; the 113 classes that
     overlap ImageNet are kept (the other 200 folders are skipped), each scored by the
     max over the logits of its ImageNet classes. Classes are in folder order and named

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from .base import DataError, LabeledDataset, find_root, register_dataset
+from .base import DataError, LabeledDataset, TrainOrTest, find_root, register_dataset
 from .folders import load_image
 
 
@@ -27,7 +28,8 @@ def _from_list(entries: list[str], classes: list[str], images: Path, what: str, 
 
 
 @register_dataset("dtd")
-def dtd(root: str, split: str = "test", fold: int = 1, *, base_dir=None) -> LabeledDataset:
+def dtd(root: str | Path, split: Literal["train", "val", "test"] = "test", fold: int = 1, *,
+        base_dir=None) -> LabeledDataset:
     """DTD: ``dtd/images/<class>/*.jpg`` and ``dtd/labels/<split><fold>.txt``."""
     path = find_root(root, base_dir, "dtd", what="dtd")
     classes = sorted(p.name for p in (path / "images").iterdir() if p.is_dir()) if (path / "images").is_dir() else []
@@ -40,7 +42,7 @@ def dtd(root: str, split: str = "test", fold: int = 1, *, base_dir=None) -> Labe
 
 
 @register_dataset("food101")
-def food101(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
+def food101(root: str | Path, split: TrainOrTest = "test", *, base_dir=None) -> LabeledDataset:
     """Food-101: ``food-101/images/<class>/<id>.jpg``, ``meta/{classes,train,test}.txt``."""
     path = find_root(root, base_dir, "food-101", what="food101")
     classes = _list_file(path / "meta" / "classes.txt", "food101")
@@ -58,15 +60,13 @@ def sun397_name(category: str) -> str:
 
 
 @register_dataset("sun397")
-def sun397(root: str, split: str = "test", partition: int = 1, *, base_dir=None) -> LabeledDataset:
+def sun397(root: str | Path, split: TrainOrTest = "test", partition: int = 1, *, base_dir=None) -> LabeledDataset:
     """SUN397: ``SUN397/<letter>/<class>[/<sub>]/sun_*.jpg`` with ``ClassName.txt`` and the
     ``Training_NN.txt``/``Testing_NN.txt`` partitions (in the root or ``Partitions/``)."""
     path = find_root(root, base_dir, "SUN397", what="sun397")
     parts = path / "Partitions" if (path / "Partitions").is_dir() else path
     classes = _list_file(parts / "ClassName.txt", "sun397")
-    name = {"train": "Training", "test": "Testing"}.get(split)
-    if name is None:
-        raise DataError(f"sun397: split must be 'train' or 'test', got {split!r}")
+    name = {"train": "Training", "test": "Testing"}[split]
     entries = _list_file(parts / f"{name}_{partition:02d}.txt", "sun397")
     samples = _from_list(entries, classes, path, "sun397", class_of=lambda e: e.rsplit("/", 1)[0])
     return LabeledDataset(samples, [sun397_name(c) for c in classes], load=load_image, name="sun397",
@@ -74,7 +74,7 @@ def sun397(root: str, split: str = "test", partition: int = 1, *, base_dir=None)
 
 
 @register_dataset("stanford-cars")
-def stanford_cars(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
+def stanford_cars(root: str | Path, split: TrainOrTest = "test", *, base_dir=None) -> LabeledDataset:
     """Stanford Cars: ``devkit/cars_meta.mat``, ``devkit/cars_train_annos.mat``,
     ``cars_test_annos_withlabels.mat`` (root or devkit) and ``cars_{train,test}/*.jpg``.
     Reading .mat files needs scipy."""
@@ -82,8 +82,6 @@ def stanford_cars(root: str, split: str = "test", *, base_dir=None) -> LabeledDa
         from scipy.io import loadmat
     except ImportError:
         raise DataError("stanford-cars: reading the devkit's .mat files needs scipy (pip install scipy)") from None
-    if split not in ("train", "test"):
-        raise DataError(f"stanford-cars: split must be 'train' or 'test', got {split!r}")
     path = find_root(root, base_dir, "stanford_cars", what="stanford-cars")
     names = [str(n) for n in loadmat(_first(path, "devkit/cars_meta.mat"), squeeze_me=True)["class_names"]]
     annos_file = ("devkit/cars_train_annos.mat",) if split == "train" else (

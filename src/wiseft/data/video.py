@@ -87,7 +87,7 @@ def _neighbour(anchor: str, offset: int) -> str:
 
 
 @register_dataset("ytbb-robust")
-def ytbb_robust(root: str, k: int = 10, *, base_dir=None) -> LabeledDataset:
+def ytbb_robust(root: str | Path, k: int = 10, *, base_dir=None) -> LabeledDataset:
     """``ytbb-robust/{ytbb_videos/<video>_<ms>/frame-<i>.jpg, metadata/pmk_labels.json}``;
     the anchor annotations and class maps ship with wiseft."""
     path = find_root(root, base_dir, "ytbb-robust", what="ytbb-robust")
@@ -126,7 +126,7 @@ def ytbb_robust(root: str, k: int = 10, *, base_dir=None) -> LabeledDataset:
 
 
 @register_dataset("imagenet-vid-robust")
-def imagenet_vid_robust(root: str, *, base_dir=None) -> LabeledDataset:
+def imagenet_vid_robust(root: str | Path, *, base_dir=None) -> LabeledDataset:
     """``imagenet-vid-robust/`` as released: ``metadata/labels.json`` (frame -> VID class
     indices), ``metadata/pmsets.json`` (anchor -> its reviewed pm-10 frames),
     ``misc/imagenet_vid_class_index.json`` (index -> [wnid, name]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -29,10 +30,12 @@ FMOW_CATEGORIES = (
     "waste_disposal", "water_treatment_facility", "wind_farm", "zoo",
 )
 FMOW_REGIONS = ("Africa", "Americas", "Oceania", "Asia", "Europe", "Other")
-# WILDS splits: (rows of the metadata 'split' column, years kept).
+# WILDS splits: (rows of the metadata 'split' column, years kept), one per FmowSplit.
+FmowSplit = Literal["train", "id_val", "id_test", "val", "test"]
 FMOW_SPLITS = {"train": ("train", (0, 2013)), "id_val": ("val", (0, 2013)), "id_test": ("test", (0, 2013)),
                "val": ("val", (2013, 2016)), "test": ("test", (2016, 10000))}
-IWILDCAM_SPLITS = ("train", "val", "test", "id_val", "id_test")
+# WILDS splits: values of the metadata 'split' column.
+IWildCamSplit = Literal["train", "val", "test", "id_val", "id_test"]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -57,12 +60,10 @@ class FMoW(LabeledDataset):
 
 
 @register_dataset("fmow")
-def fmow(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
+def fmow(root: str | Path, split: FmowSplit = "test", *, base_dir=None) -> LabeledDataset:
     """``fmow_v1.1/{rgb_metadata.csv,country_code_mapping.csv,images/rgb_img_<row>.png}``;
     ``split`` is a WILDS split (train, id_val, id_test, val, test; val and test are
     the out-of-distribution years)."""
-    if split not in FMOW_SPLITS:
-        raise DataError(f"fmow: split must be one of {list(FMOW_SPLITS)}, got {split!r}")
     path = find_root(root, base_dir, "fmow_v1.1", what="fmow")
     rows = _read_csv(path / "rgb_metadata.csv")
     region_of = {r["alpha-3"]: r["region"] for r in _read_csv(path / "country_code_mapping.csv")}
@@ -103,10 +104,8 @@ class IWildCam(LabeledDataset):
 
 
 @register_dataset("iwildcam")
-def iwildcam(root: str, split: str = "test", *, base_dir=None) -> LabeledDataset:
+def iwildcam(root: str | Path, split: IWildCamSplit = "test", *, base_dir=None) -> LabeledDataset:
     """``iwildcam_v2.0/{metadata.csv,train/<filename>}``; ``split`` is a WILDS split."""
-    if split not in IWILDCAM_SPLITS:
-        raise DataError(f"iwildcam: split must be one of {list(IWILDCAM_SPLITS)}, got {split!r}")
     path = find_root(root, base_dir, "iwildcam_v2.0", what="iwildcam")
     names = iwildcam_classnames()
     samples = []
