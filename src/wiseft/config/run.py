@@ -9,10 +9,10 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
 from ..registry import did_you_mean
@@ -93,8 +93,26 @@ class RunConfig(BaseModel):
     device: str = "auto"
     head_cache: bool = True
     export: bool = True
-    base_dir: str | None = Field(None, exclude=True)
+    _base_dir: str | None = PrivateAttr(None)  # the folder relative paths resolve against
     _source: str | None = PrivateAttr(None)  # the file (or label) it was read from, for errors
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _where_from(cls, data: Any, handler: Callable[[Any], RunConfig], info: ValidationInfo) -> RunConfig:
+        """Set ``source`` and ``base_dir`` while the config is built, never after: from the
+        validation context ``parse_config`` passes, else from a ``base_dir=`` keyword
+        (accepted as when it was a field; it is not part of the config's dump or hash)."""
+        given = None
+        if isinstance(data, dict) and "base_dir" in data:
+            data = dict(data)
+            given = data.pop("base_dir")
+        cfg = handler(data)
+        context = info.context or {}
+        if isinstance(data, dict) or context:  # not a RunConfig passed through again
+            base_dir = context.get("base_dir", given)
+            cfg._base_dir = None if base_dir is None else str(base_dir)
+            cfg._source = context.get("source")
+        return cfg
 
     @model_validator(mode="after")
     def _check(self):
@@ -128,6 +146,11 @@ class RunConfig(BaseModel):
                 loc, msg = _describe(e.errors()[0], FinetuneConfig)
                 raise FieldError(("variants", name, *loc), msg) from None
         return self
+
+    @property
+    def base_dir(self) -> str | None:
+        """The folder relative paths in the config resolve against (a YAML file's own), or None."""
+        return self._base_dir
 
     @property
     def source(self) -> str | None:
@@ -226,13 +249,11 @@ def _fields_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str] | Non
 
 def parse_config(data: dict[str, Any], *, source: str = "config", base_dir: str | Path | None = None) -> RunConfig:
     """Validate a config mapping; errors name the source and the first bad field."""
+    context = {"source": source, "base_dir": base_dir}
     try:
-        cfg = RunConfig(**data)
+        return RunConfig.model_validate(data, context=context)
     except ValidationError as e:
         raise ConfigError(f"{source}: {_first_error(e)}") from None
-    cfg.base_dir = str(base_dir) if base_dir is not None else None
-    cfg._source = source
-    return cfg
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
