@@ -35,7 +35,7 @@ from .merge import Interpolator, interpolate
 from .metrics import Score, expected_calibration_error, fit_temperature
 from .progress import progress_bar
 from .results import NOT_PRIMARY, OUTPUT_ENSEMBLE, Record, output_ensemble_name
-from .runtime import device_of, to_device
+from .runtime import deterministic_numerics, device_of, to_device
 
 log = logging.getLogger("wiseft")
 
@@ -315,24 +315,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-@contextlib.contextmanager
-def numerics(precision: str, device: torch.device):
-    """bf16 autocast, or deterministic fp32 (no TF32, deterministic kernels)."""
+def numerics(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast, or deterministic fp32 (no TF32, deterministic kernels where torch has
+    them, a warning where it has not; the flags restored afterwards)."""
     if precision == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
-        torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return deterministic_numerics()
 
 
 @torch.no_grad()

@@ -7,7 +7,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from ..config.finetune import FinetuneConfig
 from ..data.base import LabeledDataset
 from ..files import hold
 from ..heads import Classifier
+from ..runtime import deterministic_numerics
 from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
 from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from .distributed import current
@@ -194,18 +194,5 @@ def deterministic(enabled: bool):
     if not enabled:
         yield
         return
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with deterministic_numerics(strict=True):  # strict: an op without a deterministic kernel is an error
         yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[3], saved[4]
-        if saved[5] is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
