@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .backbones.base import Backbone, BackboneSpec, load_backbone, shareless
+from .backbones.base import Backbone, exported_spec, load_backbone, shareless
 from .errors import WiseftError
 from .heads import Classifier
 from .merge import check_finite
@@ -113,13 +113,7 @@ def load_model(path: str | Path) -> tuple[Classifier, Backbone, dict[str, Any]]:
     if not (path / META_FILE).exists():
         raise CheckpointError(f"{path} is not a wiseft model directory (no {META_FILE})")
     meta = json.loads((path / META_FILE).read_text())
-    spec = dict(meta["backbone"])
-    native = str(path / meta["native"])
-    if spec["family"] == "open_clip":
-        spec["pretrained"] = native
-    else:
-        spec["name"] = native
-    backbone = load_backbone(BackboneSpec(**spec))
+    backbone = load_backbone(exported_spec(meta["backbone"], path / meta["native"]))  # the family knows the field
     state = load_state(path / MODEL_FILE)
     head = torch.nn.Linear(state["head.weight"].shape[1], state["head.weight"].shape[0])
     model = Classifier(backbone.encoder, head)

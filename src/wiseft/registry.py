@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
-from typing import Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -43,11 +43,13 @@ def unknown_name(kind: str, name: object, candidates: Iterable[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """Named entries of one kind.
+    """Named entries of one kind. An entry may declare facts about itself when it is
+    registered (keyword arguments, read back with ``info``), so code that needs them
+    asks the registry instead of keeping its own list of names.
 
     Example:
         >>> BACKBONES = Registry("backbone family", ["wiseft.backbones.open_clip_backbone"])
-        >>> @BACKBONES.register("open_clip")
+        >>> @BACKBONES.register("open_clip", settings=("quick_gelu",))
         ... def load_open_clip(spec): ...
     """
 
@@ -55,21 +57,29 @@ class Registry(Generic[T]):
         self.kind = kind
         self._modules = tuple(modules)
         self._entries: dict[str, T] = {}
+        self._info: dict[str, dict[str, Any]] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: add ``fn`` under ``name``."""
+    def register(self, name: str, **info: Any) -> Callable[[T], T]:
+        """Decorator: add ``fn`` under ``name``, with what it declares about itself (``info``)."""
 
         def wrap(fn: T) -> T:
-            self._entries[name] = fn
-            return fn
+            return self.add(name, fn, **info)
 
         return wrap
 
-    def add(self, name: str, entry: T) -> T:
-        """Add ``entry`` (any value, e.g. a tuple of templates) under ``name``."""
+    def add(self, name: str, entry: T, **info: Any) -> T:
+        """Add ``entry`` (any value, e.g. a tuple of templates) under ``name``, with what it
+        declares about itself (``info``)."""
         self._entries[name] = entry
+        self._info[name] = dict(info)
         return entry
+
+    def info(self, name: str) -> Mapping[str, Any]:
+        """What the entry ``name`` declared when it was registered (empty when nothing);
+        a KeyError, as ``get`` gives, for a name not registered."""
+        self.get(name)
+        return dict(self._info.get(name, {}))
 
     def _load(self) -> None:
         if not self._loaded:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
@@ -47,8 +47,33 @@ class Backbone:
         return h.hexdigest()[:16]
 
 
-register_backbone = BACKBONES.register  # decorator: a loader ``fn(spec) -> Backbone`` for a family
 list_backbones = BACKBONES.names
+
+
+def register_backbone(family: str, *, settings: Sequence[str] | None = None,
+                      export_field: Literal["name", "pretrained"] = "name") -> Callable[[Callable], Callable]:
+    """Decorator: a loader ``fn(spec) -> Backbone`` for ``family``, with what the family
+    declares: ``settings``, the family-specific spec fields it reads (``quick_gelu``; a
+    config setting one the family does not declare is an error; None, the default, reads
+    them all), and ``export_field``, the spec field that takes the path ``Backbone.export``
+    returns when an exported model is loaded back.
+
+    Example:
+        >>> @register_backbone("my_clip", settings=())
+        ... def load_my_clip(spec: BackboneSpec) -> Backbone: ...
+    """
+    return BACKBONES.register(family, settings=None if settings is None else tuple(settings),
+                              export_field=export_field)
+
+
+def exported_spec(spec: Mapping[str, Any], native: str | Path) -> BackboneSpec:
+    """The spec that loads an exported model's native part (what ``Backbone.export``
+    wrote, at ``native``) back: ``spec`` with the path in the field its family declares
+    (``pretrained`` for an open_clip file, ``name`` for a model directory)."""
+    spec = dict(spec)
+    family = spec.get("family")
+    spec[BACKBONES.info(family).get("export_field", "name") if family in BACKBONES else "name"] = str(native)
+    return BackboneSpec(**spec)  # an unknown family: the spec's own error
 
 
 def load_backbone(spec: BackboneSpec | dict) -> Backbone:

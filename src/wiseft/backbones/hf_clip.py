@@ -25,7 +25,7 @@ class HFImageEncoder(torch.nn.Module):
         return self.projection(pooled) if self.projection is not None else pooled
 
 
-@register_backbone("hf_clip")
+@register_backbone("hf_clip", settings=())
 def load_hf_clip(spec: BackboneSpec) -> Backbone:
     """``AutoModel.from_pretrained(name)`` for a CLIP or SigLIP checkpoint."""
     transformers = require("transformers", "hf")

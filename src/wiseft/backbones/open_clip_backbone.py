@@ -20,7 +20,7 @@ from .base import Backbone, BackboneSpec, image_collate, register_backbone, requ
 EXPORT_FILE = "open_clip_model.safetensors"
 
 
-@register_backbone("open_clip")
+@register_backbone("open_clip", settings=("quick_gelu",), export_field="pretrained")
 def load_open_clip(spec: BackboneSpec) -> Backbone:
     """open_clip ``create_model_and_transforms(name, pretrained)``; the image tower is
     the encoder. ``pretrained`` may be a tag, a local .safetensors/.pt/.bin file, or an

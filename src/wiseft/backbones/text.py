@@ -40,7 +40,7 @@ class SentenceEncoder(torch.nn.Module):
         return self.st(dict(features))["sentence_embedding"]
 
 
-@register_backbone("sentence_transformer")
+@register_backbone("sentence_transformer", settings=())
 def load_sentence_transformer(spec: BackboneSpec) -> Backbone:
     """``SentenceTransformer(name)``; the whole encoder is fine-tuned end-to-end."""
     st = require("sentence_transformers", "text")

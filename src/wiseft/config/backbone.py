@@ -8,6 +8,11 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, m
 
 from ..registry import BACKBONES
 
+# Spec fields that only some families read: a family reads one only if it declares it
+# (``register_backbone(family, settings=(...))``); a family that declares no settings
+# reads them all. Each with what a family that does not take it does instead.
+FAMILY_SETTINGS = {"quick_gelu": "takes its activation from the model's own config"}
+
 
 class BackboneSpec(BaseModel):
     """Where a pretrained model comes from.
@@ -39,10 +44,11 @@ class BackboneSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _quick_gelu_is_open_clip(self) -> "BackboneSpec":
-        if self.quick_gelu is not None and self.family in ("hf_clip", "sentence_transformer"):
-            raise ValueError(f"quick_gelu is an open_clip setting; family {self.family!r} takes its "
-                             "activation from the model's own config")
+    def _family_takes_its_settings(self) -> "BackboneSpec":
+        takes = BACKBONES.info(self.family).get("settings")
+        for field, instead in FAMILY_SETTINGS.items():
+            if getattr(self, field) is not None and takes is not None and field not in takes:
+                raise ValueError(f"{field} is {_owners(field)} setting; family {self.family!r} {instead}")
         return self
 
     @model_serializer(mode="wrap")
@@ -53,3 +59,11 @@ class BackboneSpec(BaseModel):
         if self.quick_gelu is None:
             out.pop("quick_gelu", None)
         return out
+
+
+def _owners(field: str) -> str:
+    """'an open_clip' or 'an open_clip or my_family': the families that declare ``field``."""
+    owners = " or ".join(f for f in BACKBONES.names() if field in (BACKBONES.info(f).get("settings") or ()))
+    if not owners:
+        return "no registered family's"
+    return ("an " if owners[0] in "aeiou" else "a ") + owners
