@@ -6,6 +6,7 @@ import yaml
 
 from conftest import run_config
 from wiseft import load_backbone, load_model, read_records, run, zeroshot_head
+from wiseft.checkpoint import load_state
 from wiseft.config import parse_config
 from wiseft.heads import Classifier
 
@@ -67,7 +68,7 @@ def test_hf_clip_run_and_export_loads_in_transformers(tiny_hf_clip_dir, image_da
     from transformers import CLIPModel
 
     spec = {"family": "hf_clip", "name": str(tiny_hf_clip_dir)}
-    cfg = parse_config(run_config(spec, image_data, tmp_path / "hf", alphas=[0.0, 0.5, 1.0],
+    cfg = parse_config(run_config(spec, image_data, tmp_path / "hf", alphas=[0.0, 0.5, 1.0], select_alpha=0.5,
                                   finetune={"batch_size": 12, "epochs": 1, "warmup_steps": 1, "lr": 1e-3}))
     result = run(cfg, progress=False)
     assert sorted({r.alpha for r in result.records}) == [0.0, 0.5, 1.0]
@@ -75,11 +76,13 @@ def test_hf_clip_run_and_export_loads_in_transformers(tiny_hf_clip_dir, image_da
     native = CLIPModel.from_pretrained(result.export_dir / meta["native"])
     for k, v in model.encoder.vision_model.state_dict().items():
         assert torch.equal(native.vision_model.state_dict()[k], v)
-    # the export is the mix at the selected alpha, not the zero-shot model
-    zs = CLIPModel.from_pretrained(tiny_hf_clip_dir)
+    # the export is the mix at the chosen alpha, 0.5: halfway between the zero-shot and the fine-tuned weights
+    assert meta["alpha"] == 0.5
+    zs = CLIPModel.from_pretrained(tiny_hf_clip_dir).vision_model.state_dict()
+    tuned = load_state(result.run_dir / "checkpoints" / "finetuned.safetensors")
     k = "encoder.layers.0.mlp.fc1.weight"
-    if meta["alpha"] > 0:
-        assert not torch.equal(native.vision_model.state_dict()[k], zs.vision_model.state_dict()[k])
+    assert not torch.equal(tuned[f"encoder.vision_model.{k}"], zs[k])  # fine-tuning moved it
+    torch.testing.assert_close(native.vision_model.state_dict()[k], (zs[k] + tuned[f"encoder.vision_model.{k}"]) / 2)
 
 
 def test_sentence_transformer_on_tiny_bert(tiny_bert_dir, tmp_path):

@@ -1,19 +1,20 @@
-"""Registry-wide checks: every backbone family, dataset kind and template set resolves in
-a fresh interpreter after only ``import wiseft.config``, and a config naming it
-validates. The names come from the registries themselves, so a new entry is covered
-as soon as it is registered. One fresh interpreter per registry, run side by side."""
+"""Registry-wide checks, parametrised over the registries themselves, so a new entry is
+covered as soon as it is registered: every dataset kind's builder declares its options
+for the one spec check, every template set makes prompts, every backbone family
+validates, and (slow: one fresh interpreter per registry, run side by side) every name
+resolves after only ``import wiseft.config`` and a config naming it validates."""
 
 import json
 import subprocess
 import sys
+import typing
 
 import pytest
 
-from wiseft.backbones.base import BACKBONES
-from wiseft.data.base import DATASETS
-from wiseft.templates import list_templates
-
-pytestmark = pytest.mark.slow  # a fresh interpreter per registry
+from wiseft.backbones.base import BACKBONES, BackboneSpec, exported_spec
+from wiseft.config.backbone import FAMILY_SETTINGS
+from wiseft.data.base import DATASETS, DataError, build_dataset, check_dataset_spec, dataset_options
+from wiseft.templates import fill, get_templates, list_templates, template_problem
 
 # every registry fully loaded here first, so a set registered as a side effect of
 # importing some module is listed too (and must still resolve in a fresh interpreter)
@@ -84,6 +85,7 @@ def fresh_results() -> dict[str, dict[str, str]]:
     return results
 
 
+@pytest.mark.slow  # a fresh interpreter per registry
 @pytest.mark.parametrize("registry, name", [(r, n) for r, names in NAMES.items() for n in names])
 def test_name_resolves_and_validates_in_a_fresh_interpreter(fresh_results, registry, name):
     assert fresh_results[registry][name] == "ok"
@@ -112,3 +114,62 @@ def test_did_you_mean():
     assert did_you_mean("bach_size", ["batch_size", "lr"]) == "batch_size"
     assert did_you_mean("zzz", ["lr", "epochs"]) is None
     assert did_you_mean(3, ["lr"]) is None
+
+
+# -- dataset kinds --------------------------------------------------------------------
+
+def _required(kind: str) -> dict:
+    """A value for each option the kind needs, of the annotated type (a path as a string)."""
+    return {name: "x" for name, p in dataset_options(kind).items() if p.default is p.empty}
+
+
+@pytest.mark.parametrize("kind", NAMES["datasets"])
+def test_every_dataset_option_is_annotated_for_the_spec_check(kind):
+    hints = typing.get_type_hints(DATASETS.get(kind))  # resolvable: the check reads the allowed values here
+    assert [o for o in dataset_options(kind) if o not in hints] == []
+    assert check_dataset_spec({"kind": kind, **_required(kind)}) is None
+
+
+@pytest.mark.parametrize("kind", NAMES["datasets"])
+def test_every_dataset_kind_rejects_an_unknown_option_naming_the_kind(kind):
+    allowed = ", ".join(dataset_options(kind))
+    assert check_dataset_spec({"kind": kind, **_required(kind), "zzz": 1}) == \
+        (("zzz",), f"unknown option 'zzz' for dataset kind {kind!r}; allowed: {allowed}")
+    with pytest.raises(DataError, match=rf"^dataset {kind!r}: zzz: unknown option 'zzz' for dataset kind {kind!r}"):
+        build_dataset({"kind": kind, **_required(kind), "zzz": 1})
+
+
+@pytest.mark.parametrize("kind, option, allowed", [
+    (kind, option, typing.get_args(hint)) for kind in NAMES["datasets"]
+    for option, hint in typing.get_type_hints(DATASETS.get(kind)).items() if typing.get_origin(hint) is typing.Literal
+])
+def test_every_constrained_option_names_its_allowed_values(kind, option, allowed):
+    *head, last = [repr(v) for v in allowed]  # "'a', 'b' or 'c'", as pydantic names them
+    values = f"{', '.join(head)} or {last}" if head else last
+    assert check_dataset_spec({"kind": kind, **_required(kind), option: "zzz"}) == \
+        ((option,), f"Input should be {values}, got 'zzz'")
+    with pytest.raises(DataError, match=rf"^dataset 'shift' \({kind}\): {option}: Input should be "):
+        build_dataset({"kind": kind, **_required(kind), option: "zzz"}, name="shift")
+
+
+# -- template sets --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES["templates"])
+def test_every_template_set_makes_prompts_with_a_class_name(name):
+    templates = get_templates(name)
+    assert templates and [t for t in templates if template_problem(t) is not None] == []
+    for t in templates:
+        assert "zebra" in fill(t, "zebra") and t.format("zebra") == fill(t, "zebra")
+        assert "{" not in fill(t, "zebra") and "}" not in fill(t, "zebra")
+
+
+# -- backbone families ----------------------------------------------------------------
+
+@pytest.mark.parametrize("family", NAMES["backbones"])
+def test_every_backbone_family_validates_and_declares_real_spec_fields(family):
+    assert BackboneSpec(family=family, name="m").family == family
+    info = BACKBONES.info(family)
+    assert set(info.get("settings") or ()) <= set(FAMILY_SETTINGS)
+    assert info.get("export_field", "name") in ("name", "pretrained")
+    field = info.get("export_field", "name")
+    assert getattr(exported_spec({"family": family, "name": "m"}, "/export/native"), field) == "/export/native"
