@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from PIL import Image
 
@@ -137,9 +137,3 @@ def objectnet(root: str | Path, *, base_dir=None) -> LabeledDataset:
                                    skip=all_folders)
     return LabeledDataset(samples, [c.lower() for c, _, _ in classes], load=_load_objectnet, name="objectnet",
                           projection=Projection(tuple(g for _, _, g in classes)), templates="openai_imagenet")
-
-
-IMAGENET_SHIFTS: dict[str, Callable[..., LabeledDataset]] = {
-    "imagenet-v2": imagenet_v2, "imagenet-r": imagenet_r, "imagenet-sketch": imagenet_sketch,
-    "imagenet-a": imagenet_a, "objectnet": objectnet,
-}
