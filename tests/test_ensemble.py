@@ -97,3 +97,26 @@ def test_records_flag_the_primary_metric_and_name_the_ensemble():
     assert primary == ["worst_region_acc"]  # the first declared, calibration aside
     assert {r.model for r in recs} == {"finetuned (output ensemble)"}
     assert all(r.provenance["method"] == OUTPUT_ENSEMBLE for r in recs)
+
+
+def test_any_set_with_the_protocols_fields_is_scored():
+    """The ensemble reads a set through ``ScoredSet`` only (evaluate imports it, not the other
+    way round): a stand-in with name, role, dataset, projection and scores() is enough."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class StandIn:
+        name: str
+        role: str
+        dataset: LabeledDataset
+        projection: Projection | None = None
+
+        def scores(self, logits, labels, index=None):
+            return {"top1": Score(float((logits.argmax(1) == labels).float().mean()))}
+
+    ds = LabeledDataset([(0, 0), (1, 0)], ["a", "b"], name="s")
+    z0, z1 = torch.tensor([[2.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    s = output_ensemble_scores([StandIn("s", "shift", ds)], {"s": z0}, {"s": z1}, {"s": torch.tensor([0, 0])},
+                               [0.0, 0.6, 1.0])
+    # alpha 0.6: rows [0.8, 0.6] (right) and [0.4, 0.6] (wrong)
+    assert [s[a]["s"]["top1"] for a in (0.0, 0.6, 1.0)] == [Score(1.0), Score(0.5), Score(0.0)]

@@ -17,25 +17,37 @@ forward pass.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
 from .metrics import Score, accuracy
 from .results import OUTPUT_ENSEMBLE, output_ensemble_name, restricted_metric
 
-if TYPE_CHECKING:  # evaluate imports this module; the types only
-    from .data.base import Projection
-    from .evaluate import EvalSet
+if TYPE_CHECKING:
+    from .data.base import LabeledDataset, Projection
 
-__all__ = ["OUTPUT_ENSEMBLE", "class_restricted_score", "class_restricted_scores", "output_ensemble_name",
-           "output_ensemble_scores"]
+__all__ = ["OUTPUT_ENSEMBLE", "ScoredSet", "class_restricted_score", "class_restricted_scores",
+           "output_ensemble_name", "output_ensemble_scores"]
 
 Scores = dict[float, dict[str, dict[str, Score]]]  # alpha -> set name -> metric -> score
 
 
+class ScoredSet(Protocol):
+    """What these functions read of an evaluation set (``wiseft.evaluate.EvalSet`` is one;
+    the sweep engine imports this module, never the other way round)."""
+
+    name: str
+    role: str
+    dataset: LabeledDataset
+    projection: Projection | None
+
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor,
+               index: torch.Tensor | None = None) -> dict[str, Score]: ...
+
+
 def output_ensemble_scores(
-    evalsets: Sequence["EvalSet"],
+    evalsets: Sequence[ScoredSet],
     logits_0: Mapping[str, torch.Tensor],
     logits_1: Mapping[str, torch.Tensor],
     labels: Mapping[str, torch.Tensor],
@@ -73,7 +85,7 @@ def output_ensemble_scores(
     return out
 
 
-def class_restricted_score(logits: torch.Tensor, labels: torch.Tensor, projection: "Projection") -> Score:
+def class_restricted_score(logits: torch.Tensor, labels: torch.Tensor, projection: Projection) -> Score:
     """Top-1 accuracy on the reference samples whose label is one of the reference classes
     ``projection`` maps onto, predicting among those classes only (the robustness testbed's
     ``val-on-<shift>-classes``). A prediction is right when it is the sample's own
@@ -86,7 +98,7 @@ def class_restricted_score(logits: torch.Tensor, labels: torch.Tensor, projectio
 
 
 def class_restricted_scores(logits: torch.Tensor, labels: torch.Tensor,
-                            evalsets: Iterable["EvalSet"]) -> dict[str, Score]:
+                            evalsets: Iterable[ScoredSet]) -> dict[str, Score]:
     """``top1_on_<shift>_classes`` for every shift set scored on a proper subset of the
     reference classes, from the reference set's ``logits`` and ``labels``. Shifts over
     all reference classes (ImageNet-V2, -Sketch) and sets without a projection get none.
