@@ -115,3 +115,6 @@ BACKBONES: Registry = Registry("backbone family", [f"wiseft.backbones.{m}" for m
 DATASETS: Registry = Registry("dataset kind", [f"wiseft.data.{m}" for m in
                                                ("bbc_news", "cifar", "folders", "imagenet", "transfer", "video",
                                                 "wilds")])
+MERGE_METHODS: Registry = Registry("merge method", [f"wiseft.merging.{m}" for m in
+                                                    ("dare", "linear", "model_stock", "slerp", "soup",
+                                                     "task_arithmetic", "ties")])

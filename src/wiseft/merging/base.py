@@ -1,0 +1,195 @@
+"""The merge-method interface: a method is a name, a typed parameter model, a reference
+and a pure per-tensor function; ``apply`` runs any of them under the dtype rules of
+``wiseft.merge`` (../../../docs/merge-methods.md)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..merge import MergeError, _keep_equal
+from ..registry import MERGE_METHODS
+
+
+class MergeParams(BaseModel):
+    """The parameters of a merge method: typed, every field with a default, no unknown
+    fields, frozen (a method's parameters are a value, hashable and safe to share)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class TensorInputs:
+    """Everything a merge method sees of one parameter.
+
+    ``key`` is the parameter name; ``depth`` its place in the network in [0, 1] (0 the
+    embeddings, 1 after the last block; see ``layer_depths``); ``base`` theta_0, the
+    zero-shot (pre-trained) anchor, or None; ``models`` the fine-tuned tensors, with
+    ``weights`` one per model (default 1 each). ``extras`` holds further per-model
+    tensors a method declares in ``MergeMethod.extras`` (e.g. ``{"fisher": (F_1, ..., F_n)}``
+    for a Fisher merge), one per model, shaped as the parameter.
+    """
+
+    key: str
+    depth: float
+    base: torch.Tensor | None
+    models: tuple[torch.Tensor, ...]
+    weights: tuple[float, ...] = ()
+    extras: Mapping[str, tuple[torch.Tensor, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        weights = tuple(float(w) for w in self.weights) if self.weights else (1.0,) * len(self.models)
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "extras", MappingProxyType({k: tuple(v) for k, v in self.extras.items()}))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The base (when there is one), the models and the extras, in that order."""
+        base = [] if self.base is None else [self.base]
+        return base + list(self.models) + [t for ts in self.extras.values() for t in ts]
+
+    def mapped(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TensorInputs:
+        """The same inputs with ``fn`` applied to every tensor."""
+        return TensorInputs(self.key, self.depth, None if self.base is None else fn(self.base),
+                            tuple(fn(m) for m in self.models), self.weights,
+                            {k: tuple(fn(t) for t in ts) for k, ts in self.extras.items()})
+
+
+MergeFn = Callable[[TensorInputs, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A registered merge method.
+
+    ``merge_tensor(inputs, params)`` is pure: it reads ``inputs`` (floating tensors, in
+    fp32 or wider; ``apply`` upcasts half types) and returns a new tensor of their shape.
+    ``elementwise`` says the result at each element depends only on the inputs at that
+    element, so an engine may cut a tensor into chunks and get the same bits.
+    ``weighted`` is False for a method that takes no per-model weights (``apply`` then
+    refuses weights other than 1). ``extras`` names the per-model tensors the method
+    needs in ``TensorInputs.extras``.
+    """
+
+    name: str
+    params: type[MergeParams]
+    reference: str
+    merge_tensor: MergeFn
+    needs_base: bool
+    min_models: int = 1
+    max_models: int | None = None
+    elementwise: bool = False
+    description: str = ""
+    weighted: bool = True
+    extras: tuple[str, ...] = ()
+
+    def make_params(self, params: MergeParams | Mapping[str, Any] | None = None) -> MergeParams:
+        """``params`` as this method's parameter model (its defaults when None); MergeError
+        naming the method and the field for a wrong type or an invalid value."""
+        if isinstance(params, self.params):
+            return params
+        if isinstance(params, MergeParams):
+            raise MergeError(f"merge method {self.name!r} takes {self.params.__name__}, "
+                             f"not {type(params).__name__}")
+        try:
+            return self.params(**dict(params or {}))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "parameters"
+            raise MergeError(f"merge method {self.name!r}: {where}: {first['msg']}") from None
+
+
+def get_method(name: str) -> MergeMethod:
+    """The merge method registered as ``name``; MergeError suggesting the closest name."""
+    if name not in MERGE_METHODS:
+        raise MergeError(MERGE_METHODS.unknown(name))
+    return MERGE_METHODS.get(name)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """The registered merge methods whose name matches the glob ``pattern``, sorted.
+
+    Example:
+        >>> list_methods("t*")
+        ['task_arithmetic', 'ties']
+    """
+    return [n for n in MERGE_METHODS.names() if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _check_inputs(method: MergeMethod, inputs: TensorInputs) -> None:
+    """MergeError naming the parameter for inputs ``method`` cannot merge."""
+    n, key = len(inputs.models), inputs.key
+    most = method.max_models
+    if n < method.min_models or (most is not None and n > most):
+        wanted = f"{method.min_models}" + ("" if most == method.min_models else
+                                           f" to {most}" if most is not None else " or more")
+        raise MergeError(f"merge method {method.name!r} takes {wanted} fine-tuned model(s), got {n} (tensor {key!r})")
+    if method.needs_base and inputs.base is None:
+        raise MergeError(f"merge method {method.name!r} needs a base (theta_0) tensor; none given for {key!r}")
+    if len(inputs.weights) != n:
+        raise MergeError(f"{len(inputs.weights)} weights for {n} models (tensor {key!r})")
+    if not method.weighted and any(w != 1.0 for w in inputs.weights):
+        raise MergeError(f"merge method {method.name!r} takes no per-model weights; got {list(inputs.weights)} "
+                         f"for {key!r}")
+    ref = inputs.base if inputs.base is not None else inputs.models[0]
+    for name in method.extras:
+        given = inputs.extras.get(name, ())
+        if len(given) != n or any(t.shape != ref.shape for t in given):
+            raise MergeError(f"merge method {method.name!r} needs {n} {name!r} tensors shaped {tuple(ref.shape)} "
+                             f"for {key!r}, got {[tuple(t.shape) for t in given]}")
+    named = ([("the base", inputs.base)] if inputs.base is not None else []) + [
+        (f"model {i}", m) for i, m in enumerate(inputs.models)]
+    for what, t in named:
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise MergeError(f"tensor {key!r} is {tuple(t.shape)} {t.dtype} in {what} but "
+                             f"{tuple(ref.shape)} {ref.dtype} in {named[0][0]}")
+
+
+def _shares_storage(out: torch.Tensor, inputs: list[torch.Tensor]) -> bool:
+    if out.numel() == 0 or out.device.type == "meta":
+        return False
+    ptr = out.untyped_storage().data_ptr()
+    return any(t.numel() and t.device == out.device and t.untyped_storage().data_ptr() == ptr for t in inputs)
+
+
+def apply(method: MergeMethod | str, inputs: TensorInputs,
+          params: MergeParams | Mapping[str, Any] | None = None) -> torch.Tensor:
+    """``method`` on one parameter under the dtype rules of ``wiseft.merge``: a new tensor
+    of the inputs' shape and dtype, never aliasing them.
+
+    Non-floating tensors (integer, bool buffers) are copied from the base (from the first
+    model when the method takes no base); fp16, bf16 and other types under 32 bits are
+    merged in fp32 and rounded once; elements equal in every input keep that value (an
+    additive -inf mask stays -inf, not NaN). Inputs are checked first (model count, base,
+    weights, shapes, dtypes) with a MergeError naming the tensor.
+
+    Example:
+        >>> x = TensorInputs("w", 0.5, base=theta_0["w"], models=(theta_1["w"],))
+        >>> apply("linear", x, {"alpha": 0.5})
+    """
+    method = get_method(method) if isinstance(method, str) else method
+    params = method.make_params(params)
+    _check_inputs(method, inputs)
+    source = inputs.base if method.needs_base else inputs.models[0]
+    if not (source.is_floating_point() or source.is_complex()):
+        return source.detach().clone(memory_format=torch.contiguous_format)
+    detached = inputs.mapped(torch.Tensor.detach)
+    work = detached
+    if source.is_floating_point() and source.dtype.itemsize < 4:
+        work = detached.mapped(lambda t: t.to(torch.float32))
+    with torch.no_grad():
+        out = method.merge_tensor(work, params)
+        if out.shape != source.shape:
+            raise MergeError(f"merge method {method.name!r} returned shape {tuple(out.shape)} for {inputs.key!r}, "
+                             f"not {tuple(source.shape)}")
+        out = out.to(source.dtype)
+        originals = detached.tensors()
+        if _shares_storage(out, originals):
+            out = out.clone(memory_format=torch.contiguous_format)
+        mixed = ([detached.base] if method.needs_base else []) + list(detached.models)
+        return _keep_equal(out, mixed)
