@@ -16,6 +16,7 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from PIL import Image
 
 from wiseft.backbones import load_backbone
 from wiseft.data import build_dataset
-from wiseft.evaluate import EvalSet, build_input_cache, cpu_has_bf16, evaluate, numerics, sweep
+from wiseft.evaluate import EvalSet, SweepSettings, build_input_cache, cpu_has_bf16, evaluate, numerics, sweep
 from wiseft.heads import Classifier, zeroshot_head
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
@@ -72,10 +73,12 @@ def timed(fn):
 
 def bench(label: str, spec: dict, paths: list[Path], workers: int) -> list[dict]:
     bb, model, theta_0, theta_1 = model_and_thetas(spec)
-    kw = dict(progress=False, num_workers=workers, batch_size=64)
+    base = SweepSettings(progress=False, num_workers=workers, batch_size=64)
     rows = []
-    t_naive, naive = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb, cache=False, **kw))
-    t_ours, ours = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb, cache="memory", **kw))
+    t_naive, naive = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb,
+                                         settings=replace(base, cache=False)))
+    t_ours, ours = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb,
+                                       settings=replace(base, cache="memory")))
     same = {(r.alpha, r.dataset): r.correct for r in naive} == {(r.alpha, r.dataset): r.correct for r in ours}
     # decode (d) and one model pass (m) over all sets, for the limit 11(d+m)/(d+11m)
     sets = evalsets(paths)
@@ -85,8 +88,8 @@ def bench(label: str, spec: dict, paths: list[Path], workers: int) -> list[dict]
     limit = 11 * (d + m) / (d + 11 * m)
     rows.append(dict(model=label, case="e2e sweep, fp32", naive=t_naive, ours=t_ours, limit=limit, exact=same))
     if cpu_has_bf16() or torch.cuda.is_available():
-        t_bf, bf = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb, cache="memory",
-                                       precision="bf16", **kw))
+        t_bf, bf = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb,
+                                       settings=replace(base, cache="memory", precision="bf16")))
         checks = {r.dataset: r.provenance.get("bf16_check") for r in bf if r.alpha == 0.0}
         diff = max(abs(c["top1_diff"]) for c in checks.values() if c)
         agree = min(c["agreement"] for c in checks.values() if c)
@@ -96,7 +99,8 @@ def bench(label: str, spec: dict, paths: list[Path], workers: int) -> list[dict]
                               f"feature cosine {cos:.5f}"))
     bb, model, theta_0, theta_1 = model_and_thetas(spec, end_to_end=False)
     t_one, _ = timed(lambda: evaluate(model, evalsets(paths), bb, cache=False, batch_size=64, num_workers=workers))
-    t_lin, _ = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb, linear=True, **kw))
+    t_lin, _ = timed(lambda: sweep(model, theta_0, theta_1, evalsets(paths), ALPHAS, bb,
+                                   settings=replace(base, linear=True)))
     rows.append(dict(model=label, case="linear-head sweep vs ONE evaluation", naive=t_one, ours=t_lin, exact=None))
     return rows
 

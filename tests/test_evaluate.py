@@ -12,11 +12,12 @@ from dataset_fixtures import write_corrupt
 from wiseft.backbones import load_backbone
 from wiseft.data import build_dataset
 from wiseft.data.base import DataError
-from wiseft.evaluate import EvalSet, build_input_cache, cpu_has_bf16, evaluate, split_transform, sweep
+from wiseft.evaluate import EvalSet, SweepSettings, build_input_cache, evaluate, predict_logits, split_transform, sweep
 from wiseft.heads import Classifier, zeroshot_head
 from wiseft.metrics import Score
 
 ALPHAS = [0.0, 0.5, 1.0]
+QUIET = SweepSettings(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +76,11 @@ def test_split_transform_is_bit_exact(bb, folders):
 def test_cached_sweep_equals_naive_loop(bb, folders, tmp_path, mode):
     model = _model(bb)
     theta_0, theta_1 = _thetas(model)
-    naive = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb, cache=False,
-                  progress=False, batch_size=5)
+    naive = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb,
+                  settings=SweepSettings(cache=False, progress=False, batch_size=5))
     sets = _sets(folders, "test", "shift")
-    cached = sweep(model, theta_0, theta_1, sets, ALPHAS, bb, cache=mode, cache_dir=tmp_path,
-                   progress=False, batch_size=5)
+    cached = sweep(model, theta_0, theta_1, sets, ALPHAS, bb,
+                   settings=SweepSettings(cache=mode, cache_dir=tmp_path, progress=False, batch_size=5))
     assert _key(cached) == _key(naive)
     assert {r.total for r in cached if r.dataset == "shift" and r.metric == "top1"} == {6}
     c = sets[0]._cache
@@ -99,9 +100,9 @@ def test_auto_mode_spills_to_disk_over_the_memory_budget(bb, folders, tmp_path):
 def test_linear_sweep_from_features_equals_full_sweep(bb, folders):
     model = _model(bb)
     theta_0, theta_1 = _thetas(model, end_to_end=False)
-    full = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb, progress=False)
-    lin = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb, linear=True,
-                progress=False)
+    full = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb, settings=QUIET)
+    lin = sweep(model, theta_0, theta_1, _sets(folders, "test", "shift"), ALPHAS, bb,
+                settings=SweepSettings(linear=True, progress=False))
     assert {k: v[:2] for k, v in _key(lin).items()} == {k: v[:2] for k, v in _key(full).items()}
 
 
@@ -109,7 +110,7 @@ def test_unreadable_images_are_skipped_counted_and_reported(bb, folders, caplog)
     model = _model(bb)
     theta_0, theta_1 = _thetas(model)
     sets = _sets(folders, "bad")
-    records = sweep(model, theta_0, theta_1, sets, ALPHAS, bb, progress=False)
+    records = sweep(model, theta_0, theta_1, sets, ALPHAS, bb, settings=QUIET)
     records = [r for r in records if r.metric == "top1"]
     assert {r.total for r in records} == {6}  # 8 files, 2 unreadable
     assert {r.provenance["skipped_inputs"] for r in records} == {2}
@@ -133,22 +134,44 @@ def test_dataset_metrics_become_records(bb, folders):
     ds.__class__ = WithF1
     model = _model(bb)
     theta_0, theta_1 = _thetas(model)
-    records = sweep(model, theta_0, theta_1, [EvalSet("t", "reference", ds)], ALPHAS, bb, progress=False)
+    records = sweep(model, theta_0, theta_1, [EvalSet("t", "reference", ds)], ALPHAS, bb, settings=QUIET)
     f1 = [r for r in records if r.metric == "macro_f1" and r.model == "finetuned"]
     assert len(f1) == 3 and f1[0].value == 0.25 and f1[0].correct is None
 
 
-def test_bf16_reports_the_difference_against_fp32(bb, folders):
+def _top1(records, alpha=0.0):
+    return next(r.value for r in records if r.alpha == alpha and r.metric == "top1" and r.model == "finetuned")
+
+
+def test_bf16_reports_the_difference_against_fp32(bb, folders, monkeypatch):
+    monkeypatch.setattr(sys.modules["wiseft.evaluate"], "cpu_has_bf16", lambda: True)  # bf16 on any CPU
     model = _model(bb)
     theta_0, theta_1 = _thetas(model)
-    records = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb, precision="bf16",
-                    progress=False)
-    if not cpu_has_bf16():
-        assert all("bf16_check" not in r.provenance for r in records)  # fell back to fp32
-        return
-    check = records[0].provenance["bf16_check"]
-    assert check["n"] == 12 and 0.0 <= check["agreement"] <= 1.0
-    assert check["top1_diff"] == pytest.approx(check["top1_bf16"] - check["top1_fp32"])
+    fp32 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb, settings=QUIET)
+    sets = _sets(folders, "test")
+    bf16 = sweep(model, theta_0, theta_1, sets, ALPHAS, bb, settings=SweepSettings(precision="bf16", progress=False))
+    check = bf16[0].provenance["bf16_check"]
+    # the whole 12-image set (under fp32_check), at the first alpha: the two sweeps' own alpha-0 accuracy
+    assert (check["alpha"], check["n"]) == (0.0, 12)
+    assert (check["top1_bf16"], check["top1_fp32"]) == (_top1(bf16), _top1(fp32))
+    assert check["top1_diff"] == check["top1_bf16"] - check["top1_fp32"]
+    batches = sets[0].batches(bb, 12)
+    model.load_state_dict(theta_0)
+    low, high = (predict_logits(model, batches, p)[0].argmax(1) for p in ("bf16", "fp32"))
+    assert check["agreement"] == float((low == high).float().mean())
+    assert all(r.provenance["bf16_check"] == check for r in bf16 if r.model == "finetuned")
+    assert all("bf16_check" not in r.provenance for r in fp32)
+
+
+def test_bf16_falls_back_to_fp32_without_native_support(bb, folders, monkeypatch, caplog):
+    monkeypatch.setattr(sys.modules["wiseft.evaluate"], "cpu_has_bf16", lambda: False)
+    model = _model(bb)
+    theta_0, theta_1 = _thetas(model)
+    fp32 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb, settings=QUIET)
+    bf16 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb,
+                 settings=SweepSettings(precision="bf16", progress=False))
+    assert bf16 == fp32  # the same records, no bf16_check in them
+    assert "this CPU has no native bf16; evaluating in fp32" in caplog.text
 
 
 def test_text_inputs_need_no_torchvision():
@@ -170,13 +193,14 @@ def test_alpha_zero_is_scored_once_for_every_fine_tune(bb, folders, monkeypatch,
     theta_2 = {k: v * 1.01 if v.is_floating_point() and (not linear or k.startswith("head.")) else v
                for k, v in theta_1.items()}
     sets = _sets(folders, "test", "shift")
-    alone = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, linear=linear, progress=False))
+    settings = SweepSettings(linear=linear, progress=False)
+    alone = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, settings=settings))
              for t in (theta_1, theta_2)]
     passes = []
     forward = ev._cached_outputs
     monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(1) or forward(*a, **k))
     memo: dict = {}
-    shared = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, linear=linear, progress=False, zeroshot=memo))
+    shared = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, settings=settings, zeroshot=memo))
               for t in (theta_1, theta_2)]
     assert shared == alone
     # full sweeps: one pass per (alpha, set), alpha 0 only in the first; linear: features once per set

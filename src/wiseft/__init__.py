@@ -25,7 +25,7 @@ _SOURCES = {
     "config": ["ConfigError", "FinetuneConfig", "RunConfig", "load_config"],
     "errors": ["WiseftError"],
     "data": ["LabeledDataset", "build_dataset", "list_datasets", "register_dataset", "split_holdout"],
-    "evaluate": ["EvalSet", "evaluate", "sweep"],
+    "evaluate": ["EvalSet", "EvalSettings", "SweepSettings", "evaluate", "sweep"],
     "finetune": ["finetune"],
     "heads": ["Classifier", "zeroshot_head", "zeroshot_weights"],
     "merge": ["Interpolator", "MergeError", "interpolate"],
@@ -48,7 +48,7 @@ __all__ = [
     "load_backbone", "load_config", "load_model", "load_state", "read_records", "register_backbone",
     "register_dataset", "register_templates", "run", "save_state", "split_holdout", "summary_table",
     "sweep", "zeroshot_head", "zeroshot_weights", "build_report", "clopper_pearson", "effective_robustness",
-    "fit_baseline", "select_alpha", "WiseftError",
+    "fit_baseline", "select_alpha", "WiseftError", "EvalSettings", "SweepSettings",
 ]
 
 

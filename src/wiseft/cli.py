@@ -168,7 +168,7 @@ def cmd_soup(args) -> int:
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
     from .config import load_config
-    from .evaluate import evaluate_records
+    from .evaluate import EvalSettings, evaluate_records
     from .pipeline import prepare_data, resolve_device
     from .results import append_records
 
@@ -179,9 +179,8 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"model {args.model} was built for other classes than {args.config}'s")
     model.to(resolve_device(cfg.device))
     records = evaluate_records(model, data.evalsets, backbone, model_name=args.name, alpha=meta.get("alpha"),
-                               batch_size=cfg.evaluation.batch_size, precision=cfg.evaluation.precision,
-                               cache=cfg.evaluation.cache, num_workers=cfg.evaluation.num_workers,
-                               provenance={"model": str(args.model), "backbone": meta.get("backbone")})
+                               provenance={"model": str(args.model), "backbone": meta.get("backbone")},
+                               settings=EvalSettings.from_config(cfg.evaluation, progress=False))
     if args.out:
         append_records(args.out, records)
     for r in records:

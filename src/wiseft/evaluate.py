@@ -6,7 +6,9 @@ runs over that cache; with a linear head (frozen encoder) features are computed 
 and every alpha is scored from them, which is exact because the mixed head's logits
 are the mix of the two heads' logits. Unreadable inputs are skipped, counted and
 reported per set; a sweep stops with a named error only when more than
-``max_unreadable`` of a set (default 1%) cannot be read.
+``max_unreadable`` of a set (default 1%) cannot be read. How to evaluate (batch size,
+precision, cache, loader workers, ...) travels as one ``EvalSettings``; a sweep's
+``SweepSettings`` adds how to mix and name its records.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import os
 import sys
 import tempfile
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -37,9 +39,94 @@ from .progress import progress_bar
 from .results import NOT_PRIMARY, OUTPUT_ENSEMBLE, Record, output_ensemble_name
 from .runtime import deterministic_numerics, device_of, to_device
 
+if TYPE_CHECKING:
+    from .config.evaluation import EvalConfig
+
 log = logging.getLogger("wiseft")
 
 CacheMode = Literal["auto", "memory", "disk"]
+
+
+# ---------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to evaluate, as one object from the config to every helper (``EvalConfig``, the
+    config's ``evaluation`` section, holds the same fields).
+
+    ``cache``: True/'auto', 'memory', 'disk' (decode each input once), or False (the naive
+    loop: decode again on every pass). ``cache_dir``: where a memory-mapped cache goes
+    (default: the temp dir); ``max_memory``: the in-memory budget of 'auto' (default: half
+    the available memory). ``num_workers``: loader processes (default 0 for small sets, up
+    to 8 above 512 inputs). ``fp32_check``: in bf16, inputs per set also run in fp32 to
+    report the difference.
+
+    Example:
+        >>> settings = EvalSettings.from_config(cfg.evaluation, progress=False)
+        >>> records = evaluate_records(model, sets, backbone, model_name="export", settings=settings)
+    """
+
+    batch_size: int = 256
+    precision: str = "fp32"
+    cache: bool | CacheMode = True
+    cache_dir: str | Path | None = None
+    num_workers: int | None = None
+    fp32_check: int = 512
+    max_memory: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: EvalConfig, *, progress: bool = True) -> EvalSettings:
+        """The settings a config's ``evaluation`` section describes."""
+        return cls(**cfg.model_dump(), progress=progress)
+
+    @property
+    def cache_mode(self) -> CacheMode:
+        """The input cache's mode where one is built (``cache`` True or False: 'auto')."""
+        return "auto" if self.cache in (True, False) else self.cache
+
+
+@dataclass(frozen=True)
+class SweepSettings(EvalSettings):
+    """A sweep's settings: how to evaluate, plus how to mix and name its records.
+    ``linear``: score every alpha from features computed once, when the two encoders are
+    equal; ``allow_extrapolation``: alphas outside [0, 1]; ``provenance``: added to every
+    record.
+
+    Example:
+        >>> sweep(model, theta_0, theta_1, sets, alphas, backbone,
+        ...       settings=SweepSettings(model_name="lp", linear=True, precision="bf16"))
+    """
+
+    model_name: str = "finetuned"
+    linear: bool = False
+    allow_extrapolation: bool = False
+    provenance: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: EvalConfig, *, progress: bool = True, model_name: str = "finetuned",
+                    linear: bool = False, allow_extrapolation: bool = False,
+                    provenance: Mapping[str, Any] | None = None) -> SweepSettings:
+        """The settings of one sweep of a run: the config's ``evaluation`` section and these."""
+        return cls(**cfg.model_dump(), progress=progress, model_name=model_name, linear=linear,
+                   allow_extrapolation=allow_extrapolation, provenance=provenance)
+
+    @classmethod
+    def of(cls, settings: EvalSettings | None) -> SweepSettings:
+        """``settings`` as sweep settings (the sweep's own fields at their defaults)."""
+        if isinstance(settings, SweepSettings):
+            return settings
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(settings)}) if settings else cls()
+
+
+_Settings = TypeVar("_Settings", bound=EvalSettings)
+
+
+def _resolved(settings: _Settings, device: torch.device) -> _Settings:
+    """``settings`` with the precision this device runs (bf16 falls back to fp32 where absent)."""
+    return replace(settings, precision=resolve_precision(settings.precision, device))
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,13 +353,15 @@ class EvalSet:
                             self._cache.skipped[0])
         return self._cache
 
-    def batches(self, backbone: Backbone, batch_size: int, cache: bool = True) -> Iterable:
+    def batches(self, backbone: Backbone, batch_size: int, cache: bool = True, *,
+                num_workers: int | None = None) -> Iterable:
         """Collated (inputs, labels) batches with eval preprocessing (decoded once when
-        ``cache`` is set; otherwise re-read on every pass)."""
+        ``cache`` is set; otherwise re-read on every pass), loaded by ``num_workers``
+        processes either way."""
         if not cache:
             return DataLoader(self.dataset.with_transform(backbone.transform_eval), batch_size=batch_size,
-                              collate_fn=backbone.collate)
-        return list(self.inputs(backbone, batch_size).batches(batch_size))
+                              collate_fn=backbone.collate, num_workers=_workers(num_workers, len(self.dataset)))
+        return list(self.inputs(backbone, batch_size, num_workers=num_workers).batches(batch_size))
 
     def project(self, logits: torch.Tensor) -> torch.Tensor:
         if self.projection is not None:
@@ -286,9 +375,11 @@ class EvalSet:
             index = torch.arange(len(labels))
         return self.dataset.metrics(self.project(logits), self.dataset.project_labels(labels), index)
 
-    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> int:
-        """Top-1 correct count."""
-        return int((self.project(logits).argmax(dim=1) == self.dataset.project_labels(labels)).sum())
+
+def _inputs(es: EvalSet, backbone: Backbone, settings: EvalSettings) -> InputCache:
+    """``es``'s input cache, built as ``settings`` say on first use."""
+    return es.inputs(backbone, settings.batch_size, num_workers=settings.num_workers, mode=settings.cache_mode,
+                     cache_dir=settings.cache_dir, max_memory=settings.max_memory, progress=settings.progress)
 
 
 # ---------------------------------------------------------------------------------------
@@ -357,37 +448,37 @@ def _cached_outputs(fn: Callable, cache: InputCache, batch_size: int, device: to
 def evaluate(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone, *, batch_size: int = 256,
              precision: str = "fp32", cache: bool | CacheMode = True, num_workers: int | None = None,
              progress: bool = False) -> dict[str, tuple[int, int]]:
-    """(correct, total) top-1 counts per evaluation set for one model."""
+    """(correct, total) top-1 counts per evaluation set for one model (``evaluate_records``
+    gives every metric, its options as one ``EvalSettings``)."""
+    settings = _resolved(EvalSettings(batch_size=batch_size, precision=precision, cache=cache,
+                                      num_workers=num_workers, progress=progress), device_of(model))
     counts = {}
     for es in evalsets:
-        scores = _evaluate_set(model, es, backbone, batch_size, resolve_precision(precision, device_of(model)),
-                               cache, num_workers, progress)[0]
-        counts[es.name] = (scores["top1"].correct, scores["top1"].total)
+        top1 = _evaluate_set(model, es, backbone, settings)[0]["top1"]
+        counts[es.name] = (top1.correct, top1.total)
     return counts
 
 
-def evaluate_records(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone, *,
-                     model_name: str, alpha: float | None = None, batch_size: int = 256,
-                     precision: str = "fp32", cache: bool | CacheMode = True, num_workers: int | None = None,
-                     provenance: dict[str, Any] | None = None, progress: bool = False) -> list[Record]:
-    """Records of every metric each set declares, for one model (e.g. an exported one)."""
-    precision = resolve_precision(precision, device_of(model))
-    scores = {es.name: _evaluate_set(model, es, backbone, batch_size, precision, cache, num_workers, progress)[0]
-              for es in evalsets}
+def evaluate_records(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone, *, model_name: str,
+                     alpha: float | None = None, provenance: dict[str, Any] | None = None,
+                     settings: EvalSettings | None = None) -> list[Record]:
+    """Records of every metric each set declares, for one model (e.g. an exported one);
+    ``settings`` default to ``EvalSettings(progress=False)``."""
+    settings = _resolved(settings or EvalSettings(progress=False), device_of(model))
+    scores = {es.name: _evaluate_set(model, es, backbone, settings)[0] for es in evalsets}
     return _records({alpha: scores}, evalsets, [alpha], model_name, dict(provenance or {}), {})
 
 
-def _evaluate_set(model, es: EvalSet, backbone, batch_size, precision, cache, num_workers, progress,
-                  cache_dir=None) -> tuple[dict[str, Score], torch.Tensor, torch.Tensor]:
-    """(scores, logits, labels) of one set."""
+def _evaluate_set(model: Classifier, es: EvalSet, backbone: Backbone,
+                  settings: EvalSettings) -> tuple[dict[str, Score], torch.Tensor, torch.Tensor]:
+    """(scores, logits, labels) of one set, in ``settings.precision`` as resolved for the model's device."""
     model.eval()
-    device = device_of(model)
-    if cache is False:  # the naive path: decode again, as the reference implementation does
-        logits, labels = predict_logits(model, es.batches(backbone, batch_size, cache=False), precision)
+    if settings.cache is False:  # the naive path: decode again, as the reference implementation does
+        batches = es.batches(backbone, settings.batch_size, cache=False, num_workers=settings.num_workers)
+        logits, labels = predict_logits(model, batches, settings.precision)
         return es.scores(logits, labels), logits, labels
-    c = es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache is True else cache,
-                  cache_dir=cache_dir, progress=progress)
-    logits = _cached_outputs(model, c, batch_size, device, precision)
+    c = _inputs(es, backbone, settings)
+    logits = _cached_outputs(model, c, settings.batch_size, device_of(model), settings.precision)
     return es.scores(logits, c.labels, c.index), logits, c.labels
 
 
@@ -421,50 +512,45 @@ def _calibrate(es: EvalSet, scores: dict[str, Score], logits: torch.Tensor, labe
 
 def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str, torch.Tensor],
           evalsets: Sequence[EvalSet], alphas: Sequence[float], backbone: Backbone, *,
-          model_name: str = "finetuned", linear: bool = False, batch_size: int = 256,
-          precision: str = "fp32", cache: bool | CacheMode = True, allow_extrapolation: bool = False,
-          provenance: dict[str, Any] | None = None, progress: bool = True, num_workers: int | None = None,
-          cache_dir: str | Path | None = None, fp32_check: int = 512, zeroshot: dict | None = None) -> list[Record]:
+          settings: EvalSettings | None = None, zeroshot: dict | None = None) -> list[Record]:
     """Records of every metric for every (alpha, evaluation set). ``model`` is used as the
-    workspace: its weights are overwritten with each theta_alpha in turn. Inputs are
-    decoded once per set (``cache``: True/'auto', 'memory', 'disk', or False for the
-    naive re-decoding loop). With ``precision='bf16'`` the first alpha is also run in
-    fp32 on up to ``fp32_check`` inputs per set and the top-1 difference is logged and
-    stored in the records' provenance (``bf16_check``). ``zeroshot`` is a dict shared
-    by sweeps against the same theta_0 and sets (e.g. several fine-tunes of one model):
-    alpha = 0, theta_0 itself, is scored by the first of them and reused by the rest.
+    workspace: its weights are overwritten with each theta_alpha in turn. ``settings``
+    (``SweepSettings``, or ``EvalSettings`` with the sweep's own fields at their defaults)
+    say how: inputs are decoded once per set unless ``cache`` is False (the naive
+    re-decoding loop); with ``precision='bf16'`` the first alpha is also run in fp32 on up
+    to ``fp32_check`` inputs per set and the top-1 difference is logged and stored in the
+    records' provenance (``bf16_check``). ``zeroshot`` is a dict shared by sweeps against
+    the same theta_0 and sets (e.g. several fine-tunes of one model): alpha = 0, theta_0
+    itself, is scored by the first of them and reused by the rest.
 
     Example:
         >>> records = sweep(model, zs_state, ft_state, [test, sketch], [0, 0.5, 1], backbone)
+        >>> records = sweep(model, zs_state, ft_state, [test], [0, 0.5, 1], backbone,
+        ...                 settings=SweepSettings(batch_size=64, precision="bf16", linear=True))
     """
-    device = device_of(model)
-    precision = resolve_precision(precision, device)
-    linear = linear and _same_encoder(theta_0, theta_1)
+    s = _resolved(SweepSettings.of(settings), device_of(model))
+    linear = s.linear and _same_encoder(theta_0, theta_1)
     # the same model, inputs and numerics give the same alpha-0 scores: keyed by what shapes them
-    key = (linear, precision, batch_size, tuple(es.name for es in evalsets))
+    key = (linear, s.precision, s.batch_size, tuple(es.name for es in evalsets))
     known = zeroshot.get(key) if zeroshot is not None and 0.0 in alphas else None
     todo = [a for a in alphas if known is None or a != 0.0]
     if known is not None:
-        fp32_check = 0  # the zero-shot sweep's check stands for this one
+        s = replace(s, fp32_check=0)  # the zero-shot sweep's check stands for this one
     ends: dict[float, dict[str, tuple]] = {}  # alpha 0 and 1 logits, for the output-space ensemble
     if linear:  # there the output-space ensemble is WiSE-FT itself
-        scores, checks = _sweep_linear(model, theta_0, theta_1, evalsets, todo, backbone, batch_size,
-                                       precision, allow_extrapolation, progress, cache, num_workers,
-                                       cache_dir, fp32_check)
+        scores, checks = _sweep_linear(model, theta_0, theta_1, evalsets, todo, backbone, s)
     else:
-        scores, checks = _sweep_full(model, theta_0, theta_1, evalsets, todo, backbone, batch_size, precision,
-                                     allow_extrapolation, progress, cache, num_workers, cache_dir, fp32_check,
-                                     model_name, ends)
+        scores, checks = _sweep_full(model, theta_0, theta_1, evalsets, todo, backbone, s, ends)
     if known is not None:
         scores[0.0], checks, zeroshot_ends = known
         if zeroshot_ends:
             ends[0.0] = zeroshot_ends
     elif zeroshot is not None and 0.0 in alphas:
         zeroshot[key] = (scores[0.0], checks, ends.get(0.0))
-    provenance = dict(provenance or {})
-    records = _records(scores, evalsets, alphas, model_name, provenance, checks)
+    provenance = dict(s.provenance or {})
+    records = _records(scores, evalsets, alphas, s.model_name, provenance, checks)
     if 0.0 in ends and 1.0 in ends:
-        records += _ensemble_records(ends, evalsets, alphas, model_name, provenance)
+        records += _ensemble_records(ends, evalsets, alphas, s.model_name, provenance)
     return records
 
 
@@ -481,30 +567,30 @@ def _ensemble_records(ends: dict[float, dict[str, tuple]], evalsets, alphas, mod
                     {**provenance, "method": OUTPUT_ENSEMBLE}, {})
 
 
-def _sweep_full(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size, precision, allow_extrapolation,
-                progress, cache, num_workers, cache_dir, fp32_check, model_name, ends):
-    interp = Interpolator(theta_0, theta_1, allow_extrapolation=allow_extrapolation)
-    if cache is not False:  # decode everything before the first alpha, once
+def _sweep_full(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet], alphas: Sequence[float],
+                backbone: Backbone, s: SweepSettings, ends: dict[float, dict[str, tuple]]):
+    """Every alpha's weights loaded in turn and every set scored with them; the end points'
+    logits go into ``ends``."""
+    interp = Interpolator(theta_0, theta_1, allow_extrapolation=s.allow_extrapolation)
+    if s.cache is not False:  # decode everything before the first alpha, once
         for es in evalsets:
-            es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache is True else cache,
-                      cache_dir=cache_dir, progress=progress)
+            _inputs(es, backbone, s)
     scores: dict[float, dict[str, dict[str, Score]]] = {}
     checks: dict[str, dict] = {}
     temperatures: dict[float, float] = {}
-    for k, alpha in enumerate(progress_bar(alphas, desc=f"alpha sweep ({model_name})", disable=not progress,
+    for k, alpha in enumerate(progress_bar(alphas, desc=f"alpha sweep ({s.model_name})", disable=not s.progress,
                                            unit="alpha")):
         interp.load_into(model, alpha)
         scores[alpha] = {}
         for es in _validation_first(evalsets):
-            scores[alpha][es.name], logits, labels = _evaluate_set(model, es, backbone, batch_size, precision,
-                                                                   cache, num_workers, False, cache_dir)
+            scores[alpha][es.name], logits, labels = _evaluate_set(model, es, backbone, s)
             _score_more(es, scores[alpha][es.name], logits, labels, temperatures, alpha, evalsets)
             if float(alpha) in (0.0, 1.0):
-                index = None if cache is False else es._cache.index
+                index = None if s.cache is False else es._cache.index
                 ends.setdefault(float(alpha), {})[es.name] = (logits, labels, index)
-            if k == 0 and precision == "bf16" and fp32_check and cache is not False:
+            if k == 0 and s.precision == "bf16" and s.fp32_check and s.cache is not False:
                 c = es._cache
-                ref = _cached_outputs(model, c, batch_size, device_of(model), "fp32", limit=fp32_check)
+                ref = _cached_outputs(model, c, s.batch_size, device_of(model), "fp32", limit=s.fp32_check)
                 checks[es.name] = _compare(es, logits[:len(ref)], ref, c, alpha)
     return scores, checks
 
@@ -546,12 +632,12 @@ def _same_encoder(theta_0, theta_1) -> bool:
     return all(torch.equal(theta_0[k], theta_1[k]) for k in theta_0 if not k.startswith("head."))
 
 
-def _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_size, precision,
-                  allow_extrapolation, progress, cache, num_workers, cache_dir, fp32_check):
+def _sweep_linear(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet], alphas: Sequence[float],
+                  backbone: Backbone, s: SweepSettings):
     """Features once per set, then every alpha from the mixed head."""
     head_0 = {k[5:]: v for k, v in theta_0.items() if k.startswith("head.")}
     head_1 = {k[5:]: v for k, v in theta_1.items() if k.startswith("head.")}
-    heads = {a: interpolate(head_0, head_1, a, allow_extrapolation=allow_extrapolation) for a in alphas}
+    heads = {a: interpolate(head_0, head_1, a, allow_extrapolation=s.allow_extrapolation) for a in alphas}
     scores: dict[float, dict[str, dict[str, Score]]] = {a: {} for a in alphas}
     checks: dict[str, dict] = {}
     temperatures: dict[float, float] = {}
@@ -560,16 +646,15 @@ def _sweep_linear(model, theta_0, theta_1, evalsets, alphas, backbone, batch_siz
     device = device_of(model)
     encode = lambda x: F.normalize(model.encoder(x).float(), dim=-1)  # noqa: E731
     for es in _validation_first(evalsets):
-        c = es.inputs(backbone, batch_size, num_workers=num_workers, mode="auto" if cache in (True, False) else cache,
-                      cache_dir=cache_dir, progress=progress)
-        feats = _cached_outputs(encode, c, batch_size, device, precision)
+        c = _inputs(es, backbone, s)
+        feats = _cached_outputs(encode, c, s.batch_size, device, s.precision)
         for a in alphas:
             head = heads[a]
             logits = feats @ head["weight"].float().cpu().T + head["bias"].float().cpu()
             scores[a][es.name] = es.scores(logits, c.labels, c.index)
             _score_more(es, scores[a][es.name], logits, c.labels, temperatures, a, evalsets)
-        if precision == "bf16" and fp32_check:
-            ref = _cached_outputs(encode, c, batch_size, device, "fp32", limit=fp32_check)
+        if s.precision == "bf16" and s.fp32_check:
+            ref = _cached_outputs(encode, c, s.batch_size, device, "fp32", limit=s.fp32_check)
             h = heads[alphas[0]]
             mix = lambda f: f @ h["weight"].float().cpu().T + h["bias"].float().cpu()  # noqa: E731
             checks[es.name] = _compare(es, mix(feats[:len(ref)]), mix(ref), c, alphas[0])

@@ -18,7 +18,7 @@ from .checkpoint import export_model, load_state, read_meta, save_state
 from .config import ConfigError, RunConfig, load_config
 from .data.base import (DataError, LabeledDataset, build_dataset, build_projection, per_class_permutations,
                         read_classnames, split_holdout)
-from .evaluate import EvalSet, sweep
+from .evaluate import EvalSet, SweepSettings, sweep
 from .files import atomic_write, check_free, hold
 from .finetune import TrainRun, finetune
 from .heads import Classifier, zeroshot_head
@@ -243,13 +243,12 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
         if name == "finetuned":
             theta_main = theta_1  # exported below; variants' weights are dropped after their sweep
         with clock(f"sweep {name}"):
-            new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, model_name=name,
-                        linear=ft_cfg.mode == "linear", batch_size=cfg.evaluation.batch_size,
-                        precision=cfg.evaluation.precision, cache=cfg.evaluation.cache,
-                        num_workers=cfg.evaluation.num_workers, cache_dir=cfg.evaluation.cache_dir,
-                        fp32_check=cfg.evaluation.fp32_check,
-                        allow_extrapolation=cfg.allow_extrapolation,
-                        provenance={**provenance, "mode": ft_cfg.mode}, progress=progress, zeroshot=zeroshot)
+            settings = SweepSettings.from_config(cfg.evaluation, progress=progress, model_name=name,
+                                                 linear=ft_cfg.mode == "linear",
+                                                 allow_extrapolation=cfg.allow_extrapolation,
+                                                 provenance={**provenance, "mode": ft_cfg.mode})
+            new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
+                        zeroshot=zeroshot)
         append_records(results_path, new)
         records += new
 
