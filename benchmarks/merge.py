@@ -7,7 +7,7 @@ process, so each peak RSS is its own:
   (a) baseline: the reference implementation's way (clone both state dicts, one dict
       comprehension per alpha, ``load_state_dict``);
   (b) in-memory engine: ``Interpolator.load_into`` into one preallocated model;
-  (c) out-of-core engine: ``sweep_files`` from two safetensors files to N files;
+  (c) out-of-core engine: ``write_interpolations`` from two safetensors files to N files;
   (d) copy: N plain copies of the model's bytes, the machine's bandwidth limit (a merge
       reads two models and writes one: about 1.5x a copy per alpha).
 
@@ -79,13 +79,13 @@ def _child(engine: str, model: str, alphas: list[float], workdir: Path) -> dict:
     if engine == "out_of_core":
         from safetensors import safe_open
 
-        from wiseft.merge_files import sweep_files
+        from wiseft.merge_files import write_interpolations
 
         dests = {a: workdir / f"out_{i}.safetensors" for i, a in enumerate(alphas)}
         base = _status_kb("VmRSS")
         _reset_peak()
         t = time.perf_counter()
-        sweep_files(workdir / "a.safetensors", workdir / "b.safetensors", dests)
+        write_interpolations(workdir / "a.safetensors", workdir / "b.safetensors", dests)
         seconds = time.perf_counter() - t
         peak = _status_kb("VmHWM")
         for dest in dests.values():

@@ -158,7 +158,7 @@ def test_preallocated_target_is_reused_across_a_sweep():
     a, b = _states()
     interp = Interpolator(a, b)
     ptrs = set()
-    for alpha, theta in interp.sweep([0.0, 0.25, 0.5, 1.0]):
+    for alpha, theta in interp.states([0.0, 0.25, 0.5, 1.0]):
         ptrs.add(theta["0.weight"].data_ptr())
         ref = interpolate(a, b, alpha)
         assert all(torch.equal(theta[k], ref[k]) for k in ref)
@@ -258,7 +258,7 @@ def test_equal_minus_inf_mixes_to_minus_inf_in_memory(alpha):
 def test_equal_minus_inf_mixes_to_minus_inf_out_of_core(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from wiseft.merge_files import average_files, sweep_files
+    from wiseft.merge_files import average_files, write_interpolations
 
     a, b = _masked(0, 5000), _masked(1, 5000)
     for th in (a, b):  # a large mask, read in chunks (files refuse -inf outside a 0/-inf mask)
@@ -268,7 +268,7 @@ def test_equal_minus_inf_mixes_to_minus_inf_out_of_core(tmp_path):
     save_file(a, tmp_path / "a.safetensors")
     save_file(b, tmp_path / "b.safetensors")
     outs = {0.3: tmp_path / "m03.safetensors", 0.8: tmp_path / "m08.safetensors"}
-    sweep_files(tmp_path / "a.safetensors", tmp_path / "b.safetensors", outs, chunk_bytes=4096)
+    write_interpolations(tmp_path / "a.safetensors", tmp_path / "b.safetensors", outs, chunk_bytes=4096)
     for alpha, path in outs.items():
         m = load_file(path)
         assert torch.equal(m["mask"], a["mask"]) and torch.equal(m["mask16"], a["mask16"])

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from wiseft.checkpoint import load_state
 from wiseft.cli import main
 from wiseft.merge import MergeError, interpolate
-from wiseft.merge_files import average_files, interpolate_files, open_checkpoint, plan_files, sweep_files
+from wiseft.merge_files import average_files, interpolate_files, open_checkpoint, plan_files, write_interpolations
 from wiseft.soup import weighted_average
 
 
@@ -69,16 +69,16 @@ def test_out_of_core_is_bit_identical_to_in_memory(files, tmp_path_factory, alph
     d, a, b = files
     out = tmp_path_factory.mktemp("out")
     dests = {al: out / f"{i}.safetensors" for i, al in enumerate(alphas)}
-    sweep_files(d / "a.safetensors", d / "b", dests, chunk_bytes=chunk)
+    write_interpolations(d / "a.safetensors", d / "b", dests, chunk_bytes=chunk)
     for al, dest in dests.items():
         _assert_same(load_file(str(dest)), interpolate(a, b, al))
 
 
 def test_sharded_output_with_index_and_exact_ends(files, tmp_path):
     d, a, b = files
-    dests = sweep_files(d / "b" / "model.safetensors.index.json", d / "a.safetensors",
-                        {0.0: tmp_path / "a0", 1.0: tmp_path / "a1"}, max_shard_bytes=2000, chunk_bytes=4096,
-                        metadata={"note": "x"})
+    dests = write_interpolations(d / "b" / "model.safetensors.index.json", d / "a.safetensors",
+                                 {0.0: tmp_path / "a0", 1.0: tmp_path / "a1"}, max_shard_bytes=2000,
+                                 chunk_bytes=4096, metadata={"note": "x"})
     shards = sorted(p.name for p in dests[0].glob("*.safetensors"))
     assert len(shards) > 1 and (dests[0] / "model.safetensors.index.json").exists()
     _assert_same(load_state(dests[0]), b)

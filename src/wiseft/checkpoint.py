@@ -1,12 +1,15 @@
 """Checkpoints that describe themselves: safetensors weights with JSON metadata,
 written atomically; export to the backbone family's own format; reading state
-dicts written by other tools (open_clip training checkpoints, Hugging Face dirs)."""
+dicts written by other tools (open_clip training checkpoints, Hugging Face dirs).
+
+``load_state`` is the one loader of weights (every merge and soup reads through it);
+resumable training state, a different format, is ``train.checkpoints.load_training_state``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
@@ -44,10 +47,17 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         return json.loads((f.metadata() or {}).get("wiseft", "{}"))
 
 
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+StateSource = str | Path | Mapping[str, torch.Tensor]
+
+
+def load_state(path: StateSource) -> dict[str, torch.Tensor]:
     """A state dict from a wiseft model dir, a Hugging Face dir (single or sharded), a
     .safetensors file, or a torch file (read with ``weights_only=True``); ``state_dict``
-    and ``model`` wrappers and ``module.``/``_orig_mod.`` prefixes are removed."""
+    and ``model`` wrappers and ``module.``/``_orig_mod.`` prefixes are removed, and NaN or
+    Inf weights refused (NonFiniteError). A state dict already in memory comes back as it
+    is, its tensors detached (not copied, not checked), so callers take either."""
+    if isinstance(path, Mapping):
+        return {k: v.detach() for k, v in path.items()}
     kind, files = resolve_checkpoint(path, CheckpointError)  # the one resolver: every format
     if kind == "safetensors":
         state = {k: v for f in files for k, v in _load_safetensors(f).items()}

@@ -83,24 +83,25 @@ def _merge_args(sp, keep_help: str) -> None:
 def cmd_interpolate(args) -> int:
     from .checkpoint import META_FILE, export_model, load_model, load_state, save_state
     from .merge import Interpolator, check_alpha
-    from .merge_files import is_safetensors_checkpoint, open_checkpoint, plan_files, sweep_files
+    from .config import MergeConfig
+    from .merge_files import is_safetensors_checkpoint, open_checkpoint, plan_files, write_interpolations
 
     for a in args.alpha:
         check_alpha(a, args.extrapolate)
-    sel = _selection(args, 1)
+    settings = MergeConfig(allow_extrapolation=args.extrapolate, max_shard_bytes=args.max_shard_size,
+                           **_selection(args, 1))
     files = all(is_safetensors_checkpoint(p) for p in (args.model_a, args.model_b))
     if args.dry_run:
         if not files:
             raise ValueError("--dry-run reads safetensors headers; both models must be safetensors "
                              "files, shard indexes or directories holding them")
-        print(plan_files([args.model_a, args.model_b], outputs=len(args.alpha),
-                         max_shard_bytes=args.max_shard_size, **sel).summary())
+        print(plan_files([args.model_a, args.model_b], settings, outputs=len(args.alpha)).summary())
         return 0
     out, many, parents = Path(args.out), len(args.alpha) > 1, [args.model_a, args.model_b]
     if (Path(args.model_a) / META_FILE).exists():
         model, backbone, meta = load_model(args.model_a)
         theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        interp = Interpolator(theta_0, load_state(args.model_b), allow_extrapolation=args.extrapolate, **sel)
+        interp = Interpolator(theta_0, load_state(args.model_b), settings)
         for a in args.alpha:
             interp.load_into(model, a)
             dest = export_model(model, backbone, {**meta, "alpha": a, "parents": parents},
@@ -114,14 +115,12 @@ def cmd_interpolate(args) -> int:
     if files:
         base = json.loads(open_checkpoint(args.model_a).metadata.get("wiseft", "{}"))
         metas = [{"wiseft": json.dumps({**base, "alpha": a, "parents": parents})} for a in dests]
-        paths = sweep_files(args.model_a, args.model_b, dests, allow_extrapolation=args.extrapolate,
-                            max_shard_bytes=args.max_shard_size, metadata=metas, **sel)
+        paths = write_interpolations(args.model_a, args.model_b, dests, settings, metadata=metas)
         for a, dest in zip(dests, paths):
             print(f"alpha {a:.2f}: {dest}")
         return 0
-    interp = Interpolator(load_state(args.model_a), load_state(args.model_b),
-                          allow_extrapolation=args.extrapolate, **sel)
-    for a, merged in interp.sweep(args.alpha):
+    interp = Interpolator(load_state(args.model_a), load_state(args.model_b), settings)
+    for a, merged in interp.states(args.alpha):
         save_state(dests[a], merged, {"alpha": a, "parents": parents})
         print(f"alpha {a:.2f}: {dests[a]}")
     return 0
@@ -144,22 +143,22 @@ def _interpolate_fisher(args, dests: dict, parents: list[str]) -> int:
 
 def cmd_soup(args) -> int:
     from .checkpoint import load_state, save_state
+    from .config import MergeConfig
     from .merge_files import average_files, is_safetensors_checkpoint, plan_files
     from .soup import weighted_average
 
-    sel = _selection(args, 0)
+    settings = MergeConfig(max_shard_bytes=args.max_shard_size, **_selection(args, 0))
     files = all(is_safetensors_checkpoint(m) for m in args.models)
     if args.dry_run:
         if not files:
             raise ValueError("--dry-run reads safetensors headers; every model must be a safetensors checkpoint")
-        print(plan_files(args.models, max_shard_bytes=args.max_shard_size, average=True, **sel).summary())
+        print(plan_files(args.models, settings, average=True).summary())
         return 0
     meta = {"soup": list(args.models), "weights": args.weights}
     if files:
-        dest = average_files(args.models, args.out, args.weights, max_shard_bytes=args.max_shard_size,
-                             metadata={"wiseft": json.dumps(meta)}, **sel)
+        dest = average_files(args.models, args.out, args.weights, settings, metadata={"wiseft": json.dumps(meta)})
     else:
-        dest = save_state(args.out, weighted_average([load_state(m) for m in args.models], args.weights, **sel),
+        dest = save_state(args.out, weighted_average([load_state(m) for m in args.models], args.weights, settings),
                           meta)
     print(f"soup of {len(args.models)} models: {dest}")
     return 0

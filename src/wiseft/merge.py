@@ -18,10 +18,11 @@ import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from .config.merge import MergeConfig, merge_config
 from .errors import WiseftError
 
 StateDict = Mapping[str, torch.Tensor]
@@ -117,6 +118,13 @@ class Selection:
 def make_selection(include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                    keep: int = 1) -> Selection:
     return Selection(tuple(include) if include is not None else None, tuple(exclude or ()), keep)
+
+
+def selection_of(settings: MergeConfig, default_keep: int) -> Selection:
+    """The tensors ``settings`` mixes; the others from input ``settings.keep``, or from
+    ``default_keep`` (the operation's own default) when it is None."""
+    keep = default_keep if settings.keep is None else settings.keep
+    return make_selection(settings.include, settings.exclude, keep)
 
 
 @dataclass(frozen=True)
@@ -387,21 +395,24 @@ class Interpolator:
     preallocated target (a model's own parameters, or a state dict reused across the
     sweep) for each alpha. Holds references to the inputs, never copies of them.
 
+    ``settings`` picks the tensors to mix (the others from input ``keep``, default 1)
+    and allows extrapolation; its fields may also be given as keywords (``options``).
+
     Example:
-        >>> interp = Interpolator(zs_state, ft_state, exclude=["head.*"])
-        >>> for alpha, theta in interp.sweep([0.0, 0.5, 1.0]):  # one target, reused
+        >>> interp = Interpolator(zs_state, ft_state, MergeConfig(exclude=["head.*"]))
+        >>> for alpha, theta in interp.states([0.0, 0.5, 1.0]):  # one target, reused
         ...     evaluate(theta)
     """
 
-    def __init__(self, theta_0: StateDict, theta_1: StateDict, *, allow_extrapolation: bool = False,
-                 include: Iterable[str] | None = None, exclude: Iterable[str] | None = None, keep: int = 1,
-                 num_threads: int | None = None):
+    def __init__(self, theta_0: StateDict, theta_1: StateDict, settings: MergeConfig | None = None, *,
+                 num_threads: int | None = None, **options: Any):
+        settings = merge_config(settings, **options)
         self.num_threads = num_threads  # worker threads (default: torch.get_num_threads())
-        self.selection = make_selection(include, exclude, keep)
+        self.selection = selection_of(settings, default_keep=1)
         self.steps = plan_merge([specs_of(theta_0), specs_of(theta_1)], self.selection)
         self.theta_0 = {k: v.detach() for k, v in theta_0.items()}
         self.theta_1 = {k: v.detach() for k, v in theta_1.items()}
-        self.allow_extrapolation = allow_extrapolation
+        self.allow_extrapolation = settings.allow_extrapolation
         self.ties = tie_map(self.steps, (self.theta_0, self.theta_1))
         self._input_storages = {v.untyped_storage().data_ptr() for th in (self.theta_0, self.theta_1)
                                 for v in th.values() if v.numel() and v.device.type != "meta"}
@@ -423,7 +434,7 @@ class Interpolator:
         self._write(alpha, out, "output state dict")
         return out
 
-    def sweep(self, alphas: Iterable[float]) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
+    def states(self, alphas: Iterable[float]) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
         """(alpha, theta_alpha) for each alpha; one target is reused, so each state
         dict is valid until the next step (clone it to keep it)."""
         alphas = list(alphas)
@@ -432,6 +443,8 @@ class Interpolator:
         target = self.new_target()
         for a in alphas:
             yield a, self.merge(a, out=target)
+
+    sweep = states  # the name before issue 14 (documented then); ``evaluate.sweep`` is the evaluation sweep
 
     @torch.no_grad()
     def load_into(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
@@ -490,18 +503,16 @@ class Interpolator:
         interpolate_many(large, self.num_threads)
 
 
-def interpolate(theta_0: StateDict, theta_1: StateDict, alpha: float, *,
-                allow_extrapolation: bool = False, include: Iterable[str] | None = None,
-                exclude: Iterable[str] | None = None, keep: int = 1,
-                out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def interpolate(theta_0: StateDict, theta_1: StateDict, alpha: float, settings: MergeConfig | None = None, *,
+                out: dict[str, torch.Tensor] | None = None, **options: Any) -> dict[str, torch.Tensor]:
     """A new state dict theta_alpha (or ``out``, filled in place); the inputs are not
-    modified or aliased. ``include``/``exclude`` globs pick the tensors to mix; the
-    others come from input ``keep`` (0 or 1).
+    modified or aliased. ``settings`` (or its fields as keywords): ``include``/``exclude``
+    globs pick the tensors to mix; the others come from input ``keep`` (0 or 1, default 1).
 
     Example:
         >>> merged = interpolate(zeroshot.state_dict(), finetuned.state_dict(), 0.5)
+        >>> merged = interpolate(zs, ft, 0.5, MergeConfig(exclude=["head.*"]))  # keep ft's new head
     """
-    check_alpha(alpha, allow_extrapolation)
-    interp = Interpolator(theta_0, theta_1, allow_extrapolation=allow_extrapolation,
-                          include=include, exclude=exclude, keep=keep)
-    return interp.merge(alpha, out=out)
+    settings = merge_config(settings, **options)
+    check_alpha(alpha, settings.allow_extrapolation)
+    return Interpolator(theta_0, theta_1, settings).merge(alpha, out=out)

@@ -13,18 +13,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .config.merge import DEFAULT_CHUNK_BYTES, parse_size  # noqa: F401 - their home until issue 14
+from .config.merge import MergeConfig, merge_config
 from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path
 from .files import safetensors_files as _resolve_safetensors
 from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite,
-                    interpolate_many, make_selection, plan_merge)
+                    interpolate_many, plan_merge, selection_of)
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -33,7 +34,6 @@ DTYPES = {
     "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
 }
 CODES = {v: k for k, v in DTYPES.items()}
-DEFAULT_CHUNK_BYTES = 16 << 20
 DEFAULT_SHARD_BYTES = 5 << 30
 _SINGLE_NAMES = SAFETENSORS_SINGLE_NAMES
 
@@ -56,17 +56,6 @@ class SafetensorsCheckpoint:
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.specs.values())
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from ``"5GB"``, ``"500MiB"``, ``"1e9"`` or an int."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?)B?\s*", text, flags=re.I)
-    if not m:
-        raise ValueError(f"cannot read {text!r} as a size (e.g. 5GB, 500MiB)")
-    base = 1024 if m.group(3) else 1000
-    return int(float(m.group(1)) * base ** " KMGT".index((m.group(2) or " ").upper()))
 
 
 def _files_of(path: Path) -> tuple[list[Path], Path]:
@@ -296,11 +285,11 @@ def _open_outputs(dests: Sequence[Path], steps: list[Step], max_shard_bytes: int
     return outs
 
 
-def _run(ckpts, steps, kernels, dests, needs, max_shard_bytes, chunk_bytes, metadata) -> list[Path]:
+def _run(ckpts, steps, kernels, dests, needs, settings: MergeConfig, metadata) -> list[Path]:
     ordered = _disk_order(steps, ckpts)
-    outs = _open_outputs([Path(d) for d in dests], ordered, max_shard_bytes, metadata)
+    outs = _open_outputs([Path(d) for d in dests], ordered, settings.shard_bytes, metadata)
     try:
-        _stream(ckpts, ordered, kernels, outs, needs, chunk_bytes)
+        _stream(ckpts, ordered, kernels, outs, needs, settings.chunk_bytes)
         return [o.commit() for o in outs]
     except BaseException:
         for o in outs:
@@ -308,61 +297,73 @@ def _run(ckpts, steps, kernels, dests, needs, max_shard_bytes, chunk_bytes, meta
         raise
 
 
-def _metadata_for(metadata: Mapping[str, str] | Sequence[Mapping[str, str]] | None, n: int) -> list[dict]:
+Metadata = Mapping[str, str] | Sequence[Mapping[str, str]] | None
+
+
+def _metadata_for(metadata: Metadata, n: int) -> list[dict]:
     if metadata is None or isinstance(metadata, Mapping):
         return [{"format": "pt", **(metadata or {})} for _ in range(n)]
     return [{"format": "pt", **m} for m in metadata]
 
 
-def sweep_files(path_0: str | Path, path_1: str | Path, outputs: Mapping[float, str | Path], *,
-                allow_extrapolation: bool = False, include: Iterable[str] | None = None,
-                exclude: Iterable[str] | None = None, keep: int = 1, max_shard_bytes: int | str | None = None,
-                chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                metadata: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None) -> list[Path]:
-    """theta_alpha for every ``alpha -> destination`` in ``outputs``, reading both
+def write_interpolations(path_0: str | Path, path_1: str | Path, outputs: Mapping[float, str | Path],
+                         settings: MergeConfig | None = None, *, metadata: Metadata = None,
+                         **options: Any) -> list[Path]:
+    """Write theta_alpha for every ``alpha -> destination`` in ``outputs``, reading both
     inputs once. A destination ending in ``.safetensors`` is one file; any other is a
-    directory (``model.safetensors``, or shards of ``max_shard_bytes`` and an index).
+    directory (``model.safetensors``, or shards of ``settings.max_shard_bytes`` and an
+    index). ``settings`` (or its fields as keywords) as for ``merge.interpolate``;
+    ``metadata``: the safetensors metadata of every output, or one mapping per output.
 
     Example:
-        >>> sweep_files("zs.safetensors", "ft/", {0.5: "out/a05.safetensors", 1.0: "out/a10"})
+        >>> write_interpolations("zs.safetensors", "ft/", {0.5: "out/a05.safetensors", 1.0: "out/a10"},
+        ...                      MergeConfig(max_shard_bytes="5GB"))
     """
+    settings = merge_config(settings, **options)
     alphas = list(outputs)
     for a in alphas:
-        check_alpha(a, allow_extrapolation)
+        check_alpha(a, settings.allow_extrapolation)
     ckpts = [open_checkpoint(path_0), open_checkpoint(path_1)]
-    steps = plan_merge([c.specs for c in ckpts], make_selection(include, exclude, keep))
+    steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=1))
     kernels = [lambda ins, out, a=a: interpolate_many([(out, ins[0], ins[1], a)]) for a in alphas]
-    return _run(ckpts, steps, kernels, list(outputs.values()), [0, 1],
-                parse_size(max_shard_bytes) if max_shard_bytes is not None else None, chunk_bytes,
+    return _run(ckpts, steps, kernels, list(outputs.values()), [0, 1], settings,
                 _metadata_for(metadata, len(alphas)))
 
 
+sweep_files = write_interpolations  # the name before issue 14 (documented then), same function
+
+
 def interpolate_files(path_0: str | Path, path_1: str | Path, out: str | Path, alpha: float,
-                      **kwargs) -> Path:
-    """One theta_alpha from two safetensors checkpoints, out of core (see sweep_files)."""
-    return sweep_files(path_0, path_1, {alpha: out}, **kwargs)[0]
+                      settings: MergeConfig | None = None, *, metadata: Metadata = None, **options: Any) -> Path:
+    """One theta_alpha from two safetensors checkpoints, out of core (see write_interpolations)."""
+    return write_interpolations(path_0, path_1, {alpha: out}, settings, metadata=metadata, **options)[0]
 
 
-def average_files(paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, *,
-                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None, keep: int = 0,
-                  max_shard_bytes: int | str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                  metadata: Mapping[str, str] | None = None) -> Path:
+def average_files(paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
+                  settings: MergeConfig | None = None, *, metadata: Mapping[str, str] | None = None,
+                  **options: Any) -> Path:
     """A weighted average (uniform soup when ``weights`` is None) of N safetensors
-    checkpoints, out of core; same arithmetic as ``soup.weighted_average``."""
+    checkpoints, out of core; same arithmetic as ``soup.weighted_average``. Tensors not
+    selected by ``settings`` (or its fields as keywords) come from input ``keep``, default 0."""
+    settings = merge_config(settings, **options)
     weights = _check_weights(weights, len(paths))
     ckpts = [open_checkpoint(p) for p in paths]
-    steps = plan_merge([c.specs for c in ckpts], make_selection(include, exclude, keep))
+    steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=0))
     needs = [i for i, w in enumerate(weights) if w != 0]
+    kernel = _average_kernel(weights, needs, len(ckpts), settings.chunk_bytes)
+    return _run(ckpts, steps, [kernel], [out], needs, settings, _metadata_for(metadata, 1))[0]
+
+
+def _average_kernel(weights: list[float], needs: list[int], n: int, chunk_bytes: int) -> Kernel:
+    """The chunk kernel of a weighted average of ``n`` inputs (``needs``: those weighted)."""
     scratch: list[torch.Tensor] = []  # fp32 accumulator for half types, made on first use
 
     def kernel(ins, out_t):
         if out_t.dtype.itemsize < 4 and not scratch:
             scratch.append(torch.empty(chunk_bytes // 2, dtype=torch.float32))
-        average_tensor([ins.get(i, ins[needs[0]]) for i in range(len(ckpts))], weights, out=out_t,
+        average_tensor([ins.get(i, ins[needs[0]]) for i in range(n)], weights, out=out_t,
                        scratch=scratch[0] if scratch else None)
-    return _run(ckpts, steps, [kernel], [out], needs,
-                parse_size(max_shard_bytes) if max_shard_bytes is not None else None, chunk_bytes,
-                _metadata_for(metadata, 1))[0]
+    return kernel
 
 
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -427,16 +428,17 @@ class MergePlan:
         return "\n".join(lines)
 
 
-def plan_files(paths: Sequence[str | Path], *, include: Iterable[str] | None = None,
-               exclude: Iterable[str] | None = None, keep: int | None = None, outputs: int = 1,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_shard_bytes: int | str | None = None,
-               average: bool = False) -> MergePlan:
-    """Check and describe a merge of checkpoint files, reading only their headers."""
+def plan_files(paths: Sequence[str | Path], settings: MergeConfig | None = None, *, outputs: int = 1,
+               average: bool = False, **options: Any) -> MergePlan:
+    """Check and describe a merge of checkpoint files into ``outputs`` outputs, reading
+    only their headers; ``settings`` (or its fields as keywords) as the merge would take
+    them (``keep`` unset: input 1 of two models, else input 0)."""
+    settings = merge_config(settings, **options)
     ckpts = [open_checkpoint(p) for p in paths]
-    keep = (1 if len(paths) == 2 else 0) if keep is None else keep
-    steps = plan_merge([c.specs for c in ckpts], make_selection(include, exclude, keep))
-    shard = parse_size(max_shard_bytes) if max_shard_bytes is not None else DEFAULT_SHARD_BYTES
-    return MergePlan(ckpts, steps, outputs, chunk_bytes, shard, average)
+    steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=1 if len(paths) == 2 else 0))
+    shard = settings.shard_bytes
+    return MergePlan(ckpts, steps, outputs, settings.chunk_bytes, shard if shard is not None else DEFAULT_SHARD_BYTES,
+                     average)
 
 
 def _human(n: int) -> str:

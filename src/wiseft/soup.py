@@ -18,10 +18,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from .checkpoint import load_state
+from .config.merge import MergeConfig, merge_config
 from .merge import (MergeError, StateDict, TensorSpec, _acc_dtype, allocate, average_tensor, make_selection,
-                    plan_merge, specs_of, tie_map)
+                    plan_merge, selection_of, specs_of, tie_map)
 
-Ingredient = StateDict | str | Path
+Ingredient = StateDict | str | Path  # loaded with ``checkpoint.load_state``
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -31,19 +33,19 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
 
 
 @torch.no_grad()
-def weighted_average(thetas: Sequence[StateDict], weights: Sequence[float] | None = None, *,
-                     include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                     keep: int = 0) -> dict[str, torch.Tensor]:
+def weighted_average(thetas: Sequence[StateDict], weights: Sequence[float] | None = None,
+                     settings: MergeConfig | None = None, **options: Any) -> dict[str, torch.Tensor]:
     """sum_i w_i theta_i / sum_i w_i (uniform when ``weights`` is None), in fp32 for
-    half types; integer buffers from ``thetas[0]``; tensors not selected by
-    ``include``/``exclude`` from ``thetas[keep]``.
+    half types; integer buffers from ``thetas[0]``; tensors not selected by ``settings``
+    (or its fields as keywords: ``include``/``exclude``) from ``thetas[keep]`` (default 0).
 
     Example:
         >>> soup = weighted_average([sd_a, sd_b, sd_c], [0.5, 0.25, 0.25])
     """
+    settings = merge_config(settings, **options)
     weights = _weights(weights, len(thetas))
     thetas = [{k: v.detach() for k, v in t.items()} for t in thetas]
-    steps = plan_merge([specs_of(t) for t in thetas], make_selection(include, exclude, keep))
+    steps = plan_merge([specs_of(t) for t in thetas], selection_of(settings, default_keep=0))
     ties = tie_map(steps, thetas)
     out = allocate(steps, thetas, ties)
     for s in steps:
@@ -69,14 +71,6 @@ class GreedySoup:
     scores: list[float]  # held-out score of each ingredient alone
 
 
-def _load(ingredient: Ingredient) -> dict[str, torch.Tensor]:
-    if isinstance(ingredient, Mapping):
-        return {k: v.detach() for k, v in ingredient.items()}
-    from .checkpoint import load_state
-
-    return load_state(ingredient)
-
-
 @torch.no_grad()
 def greedy_soup(ingredients: Sequence[Ingredient], evaluate: Callable[[dict[str, torch.Tensor]], float], *,
                 scores: Sequence[float] | None = None) -> GreedySoup:
@@ -91,16 +85,16 @@ def greedy_soup(ingredients: Sequence[Ingredient], evaluate: Callable[[dict[str,
     if not ingredients:
         raise MergeError("greedy soup needs at least one ingredient")
     if scores is None:
-        scores = [float(evaluate(_load(g))) for g in ingredients]
+        scores = [float(evaluate(load_state(g))) for g in ingredients]
     order = sorted(range(len(ingredients)), key=lambda i: -scores[i])
-    first = _load(ingredients[order[0]])
+    first = load_state(ingredients[order[0]])
     steps = plan_merge([specs_of(first)])
     acc = {s.name: first[s.name].to(_acc_dtype(s.spec.dtype), copy=True) if s.op == "mix" else first[s.name]
            for s in steps}
     candidate = allocate(steps, [first], {})
     chosen, best = [order[0]], scores[order[0]]
     for j in order[1:]:
-        theta = _load(ingredients[j])
+        theta = load_state(ingredients[j])
         plan_merge([specs_of(first), specs_of(theta)], make_selection(keep=0))
         _soup_into(candidate, acc, steps, len(chosen) + 1, theta)
         score = float(evaluate(candidate))

@@ -3,7 +3,8 @@
 A checkpoint holds the model, optimizer, EMA and grad-scaler state, every rank's RNG
 states, the data position (optimizer steps done) and the config. Files are
 ``step_00001000.pt`` (the last ``keep_last`` kept) and ``epoch_003_step_00003000.pt`` (all kept),
-read back with ``torch.load(weights_only=True)``.
+read back with ``torch.load(weights_only=True)`` by ``load_training_state``. That is a torch
+file of format ``FORMAT``, not weights: weights (any format) are read by ``checkpoint.load_state``.
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ class CheckpointDir:
         return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint, read with ``torch.load(weights_only=True)`` through the
-    one resolver; a pickle that would run code or a damaged file is a ResumeError."""
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint (a torch file of format ``FORMAT``: model, optimizer, RNG and
+    data position), read with ``torch.load(weights_only=True)`` through the one resolver;
+    weights alone, a pickle that would run code or a damaged file is a ResumeError."""
     path = Path(path)
     if not path.is_file():
         raise ResumeError(f"checkpoint {path} does not exist")
@@ -109,6 +111,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ResumeError(f"{path} is not a wiseft training checkpoint")
     return state
+
+
+load_checkpoint = load_training_state  # the name before issue 14 (public in wiseft.train), same function
 
 
 def check_resumable(root: str | Path) -> None:
@@ -126,8 +131,10 @@ def check_resumable(root: str | Path) -> None:
                 raise ResumeError(f"{latest} is not a wiseft training checkpoint")
 
 
-def check_compatible(state: dict[str, Any], config: dict[str, Any], stage: str, path: Path) -> None:
-    """Raise naming the first trajectory field where ``config`` differs from the checkpoint's."""
+def check_same_trajectory(state: dict[str, Any], config: dict[str, Any], stage: str, path: Path) -> None:
+    """Check that training state ``state`` (read from ``path``) can continue ``stage`` under
+    ``config``: ResumeError naming the stage, or the first trajectory field (TRAJECTORY_FIELDS)
+    where ``config`` differs from the checkpoint's."""
     if state.get("stage") != stage:
         raise ResumeError(f"{path} belongs to stage {state.get('stage')!r}, not {stage!r}")
     saved = state.get("config", {})

@@ -23,8 +23,8 @@ from ..data.folders import check_unreadable
 from ..errors import WiseftError
 from ..progress import progress_bar
 from ..runtime import autocast, device_of, to_device
-from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_compatible, load_checkpoint, rng_state, \
-    set_rng_state
+from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_same_trajectory, load_training_state, \
+    rng_state, set_rng_state
 from .data import (BatchPlan, MicroBatch, PlanSampler, SeededSamples, SkipUnreadable, draws_random_numbers,
                    resolve_batch)
 from .distributed import all_gather_objects, all_reduce_sum, current, wrap_model
@@ -104,8 +104,8 @@ class Trainer:
                 "config": self.cfg.model_dump(mode="json"), "world_size": self.info.world}
 
     def load(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        check_compatible(state, self.cfg.model_dump(mode="json"), self.stage.name, path)
+        state = load_training_state(path)
+        check_same_trajectory(state, self.cfg.model_dump(mode="json"), self.stage.name, path)
         if state["total_steps"] != self.total:
             raise ResumeError(f"cannot resume from {path}: it plans {state['total_steps']} steps, this run "
                               f"{self.total} (did the training set change?)")
