@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _SOURCES = {
     "backbones": ["Backbone", "BackboneSpec", "list_backbones", "load_backbone", "register_backbone"],
     "checkpoint": ["export_model", "load_model", "load_state", "save_state"],
-    "config": ["ConfigError", "FinetuneConfig", "MergeConfig", "RunConfig", "load_config"],
+    "config": ["ConfigError", "FinetuneConfig", "MergeConfig", "ReportConfig", "RunConfig", "load_config"],
     "errors": ["WiseftError"],
     "data": ["LabeledDataset", "build_dataset", "list_datasets", "register_dataset", "split_holdout"],
     "evaluate": ["EvalSet", "EvalSettings", "SweepSettings", "evaluate", "sweep"],
@@ -41,6 +41,7 @@ _LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "average_files", "interpolate_files", "plan_files", "sweep_files", "write_interpolations", "MergeConfig",
+    "ReportConfig",
     "estimate_fisher", "fisher_merge", "greedy_soup", "uniform_soup", "weighted_average",
     "Backbone", "BackboneSpec", "Classifier", "ConfigError", "EvalSet", "FinetuneConfig", "Interpolator",
     "LabeledDataset", "MergeError", "Record", "RunConfig", "build_dataset", "evaluate", "export_model",

@@ -43,9 +43,11 @@ def cmd_run(args) -> int:
 
 def _report(run_dir: Path, alpha: float | None = None, baselines: str | None = None,
             default_baselines: bool = True) -> None:
+    from .config import ReportConfig
     from .report import build_report
 
-    path = build_report(run_dir, alpha=alpha, baselines=baselines, use_default_baselines=default_baselines)
+    path = build_report(run_dir, settings=ReportConfig(alpha=alpha, baselines=baselines,
+                                                       use_default_baselines=default_baselines))
     print(f"report: {path}")
 
 
@@ -55,11 +57,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .config import ReportConfig
     from .report import build_report
 
-    path = build_report(Path(args.run_dir), alpha=args.alpha, baselines=args.baselines,
-                        use_default_baselines=not args.no_default_baselines,
-                        default_baselines=args.default_baselines, metric=args.metric)
+    settings = ReportConfig(alpha=args.alpha, baselines=args.baselines,
+                            use_default_baselines=not args.no_default_baselines,
+                            default_baselines=args.default_baselines, metric=args.metric)
+    path = build_report(Path(args.run_dir), settings=settings)
     print(f"report: {path}")
     return 0
 

@@ -127,11 +127,31 @@ def plot_scatter(
     present = {d for m in data.values() for v in m.values() for d in v}
     x_ds = fit.x_dataset if fit is not None and fit.x_dataset in present else reference
     y_ds: str | list[str] = shifts if shift == AVG else shift
-    xs, ys = [], []
+    xs, ys = _draw_curves(ax, records, data, x_ds, y_ds, selected)
+    if not xs:
+        raise ValueError(f"no (model, alpha) has both {x_ds!r} and {y_ds!r} records to plot")
+    baseline_label = _set_scatter_limits(ax, xs, ys, fit, x_ds)
+    ax.set_xlabel(f"{reference} accuracy" + (f" on {shift}'s classes" if x_ds != reference else "")
+                  + f" ({_metric_of(data, x_ds) if x_ds == reference else 'top1'})")
+    ax.set_ylabel(f"{'average over shifts' if shift == AVG else shift} accuracy"
+                  + ("" if shift == AVG else f" ({_metric_of(data, shift)})"))
+    ax.set_title(f"{'Average over ' + str(len(shifts)) + ' shifts' if shift == AVG else shift}" + baseline_label,
+                 fontsize=10)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_curves(ax, records: list[Record], data: dict[str, dict[float, dict[str, Record]]], x_ds: str,
+                 y_ds: str | list[str], selected: Mapping[str, float] | None) -> tuple[list[float], list[float]]:
+    """Each model's curve over alpha (an output-space ensemble's dashed), its end points
+    and its alpha 0.5 and selected alpha; returns the x and y values drawn (fractions)."""
+    xs: list[float] = []
+    ys: list[float] = []
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (model, by_alpha) in enumerate(sorted(data.items())):
-        alphas = sorted(by_alpha)
-        pts = [(a, _point(by_alpha[a], x_ds, y_ds)) for a in alphas]
+        pts = [(a, _point(by_alpha[a], x_ds, y_ds)) for a in sorted(by_alpha)]
         pts = [(a, p) for a, p in pts if p is not None]
         if not pts:
             continue
@@ -139,30 +159,38 @@ def plot_scatter(
         curve = [p for _, p in pts]
         if is_output_ensemble(records, model):  # same end points as its WiSE-FT curve
             _errorbar(ax, curve, fmt="--^", ms=3, color=c, label=model, zorder=3)
-            xs += [p[0] for p in curve]
-            ys += [p[1] for p in curve]
-            continue
-        _errorbar(ax, curve, fmt="-o", ms=3, color=c, label=f"WiSE-FT {model}", zorder=3)
-        for a, p in pts:
-            if a == 0.0 and i == 0:
-                _errorbar(ax, [p], fmt="*", ms=13, color=colors[0], label="zero-shot", zorder=4)
-            if a == 1.0:
-                _errorbar(ax, [p], fmt="s", ms=7, color=c, mec="k", label=finetuned_label(model), zorder=4)
-            if a == 0.5 and a != (selected or {}).get(model):
-                ax.plot(logit(p[0]), logit(p[1]), "D", ms=6, mfc="none", mec=c, label=f"alpha=0.5 {model}", zorder=5)
-            if selected and a == selected.get(model):
-                ax.plot(logit(p[0]), logit(p[1]), "D", ms=8, mfc="none", mec="k", label=f"selected alpha={a:g} {model}", zorder=5)
+        else:
+            _errorbar(ax, curve, fmt="-o", ms=3, color=c, label=f"WiSE-FT {model}", zorder=3)
+            _mark_points(ax, pts, model, c, colors[0] if i == 0 else None, (selected or {}).get(model))
         xs += [p[0] for p in curve]
         ys += [p[1] for p in curve]
-    if not xs:
-        raise ValueError(f"no (model, alpha) has both {x_ds!r} and {y_ds!r} records to plot")
+    return xs, ys
+
+
+def _mark_points(ax, pts: list, model: str, color: str, zeroshot_color: str | None, selected: float | None) -> None:
+    """Zero-shot (drawn for the first model only: ``zeroshot_color``), fine-tuned, alpha 0.5
+    and the selected alpha on one model's curve."""
+    for a, p in pts:
+        if a == 0.0 and zeroshot_color is not None:
+            _errorbar(ax, [p], fmt="*", ms=13, color=zeroshot_color, label="zero-shot", zorder=4)
+        if a == 1.0:
+            _errorbar(ax, [p], fmt="s", ms=7, color=color, mec="k", label=finetuned_label(model), zorder=4)
+        if a == 0.5 and a != selected:
+            ax.plot(logit(p[0]), logit(p[1]), "D", ms=6, mfc="none", mec=color, label=f"alpha=0.5 {model}", zorder=5)
+        if selected is not None and a == selected:
+            ax.plot(logit(p[0]), logit(p[1]), "D", ms=8, mfc="none", mec="k", label=f"selected alpha={a:g} {model}",
+                    zorder=5)
+
+
+def _set_scatter_limits(ax, xs: list[float], ys: list[float], fit: BaselineFit | None, x_ds: str) -> str:
+    """Draw the baseline and set logit-axis limits and percent ticks that hold the models
+    and the baseline line under them; returns the title's baseline suffix."""
     lx = logit(np.array(xs))
     lo, hi = lx.min(), lx.max()
     pad = max(0.35, 0.15 * (hi - lo))
     grid = np.linspace(lo - pad, hi + pad, 200)
     baseline_label, line = _draw_baseline(ax, fit, x_ds, grid)
     ax.set_xlim(grid[0], grid[-1])
-    # The y range holds the models and the baseline line under them.
     under = line[(grid >= lo) & (grid <= hi)] if line.size else line
     ly = np.concatenate([logit(np.array(ys)), under])
     ylo, yhi = ly.min(), ly.max()
@@ -170,15 +198,7 @@ def plot_scatter(
     ax.set_ylim(ylo - ypad, yhi + ypad)
     set_logit_ticks(ax, "x", *ax.get_xlim())
     set_logit_ticks(ax, "y", *ax.get_ylim())
-    ax.set_xlabel(f"{reference} accuracy" + (f" on {shift}'s classes" if x_ds != reference else "")
-                  + f" ({_metric_of(data, x_ds) if x_ds == reference else 'top1'})")
-    ax.set_ylabel(f"{'average over shifts' if shift == AVG else shift} accuracy"
-                  + ("" if shift == AVG else f" ({_metric_of(data, shift)})"))
-    ax.set_title(f"{'Average over ' + str(len(shifts)) + ' shifts' if shift == AVG else shift}" + baseline_label, fontsize=10)
-    ax.grid(True, lw=0.3, alpha=0.5)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
+    return baseline_label
 
 
 def _metric_of(data, dataset: str) -> str:

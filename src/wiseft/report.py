@@ -19,8 +19,9 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
+from wiseft.config.report import ReportConfig, report_config
 from wiseft.plots import finetuned_label, is_output_ensemble, plot_alpha_curves, plot_scatter, save_figure
 from wiseft.results import (
     NOT_PRIMARY,
@@ -36,7 +37,6 @@ from wiseft.results import (
 from wiseft.robustness import (
     AVG,
     DEFAULT_ALPHA,
-    DEFAULT_BASELINES,
     PACKAGED_BASELINES,
     BaselineFit,
     RobustnessRow,
@@ -99,51 +99,64 @@ def build_tables(
     names = {r.dataset: column_name(r.dataset, r.metric) for r in records}
     columns = ([names[reference], *(names[s] for s in shifts)] + ([AVG_SHIFTS, AVG_REF_SHIFTS] if shifts else [])
                + ([AVG_RHO] if rho else []))
-
-    def values(model: str) -> dict[float, dict[str, float]]:
-        vals: dict[float, dict[str, float]] = {}
-        for r in records:
-            if r.model == model:
-                vals.setdefault(float(r.alpha), {})[names[r.dataset]] = r.value
-        for v in vals.values():
-            if shifts and all(names[s] in v for s in shifts):
-                v[AVG_SHIFTS] = sum(v[names[s]] for s in shifts) / len(shifts)
-                if names[reference] in v:
-                    v[AVG_REF_SHIFTS] = (v[names[reference]] + v[AVG_SHIFTS]) / 2
-        for row in rho:
-            if row.model == model and row.shift == AVG:
-                vals.setdefault(row.alpha, {})[AVG_RHO] = row.rho
-        return vals
-
+    values = {m: _table_values(records, m, names, [reference, *shifts], rho) for m in selected}
     tables = []
     for model in selected:  # in the run's order: the main fine-tune, then its variants
         if any(output_ensemble_name(m) == model for m in selected):
             continue  # an output ensemble: rows in its fine-tune's block
-        vals = values(model)
-
-        def at(v: dict[float, dict[str, float]], alpha: float) -> list[Cell]:
-            return [(v.get(alpha, {}).get(c), alpha) for c in columns]
-
-        def oracle(col: str) -> Cell:
-            have = [(v[col], a) for a, v in vals.items() if col in v]
-            # Highest value; ties toward alpha 0.5, as in select_alpha.
-            return max(have, key=lambda t: (t[0], -abs(t[1] - DEFAULT_ALPHA))) if have else (None, None)
-
-        sel = selected[model]
-        rows = [
-            ("zero-shot (alpha=0)", at(vals, 0.0)),
-            (f"{finetuned_label(model)} (alpha=1)", at(vals, 1.0)),
-            ("WiSE-FT, alpha=0.5", at(vals, 0.5)),
-            (f"WiSE-FT, selected alpha={sel:g}", at(vals, sel)),
-        ]
-        ens = output_ensemble_name(model)
-        if ens in selected:
-            ens_vals = values(ens)
-            rows += [("output-space ensemble, alpha=0.5", at(ens_vals, 0.5)),
-                     (f"output-space ensemble, selected alpha={selected[ens]:g}", at(ens_vals, selected[ens]))]
-        rows.append(("WiSE-FT, best alpha per column (oracle)", [oracle(c) for c in columns]))
-        tables.append(Table(model, columns, rows))
+        tables.append(Table(model, columns, _table_rows(model, selected, columns, values)))
     return tables
+
+
+Values = dict[float, dict[str, float]]  # alpha -> column -> value
+
+
+def _table_values(records: list[Record], model: str, names: dict[str, str], datasets: list[str],
+                  rho: list[RobustnessRow]) -> Values:
+    """``model``'s value in every column at every alpha; ``names``: dataset -> column,
+    ``datasets``: the reference, then each shift."""
+    reference, shifts = names[datasets[0]], [names[d] for d in datasets[1:]]
+    vals: Values = {}
+    for r in records:
+        if r.model == model:
+            vals.setdefault(float(r.alpha), {})[names[r.dataset]] = r.value
+    for v in vals.values():
+        if shifts and all(s in v for s in shifts):
+            v[AVG_SHIFTS] = sum(v[s] for s in shifts) / len(shifts)
+            if reference in v:
+                v[AVG_REF_SHIFTS] = (v[reference] + v[AVG_SHIFTS]) / 2
+    for row in rho:
+        if row.model == model and row.shift == AVG:
+            vals.setdefault(row.alpha, {})[AVG_RHO] = row.rho
+    return vals
+
+
+def _table_rows(model: str, selected: dict[str, float], columns: list[str],
+                values: dict[str, Values]) -> list[tuple[str, list[Cell]]]:
+    """The labelled rows of ``model``'s block (see ``build_tables``)."""
+    vals = values[model]
+
+    def at(v: Values, alpha: float) -> list[Cell]:
+        return [(v.get(alpha, {}).get(c), alpha) for c in columns]
+
+    def oracle(col: str) -> Cell:
+        have = [(v[col], a) for a, v in vals.items() if col in v]
+        # Highest value; ties toward alpha 0.5, as in select_alpha.
+        return max(have, key=lambda t: (t[0], -abs(t[1] - DEFAULT_ALPHA))) if have else (None, None)
+
+    sel = selected[model]
+    rows = [
+        ("zero-shot (alpha=0)", at(vals, 0.0)),
+        (f"{finetuned_label(model)} (alpha=1)", at(vals, 1.0)),
+        ("WiSE-FT, alpha=0.5", at(vals, 0.5)),
+        (f"WiSE-FT, selected alpha={sel:g}", at(vals, sel)),
+    ]
+    ens = output_ensemble_name(model)
+    if ens in selected:
+        rows += [("output-space ensemble, alpha=0.5", at(values[ens], 0.5)),
+                 (f"output-space ensemble, selected alpha={selected[ens]:g}", at(values[ens], selected[ens]))]
+    rows.append(("WiSE-FT, best alpha per column (oracle)", [oracle(c) for c in columns]))
+    return rows
 
 
 def _fmt(cell: Cell, with_alpha: bool, col: str) -> str:
@@ -257,40 +270,68 @@ def _selection_note(records: list[Record], model: str, alpha: float | None, metr
     return f"highest {named}value on held-out validation ({', '.join(sets)}); ties toward 0.5"
 
 
-def build_report(
-    run_dir: str | Path,
-    out_dir: str | Path | None = None,
-    alpha: float | None = None,
-    *,
-    baselines: str | Path | None = None,
-    use_default_baselines: bool = True,
-    default_baselines: str = DEFAULT_BASELINES,
-    metric: str = PRIMARY,
-) -> Path:
-    """Build the report of a run from its results.jsonl alone; returns the index.html path.
-
-    ``alpha`` fixes the selected alpha instead of choosing it on validation records.
-    ``metric`` is ``"primary"`` (each dataset's declared primary metric: FMoW worst-region
-    accuracy, iWildCam macro-F1, top-1 elsewhere) or one metric name for every dataset.
-    ``baselines`` adds a CSV of baseline models (``model`` column, one column per
-    dataset, percent) to the ones in results.jsonl (``alpha`` null) and, for ImageNet
-    runs, the packaged set ``default_baselines`` (``"testbed"``: the robustness testbed's
-    standard models; ``"timm"``: timm's ImageNet-1k models) unless ``use_default_baselines``
-    is False.
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
+                 settings: ReportConfig | float | None = None, **options: Any) -> Path:
+    """Build the report of a run from its results.jsonl alone, into ``out_dir`` (default
+    ``RUN_DIR/report``); returns the index.html path. ``settings`` (or its fields as
+    keywords: ``alpha``, ``metric``, ``baselines``, ``use_default_baselines``,
+    ``default_baselines``) say what it shows; see ``config.ReportConfig``. A number in
+    its place is a fixed alpha, as the third argument was before issue 14.
 
     Example:
         >>> build_report("runs/demo")
         PosixPath('runs/demo/report/index.html')
+        >>> build_report("runs/demo", settings=ReportConfig(alpha=0.4))
+        PosixPath('runs/demo/report/index.html')
     """
-    if metric in NOT_PRIMARY:
-        raise ValueError(f"metric {metric!r} is not an accuracy to tabulate or choose alpha on; "
-                         "calibration has its own table (calibration.md)")
-    if default_baselines not in PACKAGED_BASELINES:
-        raise ValueError(f"unknown default baselines {default_baselines!r}; choose from {sorted(PACKAGED_BASELINES)}")
+    if isinstance(settings, (int, float)):  # build_report(run_dir, out_dir, alpha): the form before issue 14
+        settings, options = None, {"alpha": settings, **options}
+    settings = report_config(settings, **options)
+    _check_settings(settings)
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    found = _analyse(run_dir, records, settings)
+    figures = _write_figures(found, out, settings.metric)
+    tables = build_tables(records, found.selected, found.rho, settings.metric)
+    banner = f"**{QUICK_BANNER}**\n\n" if is_quick(records) else ""
+    calibration = _write_tables(out, found, tables, banner, settings.use_default_baselines)
+    notes = {m: _selection_note(records, m, settings.alpha, settings.metric) for m in found.names}
+    page = _html(run_dir, found, notes, tables, figures, out)
+    _write(out / "index.html", _add_calibration_and_banner(page, calibration, banner))
+    return out / "index.html"
+
+
+def _check_settings(settings: ReportConfig) -> None:
+    """A metric to tabulate and a packaged baseline set that exists, before anything is read."""
+    if settings.metric in NOT_PRIMARY:
+        raise ValueError(f"metric {settings.metric!r} is not an accuracy to tabulate or choose alpha on; "
+                         "calibration has its own table (calibration.md)")
+    if settings.default_baselines not in PACKAGED_BASELINES:
+        raise ValueError(f"unknown default baselines {settings.default_baselines!r}; "
+                         f"choose from {sorted(PACKAGED_BASELINES)}")
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """What a report shows, worked out from the records once."""
+
+    records: list[Record]
+    reference: str
+    shifts: list[str]
+    names: list[str]  # every model with an alpha, in the run's order (output ensembles included)
+    models: list[str]  # the WiSE-FT curves: ``names`` less the output ensembles
+    ensembles: dict[str, str]  # model -> its output ensemble, where the run has one
+    selected: dict[str, float]
+    fits: dict[str, BaselineFit]
+    rho: list[RobustnessRow]
+
+
+def _analyse(run_dir: Path, records: list[Record], settings: ReportConfig) -> _Analysis:
+    """The datasets, models, selected alphas, baseline fits and rho of a run; ValueError
+    when it has no records of ``settings.metric`` with an alpha."""
+    metric = settings.metric
     chosen = select_metric(records, metric)
     if metric != PRIMARY and not any(r.metric == metric for r in records):
         raise ValueError(f"{run_dir}: no records of metric {metric!r} "
@@ -303,37 +344,52 @@ def build_report(
     names = list(dict.fromkeys(r.model for r in chosen if r.alpha is not None))
     models = [m for m in names if not is_output_ensemble(records, m)]
     ensembles = {m: output_ensemble_name(m) for m in models if output_ensemble_name(m) in names}
-    selected = {m: select_alpha(records, m, metric, fixed=alpha) for m in names}
-    fits = build_baselines(records, reference, shifts, extra=baselines, use_default=use_default_baselines,
-                           metric=metric, default=default_baselines)
+    selected = {m: select_alpha(records, m, metric, fixed=settings.alpha) for m in names}
+    fits = build_baselines(records, reference, shifts, extra=settings.baselines,
+                           use_default=settings.use_default_baselines, metric=metric,
+                           default=settings.default_baselines)
     rho = robustness_rows(records, fits, reference, metric)
+    return _Analysis(records, reference, shifts, names, models, ensembles, selected, fits, rho)
 
+
+def _write_figures(found: _Analysis, out: Path, metric: str) -> list[tuple[str, str]]:
+    """The scatter plots (each shift and their average) and the alpha curves; (stem, caption) of each."""
     figures: list[tuple[str, str]] = []
-    for shift in [*shifts, AVG] if shifts else []:
+    for shift in [*found.shifts, AVG] if found.shifts else []:
         stem = f"scatter_{_slug(shift)}"
-        save_figure(plot_scatter(records, shift, reference, fits, selected, metric), out, stem)
-        figures.append((stem, f"{reference} vs {shift}"))
-    for m in models:
+        save_figure(plot_scatter(found.records, shift, found.reference, found.fits, found.selected, metric),
+                    out, stem)
+        figures.append((stem, f"{found.reference} vs {shift}"))
+    for m in found.models:
         stem = f"alpha_{_slug(m)}"
-        save_figure(plot_alpha_curves(records, m, selected[m], metric, ensemble=ensembles.get(m)), out, stem)
+        save_figure(plot_alpha_curves(found.records, m, found.selected[m], metric, ensemble=found.ensembles.get(m)),
+                    out, stem)
         figures.append((stem, f"accuracy vs alpha, {m}"))
+    return figures
 
-    tables = build_tables(records, selected, rho, metric)
-    banner = f"**{QUICK_BANNER}**\n\n" if is_quick(records) else ""
+
+def _write_tables(out: Path, found: _Analysis, tables: list[Table], banner: str,
+                  use_default_baselines: bool) -> tuple[list[str], list[list[str]]]:
+    """Write Table 1 (md, csv, tex), robustness (csv, md), points.csv and, where the run
+    has ECE records, calibration.md; returns the calibration table (no rows: none)."""
     _write(out / "table.md", banner + table_markdown(tables))
     _write(out / "table.csv", table_csv(tables))
     _write(out / "table.tex", table_latex(tables))
-    header, rows = robustness_table(rho)
+    header, rows = robustness_table(found.rho)
     _write(out / "robustness.csv", _csv([header, *rows]))
     _write(out / "robustness.md", banner + (_markdown(header, rows) if rows else
-                                            no_baseline_note(reference, shifts, use_default_baselines)))
-    _write(out / "points.csv", points_csv(records))
-    calibration = calibration_table(records)
+                                            no_baseline_note(found.reference, found.shifts, use_default_baselines)))
+    _write(out / "points.csv", points_csv(found.records))
+    calibration = calibration_table(found.records)
     if calibration[1]:
         _write(out / "calibration.md", banner + "Expected calibration error (%, 15 bins) with each alpha's temperature "
                "fitted on held-out validation.\n\n" + _markdown(*calibration))
-    notes = {m: _selection_note(records, m, alpha, metric) for m in names}
-    page = _html(run_dir, reference, shifts, selected, notes, fits, tables, header, rows, figures, out, rho)
+    return calibration
+
+
+def _add_calibration_and_banner(page: str, calibration: tuple[list[str], list[list[str]]], banner: str) -> str:
+    """The page with the calibration table before the plots (when it has rows) and the
+    quick-run banner at the top (when ``banner``)."""
     if calibration[1]:
         page = page.replace("<h2>Plots</h2>", "<h2>Calibration</h2><p>Expected calibration error (percent, 15 "
                             "bins) of softmax(logits / T), with T fitted per alpha on held-out validation "
@@ -341,8 +397,7 @@ def build_report(
     if banner:
         page = page.replace("<body>", f"<body><p style='background:#fde;padding:8px'><b>{html.escape(QUICK_BANNER)}"
                             "</b></p>", 1)
-    _write(out / "index.html", page)
-    return out / "index.html"
+    return page
 
 
 def no_baseline_note(reference: str, shifts: list[str], use_default: bool) -> str:
@@ -379,8 +434,12 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _html(run_dir, reference, shifts, selected, notes, fits: dict[str, BaselineFit], tables, rho_header, rho_rows, figures, out, rho) -> str:
+def _html(run_dir: Path, found: _Analysis, notes: dict[str, str], tables: list[Table],
+          figures: list[tuple[str, str]], out: Path) -> str:
+    """The report page: alpha selection, Table 1, effective robustness and the plots (PNGs embedded)."""
     e = html.escape
+    reference, shifts, selected, fits, rho = found.reference, found.shifts, found.selected, found.fits, found.rho
+    rho_header, rho_rows = robustness_table(rho)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>WiSE-FT report</title><style>",
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",

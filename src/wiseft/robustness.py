@@ -25,6 +25,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from scipy import stats
 
+from wiseft.config.report import DEFAULT_BASELINES
 from wiseft.results import PRIMARY, Record, restricted_metric, select_metric
 
 DEFAULT_ALPHA = 0.5
@@ -55,7 +56,6 @@ PACKAGED_BASELINES = {
         "timm results/ (huggingface/pytorch-image-models @ aa4b5850), ImageNet-1k-only models",
     ),
 }
-DEFAULT_BASELINES = "testbed"
 # Non-accuracy columns of a baseline CSV.
 META_COLUMNS = ("model", "img_size", "model_type")
 
