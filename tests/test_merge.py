@@ -40,15 +40,31 @@ def test_linear_in_alpha(alpha, beta):
             torch.testing.assert_close(ma[k], (1 - alpha) * a[k] + alpha * b[k], atol=1e-6, rtol=1e-5)
 
 
+_HALF_A = torch.tensor([1.0, 2.0, 1000.0], dtype=torch.float16)
+_HALF_B = torch.tensor([1.5, -2.0, 1001.0], dtype=torch.float16)
+
+
+@pytest.mark.parametrize("alpha, expect", [
+    (0.5, [1.25, 0.0, 1000.5]),  # every mix representable in fp16: exact
+    (0.25, [1.125, 1.0, 1000.0]),  # 1000.25 is halfway between fp16 neighbours: rounds to even, 1000.0
+    (0.75, [1.375, -1.0, 1001.0]),  # 1000.75: halfway between 1000.5 and 1001.0, rounds to even
+])
+def test_half_precision_mixes_are_exact_where_representable(alpha, expect):
+    out = interpolate({"w": _HALF_A}, {"w": _HALF_B}, alpha)["w"]
+    assert out.dtype == torch.float16
+    assert out.tolist() == expect
+
+
 @settings(max_examples=20, deadline=None)
 @given(alpha=st.floats(0.0, 1.0))
 def test_half_precision_mixed_in_fp32(alpha):
-    a = {"w": torch.tensor([1.0, 2.0, 1000.0], dtype=torch.float16)}
-    b = {"w": torch.tensor([1.5, -2.0, 1001.0], dtype=torch.float16)}
-    out = interpolate(a, b, alpha)["w"]
+    """One rounding to fp16 of the mix computed in fp32: within half an fp16 ulp of the
+    exact value (float64), plus the fp32 computation's few ulps (2^-22 relative)."""
+    out = interpolate({"w": _HALF_A}, {"w": _HALF_B}, alpha)["w"]
     assert out.dtype == torch.float16
-    expect = ((1 - alpha) * a["w"].float() + alpha * b["w"].float()).half()
-    assert torch.allclose(out.float(), expect.float(), atol=1.0, rtol=1e-3)
+    exact = (1 - alpha) * _HALF_A.double() + alpha * _HALF_B.double()
+    ulp = 2.0 ** (torch.floor(torch.log2(exact.abs().clamp_min(2.0 ** -14))) - 10)  # fp16 spacing at |exact|
+    assert ((out.double() - exact).abs() <= ulp / 2 + exact.abs() * 2.0 ** -22).all(), (alpha, out, exact)
 
 
 def test_mismatch_errors_name_the_first_problem():

@@ -74,7 +74,9 @@ def test_fit_needs_two_distinct_points():
 
 
 def test_logit_clips_near_zero_and_one():
-    assert np.isfinite(logit(1.0)) and np.isfinite(logit(0.0))
+    # p is clipped to [1e-4, 1 - 1e-4]: logit(1) = log(0.9999 / 0.0001) = log(9999) = 9.21024036...
+    assert logit(1.0) == pytest.approx(math.log(9999), rel=1e-12)
+    assert logit(0.0) == pytest.approx(-math.log(9999), rel=1e-12)
     assert logit(0.999) == pytest.approx(special.logit(0.999))
     assert logit(1.0) > logit(0.999)
 
@@ -305,4 +307,13 @@ def test_select_alpha_defaults_and_errors():
         select_alpha([_val(0.2, 0.7)], "nobody")
     with pytest.raises(ValueError, match="fixed alpha"):
         select_alpha([_val(0.2, 0.7)], "m", fixed=1.5)
-    assert not math.isnan(select_alpha([_val(0.2, 0.7), _val(0.2, 0.9)], "m"))  # several sets: averaged
+
+
+def test_select_alpha_averages_several_validation_sets():
+    """Each alpha's score is the mean over the validation sets. By hand: alpha 0.2 has
+    (0.9, 0.2), mean 0.55; 0.5 has (0.7, 0.55), mean 0.625; 0.8 has (0.58, 0.6), mean 0.59:
+    0.5 wins, where the first set alone or the best set picks 0.2, the last set alone or
+    the worst set 0.8."""
+    scores = {0.2: (0.9, 0.2), 0.5: (0.7, 0.55), 0.8: (0.58, 0.6)}
+    recs = [Record("m", a, ds, "validation", "top1", v) for a, vs in scores.items() for ds, v in zip(("v1", "v2"), vs)]
+    assert select_alpha(recs, "m") == 0.5
