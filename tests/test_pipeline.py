@@ -267,3 +267,36 @@ def test_evaluate_command_skips_and_counts_unreadable_images(oc_run, open_clip_s
     assert main(["evaluate", str(oc_run / "export"), str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r.jsonl")]) == 0
     top1 = [r for r in read_records(tmp_path / "r.jsonl") if r.dataset == "colors" and r.metric == "top1"]
     assert top1[0].total == 18 and top1[0].provenance["skipped_inputs"] == 1
+
+
+def test_a_variant_runs_end_to_end_beside_the_main_fine_tune(open_clip_spec, image_data, tmp_path):
+    from wiseft.checkpoint import load_state, read_meta
+    from wiseft.train.checkpoints import CheckpointDir
+
+    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run", export=False, alphas=[0.0, 0.5, 1.0],
+                                  variants={"low_lr": {"lr": 1e-4, "epochs": 1}}))
+    result = run(cfg, progress=False)
+    out = tmp_path / "run"
+    # weights and training checkpoints named by the variant and its own train key
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.safetensors")) == ["finetuned.safetensors", "low_lr.safetensors"]
+    key = cfg.train_key("low_lr")
+    assert key != cfg.train_key("finetuned") and read_meta(ckpts / "low_lr.safetensors")["train_key"] == key
+    last = torch.load(CheckpointDir(ckpts / f"train_low_lr_{key}" / "e2e").latest(), weights_only=True)
+    assert (last["config"]["lr"], last["config"]["epochs"], last["step"]) == (1e-4, 1, 4)  # 27 images, batch 8
+    assert not all(torch.equal(v, load_state(ckpts / "finetuned.safetensors")[k])
+                   for k, v in load_state(ckpts / "low_lr.safetensors").items())
+    # its metrics log: one epoch at the variant's peak lr (warmup 1)
+    rows = [json.loads(line) for line in (out / "train_low_lr.jsonl").open()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and rows[0]["lr"] == 1e-4
+    # its records: the same alphas and sets as the main run; alpha 0, the zero-shot model, scores the same
+    records = read_records(out)
+    assert {r.model for r in records} == {"finetuned", "finetuned (output ensemble)", "low_lr",
+                                          "low_lr (output ensemble)"}
+    for model in ("finetuned", "low_lr"):
+        assert {(r.alpha, r.dataset) for r in records if r.model == model and r.metric == "top1"} == {
+            (a, d) for a in (0.0, 0.5, 1.0) for d in ("colors", "noise", "subset", "colors-val")}
+    zeroshot = lambda m: {(r.dataset, r.metric): r.correct for r in records if r.model == m and r.alpha == 0.0}  # noqa: E731
+    assert zeroshot("low_lr") == zeroshot("finetuned")
+    assert result.selected_alpha.keys() == {"finetuned", "low_lr"}
+    assert "| low_lr |" in (out / "summary.md").read_text()
