@@ -22,6 +22,7 @@ from .evaluate import EvalSet, SweepSettings, sweep
 from .files import atomic_write, check_free, hold
 from .finetune import TrainRun, finetune
 from .heads import Classifier, zeroshot_head
+from .registry import DATASETS
 from .runtime import to_device
 from .results import QUICK_BANNER, Record, append_records, package_versions, summary_table
 from .templates import get_templates, templates_hash
@@ -127,7 +128,7 @@ def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
         return None  # the dataset's own projection: a subset by design
     if not subset:
         present = set(ds.classnames)
-        if spec.get("kind") in ("image_folder", "manifest"):  # declared classes no sample has are missing too
+        if DATASETS.info(spec["kind"]).get("declared_classes"):  # a class the user listed that no sample has is missing
             labels = {y for _, y in ds.samples}
             present = {c for i, c in enumerate(ds.classnames) if i in labels}
         class_map = spec.get("class_map") or {}

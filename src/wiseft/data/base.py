@@ -167,7 +167,10 @@ def build_projection(reference: Sequence[str], classnames: Sequence[str],
     return Projection(tuple(groups))
 
 
-register_dataset = DATASETS.register  # decorator: a builder ``fn(**options) -> LabeledDataset`` for a kind
+# decorator: a builder ``fn(**options) -> LabeledDataset`` for a kind. A kind whose class list
+# may name classes no sample has (a user's folder or manifest with its own class list)
+# declares ``declared_classes=True``, so a set missing reference classes is caught.
+register_dataset = DATASETS.register
 list_datasets = DATASETS.names
 
 

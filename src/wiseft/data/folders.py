@@ -80,7 +80,7 @@ def check_unreadable(unreadable: int, total: int, max_fraction: float | None, wh
                                 f"more than data.max_unreadable = {max_fraction:g} allows; first: {example}")
 
 
-@register_dataset("image_folder")
+@register_dataset("image_folder", declared_classes=True)
 def image_folder(root: str | Path, classnames: Sequence[str] | str | Path | None = None, *,
                  base_dir=None) -> LabeledDataset:
     """``root/<class folder>/<image>``. Without ``classnames`` the sorted folder names
@@ -110,7 +110,7 @@ def image_folder(root: str | Path, classnames: Sequence[str] | str | Path | None
     return LabeledDataset(samples, names, load=load_image, name=root_path.name)
 
 
-@register_dataset("manifest")
+@register_dataset("manifest", declared_classes=True)
 def manifest(path: str | Path, classnames: Sequence[str] | str | Path | None = None, *,
              base_dir=None) -> LabeledDataset:
     """A CSV (with a header) or JSONL file of records with ``label`` and either ``path``
