@@ -136,10 +136,12 @@ IDENTITY = {"dare": {"scale": 0.0}, "linear": {"alpha": 0.0}, "model_stock": {},
 
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("identity", [False, True])
-def test_result_never_aliases_nor_changes_the_inputs(name, identity):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # dot64 once wrote into float64 inputs
+def test_result_never_aliases_nor_changes_the_inputs(name, identity, dtype):
     if identity and name not in IDENTITY:
         pytest.skip(f"no identity parameters listed for {name!r}")
-    x = inputs_for(name, np.random.default_rng(3), n_models=1 if identity and name != "model_stock" else None)
+    x = inputs_for(name, np.random.default_rng(3), n_models=1 if identity and name != "model_stock" else None,
+                   dtype=dtype)
     if identity and name == "model_stock":
         x = TensorInputs(x.key, x.depth, x.base, (x.base, x.base))
     before = [t.clone() for t in x.tensors()]

@@ -73,7 +73,13 @@ class MergeMethod:
     element, so an engine may cut a tensor into chunks and get the same bits.
     ``weighted`` is False for a method that takes no per-model weights (``apply`` then
     refuses weights other than 1). ``extras`` names the per-model tensors the method
-    needs in ``TensorInputs.extras``.
+    needs in ``TensorInputs.extras``; with ``extras_optional`` a tensor may come without
+    them (none of the models has one), and the method merges it without.
+
+    A *procedure* merges by more than the weights (a greedy soup asks a held-out score of
+    each candidate): ``needs`` names what it needs (``("evaluate",)``) and ``procedure`` is
+    the function that runs it; the engines refuse it, pointing to that function, and
+    ``merge_tensor`` is the per-tensor step of its final result.
     """
 
     name: str
@@ -87,6 +93,9 @@ class MergeMethod:
     description: str = ""
     weighted: bool = True
     extras: tuple[str, ...] = ()
+    extras_optional: bool = False
+    needs: tuple[str, ...] = ()
+    procedure: Callable[..., Any] | None = None
 
     def make_params(self, params: MergeParams | Mapping[str, Any] | None = None) -> MergeParams:
         """``params`` as this method's parameter model (its defaults when None); MergeError
@@ -139,6 +148,8 @@ def _check_inputs(method: MergeMethod, inputs: TensorInputs) -> None:
     ref = inputs.base if inputs.base is not None else inputs.models[0]
     for name in method.extras:
         given = inputs.extras.get(name, ())
+        if not given and method.extras_optional:
+            continue
         if len(given) != n or any(t.shape != ref.shape for t in given):
             raise MergeError(f"merge method {method.name!r} needs {n} {name!r} tensors shaped {tuple(ref.shape)} "
                              f"for {key!r}, got {[tuple(t.shape) for t in given]}")

@@ -66,7 +66,7 @@ def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.reshape(-1), b.reshape(-1)
     total = 0.0
     for i in range(0, a.numel(), REDUCE_BLOCK):
-        x = a[i:i + REDUCE_BLOCK].to(torch.float64)
+        x = a[i:i + REDUCE_BLOCK].to(torch.float64)  # the input itself when it is float64: never written
         y = b[i:i + REDUCE_BLOCK].to(torch.float64)
-        total += float(x.mul_(y).sum())
+        total += float(torch.mul(x, y).sum())
     return total
