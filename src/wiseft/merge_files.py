@@ -26,6 +26,8 @@ from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path
 from .files import safetensors_files as _resolve_safetensors
 from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite,
                     interpolate_many, plan_merge, selection_of)
+from .merging import MergeMethod, MergeParams, TensorInputs, apply, layer_depths
+from .merging.engine import MergeCall, check_call, extras_for, plan_call
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -447,3 +449,154 @@ def _human(n: int) -> str:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
 
+
+
+# --- any registered merge method, out of core -------------------------------------------
+
+@dataclass(frozen=True)
+class _Sources:
+    """The checkpoints of one method merge: ``ckpts`` in plan order (the base first when
+    there is one, from index ``first`` the models) and the extras' checkpoints by name."""
+
+    ckpts: list[SafetensorsCheckpoint]
+    extras: dict[str, list[SafetensorsCheckpoint]]
+    first: int
+
+    def extra_specs(self) -> dict[str, list[dict[str, TensorSpec]]]:
+        return {e: [c.specs for c in cs] for e, cs in self.extras.items()}
+
+
+def _read_elements(reader: _Reader, ckpt: SafetensorsCheckpoint, name: str, start: int, count: int) -> torch.Tensor:
+    """Elements ``start`` .. ``start + count`` of tensor ``name``, flat, in a new tensor."""
+    spec = ckpt.specs[name]
+    t = torch.empty(count, dtype=spec.dtype)
+    if count:
+        reader.read(ckpt.locations[name], start * spec.dtype.itemsize, t.view(torch.uint8))
+    return t
+
+
+def _pieces(spec: TensorSpec, elementwise: bool, itemsize: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """(start, count) element ranges: chunks of about ``chunk_bytes`` (at ``itemsize``
+    bytes an element) for an elementwise method, else the whole tensor."""
+    if not elementwise:
+        return [(0, spec.numel)]
+    step = max(64, chunk_bytes // (64 * itemsize) * 64)
+    return [(i, min(step, spec.numel - i)) for i in range(0, spec.numel, step)]
+
+
+def _mix_step(src: _Sources, s: Step, depth: float, calls: Sequence[MergeCall], outputs: Sequence[_Output],
+              reader: _Reader, chunk_bytes: int) -> None:
+    """Merge tensor ``s`` for every output: chunk by chunk for an elementwise method,
+    whole otherwise; each piece through ``merging.apply``, as the in-memory engine does."""
+    method = calls[0].method
+    extras = extras_for(src.extra_specs(), s.name, lambda e, i: src.extras[e][i])
+    widest = max([s.spec.dtype.itemsize] + [c.specs[s.name].dtype.itemsize for cs in extras.values() for c in cs])
+    for start, count in _pieces(s.spec, method.elementwise, widest, chunk_bytes):
+        shape = (count,) if method.elementwise else s.spec.shape
+
+        def read(c: SafetensorsCheckpoint) -> torch.Tensor:
+            return _read_elements(reader, c, s.name, start, count).reshape(shape)
+
+        tensors = [read(c) for c in src.ckpts]
+        found = {e: tuple(read(c) for c in cs) for e, cs in extras.items()}
+        for call, o in zip(calls, outputs):
+            inputs = TensorInputs(s.name, depth, tensors[0] if src.first else None, tuple(tensors[src.first:]),
+                                  call.weights, found)
+            out = apply(call.method, inputs, call.params)
+            check_finite({s.name: out}, f"merged checkpoint {o.dest}")
+            o.write(out.reshape(-1).view(torch.uint8))
+
+
+def _copy_step(ckpt: SafetensorsCheckpoint, s: Step, outputs: Sequence[_Output], reader: _Reader,
+               chunk_bytes: int) -> None:
+    """Tensor ``s`` copied from ``ckpt`` into every output, chunk by chunk."""
+    buf = torch.empty(max(4096, chunk_bytes // 4096 * 4096), dtype=torch.uint8)
+    for start in range(0, s.spec.nbytes, buf.numel()):
+        n = min(buf.numel(), s.spec.nbytes - start)
+        reader.read(ckpt.locations[s.name], start, buf[:n])
+        for o in outputs:
+            o.write(buf[:n])
+
+
+def _stream_method(src: _Sources, depths: Mapping[str, float], calls: Sequence[MergeCall],
+                   outputs: Sequence[_Output], chunk_bytes: int) -> None:
+    """Every output, shard by shard, tensor by tensor, from one pass over the inputs."""
+    reader = _Reader()
+    try:
+        for si in range(len(outputs[0].shards)):
+            for o in outputs:
+                o.start_shard(si)
+            for s in outputs[0].shards[si]:
+                if s.op == "mix":
+                    _mix_step(src, s, depths[s.name], calls, outputs, reader, chunk_bytes)
+                else:
+                    _copy_step(src.ckpts[s.source], s, outputs, reader, chunk_bytes)
+        for o in outputs:
+            o.close_shard()
+    finally:
+        reader.close()
+
+
+def _check_extras(src: _Sources, steps: Sequence[Step]) -> None:
+    """MergeError naming the first mixed tensor whose extra is missing in some models or
+    shaped otherwise, before anything is read or written."""
+    specs = src.extra_specs()
+    for s in steps:
+        if s.op != "mix":
+            continue
+        for extra, found in extras_for(specs, s.name, lambda e, i: src.extras[e][i]).items():
+            for i, c in enumerate(found):
+                if c.specs[s.name].shape != s.spec.shape:
+                    raise MergeError(f"{extra} {i} of {s.name!r} ({c.path}) has shape {c.specs[s.name].shape}, "
+                                     f"the tensor {s.spec.shape}")
+
+
+def write_merges(method: str | MergeMethod, base: str | Path | None, models: Sequence[str | Path],
+                 outputs: Mapping[str | Path, MergeParams | Mapping | None], *,
+                 weights: Sequence[float] | None = None, extras: Mapping[str, Sequence[str | Path]] | None = None,
+                 settings: MergeConfig | None = None, metadata: Metadata = None) -> list[Path]:
+    """Any registered merge method, out of core: for every ``destination -> params`` in
+    ``outputs`` (one method, several parameter sets), the merge of safetensors checkpoints
+    ``base`` (theta_0, or None) and ``models``, reading the inputs once. ``extras``: the
+    checkpoints of the per-model tensors the method declares (``{"fisher": [f_1, f_2]}``).
+
+    Elementwise methods are read chunk by chunk (``settings.chunk_bytes``), the others
+    tensor by tensor, whole; every piece goes through ``merging.apply``, so the result is
+    ``merging.merge_states`` on the same weights, bit for bit. Destinations, shards and
+    ``metadata`` as for ``write_interpolations``.
+
+    Example:
+        >>> write_merges("ties", "zs.safetensors", ["ft_a", "ft_b"], {"out/ties.safetensors": {"density": 0.2}})
+    """
+    settings = settings or MergeConfig()
+    calls = [check_call(method, base is not None, len(models), p, weights=weights, extras=extras, settings=settings)
+             for p in outputs.values()]
+    paths = ([base] if base is not None else []) + list(models)
+    src = _Sources([open_checkpoint(p) for p in paths],
+                   {e: [open_checkpoint(p) for p in ps] for e, ps in (extras or {}).items()}, int(base is not None))
+    steps = plan_call(calls[0], [c.specs for c in src.ckpts], settings)
+    _check_extras(src, steps)
+    depths = layer_depths(s.name for s in steps)
+    ordered = _disk_order(steps, src.ckpts)
+    outs = _open_outputs([Path(d) for d in outputs], ordered, settings.shard_bytes,
+                         _metadata_for(metadata, len(outputs)))
+    try:
+        _stream_method(src, depths, calls, outs, settings.chunk_bytes)
+        return [o.commit() for o in outs]
+    except BaseException:
+        for o in outs:
+            o.abort()
+        raise
+
+
+def merge_files(method: str | MergeMethod, base: str | Path | None, models: Sequence[str | Path], out: str | Path,
+                params: MergeParams | Mapping | None = None, *, weights: Sequence[float] | None = None,
+                extras: Mapping[str, Sequence[str | Path]] | None = None,
+                settings: MergeConfig | None = None) -> Path:
+    """One merge of safetensors checkpoints by any registered method, out of core (see
+    ``write_merges``; the files' counterpart of ``merging.merge_states``).
+
+    Example:
+        >>> merge_files("dare", "zs.safetensors", ["ft_a.safetensors"], "out/", {"drop_rate": 0.9})
+    """
+    return write_merges(method, base, models, {out: params}, weights=weights, extras=extras, settings=settings)[0]

@@ -9,12 +9,12 @@ others as planned, and keeps tied weights tied. The inputs are never modified or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..config.merge import MergeConfig
-from ..merge import MergeError, StateDict, Step, plan_merge, selection_of, specs_of, tie_map
+from ..merge import MergeError, StateDict, Step, TensorSpec, plan_merge, selection_of, specs_of, tie_map
 from .base import MergeMethod, MergeParams, TensorInputs, apply, get_method
 from .depth import layer_depths
 
@@ -88,19 +88,21 @@ def _params(method: MergeMethod, params: MergeParams | Mapping | None, settings:
     return method.make_params(params)
 
 
-def plan_states(call: MergeCall, thetas: Sequence[StateDict], settings: MergeConfig | None) -> list[Step]:
-    """The plan over ``thetas`` (base first when there is one): tensors not selected come
-    from ``settings.keep``, default the first fine-tuned model."""
+def plan_call(call: MergeCall, specs: Sequence[Mapping[str, TensorSpec]], settings: MergeConfig | None) -> list[Step]:
+    """The plan over the inputs' ``specs`` (the base first when there is one): tensors not
+    selected come from ``settings.keep``, default the first fine-tuned model."""
     selection = selection_of(settings or MergeConfig(), default_keep=1 if call.has_base else 0)
-    return plan_merge([specs_of(t) for t in thetas], selection)
+    return plan_merge(specs, selection)
 
 
-def extras_for(call: MergeCall, name: str, lookup: Any) -> dict[str, tuple[Any, ...]]:
-    """The extras of tensor ``name``: ``lookup(extra, i)`` for every model, for each extra
-    every model has; an extra no model has is left out (``apply`` then refuses it unless
-    the method takes it as optional); one some models lack is a MergeError."""
+def extras_for(extras: Mapping[str, Sequence[Mapping[str, Any]]], name: str,
+               lookup: Callable[[str, int], Any]) -> dict[str, tuple[Any, ...]]:
+    """The extras of tensor ``name`` (``extras``: per extra, one mapping per model, state
+    dicts or checkpoint headers): ``lookup(extra, i)`` for every model, for each extra every
+    model has; an extra no model has is left out (``apply`` then refuses it unless the
+    method takes it as optional); one some models lack is a MergeError."""
     out = {}
-    for extra, sources in call.extras.items():
+    for extra, sources in extras.items():
         have = [name in s for s in sources]
         if not any(have):
             continue
@@ -133,7 +135,7 @@ def merge_states(method: str | MergeMethod, base: StateDict | None, models: Sequ
     call = check_call(method, base is not None, len(models), params, weights=weights, extras=extras,
                       settings=settings)
     thetas = [{k: v.detach() for k, v in t.items()} for t in ([base] if base is not None else []) + list(models)]
-    steps = plan_states(call, thetas, settings)
+    steps = plan_call(call, [specs_of(t) for t in thetas], settings)
     ties = tie_map(steps, thetas)
     depths = layer_depths(s.name for s in steps)
     first = 1 if call.has_base else 0
@@ -146,7 +148,7 @@ def merge_states(method: str | MergeMethod, base: StateDict | None, models: Sequ
         elif s.op == "copy":
             out[s.name] = thetas[s.source][s.name].clone(memory_format=torch.contiguous_format)
         else:
-            found = extras_for(call, s.name, lambda extra, i: call.extras[extra][i][s.name])
+            found = extras_for(call.extras, s.name, lambda extra, i: call.extras[extra][i][s.name])
             inputs = TensorInputs(s.name, depths[s.name], thetas[0][s.name] if call.has_base else None,
                                   tuple(t[s.name] for t in thetas[first:]), call.weights, found)
             out[s.name] = apply(call.method, inputs, call.params)
