@@ -114,7 +114,7 @@ BACKBONES: Registry = Registry("backbone family", [f"wiseft.backbones.{m}" for m
                                                     ("hf_clip", "open_clip_backbone", "text")])
 DATASETS: Registry = Registry("dataset kind", [f"wiseft.data.{m}" for m in
                                                ("bbc_news", "cifar", "folders", "imagenet", "transfer", "video",
-                                                "wilds")])
+                                                "webdataset", "wilds")])
 MERGE_METHODS: Registry = Registry("merge method", [f"wiseft.merging.{m}" for m in
                                                     ("dare", "linear", "model_stock", "slerp", "soup",
                                                      "task_arithmetic", "ties")])

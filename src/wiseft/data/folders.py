@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 import numpy as np
 from PIL import Image
@@ -44,13 +45,24 @@ def load_image(path: str | Path) -> Image.Image:
     Any decoder failure, and any image over ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a
     decompression bomb, refused before it is decoded), raises :class:`UnreadableImage`
     naming the file."""
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, name: object) -> Image.Image:
+    """Decode an encoded image held in memory (a tar member) under :func:`load_image`'s
+    policy; an :class:`UnreadableImage` names ``name``."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: str | Path | IO[bytes], name: object) -> Image.Image:
+    """The one decoding: ``source`` opened by PIL and converted to RGB; a failure names ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 return _to_rgb(im)
     except Exception as e:  # noqa: BLE001 - decoders raise many types (OSError, SyntaxError, struct.error, ...)
-        raise UnreadableImage(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        raise UnreadableImage(f"cannot read image {name}: {type(e).__name__}: {e}") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
