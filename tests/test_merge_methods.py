@@ -34,7 +34,8 @@ from wiseft.registry import MERGE_METHODS
 EPS32 = 2.0 ** -23
 METHODS = list_methods()  # registry-wide tests cover a new method as soon as it is registered
 # the methods checked below against their paper's formula: a new method adds its test and its name here
-FORMULA_TESTED = ["dare", "linear", "model_stock", "slerp", "soup", "task_arithmetic", "ties"]
+FORMULA_TESTED = ["dare", "fisher", "greedy_soup", "linear", "model_stock", "slerp", "soup", "task_arithmetic",
+                  "ties"]
 HALF = [torch.float16, torch.bfloat16]
 BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
         torch.bfloat16: torch.int16}
@@ -71,11 +72,14 @@ def tensors(*arrays: np.ndarray, dtype=torch.float32) -> list[torch.Tensor]:
 
 def inputs_for(name: str, rng: np.random.Generator, shape=(6, 5), n_models: int | None = None,
                dtype=torch.float32, key: str = "blocks.0.w", depth: float = 0.5) -> TensorInputs:
-    """Random inputs ``name`` accepts: a base when it needs one, its fewest models (or ``n_models``)."""
+    """Random inputs ``name`` accepts: a base when it needs one, its fewest models (or
+    ``n_models``), and the extras it declares (positive, as a Fisher is)."""
     method = get_method(name)
     n = n_models or max(method.min_models, 2 if method.max_models is None else 1)
     base, *models = tensors(*(rng.standard_normal(shape) for _ in range(n + 1)), dtype=dtype)
-    return TensorInputs(key, depth, base if method.needs_base else None, tuple(models))
+    extras = {e: tuple(tensors(*(rng.exponential(size=shape) + 0.1 for _ in range(n)), dtype=dtype))
+              for e in method.extras}
+    return TensorInputs(key, depth, base if method.needs_base else None, tuple(models), extras=extras)
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -87,7 +91,7 @@ def test_registry_lists_every_method_and_suggests_a_name():
     assert all(MERGE_METHODS.get(n) is get_method(n) for n in METHODS)
     with pytest.raises(MergeError, match="unknown merge method 'tie'; did you mean 'ties'"):
         get_method("tie")
-    with pytest.raises(MergeError, match="known: dare, linear"):
+    with pytest.raises(MergeError, match="known: dare, fisher, greedy_soup, linear"):
         apply("average", inputs_for("soup", np.random.default_rng(0)))
 
 
@@ -130,7 +134,7 @@ def test_integer_tensors_are_copied_from_the_base_or_first_model(name):
 
 # parameters under which each method returns one of its inputs unchanged (for model_stock:
 # models equal to the base, so t = 0): the path most likely to hand back the input itself
-IDENTITY = {"dare": {"scale": 0.0}, "linear": {"alpha": 0.0}, "model_stock": {}, "slerp": {"t": 1.0}, "soup": {},
+IDENTITY = {"dare": {"scale": 0.0}, "fisher": {}, "greedy_soup": {}, "linear": {"alpha": 0.0}, "model_stock": {}, "slerp": {"t": 1.0}, "soup": {},
             "task_arithmetic": {"scale": 0.0}, "ties": {"scale": 0.0}}
 
 
@@ -198,7 +202,7 @@ ELEMENTWISE = [n for n in METHODS if get_method(n).elementwise]
 
 
 def test_elementwise_flags():
-    assert ELEMENTWISE == ["linear", "soup", "task_arithmetic"]
+    assert ELEMENTWISE == ["fisher", "greedy_soup", "linear", "soup", "task_arithmetic"]
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
@@ -209,7 +213,7 @@ def test_elementwise_methods_merge_chunks_to_the_same_bits(name, seed, numel, cu
     rng = np.random.default_rng(seed)
     x = inputs_for(name, rng, shape=(numel,), n_models=None if name == "linear" else 3, dtype=dtype)
     if get_method(name).weighted:
-        x = TensorInputs(x.key, x.depth, x.base, x.models, tuple(rng.uniform(0.1, 2.0, len(x.models))))
+        x = TensorInputs(x.key, x.depth, x.base, x.models, tuple(rng.uniform(0.1, 2.0, len(x.models))), x.extras)
     params = {"linear": {"alpha": 0.3}, "task_arithmetic": {"scale": 0.7, "normalize": True}}.get(name, {})
     whole = apply(name, x, params)
     bounds = sorted({0, numel, *(int(c * numel) for c in cuts)})
@@ -549,6 +553,52 @@ def test_soup_is_average_tensor_bit_for_bit_and_the_weighted_mean(seed, n, dtype
         w = np.array(weights)
         ref = np.tensordot(w, models, axes=1) / w.sum()
         assert_fp32_close(out, ref, ops=2 * n + 2, scale=np.tensordot(w, np.abs(models), axes=1) / w.sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, n=st.integers(1, 4), floor=st.sampled_from([1e-8, 0.25]),
+       dtype=st.sampled_from([torch.float32, torch.float16]))
+def test_fisher_is_the_papers_formula(seed, n, floor, dtype):
+    """Matena and Raffel's merge: sum_i c_i theta_i / sum_i c_i, c_i = w_i max(F_i, floor);
+    Fishers of 0 (a parameter a model is insensitive to) count as the floor."""
+    rng = np.random.default_rng(seed)
+    models = tensors(*rng.standard_normal((n, 4, 6)), dtype=dtype)
+    fishers = tensors(*(rng.exponential(size=(n, 4, 6)) * (rng.random((n, 4, 6)) > 0.3)), dtype=dtype)
+    weights = tuple(rng.uniform(0.1, 2.0, n))
+    out = apply("fisher", TensorInputs("w", 0.5, None, tuple(models), weights, {"fisher": tuple(fishers)}),
+                {"fisher_floor": floor})
+    assert out.dtype == dtype
+    x = np.stack([m.double().numpy() for m in models])
+    c = np.array(weights)[:, None, None] * np.maximum(np.stack([f.double().numpy() for f in fishers]), floor)
+    ref = (c * x).sum(0) / c.sum(0)
+    if n == 1:
+        assert same_bits(out, models[0])  # one model alone: an exact copy
+    elif dtype == torch.float32:
+        assert_fp32_close(out, ref, ops=3 * n + 3, scale=(c * np.abs(x)).sum(0) / c.sum(0))
+    else:  # one rounding of the fp32 result to fp16
+        fp32 = apply("fisher", TensorInputs("w", 0.5, None, tuple(m.float() for m in models), weights,
+                                            {"fisher": tuple(f.float() for f in fishers)}), {"fisher_floor": floor})
+        assert same_bits(out, fp32.half())
+
+
+def test_fisher_without_fishers_is_the_weighted_average():
+    a, b = tensors([1.0, 2.0, 4.0], [3.0, 6.0, 0.0])
+    assert apply("fisher", TensorInputs("w", 0.5, None, (a, b), (1.0, 3.0))).tolist() == [2.5, 5.0, 1.0]
+    f = tensors([1.0, 0.0, 3.0], [3.0, 0.0, 1.0])
+    x = TensorInputs("w", 0.5, None, (a, b), (1.0, 1.0), {"fisher": tuple(f)})
+    assert apply("fisher", x, {"fisher_floor": 0.5}).tolist() == [(1 + 3 * 3) / 4, (0.5 * 2 + 0.5 * 6) / 1, 12 / 4]
+
+
+def test_greedy_soup_is_a_procedure_whose_final_step_is_the_uniform_soup():
+    method = get_method("greedy_soup")
+    assert method.needs == ("evaluate",) and method.procedure.__name__ == "greedy_soup"
+    models = tuple(tensors(*np.random.default_rng(0).standard_normal((3, 4, 6))))
+    assert same_bits(apply("greedy_soup", TensorInputs("w", 0.5, None, models)), average_tensor(models, [1.0] * 3))
+    from wiseft.merging import merge_states
+
+    with pytest.raises(MergeError, match="'greedy_soup' needs evaluate beyond the weights; run it with "
+                                         "wiseft.merging.greedy_soup.greedy_soup"):
+        merge_states("greedy_soup", None, [{"w": models[0]}])
 
 
 # --- extras: the path a Fisher merge takes ------------------------------------------------------

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from test_merging_engine import same_bits
 from wiseft.merge import MergeError, interpolate
 from wiseft.soup import estimate_fisher, fisher_merge, greedy_soup, uniform_soup, weighted_average
 
@@ -82,7 +83,7 @@ def test_fisher_merge_matches_the_reference_formula_and_is_exact_at_the_ends():
     for al, src in ((0.0, a), (1.0, b)):
         ends = fisher_merge([a, b], [fa, fb], [1 - al, al])
         assert all(torch.equal(ends[k], src[k]) for k in a if a[k].is_floating_point())
-    with pytest.raises(MergeError, match="has a Fisher in input 0 but not in input 1"):
+    with pytest.raises(MergeError, match="has a .fisher. in input 0 but not in input 1"):
         fisher_merge([a, b], [fa, {}], [0.5, 0.5])
 
 
@@ -100,3 +101,58 @@ def test_estimate_fisher_is_a_mean_of_squared_per_example_gradients():
     torch.testing.assert_close(fisher["weight"], expect / 6)
     sampled = estimate_fisher(net, loader, max_examples=3, generator=torch.Generator().manual_seed(0))
     assert set(sampled) == {"weight", "bias"} and all((v >= 0).all() for v in sampled.values())
+
+
+# --- results unchanged by the move onto the merge-method interface (issue 15) ---------------------
+
+def _fisher_merge_before_issue_15(thetas, fishers, weights, fisher_floor=1e-8):
+    """``soup.fisher_merge`` as it was before it ran the registered method ``fisher``."""
+    from wiseft.merge import _acc_dtype, allocate, average_tensor, make_selection, plan_merge, specs_of, tie_map
+
+    thetas = [{k: v.detach() for k, v in t.items()} for t in thetas]
+    steps = plan_merge([specs_of(t) for t in thetas], make_selection(keep=0))
+    out, done = allocate(steps, thetas, tie_map(steps, thetas)), set()
+    for s in steps:
+        o = out[s.name]
+        if id(o) in done:
+            continue
+        done.add(id(o))
+        have = [s.name in f for f in fishers]
+        xs, live = [t[s.name] for t in thetas], [i for i, w in enumerate(weights) if w != 0]
+        if s.op != "mix" or not any(have) or len(live) == 1:
+            average_tensor(xs, weights, out=o) if s.op == "mix" else o.copy_(xs[s.source])
+            continue
+        acc = _acc_dtype(s.spec.dtype)
+        num = torch.zeros(s.spec.shape, dtype=acc, device=o.device)
+        den = torch.zeros(s.spec.shape, dtype=acc, device=o.device)
+        for i in live:
+            c = fishers[i][s.name].to(o.device, acc).clamp_min(fisher_floor).mul_(weights[i])
+            num.addcmul_(c, xs[i].to(acc))
+            den.add_(c)
+        o.copy_(num.div_(den))
+    return out
+
+
+def _mixed_dtypes(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w32": torch.randn(33, 7, generator=g), "w16": torch.randn(65, generator=g).half(),
+            "wbf": torch.randn(40, generator=g).bfloat16(), "w64": torch.randn(9, generator=g).double(),
+            "count": torch.tensor(seed), "nofisher": torch.randn(5, generator=g)}
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000), n=st.integers(1, 3), zero=st.integers(-1, 2), floor=st.sampled_from([1e-8, 0.3]))
+def test_fisher_merge_results_are_unchanged_bit_for_bit(seed, n, zero, floor):
+    thetas = [_mixed_dtypes(seed + i) for i in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    fishers = [{k: torch.rand(v.shape, generator=g).to(f) * (torch.rand(v.shape, generator=g) > 0.2)
+                for (k, v), f in zip(t.items(), (torch.float32, torch.float16, torch.float32, torch.float32))}
+               for t in thetas]  # fp16 Fishers for w16, fp32 for the rest; none for count, nofisher
+    weights = [0.0 if i == zero else 0.5 + i for i in range(n)]
+    if not any(weights):
+        weights[0] = 1.0
+    got = fisher_merge(thetas, fishers, weights, fisher_floor=floor)
+    want = _fisher_merge_before_issue_15(thetas, fishers, weights, floor)
+    assert list(got) == list(want)
+    for k in want:
+        assert same_bits(got[k], want[k]), k

@@ -121,3 +121,35 @@ def test_calls_are_checked_before_any_file_is_read(tmp_path):
     with pytest.raises(MergeError, match="'ties': density"):
         merge_files("ties", missing, [missing], tmp_path / "o.safetensors", {"density": 0})
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_todays_file_merges_are_the_registered_methods_bit_for_bit(checkpoints, tmp_path):
+    """interpolate_files and average_files keep their fast paths: the same bits as
+    ``linear`` and ``soup`` through the out-of-core method engine."""
+    from wiseft.merge_files import average_files, interpolate_files
+
+    _, paths, _ = checkpoints
+    settings = MergeConfig(chunk_bytes=4096, exclude=["visual.conv1.*"])
+    for alpha in (0.0, 0.37, 1.0):
+        fast = interpolate_files(paths[0], paths[1], tmp_path / "fast.safetensors", alpha, settings)
+        engine = merge_files("linear", paths[0], [paths[1]], tmp_path / "engine.safetensors", {"alpha": alpha},
+                             settings=settings)
+        assert_same_states(load_file(str(fast)), load_file(str(engine)))
+    for weights in (None, [0.2, 0.0, 1.3]):
+        fast = average_files(paths[1:], tmp_path / "fast.safetensors", weights, settings)
+        engine = merge_files("soup", None, paths[1:], tmp_path / "engine.safetensors", weights=weights,
+                             settings=settings)
+        assert_same_states(load_file(str(fast)), load_file(str(engine)))
+
+
+def test_fisher_out_of_core_is_fisher_merge(checkpoints, tmp_path):
+    from wiseft.soup import fisher_merge
+
+    states, paths, extras = checkpoints
+    out = merge_files("fisher", None, paths[1:3], tmp_path / "f.safetensors", {"fisher_floor": 1e-3},
+                      weights=[0.3, 0.7], extras={"fisher": [p for p, _ in extras[:2]]},
+                      settings=MergeConfig(chunk_bytes=256))
+    want = fisher_merge(states[1:3], [f for _, f in extras[:2]], [0.3, 0.7], fisher_floor=1e-3)
+    assert_same_states(dict(sorted(load_file(str(out)).items())), dict(sorted(want.items())))
+    with pytest.raises(MergeError, match="needs one 'fisher' input per model \\(2\\), got 1"):
+        merge_files("fisher", None, paths[1:3], tmp_path / "g.safetensors", extras={"fisher": [extras[0][0]]})

@@ -116,5 +116,5 @@ DATASETS: Registry = Registry("dataset kind", [f"wiseft.data.{m}" for m in
                                                ("bbc_news", "cifar", "folders", "imagenet", "transfer", "video",
                                                 "webdataset", "wilds")])
 MERGE_METHODS: Registry = Registry("merge method", [f"wiseft.merging.{m}" for m in
-                                                    ("dare", "linear", "model_stock", "slerp", "soup",
-                                                     "task_arithmetic", "ties")])
+                                                    ("dare", "fisher", "greedy_soup", "linear", "model_stock",
+                                                     "slerp", "soup", "task_arithmetic", "ties")])

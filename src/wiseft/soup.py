@@ -6,24 +6,26 @@
   c_i = w_i * max(F_i, floor) and a diagonal Fisher F_i estimated one example at a time
   with labels sampled from the model.
 
-Every average goes through ``merge.average_tensor``, so ``weighted_average`` and the
-out-of-core ``merge_files.average_files`` give the same bits.
+Each is a registered merge method (``wiseft.merging``): ``weighted_average`` runs
+``soup`` and ``fisher_merge`` runs ``fisher`` through ``merging.merge_states``, so the
+out-of-core engine (``merge_files.average_files``, ``merge_files.merge_files``) gives the
+same bits; ``greedy_soup`` is the registered procedure ``greedy_soup``
+(``merging/greedy_soup.py``), which needs an ``evaluate`` callback.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .checkpoint import load_state
 from .config.merge import MergeConfig, merge_config
-from .merge import (MergeError, StateDict, TensorSpec, _acc_dtype, allocate, average_tensor, make_selection,
-                    plan_merge, selection_of, specs_of, tie_map)
+from .merge import MergeError, StateDict
+from .merging import merge_states
+from .merging.greedy_soup import GreedySoup, Ingredient, greedy_soup
 
-Ingredient = StateDict | str | Path  # loaded with ``checkpoint.load_state``
+__all__ = ["GreedySoup", "Ingredient", "estimate_fisher", "fisher_merge", "greedy_soup", "uniform_soup",
+           "weighted_average"]
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -38,86 +40,19 @@ def weighted_average(thetas: Sequence[StateDict], weights: Sequence[float] | Non
     """sum_i w_i theta_i / sum_i w_i (uniform when ``weights`` is None), in fp32 for
     half types; integer buffers from ``thetas[0]``; tensors not selected by ``settings``
     (or its fields as keywords: ``include``/``exclude``) from ``thetas[keep]`` (default 0).
+    The registered method ``soup`` (weights non-negative, with a positive sum).
 
     Example:
         >>> soup = weighted_average([sd_a, sd_b, sd_c], [0.5, 0.25, 0.25])
     """
     settings = merge_config(settings, **options)
     weights = _weights(weights, len(thetas))
-    thetas = [{k: v.detach() for k, v in t.items()} for t in thetas]
-    steps = plan_merge([specs_of(t) for t in thetas], selection_of(settings, default_keep=0))
-    ties = tie_map(steps, thetas)
-    out = allocate(steps, thetas, ties)
-    for s in steps:
-        if s.op == "drop" or s.name in ties:
-            continue
-        if s.op == "copy":
-            out[s.name].copy_(thetas[s.source][s.name])
-        else:
-            average_tensor([t[s.name] for t in thetas], weights, out=out[s.name])
-    return out
+    return merge_states("soup", None, thetas, weights=weights, settings=settings)
 
 
 def uniform_soup(thetas: Sequence[StateDict]) -> dict[str, torch.Tensor]:
     """The plain average of N fine-tuned models (a uniform soup)."""
     return weighted_average(thetas)
-
-
-@dataclass
-class GreedySoup:
-    state: dict[str, torch.Tensor]
-    chosen: list[int]  # ingredient indices, in the order they were added
-    score: float  # held-out score of the final soup
-    scores: list[float]  # held-out score of each ingredient alone
-
-
-@torch.no_grad()
-def greedy_soup(ingredients: Sequence[Ingredient], evaluate: Callable[[dict[str, torch.Tensor]], float], *,
-                scores: Sequence[float] | None = None) -> GreedySoup:
-    """Greedy soup: sort ingredients by held-out score, then add each one whose
-    addition to the uniform average does not lower the held-out score.
-
-    ``evaluate`` maps a state dict to a held-out score (higher is better; never a
-    shift test set). Ingredients may be paths, loaded one at a time: memory is one fp32
-    running sum, one candidate and one ingredient. The result equals
-    ``uniform_soup`` of the chosen ingredients in ``chosen`` order, bit for bit.
-    """
-    if not ingredients:
-        raise MergeError("greedy soup needs at least one ingredient")
-    if scores is None:
-        scores = [float(evaluate(load_state(g))) for g in ingredients]
-    order = sorted(range(len(ingredients)), key=lambda i: -scores[i])
-    first = load_state(ingredients[order[0]])
-    steps = plan_merge([specs_of(first)])
-    acc = {s.name: first[s.name].to(_acc_dtype(s.spec.dtype), copy=True) if s.op == "mix" else first[s.name]
-           for s in steps}
-    candidate = allocate(steps, [first], {})
-    chosen, best = [order[0]], scores[order[0]]
-    for j in order[1:]:
-        theta = load_state(ingredients[j])
-        plan_merge([specs_of(first), specs_of(theta)], make_selection(keep=0))
-        _soup_into(candidate, acc, steps, len(chosen) + 1, theta)
-        score = float(evaluate(candidate))
-        if score >= best:
-            for s in steps:
-                if s.op == "mix":
-                    acc[s.name].add_(theta[s.name])
-            chosen.append(j)
-            best = score
-    _soup_into(candidate, acc, steps, len(chosen), None)
-    return GreedySoup(candidate, chosen, best, list(scores))
-
-
-def _soup_into(out, acc, steps, n: int, extra: StateDict | None) -> None:
-    """out = (acc + extra) / n for mixed tensors (the uniform soup's arithmetic)."""
-    for s in steps:
-        if s.op != "mix":
-            out[s.name].copy_(acc[s.name])
-            continue
-        total = acc[s.name] + extra[s.name] if extra is not None else acc[s.name].clone()
-        if n != 1:
-            total.div_(n)
-        out[s.name].copy_(total)
 
 
 # --- Fisher merging -------------------------------------------------------------------
@@ -187,42 +122,12 @@ def fisher_merge(thetas: Sequence[StateDict], fishers: Sequence[Mapping[str, tor
 
     A tensor with no Fisher in any input gets the plain weighted average (as the
     reference implementation does); one with a Fisher in some inputs only is an error.
-    For WiSE-FT with Fisher weights use ``weights=[1 - alpha, alpha]``.
+    For WiSE-FT with Fisher weights use ``weights=[1 - alpha, alpha]``. The registered
+    method ``fisher`` (``merge_files.merge_files("fisher", ..., extras={"fisher": paths})``
+    runs it out of core).
     """
     weights = _weights(weights, len(thetas))
     if len(fishers) != len(thetas):
         raise MergeError(f"{len(fishers)} Fishers for {len(thetas)} models")
-    thetas = [{k: v.detach() for k, v in t.items()} for t in thetas]
-    steps = plan_merge([specs_of(t) for t in thetas], make_selection(keep=0))
-    out = allocate(steps, thetas, tie_map(steps, thetas))
-    done = set()
-    for s in steps:
-        o = out[s.name]
-        if id(o) in done:
-            continue
-        done.add(id(o))
-        have = [s.name in f for f in fishers]
-        if any(have) and not all(have):
-            raise MergeError(f"tensor {s.name!r} has a Fisher in input {have.index(True)} "
-                             f"but not in input {have.index(False)}")
-        xs = [t[s.name] for t in thetas]
-        live = [i for i, w in enumerate(weights) if w != 0]
-        if s.op != "mix" or not any(have) or len(live) == 1:
-            average_tensor(xs, weights, out=o) if s.op == "mix" else o.copy_(xs[s.source])
-            continue
-        _check_fisher(fishers, s.name, s.spec)
-        acc = _acc_dtype(s.spec.dtype)
-        num = torch.zeros(s.spec.shape, dtype=acc, device=o.device)
-        den = torch.zeros(s.spec.shape, dtype=acc, device=o.device)
-        for i in live:
-            c = fishers[i][s.name].to(o.device, acc).clamp_min(fisher_floor).mul_(weights[i])
-            num.addcmul_(c, xs[i].to(acc))
-            den.add_(c)
-        o.copy_(num.div_(den))
-    return out
-
-
-def _check_fisher(fishers, name: str, spec: TensorSpec) -> None:
-    for i, f in enumerate(fishers):
-        if tuple(f[name].shape) != spec.shape:
-            raise MergeError(f"Fisher {i} of {name!r} has shape {tuple(f[name].shape)}, the tensor {spec.shape}")
+    return merge_states("fisher", None, thetas, {"fisher_floor": fisher_floor}, weights=weights,
+                        extras={"fisher": fishers})

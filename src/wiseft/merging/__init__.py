@@ -5,7 +5,7 @@ registry line per method; docs/merge-methods.md).
 Example:
     >>> from wiseft.merging import TensorInputs, apply, list_methods
     >>> list_methods()
-    ['dare', 'linear', 'model_stock', 'slerp', 'soup', 'task_arithmetic', 'ties']
+    ['dare', 'fisher', 'greedy_soup', 'linear', 'model_stock', 'slerp', 'soup', 'task_arithmetic', 'ties']
     >>> x = TensorInputs("visual.proj", depth=1.0, base=theta_0, models=(theta_1, theta_2))
     >>> merged = apply("ties", x, {"density": 0.2})
     >>> state = merge_states("ties", zs_state, [ft_a, ft_b], {"density": 0.2})  # whole state dicts
