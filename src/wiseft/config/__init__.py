@@ -8,9 +8,10 @@ from .errors import ConfigError, FieldError
 from .evaluation import EvalConfig
 from .finetune import FinetuneConfig
 from .merge import MergeConfig
+from .merges import MergeRun, MergeSpec
 from .report import ReportConfig
 from .run import DEFAULT_ALPHAS, DataConfig, RunConfig, load_config, parse_config
 
 __all__ = ["BackboneSpec", "ConfigError", "DEFAULT_ALPHAS", "DataConfig", "DatasetSpec", "EvalConfig", "FieldError",
-           "FinetuneConfig", "MergeConfig", "ReportConfig", "RunConfig", "check_dataset_spec", "dataset_options",
-           "describe_type", "load_config", "parse_config"]
+           "FinetuneConfig", "MergeConfig", "MergeRun", "MergeSpec", "ReportConfig", "RunConfig", "check_dataset_spec",
+           "dataset_options", "describe_type", "load_config", "parse_config"]

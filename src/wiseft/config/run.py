@@ -22,6 +22,7 @@ from .datasets import DatasetSpec, describe_type
 from .errors import ConfigError, FieldError
 from .evaluation import EvalConfig
 from .finetune import FinetuneConfig
+from .merges import MergeRun, MergeSpec, check_merges, resolve_merge
 
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -89,6 +90,9 @@ class RunConfig(BaseModel):
     allow_extrapolation: bool = False
     select_alpha: float | None = None
     evaluation: EvalConfig = EvalConfig()
+    # merge methods scored over the same sets (config/merges.py); left out of the dump when
+    # empty, so configs written before it keep their hash
+    merges: list[MergeSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
     output_dir: str = "runs/wiseft"
     device: str = "auto"
     head_cache: bool = True
@@ -145,6 +149,10 @@ class RunConfig(BaseModel):
             except ValidationError as e:
                 loc, msg = _describe(e.errors()[0], FinetuneConfig)
                 raise FieldError(("variants", name, *loc), msg) from None
+        try:
+            check_merges(self.merges, ["finetuned", *self.variants], self.data.validation_fraction > 0)
+        except FieldError as e:
+            raise FieldError(("merges", *e.loc), e.message) from None
         return self
 
     @property
@@ -167,6 +175,12 @@ class RunConfig(BaseModel):
         for name, overrides in self.variants.items():
             runs[name] = FinetuneConfig(**{**self.finetune.model_dump(), **overrides})
         return runs
+
+    def merge_runs(self) -> list[MergeRun]:
+        """The ``merges:`` entries resolved against this run: labels, models and search
+        grids (a linear entry's default search is the run's alphas)."""
+        return [resolve_merge(spec, list(self.finetune_runs()), self.alphas, self.data.validation_fraction > 0)
+                for spec in self.merges]
 
     def train_key(self, name: str = "finetuned") -> str:
         """What a fine-tuned checkpoint depends on (backbone, data, fine-tuning settings):
@@ -237,6 +251,8 @@ def _strip_union_tags(loc: tuple, model: type[BaseModel]) -> tuple[tuple[str, ..
 def _fields_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str] | None:
     """The keys a config section takes (``finetune`` -> FinetuneConfig's fields), or None."""
     for part in path:
+        if part.isdigit():  # an index into a list of sections (merges.0)
+            continue
         if part not in model.model_fields:
             return None
         inner = [t for t in (model.model_fields[part].annotation, *typing.get_args(model.model_fields[part].annotation))
