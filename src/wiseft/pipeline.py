@@ -15,16 +15,16 @@ import torch
 
 from .backbones.base import Backbone, load_backbone
 from .checkpoint import export_model, load_state, read_meta, save_state
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, MergeRun, RunConfig, load_config
 from .data.base import (DataError, LabeledDataset, build_dataset, build_projection, per_class_permutations,
                         read_classnames, split_holdout)
-from .evaluate import EvalSet, SweepSettings, sweep
+from .evaluate import EvalSet, SweepSettings, reuse_sweep, search_merge, sweep
 from .files import atomic_write, check_free, hold
 from .finetune import TrainRun, finetune
 from .heads import Classifier, zeroshot_head
 from .registry import DATASETS
 from .runtime import to_device
-from .results import QUICK_BANNER, Record, append_records, package_versions, summary_table
+from .results import MERGE, QUICK_BANNER, Record, append_records, package_versions, summary_table
 from .templates import get_templates, templates_hash
 from .train.checkpoints import check_resumable
 from .train.distributed import current
@@ -238,11 +238,13 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
 
     records: list[Record] = []
     zeroshot: dict = {}  # alpha = 0 is theta_0 for every fine-tune: scored once, reused by every sweep
+    merges = cfg.merge_runs()
+    kept: dict[str, dict[str, torch.Tensor]] = {}  # the fine-tunes the merges read
     for name, ft_cfg in runs.items():
         with clock(f"fine-tune {name}"):
             theta_1 = _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir, progress)
-        if name == "finetuned":
-            theta_main = theta_1  # exported below; variants' weights are dropped after their sweep
+        if name == "finetuned" or any(name in m.models for m in merges):
+            kept[name] = theta_1  # the main one is exported below; others are dropped after their sweep
         with clock(f"sweep {name}"):
             settings = SweepSettings.from_config(cfg.evaluation, progress=progress, model_name=name,
                                                  linear=ft_cfg.mode == "linear",
@@ -252,6 +254,10 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
                         zeroshot=zeroshot)
         append_records(results_path, new)
         records += new
+    if merges:
+        with clock("merges"):
+            records += _merge_records(cfg, merges, (model, backbone, theta_0, kept), data, records, results_path,
+                                      progress, provenance)
 
     from .robustness import select_alpha
 
@@ -259,14 +265,43 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     _write_summary(cfg, records, selected, quick)
     export_dir = None
     if cfg.export:
-        from .merge import Interpolator
-
         with clock("export"):
-            alpha = selected["finetuned"]
-            Interpolator(theta_0, theta_main, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
-            meta = {**_meta(cfg, data, alpha), "temperature": _temperature(records, "finetuned", alpha)}
-            export_dir = export_model(model, backbone, meta, run_dir / "export")
+            export_dir = _export(cfg, data, (model, backbone, theta_0, kept["finetuned"]), selected["finetuned"],
+                                 records)
     return RunResult(run_dir, records, selected, export_dir, clock.times)
+
+
+def _export(cfg: RunConfig, data: PreparedData, weights: tuple, alpha: float, records: list[Record]) -> Path:
+    """Export the main fine-tune's WiSE-FT model at ``alpha``, with its validation
+    temperature; ``weights``: (model, backbone, theta_0, theta_1)."""
+    from .merge import Interpolator
+
+    model, backbone, theta_0, theta_1 = weights
+    Interpolator(theta_0, theta_1, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
+    meta = {**_meta(cfg, data, alpha), "temperature": _temperature(records, "finetuned", alpha)}
+    return export_model(model, backbone, meta, Path(cfg.output_dir) / "export")
+
+
+def _merge_records(cfg: RunConfig, merges: list[MergeRun], weights: tuple, data: PreparedData,
+                   records: list[Record], results_path: Path, progress: bool,
+                   provenance: dict[str, Any]) -> list[Record]:
+    """The records of each ``merges:`` entry, appended to the results as each is done:
+    searched on validation and scored at its chosen point (``evaluate.search_merge``), or,
+    for WiSE-FT itself (linear, a global alpha), copied from its fine-tune's sweep
+    (``evaluate.reuse_sweep``). ``weights``: (model, backbone, theta_0, fine-tunes by name)."""
+    model, backbone, theta_0, finetuned = weights
+    out: list[Record] = []
+    for merge in merges:
+        new = reuse_sweep(merge, records)
+        if new is None:
+            settings = SweepSettings.from_config(cfg.evaluation, progress=progress, model_name=merge.name,
+                                                 provenance=provenance)
+            new = search_merge(model, theta_0, finetuned, data.evalsets, backbone, merge, settings=settings)
+        chosen = next(r.provenance[MERGE]["point"] for r in new if r.provenance[MERGE]["chosen"])
+        log.info("merge %s: the point used: %s", merge.name, json.dumps(chosen))
+        append_records(results_path, new)
+        out += new
+    return out
 
 
 def _checked_inputs(cfg: RunConfig, quick: bool, main_process: bool,
@@ -307,8 +342,12 @@ def _provenance(cfg: RunConfig, data: PreparedData, quick: bool) -> dict[str, An
 def _write_summary(cfg: RunConfig, records: list[Record], selected: dict[str, float], quick: bool) -> None:
     """``summary.md``: the records' table and the alpha selected for each fine-tune."""
     banner = QUICK_BANNER + "\n\n" if quick else ""
+    chosen = {r.model: r.provenance[MERGE]["point"] for r in records
+              if MERGE in r.provenance and r.provenance[MERGE]["chosen"]}
+    merges = (f"merges, the point used (the best on {cfg.data.name}-val where searched): {json.dumps(chosen)}\n"
+              if chosen else "")
     atomic_write(Path(cfg.output_dir) / "summary.md", banner + summary_table(records) + "\n\nselected alpha (on "
-                 f"{cfg.data.name}-val): " + json.dumps(selected) + "\n")
+                 f"{cfg.data.name}-val): " + json.dumps(selected) + "\n" + merges)
 
 
 class StageClock:
@@ -340,6 +379,11 @@ def plan_text(cfg: RunConfig, data: PreparedData, runs: dict, reused: set[str], 
         lines.append(f"  {i}. {name}: {what}; then {len(cfg.alphas)} alphas x {len(data.evalsets)} sets"
                      + (" (alpha 0, the zero-shot model, scored once for all)" if i > 1 and 0.0 in cfg.alphas
                         else ""))
+    for m in cfg.merge_runs():
+        how = (f"alpha from the sweep of {m.models[0]}" if _from_sweep(m, cfg) else
+               f"{len(m.points())} point{'s' if len(m.points()) != 1 else ''} on validation, the chosen one on "
+               "the test sets")
+        lines.append(f"  merge {m.name}: {m.method} of {', '.join(m.models)}; {how}")
     lines.append("  then: choose alpha on validation, summary, export" + ("" if cfg.export else " (off)"))
     return "\n".join(lines)
 
@@ -368,16 +412,26 @@ def estimate_text(model: Classifier, backbone: Backbone, data: PreparedData, cfg
         return (time.perf_counter() - t) / min(probe, len(ds))
 
     try:
-        evals = sum(len(e.dataset) * per_input(e.dataset, backbone.transform_eval) for e in data.evalsets)
+        each = {e.name: len(e.dataset) * per_input(e.dataset, backbone.transform_eval) for e in data.evalsets}
         train = per_input(data.train, backbone.transform_eval) * len(data.train)
     except Exception as e:  # noqa: BLE001 - an estimate never stops a run; bad inputs are handled later
         return f"  (no time estimate: {type(e).__name__}: {e})"
+    evals = sum(each.values())
     total, alphas = 0.0, len(cfg.alphas)
     for i, (name, ft) in enumerate(runs.items()):
         if name not in reused:
             total += train * (3 * ft.epochs if ft.mode != "linear" else 1)
         total += evals * (alphas - (1 if i > 0 and 0.0 in cfg.alphas else 0))
+    val = sum(each[e.name] for e in data.evalsets if e.role == "validation")
+    for m in cfg.merge_runs():  # each grid point on validation, then the chosen one on the test sets
+        if not _from_sweep(m, cfg):
+            total += len(m.points()) * val + evals - val
     return f"  estimate: about {_duration(total)} on {device.type} (from timing {probe} inputs per set)"
+
+
+def _from_sweep(merge: MergeRun, cfg: RunConfig) -> bool:
+    """Whether a merge is WiSE-FT over alphas the sweep scores (its records are the sweep's)."""
+    return merge.alpha_search and set(merge.search["alpha"]) <= set(cfg.alphas) and cfg.data.validation_fraction > 0
 
 
 def _duration(seconds: float) -> str:

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from wiseft.files import write_with
-from wiseft.results import OUTPUT_ENSEMBLE, PRIMARY, Record, select_metric
+from wiseft.results import OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, merge_of, select_metric
 from wiseft.robustness import AVG, BaselineFit, logit, record_interval, sigmoid
 
 # Candidate tick positions (percent), roundest first; ``set_logit_ticks`` takes them in
@@ -128,6 +128,10 @@ def plot_scatter(
     x_ds = fit.x_dataset if fit is not None and fit.x_dataset in present else reference
     y_ds: str | list[str] = shifts if shift == AVG else shift
     xs, ys = _draw_curves(ax, records, data, x_ds, y_ds, selected)
+    merges = merge_points(records, metric)
+    if merges:  # one labelled point per merges: entry, at its chosen setting
+        mx, my = _draw_merges(ax, merges, x_ds, y_ds, len(data))
+        xs, ys = xs + mx, ys + my
     if not xs:
         raise ValueError(f"no (model, alpha) has both {x_ds!r} and {y_ds!r} records to plot")
     baseline_label = _set_scatter_limits(ax, xs, ys, fit, x_ds)
@@ -164,6 +168,42 @@ def _draw_curves(ax, records: list[Record], data: dict[str, dict[float, dict[str
             _mark_points(ax, pts, model, c, colors[0] if i == 0 else None, (selected or {}).get(model))
         xs += [p[0] for p in curve]
         ys += [p[1] for p in curve]
+    return xs, ys
+
+
+MERGE_MARKERS = ("P", "X", "v", "^", "<", ">", "p", "h", "8")
+
+
+def merge_points(records: Iterable[Record], metric: str = PRIMARY) -> dict[str, dict[str, Record]]:
+    """label -> dataset -> record of the chosen point of each ``merges:`` entry (its
+    records of stage ``test``), each dataset under its primary metric (or ``metric``), with
+    the reference set's class-restricted accuracies under their metric name."""
+    records = [r for r in records if (merge_of(r) or {}).get("stage") == TEST]
+    out: dict[str, dict[str, Record]] = {}
+    for r in select_metric(records, metric):
+        out.setdefault(r.model, {})[r.dataset] = r
+    for r in records:
+        if r.role == "reference" and r.metric.startswith("top1_on_"):
+            out.setdefault(r.model, {})[r.metric] = r
+    return out
+
+
+def _draw_merges(ax, merges: dict[str, dict[str, Record]], x_ds: str, y_ds: str | list[str],
+                 offset: int) -> tuple[list[float], list[float]]:
+    """Each merge's chosen point, a marker of its own labelled with its name, with 95%
+    Clopper-Pearson bars; returns the x and y values drawn. Colours continue the cycle
+    after the ``offset`` curves."""
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    xs: list[float] = []
+    ys: list[float] = []
+    for j, (label, vals) in enumerate(merges.items()):
+        p = _point(vals, x_ds, y_ds)
+        if p is None:
+            continue
+        _errorbar(ax, [p], fmt=MERGE_MARKERS[j % len(MERGE_MARKERS)], ms=8, mec="k", mew=0.6,
+                  color=colors[(offset + 2 + j) % len(colors)], label=f"merge: {label}", zorder=6)
+        xs.append(p[0])
+        ys.append(p[1])
     return xs, ys
 
 
@@ -275,6 +315,48 @@ def plot_alpha_curves(
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
+
+
+def plot_search(records: Iterable[Record], name: str, metric: str = PRIMARY) -> Figure:
+    """The validation curve of a ``merges:`` entry: each grid point's validation value
+    (percent; the mean over validation sets, with its 95% Clopper-Pearson band when there
+    is one set), the chosen point marked. The x axis is the searched parameter when one
+    number is searched, else the grid points in order, labelled."""
+    found = [r for r in select_metric(records, metric)
+             if r.model == name and (merge_of(r) or {}).get("stage") == SEARCH]
+    if not found:
+        raise ValueError(f"no search records for merge {name!r}")
+    points: dict[int, list[Record]] = {}
+    for r in found:
+        points.setdefault(merge_of(r)["point_index"], []).append(r)
+    order = sorted(points)
+    first = {i: merge_of(points[i][0]) for i in order}
+    keys = list(first[order[0]]["point"])
+    numeric = len(keys) == 1 and all(isinstance(first[i]["point"][keys[0]], (int, float)) for i in order)
+    x = np.array([float(first[i]["point"][keys[0]]) if numeric else float(i) for i in order])
+    y = np.array([np.mean([r.value for r in points[i]]) * 100 for i in order])
+    fig = Figure(figsize=(6, 4.2), dpi=120)
+    ax = fig.subplots()
+    (line,) = ax.plot(x, y, "-o", ms=4, label=f"{found[0].dataset} (validation)")
+    ci = [record_interval(points[i][0]) if len(points[i]) == 1 else None for i in order]
+    if all(ci):
+        ax.fill_between(x, [c[0] * 100 for c in ci], [c[1] * 100 for c in ci], color=line.get_color(), alpha=0.15, lw=0)
+    best = next(k for k, i in enumerate(order) if first[i]["chosen"])
+    ax.plot(x[best], y[best], "D", ms=9, mfc="none", mec="k", label="chosen", zorder=5)
+    if not numeric:
+        ax.set_xticks(x, [point_text(first[i]["point"]) for i in order], rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel(keys[0] if numeric else "grid point")
+    ax.set_ylabel("validation accuracy (%)" if metric == PRIMARY else f"validation accuracy (%, {metric})")
+    ax.set_title(f"Search on validation: {name} ({first[order[0]]['method']})", fontsize=10)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def point_text(point: Mapping) -> str:
+    """A grid point as a tick or a table shows it: ``density=0.2, scale=1``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()) or "(defaults)"
 
 
 def plotted_data(fig: Figure) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -17,19 +17,24 @@ import base64
 import csv
 import html
 import io
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from wiseft.config.report import ReportConfig, report_config
-from wiseft.plots import finetuned_label, is_output_ensemble, plot_alpha_curves, plot_scatter, save_figure
+from wiseft.plots import (finetuned_label, is_output_ensemble, merge_points, plot_alpha_curves, plot_scatter,
+                          plot_search, point_text, save_figure)
 from wiseft.results import (
     NOT_PRIMARY,
     PRIMARY,
     QUICK_BANNER,
+    SEARCH,
     Record,
     column_name,
     is_quick,
+    merge_names,
+    merge_of,
     output_ensemble_name,
     read_records,
     select_metric,
@@ -41,6 +46,7 @@ from wiseft.robustness import (
     BaselineFit,
     RobustnessRow,
     build_baselines,
+    merge_robustness_rows,
     record_interval,
     robustness_rows,
     select_alpha,
@@ -299,6 +305,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     calibration = _write_tables(out, found, tables, banner, settings.use_default_baselines)
     notes = {m: _selection_note(records, m, settings.alpha, settings.metric) for m in found.names}
     page = _html(run_dir, found, notes, tables, figures, out)
+    if found.merges:
+        page = page.replace("<h2>Effective robustness</h2>", _write_comparison(out, found, settings.metric, banner)
+                            + "<h2>Effective robustness</h2>", 1)
     _write(out / "index.html", _add_calibration_and_banner(page, calibration, banner))
     return out / "index.html"
 
@@ -326,6 +335,8 @@ class _Analysis:
     selected: dict[str, float]
     fits: dict[str, BaselineFit]
     rho: list[RobustnessRow]
+    merges: list[str] = field(default_factory=list)  # the labels of the run's merges: entries
+    merge_rho: list[RobustnessRow] = field(default_factory=list)  # rho of their chosen points
 
 
 def _analyse(run_dir: Path, records: list[Record], settings: ReportConfig) -> _Analysis:
@@ -349,7 +360,9 @@ def _analyse(run_dir: Path, records: list[Record], settings: ReportConfig) -> _A
                            use_default=settings.use_default_baselines, metric=metric,
                            default=settings.default_baselines)
     rho = robustness_rows(records, fits, reference, metric)
-    return _Analysis(records, reference, shifts, names, models, ensembles, selected, fits, rho)
+    merges = merge_names(records)
+    merge_rho = merge_robustness_rows(records, fits, reference, metric) if merges else []
+    return _Analysis(records, reference, shifts, names, models, ensembles, selected, fits, rho, merges, merge_rho)
 
 
 def _write_figures(found: _Analysis, out: Path, metric: str) -> list[tuple[str, str]]:
@@ -365,6 +378,12 @@ def _write_figures(found: _Analysis, out: Path, metric: str) -> list[tuple[str, 
         save_figure(plot_alpha_curves(found.records, m, found.selected[m], metric, ensemble=found.ensembles.get(m)),
                     out, stem)
         figures.append((stem, f"accuracy vs alpha, {m}"))
+    for name in found.merges:
+        if sum(1 for r in found.records if r.model == name and (merge_of(r) or {}).get("stage") == SEARCH
+               and r.provenance.get("primary")) > 1:  # a curve needs more than one point
+            stem = f"search_{_slug(name)}"
+            save_figure(plot_search(found.records, name, metric), out, stem)
+            figures.append((stem, f"search on validation, {name}"))
     return figures
 
 
@@ -484,3 +503,164 @@ def _html(run_dir: Path, found: _Analysis, notes: dict[str, str], tables: list[T
                      f"<figcaption>{e(caption)} (<a href='{stem}.svg'>SVG</a>)</figcaption></figure>")
     parts.append("<p>Files: table.md, table.csv, table.tex, robustness.md, robustness.csv, points.csv.</p></body></html>")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# method comparison (runs with a merges: list): every method at its chosen setting
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One method at one setting: ``cells`` maps each column to (value, its 95%
+    Clopper-Pearson interval or None); rho and averages have no interval."""
+
+    label: str
+    method: str
+    setting: str
+    models: str
+    cells: dict[str, tuple[float, tuple[float, float] | None]]
+
+
+def method_comparison(records: Iterable[Record], selected: dict[str, float], rho: list[RobustnessRow],
+                      metric: str = PRIMARY) -> tuple[list[str], list[ComparisonRow]]:
+    """(columns, rows) of the method comparison: zero-shot, each fine-tune, WiSE-FT at its
+    selected alpha, the output-space ensemble at its selected alpha, then each
+    ``merges:`` entry at the point chosen on validation. Columns: the reference and each
+    shift (values with 95% intervals), ``avg shifts``, ``avg rho`` (when ``rho`` has rows:
+    the sweeps' ``robustness_rows`` and the merges' ``merge_robustness_rows``) and each
+    validation set (the score the setting was chosen by)."""
+    records = list(records)
+    chosen = select_metric(records, metric)
+    reference = reference_dataset(chosen)
+    shifts = _datasets(chosen, "shift")
+    validation = list(dict.fromkeys(r.dataset for r in chosen if r.role == "validation"))
+    names = {r.dataset: column_name(r.dataset, r.metric) for r in chosen}
+    columns = ([names[reference], *(names[d] for d in shifts)] + ([AVG_SHIFTS] if shifts else [])
+               + ([AVG_RHO] if rho else []) + [names[d] for d in validation])
+    avg_rho = {(r.model, r.alpha): r.rho for r in rho if r.shift == AVG}
+    rows = []
+    for label, method, setting, models, key, vals in _comparison_points(records, chosen, selected):
+        cells = {names[d]: (r.value, record_interval(r)) for d, r in vals.items() if d in names}
+        if shifts and all(d in vals for d in shifts):
+            cells[AVG_SHIFTS] = (sum(vals[d].value for d in shifts) / len(shifts), None)
+        if key in avg_rho:
+            cells[AVG_RHO] = (avg_rho[key], None)
+        rows.append(ComparisonRow(label, method, setting, models, cells))
+    return columns, rows
+
+
+def _comparison_points(records: list[Record], chosen: list[Record], selected: dict[str, float]):
+    """(label, method, setting, models, rho key, dataset -> record) of each row."""
+    by: dict[tuple[str, float | None], dict[str, Record]] = {}
+    for r in chosen:
+        merge = merge_of(r)
+        if r.alpha is not None or (merge is not None and merge["chosen"]):
+            by.setdefault((r.model, None if r.alpha is None else float(r.alpha)), {})[r.dataset] = r
+    models = [m for m in selected if not is_output_ensemble(records, m)]
+    out = []
+    if models:
+        out.append(("zero-shot", "zero-shot", "alpha=0", "", (models[0], 0.0)))
+    for m in models:
+        what = "" if m == "finetuned" else f" ({m})"
+        out += [(finetuned_label(m), "fine-tuned", "alpha=1", m, (m, 1.0)),
+                (f"WiSE-FT{what}", "WiSE-FT", f"alpha={selected[m]:g}", m, (m, float(selected[m])))]
+        ens = output_ensemble_name(m)
+        if ens in selected:
+            out.append((f"output-space ensemble{what}", "output ensemble", f"alpha={selected[ens]:g}", m,
+                        (ens, float(selected[ens]))))
+    for name in merge_names(records):
+        info = next(merge_of(r) for r in chosen if r.model == name and merge_of(r) and merge_of(r)["chosen"])
+        setting = point_text(info["point"]) if info["search"] else "fixed"
+        out.append((name, info["method"], setting, ", ".join(info["models"]), (name, None)))
+    return [(*row, by.get(row[-1], {})) for row in out if row[-1] in by]
+
+
+def _comparison_cell(cell: tuple[float, tuple[float, float] | None] | None, col: str) -> str:
+    if cell is None:
+        return ""
+    value, ci = cell
+    text = f"{100 * value:+.2f}" if col == AVG_RHO else f"{100 * value:.2f}"
+    return text + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci is not None else "")
+
+
+def comparison_markdown(columns: list[str], rows: list[ComparisonRow]) -> str:
+    """The method comparison as a Markdown table: values in percent with [95% interval]."""
+    header = ["", "method", "setting", "models", *columns]
+    body = [[r.label, r.method, r.setting, r.models, *(_comparison_cell(r.cells.get(c), c) for c in columns)]
+            for r in rows]
+    return _markdown(header, body)
+
+
+def comparison_csv(columns: list[str], rows: list[ComparisonRow]) -> str:
+    """The method comparison as CSV, in percent: each column's value, then ``<column>
+    ci_low`` and ``ci_high`` where the values have intervals."""
+    with_ci = [c for c in columns if any((r.cells.get(c) or (0, None))[1] is not None for r in rows)]
+    header = ["label", "method", "setting", "models"]
+    for c in columns:
+        header += [c] + ([f"{c} ci_low", f"{c} ci_high"] if c in with_ci else [])
+    out = [header]
+    for r in rows:
+        line = [r.label, r.method, r.setting, r.models]
+        for c in columns:
+            value, ci = r.cells.get(c) or (None, None)
+            line.append("" if value is None else f"{100 * value:.2f}")
+            if c in with_ci:
+                line += ["", ""] if ci is None else [f"{100 * ci[0]:.2f}", f"{100 * ci[1]:.2f}"]
+        out.append(line)
+    return _csv(out)
+
+
+def search_tables(records: Iterable[Record], metric: str = PRIMARY) -> list[tuple[str, str, list[list[str]]]]:
+    """Per ``merges:`` entry: (name, a line saying its method, models, search space and
+    chosen point, and its validation curve: one row per grid point with each validation
+    set's value and 95% interval, the chosen point marked)."""
+    records = list(records)
+    out = []
+    for name in merge_names(records):
+        search = [r for r in select_metric(records, metric)
+                  if r.model == name and (merge_of(r) or {}).get("stage") == SEARCH]
+        info = merge_of(next(r for r in records if r.model == name))
+        chosen = next((merge_of(r)["point"] for r in records if r.model == name and merge_of(r)["chosen"]), {})
+        line = f"{info['method']} of {', '.join(info['models'])}; "
+        if info["search"]:
+            line += ("search: " + "; ".join(f"{k} in {json.dumps(v)}" for k, v in info["search"].items())
+                     + f"; chosen on validation: {point_text(chosen)}"
+                     + (f"; the search is the sweep of {info['from_sweep']}" if info.get("from_sweep") else ""))
+        else:
+            line += f"no search; parameters {json.dumps(info['params'])}"
+        rows: dict[int, list[str]] = {}
+        for r in search:
+            i, ci = merge_of(r)["point_index"], record_interval(r)
+            rows.setdefault(i, [point_text(merge_of(r)["point"]) + (" (chosen)" if merge_of(r)["chosen"] else "")])
+            rows[i].append(f"{100 * r.value:.2f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""))
+        out.append((name, line, [rows[i] for i in sorted(rows)]))
+    return out
+
+
+COMPARISON_NOTE = ("Each method at its setting: WiSE-FT and the output-space ensemble at the alpha selected on "
+                   "held-out validation, each merge method at the grid point with the best validation score "
+                   "(shift sets are never read to choose). Percent, with 95% Clopper-Pearson intervals in "
+                   "brackets; avg rho is the effective robustness on the average over shifts (percentage points).")
+
+
+def _write_comparison(out: Path, found: _Analysis, metric: str, banner: str) -> str:
+    """Write methods.md and methods.csv (the method comparison and each merge's search);
+    returns the page's section."""
+    columns, rows = method_comparison(found.records, found.selected, found.rho + found.merge_rho, metric)
+    searches = search_tables(found.records, metric)
+    validation = list(dict.fromkeys(r.dataset for r in found.records if merge_of(r) and r.role == "validation"))
+    md = [banner + "# Method comparison", "", COMPARISON_NOTE, "", comparison_markdown(columns, rows),
+          "## Searches", ""]
+    e = html.escape
+    page = ["<h2>Method comparison</h2>", f"<p>{e(COMPARISON_NOTE)}</p>",
+            _html_table(["", "method", "setting", "models", *columns],
+                        [[r.label, r.method, r.setting, r.models, *(_comparison_cell(r.cells.get(c), c)
+                                                                    for c in columns)] for r in rows]),
+            "<h3>Searches on validation</h3>"]
+    for name, line, curve in searches:
+        md += [f"### {name}", "", line, ""] + ([_markdown(["point", *validation], curve)] if curve else [])
+        page += [f"<h4>{e(name)}</h4><p>{e(line)}</p>"] + ([_html_table(["point", *validation], curve)] if curve
+                                                           else [])
+    _write(out / "methods.md", "\n".join(md))
+    _write(out / "methods.csv", comparison_csv(columns, rows))
+    return "\n".join(page)

@@ -96,6 +96,22 @@ def output_ensemble_name(model: str) -> str:
     return f"{model} (output ensemble)"
 
 
+# provenance["merge"] of the records of a run's ``merges:`` entries (docs/results-format.md):
+# stage "search" (a grid point on the validation split) or "test" (the chosen point on the
+# reference and shift sets).
+MERGE, SEARCH, TEST = "merge", "search", "test"
+
+
+def merge_of(record: Record) -> dict[str, Any] | None:
+    """The ``merges:`` entry a record belongs to (its ``provenance["merge"]``), or None."""
+    return record.provenance.get(MERGE)
+
+
+def merge_names(records: Iterable[Record]) -> list[str]:
+    """The labels of the run's ``merges:`` entries, in the order their records come."""
+    return list(dict.fromkeys(r.model for r in records if merge_of(r) is not None))
+
+
 def restricted_metric(shift: str) -> str:
     """The reference-set metric for accuracy on ``shift``'s classes only:
     ``top1_on_imagenet-r_classes`` (the x axis of ImageNet-R's effective robustness)."""

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from wiseft.config.report import DEFAULT_BASELINES
-from wiseft.results import PRIMARY, Record, restricted_metric, select_metric
+from wiseft.results import PRIMARY, TEST, Record, merge_of, restricted_metric, select_metric
 
 DEFAULT_ALPHA = 0.5
 # Accuracies are clipped this far from 0 and 1 before taking logits, so a perfect or
@@ -195,10 +195,11 @@ def baseline_table_from_records(records: Iterable[Record], metric: str = PRIMARY
     """Baseline models found in a results file: records with ``alpha`` None.
 
     Such records are other models evaluated on the same test sets (a user's own
-    baselines); they are not part of any WiSE-FT curve. Their class-restricted
+    baselines); they are not part of any WiSE-FT curve. The records of a run's
+    ``merges:`` entries (``provenance["merge"]``) have no alpha either and are no baselines. Their class-restricted
     reference accuracies (``top1_on_<shift>_classes``) are read too.
     """
-    records = [r for r in records if r.alpha is None and r.role != "validation"]
+    records = [r for r in records if r.alpha is None and r.role != "validation" and merge_of(r) is None]
     table: BaselineTable = {}
     for r in select_metric(records, metric):
         table.setdefault(r.model, {})[r.dataset] = r.value
@@ -273,10 +274,11 @@ def build_baselines(
 
 @dataclass(frozen=True)
 class RobustnessRow:
-    """Effective robustness of one (model, alpha) on one shift (or ``"avg"``)."""
+    """Effective robustness of one (model, alpha) on one shift (or ``"avg"``); alpha is
+    None for the chosen point of a ``merges:`` entry."""
 
     model: str
-    alpha: float
+    alpha: float | None
     shift: str
     acc_x: float
     acc_shift: float
@@ -296,30 +298,57 @@ def robustness_rows(
     row compares the mean accuracy over the average fit's shifts with that fit's
     prediction at the reference accuracy, and appears only when every one was measured.
     """
-    records = list(records)
-    acc: dict[tuple[str, float], dict[str, float]] = {}
-    for r in select_metric(records, metric):
-        if r.alpha is not None and r.role != "validation":
-            acc.setdefault((r.model, float(r.alpha)), {})[r.dataset] = r.value
-    for r in records:  # class-restricted reference accuracies: x axes, never a column
-        if r.alpha is not None and r.role == "reference" and r.dataset == reference and r.metric.startswith("top1_on_"):
-            acc.setdefault((r.model, float(r.alpha)), {})[r.metric] = r.value
+    acc = _test_values(records, reference, metric, lambda r: None if r.alpha is None else (r.model, float(r.alpha)))
     rows = []
     for (model, alpha), vals in sorted(acc.items()):
-        if reference not in vals:
-            continue
-        for shift, fit in fits.items():
-            if shift == AVG:
-                continue
-            if shift in vals and fit.x_dataset in vals:
-                pred = float(fit.predict(vals[fit.x_dataset]))
-                rows.append(RobustnessRow(model, alpha, shift, vals[fit.x_dataset], vals[shift], pred,
-                                          vals[shift] - pred, fit.x_dataset))
-        avg = fits.get(AVG)
-        if avg is not None and all(s in vals for s in avg.parts):
-            y = float(np.mean([vals[s] for s in avg.parts]))
-            pred = float(avg.predict(vals[reference]))
-            rows.append(RobustnessRow(model, alpha, AVG, vals[reference], y, pred, y - pred, reference))
+        rows += point_robustness(model, alpha, vals, fits, reference)
+    return rows
+
+
+def merge_robustness_rows(
+    records: Iterable[Record], fits: Mapping[str, BaselineFit], reference: str, metric: str = PRIMARY
+) -> list[RobustnessRow]:
+    """rho of the chosen point of each ``merges:`` entry (records of stage ``test``; alpha
+    None in the rows), on every shift with a baseline and the average, as ``robustness_rows``."""
+    def key(r: Record) -> tuple[str, None] | None:
+        merge = merge_of(r)
+        return (r.model, None) if merge is not None and merge["stage"] == TEST else None
+
+    acc = _test_values(records, reference, metric, key)
+    return [row for (model, _), vals in acc.items() for row in point_robustness(model, None, vals, fits, reference)]
+
+
+def _test_values(records: Iterable[Record], reference: str, metric: str, key) -> dict[tuple, dict[str, float]]:
+    """key(record) -> dataset -> value of the test-set records ``key`` groups (None: left
+    out), with the reference set's class-restricted accuracies under their metric name."""
+    records = list(records)
+    acc: dict[tuple, dict[str, float]] = {}
+    for r in select_metric(records, metric):
+        if r.role != "validation" and key(r) is not None:
+            acc.setdefault(key(r), {})[r.dataset] = r.value
+    for r in records:  # class-restricted reference accuracies: x axes, never a column
+        if r.role == "reference" and r.dataset == reference and r.metric.startswith("top1_on_") and key(r) is not None:
+            acc.setdefault(key(r), {})[r.metric] = r.value
+    return acc
+
+
+def point_robustness(model: str, alpha: float | None, vals: Mapping[str, float], fits: Mapping[str, BaselineFit],
+                     reference: str) -> list[RobustnessRow]:
+    """The rows of one model point: rho on each shift whose fit's x the point has, and on
+    the average when every one of its shifts was measured; none without ``reference``."""
+    if reference not in vals:
+        return []
+    rows = []
+    for shift, fit in fits.items():
+        if shift != AVG and shift in vals and fit.x_dataset in vals:
+            pred = float(fit.predict(vals[fit.x_dataset]))
+            rows.append(RobustnessRow(model, alpha, shift, vals[fit.x_dataset], vals[shift], pred,
+                                      vals[shift] - pred, fit.x_dataset))
+    avg = fits.get(AVG)
+    if avg is not None and all(s in vals for s in avg.parts):
+        y = float(np.mean([vals[s] for s in avg.parts]))
+        pred = float(avg.predict(vals[reference]))
+        rows.append(RobustnessRow(model, alpha, AVG, vals[reference], y, pred, y - pred, reference))
     return rows
 
 
