@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("heads", ("wiseft.heads",)),
     ("train", ("wiseft.train", "wiseft.finetune")),
     ("merge", ("wiseft.merge", "wiseft.merge_files", "wiseft.soup", "wiseft.checkpoint", "wiseft.merging")),
-    ("evaluate", ("wiseft.evaluate", "wiseft.ensemble")),
+    ("evaluate", ("wiseft.evaluate", "wiseft.ensemble", "wiseft.multi_alpha")),
     ("robustness/report", ("wiseft.robustness", "wiseft.report", "wiseft.plots")),
     ("pipeline", ("wiseft.pipeline",)),
     ("cli", ("wiseft.cli", "wiseft.launch", "wiseft.__main__", "wiseft.train.__main__", "wiseft")),
