@@ -16,6 +16,14 @@ Peak RSS is the process high-water mark during the sweep (reset through
 
     python benchmarks/merge.py                       # ViT-B-16
     python benchmarks/merge.py --models ViT-B-16 ViT-L-14
+
+``--schedules`` times per-layer alpha instead (issue 15.3): an N-step sweep of depth
+ramps (``LinearParams(ramp=...)``, alpha per tensor) against an N-step sweep of global
+alphas, both through ``Interpolator.load_into`` on one randomly initialised model, in
+one process, the two sweeps alternated ``--repeats`` times; the ratio of the medians
+is the cost of schedules (the issue asks <= 1.1x). ``--out`` writes the numbers as JSON.
+
+    python benchmarks/merge.py --schedules --models ViT-B-32 --out benchmarks/results/merge-schedules.json
 """
 
 from __future__ import annotations
@@ -169,6 +177,60 @@ def _machine() -> str:
             f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f} at start")
 
 
+def _ramps(alphas: list[float]) -> list:
+    """One depth ramp per alpha: alpha - 0.2 at the embeddings to alpha + 0.2 after the last block."""
+    from wiseft.merging.linear import LinearParams
+
+    return [LinearParams(ramp=(max(0.0, a - 0.2), min(1.0, a + 0.2))) for a in alphas]
+
+
+def schedule_sweep(model: str, alphas: list[float], repeats: int) -> dict:
+    """Seconds of an alpha sweep and of a sweep of as many ramps, alternated ``repeats``
+    times in this process (the same model, target and threads for both)."""
+    import statistics
+
+    import torch
+
+    from wiseft.merge import Interpolator
+
+    torch.set_grad_enabled(False)
+    zs, ft, target = _build(model, 0), _build(model, 1), _build(model, 2)
+    interp = Interpolator(zs.state_dict(), ft.state_dict())
+    sweeps = {"global": alphas, "schedules": _ramps(alphas)}
+    times: dict[str, list[float]] = {k: [] for k in sweeps}
+    for _ in range(repeats):
+        for kind, sweep in sweeps.items():
+            t = time.perf_counter()
+            for alpha in sweep:
+                interp.load_into(target, alpha)
+            times[kind].append(time.perf_counter() - t)
+    nbytes = sum(v.numel() * v.element_size() for v in zs.state_dict().values())
+    distinct = len(set(sweeps["schedules"][len(alphas) // 2].alphas([s.name for s in interp.steps]).values()))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": model, "bytes": nbytes, "tensors": len(interp.steps), "sweep_steps": len(alphas),
+            "repeats": repeats, "distinct_alphas_per_ramp": distinct, "seconds": times, "median_seconds": median,
+            "ratio_schedules_to_global": median["schedules"] / median["global"]}
+
+
+def _schedules_main(args, alphas: list[float]) -> None:
+    """Run ``schedule_sweep`` per model, print a table, write the JSON to ``args.out``."""
+    load_before = os.getloadavg()
+    results = [schedule_sweep(m, alphas, args.repeats) for m in args.models]
+    record = {"benchmark": "per-layer alpha sweep (issue 15.3)", "machine": _machine(),
+              "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}
+    print(f"machine: {record['machine']}")
+    print("| model | size | sweep | global (s) | schedules (s) | ratio |\n|---|---|---|---|---|---|")
+    for r in results:
+        m = r["median_seconds"]
+        print(f"| {r['model']} | {r['bytes'] / 1e9:.2f} GB | {r['sweep_steps']} steps, median of {r['repeats']} | "
+              f"{m['global']:.3f} | {m['schedules']:.3f} | {r['ratio_schedules_to_global']:.3f}x |")
+    print(f"load average: {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after")
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"written: {args.out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["ViT-B-16"], help="open_clip configs, e.g. ViT-B-16 ViT-L-14")
@@ -177,8 +239,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the runs (default: torch's)")
     p.add_argument("--workdir", help="where the out-of-core files go (default: a temporary directory)")
     p.add_argument("--child", choices=ENGINES + ("setup",), help=argparse.SUPPRESS)
+    p.add_argument("--schedules", action="store_true", help="time a sweep of depth ramps against global alphas")
+    p.add_argument("--repeats", type=int, default=5, help="with --schedules: sweeps of each kind, alternated")
+    p.add_argument("--out", help="with --schedules: write the results as JSON here")
     args = p.parse_args()
     alphas = [i / (args.alphas - 1) for i in range(args.alphas)] if args.alphas > 1 else [0.5]
+    if args.schedules:
+        _schedules_main(args, alphas)
+        return
     if args.child == "setup":
         _write_inputs(args.models[0], Path(args.workdir))
         print("{}")

@@ -18,7 +18,7 @@ import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 
@@ -390,11 +390,26 @@ def allocate(steps: Sequence[Step], thetas: Sequence[StateDict], ties: Mapping[s
     return out
 
 
+class AlphaSchedule(Protocol):
+    """Alpha as a function of the parameter name: ``merging.linear.LinearParams`` (glob
+    rules, a depth ramp) is one. ``alphas`` gets every name of the merge, so depths can be
+    placed from the whole key set as ``merging.merge_states`` does."""
+
+    def alphas(self, names: Sequence[str]) -> Mapping[str, float]:
+        ...
+
+
+Alpha = float | AlphaSchedule
+
+
 class Interpolator:
     """Alpha sweeps without copies: checks once, then writes theta_alpha into a
     preallocated target (a model's own parameters, or a state dict reused across the
     sweep) for each alpha. Holds references to the inputs, never copies of them.
 
+    An alpha is a float, or a schedule giving each parameter its own alpha (per-layer
+    alpha: ``merging.linear.LinearParams`` with ``rules`` or a ``ramp``); tensors of one
+    alpha are mixed together, so a schedule costs about what one global alpha costs.
     ``settings`` picks the tensors to mix (the others from input ``keep``, default 1)
     and allows extrapolation; its fields may also be given as keywords (``options``).
 
@@ -402,6 +417,7 @@ class Interpolator:
         >>> interp = Interpolator(zs_state, ft_state, MergeConfig(exclude=["head.*"]))
         >>> for alpha, theta in interp.states([0.0, 0.5, 1.0]):  # one target, reused
         ...     evaluate(theta)
+        >>> theta = interp.merge(LinearParams(ramp=(0.2, 0.8)))  # alpha from 0.2 (embeddings) to 0.8
     """
 
     def __init__(self, theta_0: StateDict, theta_1: StateDict, settings: MergeConfig | None = None, *,
@@ -425,21 +441,29 @@ class Interpolator:
         """An uninitialised output state dict (tied names share a tensor)."""
         return allocate(self.steps, (self.theta_0, self.theta_1), self.ties)
 
-    def merge(self, alpha: float, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def alphas(self, alpha: Alpha) -> float | Mapping[str, float]:
+        """``alpha`` checked (a float in [0, 1] unless extrapolation is allowed), or a
+        schedule's alpha for every parameter name of the merge."""
+        if isinstance(alpha, (int, float)):
+            check_alpha(float(alpha), self.allow_extrapolation)
+            return float(alpha)
+        return alpha.alphas([s.name for s in self.steps])
+
+    def merge(self, alpha: Alpha, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """theta_alpha, written into ``out`` (a target from ``new_target``, reusable
-        across alphas) or into a new state dict."""
-        if out is None:
-            check_alpha(alpha, self.allow_extrapolation)
-            out = self.new_target()
-        self._write(alpha, out, "output state dict")
+        across alphas) or into a new state dict; ``alpha`` a float or a schedule."""
+        alphas = self.alphas(alpha)
+        out = out if out is not None else self.new_target()
+        self._write(alphas, out, "output state dict")
         return out
 
-    def states(self, alphas: Iterable[float]) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
-        """(alpha, theta_alpha) for each alpha; one target is reused, so each state
-        dict is valid until the next step (clone it to keep it)."""
+    def states(self, alphas: Iterable[Alpha]) -> Iterator[tuple[Alpha, dict[str, torch.Tensor]]]:
+        """(alpha, theta_alpha) for each alpha (floats or schedules); one target is reused,
+        so each state dict is valid until the next step (clone it to keep it)."""
         alphas = list(alphas)
         for a in alphas:
-            check_alpha(a, self.allow_extrapolation)
+            if isinstance(a, (int, float)):
+                check_alpha(a, self.allow_extrapolation)
         target = self.new_target()
         for a in alphas:
             yield a, self.merge(a, out=target)
@@ -447,22 +471,19 @@ class Interpolator:
     sweep = states  # the name before issue 14 (documented then); ``evaluate.sweep`` is the evaluation sweep
 
     @torch.no_grad()
-    def load_into(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
-        """Set ``model``'s weights to theta_alpha in place and return it."""
-        self._write(alpha, model.state_dict(keep_vars=True), "model")
+    def load_into(self, model: torch.nn.Module, alpha: Alpha) -> torch.nn.Module:
+        """Set ``model``'s weights to theta_alpha (a float or a schedule) in place and return it."""
+        self._write(self.alphas(alpha), model.state_dict(keep_vars=True), "model")
         return model
 
-    @torch.no_grad()
-    def _write(self, alpha: float, targets: Mapping[str, torch.Tensor], what: str) -> None:
-        check_alpha(alpha, self.allow_extrapolation)
+    def _targets(self, targets: Mapping[str, torch.Tensor], what: str) -> list[tuple[Step, torch.Tensor]]:
+        """(step, target tensor) for every tensor to write, each storage once; MergeError
+        for a target that differs from the plan or aliases an input."""
         wanted = [s for s in self.steps if s.op != "drop"]
         differ = {s.name for s in wanted} ^ set(targets)
         if differ:
             raise MergeError(f"{what} and merge output differ at key {sorted(differ)[0]!r}")
-        copies: tuple[list, list] = ([], [])
-        small: tuple[list, list, list] = ([], [], [])
-        large = []
-        seen = set()
+        pairs, seen = [], set()
         for s in wanted:
             t = targets[s.name].detach()
             if tuple(t.shape) != s.spec.shape or t.dtype != s.spec.dtype:
@@ -476,6 +497,18 @@ class Interpolator:
                 if key in seen:  # tied in the target: written once
                     continue
                 seen.add(key)
+            pairs.append((s, t))
+        return pairs
+
+    @torch.no_grad()
+    def _write(self, alphas: float | Mapping[str, float], targets: Mapping[str, torch.Tensor], what: str) -> None:
+        """Write theta_alpha into ``targets``: small copies in one foreach call, small mixes
+        in one foreach lerp per alpha, large tensors in pieces on the worker threads."""
+        copies: tuple[list, list] = ([], [])
+        small: dict[float, tuple[list, list, list]] = {}
+        large = []
+        for s, t in self._targets(targets, what):
+            alpha = alphas if isinstance(alphas, float) else alphas[s.name]
             if s.op == "copy" or alpha in (0.0, 1.0):
                 side = s.source if s.op == "copy" else int(alpha == 1.0)
                 src = (self.theta_0, self.theta_1)[side][s.name]
@@ -487,17 +520,17 @@ class Interpolator:
                 continue
             a, b = self.theta_0[s.name], self.theta_1[s.name]
             if t.numel() < SMALL_NUMEL and t.device == a.device == b.device:
-                for lst, x in zip(small, (t, a, b)):
+                for lst, x in zip(small.setdefault(alpha, ([], [], [])), (t, a, b)):
                     lst.append(x)
             else:
                 large.append((t, a, b, alpha))
         if copies[0]:
             torch._foreach_copy_(copies[0], copies[1])
-        if small[0]:
+        for alpha, group in small.items():
             # lerp_ on a copy of a is the same kernel, on the same values, as lerp(a, b)
-            torch._foreach_copy_(small[0], small[1])
-            torch._foreach_lerp_(small[0], small[2], alpha)
-            for t, a, b in zip(*small):  # inputs holding NaN/Inf (known from __init__): equal stays equal
+            torch._foreach_copy_(group[0], group[1])
+            torch._foreach_lerp_(group[0], group[2], alpha)
+            for t, a, b in zip(*group):  # inputs holding NaN/Inf (known from __init__): equal stays equal
                 if id(a) in self._nonfinite or id(b) in self._nonfinite:
                     _keep_equal(t, [a, b])
         interpolate_many(large, self.num_threads)

@@ -4,6 +4,7 @@ with alpha a function of the parameter (glob rules, a depth ramp)."""
 from __future__ import annotations
 
 import fnmatch
+from typing import Sequence
 
 import torch
 from pydantic import model_validator
@@ -11,6 +12,7 @@ from pydantic import model_validator
 from ..merge import interpolate_tensor
 from ..registry import MERGE_METHODS
 from .base import MergeMethod, MergeParams, TensorInputs
+from .depth import layer_depths
 
 
 class LinearParams(MergeParams):
@@ -39,6 +41,12 @@ class LinearParams(MergeParams):
                 raise ValueError(f"{name} = {value} is outside [0, 1]; set allow_extrapolation to "
                                  "extrapolate on purpose")
         return self
+
+    def alphas(self, names: Sequence[str]) -> dict[str, float]:
+        """The alpha of every parameter in ``names`` (the whole key set of a merge, so depths
+        are placed as ``merge_states`` places them): the schedule ``merge.Interpolator`` takes."""
+        depths = layer_depths(names)
+        return {name: alpha_for(name, depths[name], self) for name in names}
 
 
 def alpha_for(key: str, depth: float, params: LinearParams) -> float:
