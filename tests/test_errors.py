@@ -37,12 +37,13 @@ def test_cli_reports_a_named_error_in_one_line(capsys):
 def test_wiseft_list_prints_every_registry(capsys):
     from wiseft.backbones.base import BACKBONES
     from wiseft.data.base import DATASETS
+    from wiseft.registry import MERGE_METHODS
     from wiseft.templates import TEMPLATES
 
     assert main(["list"]) == 0
     lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
     assert lines == {"backbones": ", ".join(BACKBONES.names()), "datasets": ", ".join(DATASETS.names()),
-                     "templates": ", ".join(TEMPLATES.names())}
+                     "templates": ", ".join(TEMPLATES.names()), "merge-methods": ", ".join(MERGE_METHODS.names())}
     assert main(["list", "templates"]) == 0
     assert capsys.readouterr().out.startswith("templates: cifar, ")
 

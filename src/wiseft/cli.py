@@ -168,6 +168,27 @@ def cmd_soup(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .config import MergeConfig
+    from .merging.command import MergeJob, describe_merge, parse_pairs, run_merge
+
+    extras: dict[str, list[str]] = {}
+    for name, path in parse_pairs(args.extra, "--extra"):
+        extras.setdefault(name, []).append(str(path))
+    settings = MergeConfig(include=args.include or None, exclude=args.exclude, max_shard_bytes=args.max_shard_size,
+                           keep=None if args.keep is None else int(args.keep))
+    job = MergeJob(args.method, tuple(args.models), args.out, base=args.base,
+                   params=dict(parse_pairs(args.param, "--param")),
+                   weights=tuple(args.weights) if args.weights else None,
+                   extras={k: tuple(v) for k, v in extras.items()}, settings=settings)
+    if args.dry_run:
+        print(describe_merge(job))
+        return 0
+    dest = run_merge(job)
+    print(f"{args.method} merge of {len(args.models)} model(s){' onto ' + args.base if args.base else ''}: {dest}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
     from .config import load_config
@@ -193,7 +214,7 @@ def cmd_evaluate(args) -> int:
 
 
 REGISTRIES = {"backbones": ("wiseft.registry", "BACKBONES"), "datasets": ("wiseft.registry", "DATASETS"),
-              "templates": ("wiseft.templates", "TEMPLATES")}
+              "templates": ("wiseft.templates", "TEMPLATES"), "merge-methods": ("wiseft.registry", "MERGE_METHODS")}
 
 
 def cmd_list(args) -> int:
@@ -238,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_command(sub)
     _add_merge_commands(sub)
     _add_model_commands(sub)
-    sp = sub.add_parser("list", help="what can be named in a config: backbone families, dataset kinds, template sets")
+    sp = sub.add_parser("list", help="what can be named: backbone families, dataset kinds, template sets, merge methods")
     sp.add_argument("kinds", nargs="*", metavar="KIND",
                     help=f"one or more of {', '.join(sorted(REGISTRIES))} (default: all)")
     sp.set_defaults(fn=cmd_list)
@@ -289,7 +310,7 @@ def _add_report_command(sub) -> None:
 
 
 def _add_merge_commands(sub) -> None:
-    """``interpolate`` and ``soup``: merging checkpoint files."""
+    """``interpolate``, ``soup`` and ``merge``: merging checkpoint files."""
     sp = sub.add_parser("interpolate", help="theta = (1 - alpha) * A + alpha * B for checkpoint files")
     sp.add_argument("model_a", help="zero-shot side: wiseft model dir, .safetensors, .pt, or HF dir")
     sp.add_argument("model_b", help="fine-tuned side, same architecture")
@@ -308,6 +329,23 @@ def _add_merge_commands(sub) -> None:
     sp.add_argument("--out", required=True, help="output .safetensors file, or a directory")
     _merge_args(sp, "index of the model that tensors not merged come from (default 0)")
     sp.set_defaults(fn=cmd_soup)
+
+    sp = sub.add_parser("merge", help="merge checkpoints by any registered method (wiseft list merge-methods)")
+    sp.add_argument("models", nargs="+", metavar="MODEL", help="fine-tuned checkpoints: wiseft model dirs, "
+                    "safetensors files or dirs (merged out of core), or .pt files")
+    sp.add_argument("--method", required=True, help="a registered merge method, e.g. linear, ties, dare, soup")
+    sp.add_argument("--base", help="theta_0, the zero-shot (pre-trained) model, for methods that take one")
+    sp.add_argument("--out", required=True, help="output .safetensors file, or a directory")
+    sp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method parameter, the value read as YAML, e.g. density=0.2, 'ramp=[0.2, 0.8]', "
+                         "'rules={\"*.ln_*\": 0.5}' (repeatable)")
+    sp.add_argument("--weights", type=float, nargs="+", help="one per model (methods that take weights)")
+    sp.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                    help="a per-model checkpoint the method reads, in model order, e.g. fisher=f_a.safetensors "
+                         "(repeatable)")
+    _merge_args(sp, "index of the input that tensors not merged come from: 0 is --base when given, then the "
+                    "models (default: the first model)")
+    sp.set_defaults(fn=cmd_merge)
 
 
 def _add_model_commands(sub) -> None:

@@ -391,6 +391,8 @@ class MergePlan:
     chunk_bytes: int
     max_shard_bytes: int
     average: bool = False
+    call: MergeCall | None = None  # a registered method's merge (``plan_method_files``)
+    extras: dict[str, list[SafetensorsCheckpoint]] = field(default_factory=dict)
 
     @property
     def output_bytes(self) -> int:
@@ -403,8 +405,14 @@ class MergePlan:
     def out_of_core_bytes(self) -> int:
         """Buffers of the out-of-core engine: one chunk per input, one out, and for
         averages of half types an fp32 accumulator of two chunks."""
-        half = self.average and any(s.op == "mix" and s.spec.dtype.itemsize < 4 for s in self.steps)
-        return (len(self.sources) + 1 + 2 * half) * self.chunk_bytes
+        half = any(s.op == "mix" and s.spec.dtype.itemsize < 4 for s in self.steps)
+        if self.call is None:
+            return (len(self.sources) + 1 + 2 * (half and self.average)) * self.chunk_bytes
+        # a method's pieces: one per input and extra, fp32 copies of half types, the result
+        inputs = len(self.sources) + sum(len(cs) for cs in self.extras.values())
+        whole = max((s.spec.nbytes for s in self.steps if s.op == "mix"), default=0)
+        piece = self.chunk_bytes if self.call.method.elementwise else max(whole, self.chunk_bytes)
+        return (inputs + 1) * piece * (3 if half else 1)
 
     @property
     def in_memory_bytes(self) -> int:
@@ -415,7 +423,10 @@ class MergePlan:
         gb = _human
         mixed = [s for s in self.steps if s.op == "mix"]
         copied = [s for s in self.steps if s.op == "copy"]
-        lines = [f"input {i}: {c.path} ({len(c.specs)} tensors, {gb(c.nbytes)})" for i, c in enumerate(self.sources)]
+        lines = self._method_lines()
+        lines += [f"input {i}: {c.path} ({len(c.specs)} tensors, {gb(c.nbytes)})" for i, c in enumerate(self.sources)]
+        lines += [f"{e} {i}: {c.path} ({len(c.specs)} tensors)" for e, cs in self.extras.items()
+                  for i, c in enumerate(cs)]
         lines += [f"mixed:   {len(mixed)} tensors, {gb(sum(s.spec.nbytes for s in mixed))}",
                   f"copied:  {len(copied)} tensors, {gb(sum(s.spec.nbytes for s in copied))} "
                   "(integer/bool buffers from input 0; excluded tensors from the kept input)"]
@@ -428,6 +439,18 @@ class MergePlan:
                   f"memory:  out of core ~{gb(self.out_of_core_bytes)} of buffers (+ the interpreter); "
                   f"in memory (all inputs + one output) {gb(self.in_memory_bytes)}"]
         return "\n".join(lines)
+
+    def _method_lines(self) -> list[str]:
+        """The method, its parameters (defaults filled in) and weights, for a method's plan."""
+        if self.call is None:
+            return []
+        method, call = self.call.method, self.call
+        how = "chunk by chunk" if method.elementwise else "tensor by tensor, whole"
+        lines = [f"method:  {method.name} ({method.reference}); out of core {how}",
+                 f"params:  {json.dumps(call.params.model_dump(mode='json'))}"]
+        if method.weighted:
+            lines.append(f"weights: {list(call.weights)}")
+        return lines
 
 
 def plan_files(paths: Sequence[str | Path], settings: MergeConfig | None = None, *, outputs: int = 1,
@@ -551,6 +574,38 @@ def _check_extras(src: _Sources, steps: Sequence[Step]) -> None:
                                      f"the tensor {s.spec.shape}")
 
 
+def _open_sources(call: MergeCall, base: str | Path | None, models: Sequence[str | Path],
+                  extras: Mapping[str, Sequence[str | Path]] | None,
+                  settings: MergeConfig) -> tuple[_Sources, list[Step]]:
+    """The inputs' headers and the plan, every key, shape, dtype and extra checked."""
+    paths = ([base] if base is not None else []) + list(models)
+    src = _Sources([open_checkpoint(p) for p in paths],
+                   {e: [open_checkpoint(p) for p in ps] for e, ps in (extras or {}).items()}, int(base is not None))
+    steps = plan_call(call, [c.specs for c in src.ckpts], settings)
+    _check_extras(src, steps)
+    return src, steps
+
+
+def plan_method_files(method: str | MergeMethod, base: str | Path | None, models: Sequence[str | Path],
+                      params: MergeParams | Mapping | None = None, *, weights: Sequence[float] | None = None,
+                      extras: Mapping[str, Sequence[str | Path]] | None = None,
+                      settings: MergeConfig | None = None) -> MergePlan:
+    """Check and describe a merge of checkpoint files by a registered method (what
+    ``merge_files`` would do), reading only their headers: the method and its parameters,
+    the tensors mixed, copied and dropped, the bytes, shards and buffers.
+
+    Example:
+        >>> print(plan_method_files("ties", "zs.safetensors", ["a/", "b/"], {"density": 0.2}).summary())
+    """
+    settings = settings or MergeConfig()
+    call = check_call(method, base is not None, len(models), params, weights=weights, extras=extras,
+                      settings=settings)
+    src, steps = _open_sources(call, base, models, extras, settings)
+    shard = settings.shard_bytes
+    return MergePlan(src.ckpts, steps, 1, settings.chunk_bytes, shard if shard is not None else DEFAULT_SHARD_BYTES,
+                     call=call, extras=src.extras)
+
+
 def write_merges(method: str | MergeMethod, base: str | Path | None, models: Sequence[str | Path],
                  outputs: Mapping[str | Path, MergeParams | Mapping | None], *,
                  weights: Sequence[float] | None = None, extras: Mapping[str, Sequence[str | Path]] | None = None,
@@ -571,11 +626,7 @@ def write_merges(method: str | MergeMethod, base: str | Path | None, models: Seq
     settings = settings or MergeConfig()
     calls = [check_call(method, base is not None, len(models), p, weights=weights, extras=extras, settings=settings)
              for p in outputs.values()]
-    paths = ([base] if base is not None else []) + list(models)
-    src = _Sources([open_checkpoint(p) for p in paths],
-                   {e: [open_checkpoint(p) for p in ps] for e, ps in (extras or {}).items()}, int(base is not None))
-    steps = plan_call(calls[0], [c.specs for c in src.ckpts], settings)
-    _check_extras(src, steps)
+    src, steps = _open_sources(calls[0], base, models, extras, settings)
     depths = layer_depths(s.name for s in steps)
     ordered = _disk_order(steps, src.ckpts)
     outs = _open_outputs([Path(d) for d in outputs], ordered, settings.shard_bytes,
