@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbones.base import Backbone
 from .files import write_with
+from .runtime import device_of, to_device
 from .templates import templates_hash
 
 log = logging.getLogger("wiseft")
@@ -94,3 +96,56 @@ class Classifier(torch.nn.Module):
 
     def forward(self, inputs) -> torch.Tensor:
         return self.head(self.features(inputs))
+
+
+class PromptClassifier(Classifier):
+    """A Classifier that carries the text tower its head comes from (FLYP): the head is
+    the zero-shot head of its own text tower (templates averaged, times its own logit
+    scale), re-derived by :meth:`rederive_head` whenever the weights change, so WiSE-FT
+    mixes both towers and the mixed model's head follows its mixed text tower.
+
+    ``text`` maps ``tokenize(prompts)`` to prompt embeddings; None: ``encoder`` embeds
+    both sides (text backbones). ``logit_scale`` is learned, stored as its log as in CLIP.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, text: torch.nn.Module | None, tokenize: Callable[[list[str]], Any],
+                 prompts: tuple[Sequence[str], Sequence[str]], logit_scale: float):
+        classnames, templates = prompts
+        super().__init__(encoder, torch.nn.Linear(1, len(classnames)))  # sized by rederive_head below
+        self.text = text
+        self.tokenize = tokenize
+        self.classnames, self.templates = list(classnames), list(templates)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(logit_scale)))
+        self.rederive_head()
+
+    def text_tower(self) -> torch.nn.Module:
+        """The module that embeds prompts."""
+        return self.encoder if self.text is None else self.text
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompt embeddings (not normalised), with gradients when enabled."""
+        return self.text_tower()(to_device(self.tokenize(list(prompts)), device_of(self)))
+
+    @torch.no_grad()
+    def rederive_head(self) -> None:
+        """Set the head to the zero-shot head of the current text tower and logit scale
+        (the tower in eval mode for the duration)."""
+        tower = self.text_tower()
+        was_training = tower.training
+        tower.eval()
+        try:
+            weight = zeroshot_weights(self.encode_prompts, self.classnames, self.templates)
+        finally:
+            tower.train(was_training)
+        weight = (weight * self.logit_scale.float().exp()).to(device_of(self))
+        if self.head.weight.shape != weight.shape:
+            self.head = torch.nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
+        self.head.weight.copy_(weight)
+        self.head.bias.zero_()
+
+
+def rederive_head(model: Classifier) -> None:
+    """Re-derive a :class:`PromptClassifier`'s head from its text tower (after its weights
+    were mixed or loaded); any other classifier's head is a weight of its own: no-op."""
+    if isinstance(model, PromptClassifier):
+        model.rederive_head()

@@ -17,12 +17,13 @@ def device_of(module: torch.nn.Module) -> torch.device:
 
 
 def to_device(inputs, device: torch.device, *, channels_last: bool = False):
-    """Move a tensor or a dict of tensors (a tokenised batch) to ``device``."""
+    """Move a tensor or a dict of them (a tokenised batch; nested for FLYP's input-prompt
+    pairs) to ``device``."""
     if isinstance(inputs, torch.Tensor):
         if channels_last and inputs.dim() == 4:
             return inputs.to(device, non_blocking=True, memory_format=torch.channels_last)
         return inputs.to(device, non_blocking=True)
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return {k: to_device(v, device, channels_last=channels_last) for k, v in inputs.items()}
 
 
 def autocast(device: torch.device, precision: str):

@@ -18,6 +18,10 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["e2e", "linear", "lp-ft"] = "e2e"
+    # the loss: cross-entropy against the head, or FLYP's contrastive loss against the class
+    # prompts (both towers trained). Left out of the dump at its default, so configs written
+    # before it keep their hash and train key.
+    objective: Literal["ce", "flyp"] = Field("ce", exclude_if=lambda v: v == "ce")
     lr: float = Field(3e-5, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     batch_size: int = Field(512, ge=1)
@@ -57,4 +61,7 @@ class FinetuneConfig(BaseModel):
             raise ValueError("deterministic: needs precision fp32")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
+        if self.objective == "flyp" and self.mode != "e2e":
+            raise ValueError(f"objective: flyp trains both towers end to end and needs mode: e2e, not mode: "
+                             f"{self.mode!r}")
         return self

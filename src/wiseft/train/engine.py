@@ -18,12 +18,13 @@ from ..backbones.base import Backbone
 from ..config.finetune import FinetuneConfig
 from ..data.base import LabeledDataset
 from ..files import hold
-from ..heads import Classifier
+from ..heads import Classifier, PromptClassifier
 from ..runtime import deterministic_numerics
 from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
 from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from .distributed import current
 from .features import compute_features
+from .flyp import FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
 from .logs import MetricLog
 from .loop import Stage, Trainer
 
@@ -134,10 +135,23 @@ def _fit_linear(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: s
 
 def _fit_e2e(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str) -> None:
     cfg = ctx.cfg
+    if cfg.objective == "flyp":
+        return _fit_flyp(check_flyp_model(tuned), train, ctx)
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(tuned.encoder)
     stage = Stage(name, cfg.epochs, cfg.lr)
     _fit(tuned, train.with_transform(ctx.backbone.transform_train), ctx.backbone.collate, ctx, stage)
+
+
+def _fit_flyp(tuned: PromptClassifier, train: LabeledDataset, ctx: _Context) -> None:
+    """FLYP: both towers and the logit scale trained with the contrastive loss against
+    class prompts (``train.flyp``), then the head re-derived from the trained text tower."""
+    if ctx.cfg.grad_checkpointing:
+        enable_grad_checkpointing(tuned.encoder)
+    pairs = PromptPairs(train.with_transform(ctx.backbone.transform_train), tuned.classnames, tuned.templates)
+    stage = Stage("flyp", ctx.cfg.epochs, ctx.cfg.lr, loss=flyp_loss)
+    _fit(FlypModel(tuned), pairs, PromptCollate(ctx.backbone.collate, tuned.tokenize), ctx, stage)
+    tuned.rederive_head()
 
 
 def _fit(module: torch.nn.Module, dataset, collate, ctx: _Context, stage: Stage) -> None:

@@ -43,11 +43,14 @@ class DivergedError(WiseftError):
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of fine-tuning: its name, length and peak learning rate."""
+    """One stage of fine-tuning: its name, length and peak learning rate; ``loss`` maps
+    (outputs, labels) to the micro-batch's summed loss (None: cross-entropy with the
+    recipe's label smoothing)."""
 
     name: str
     epochs: int
     lr: float
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 class Trainer:
@@ -149,8 +152,11 @@ class Trainer:
         with self._grad_sync(sync):
             with autocast(self.device, self.cfg.precision):
                 logits = self.model(to_device(inputs, self.device, channels_last=self.cfg.channels_last))
-            loss = F.cross_entropy(logits.float(), labels.to(self.device), reduction="sum",
-                                   label_smoothing=self.cfg.label_smoothing) * mb.weight
+            if self.stage.loss is None:
+                loss = F.cross_entropy(logits.float(), labels.to(self.device), reduction="sum",
+                                       label_smoothing=self.cfg.label_smoothing) * mb.weight
+            else:
+                loss = self.stage.loss(logits.float(), labels.to(self.device)) * mb.weight
             self.scaler.scale(loss).backward()
         return loss.detach()
 
