@@ -11,8 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / ".ci" / "run"
 # Extras that add no code path of their own to run: the test and everything bundles,
-# and tensorboard (an optional logger, its missing-import error is tested in the suite).
-NOT_ALONE = {"test", "all", "tensorboard"}
+# and tensorboard (an optional logger, its missing-import error is tested in the suite),
+# and lora (peft adapters on a backbone family's extra; it has no model of its own to run alone).
+NOT_ALONE = {"test", "all", "tensorboard", "lora"}
 
 
 def _extras() -> dict[str, list[str]]:

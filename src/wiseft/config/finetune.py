@@ -7,6 +7,21 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class LoraConfig(BaseModel):
+    """LoRA adapters (``finetune.mode: lora``), trained with the peft library; the defaults are
+    peft's (rank 8, alpha 8, no dropout). ``target_modules`` (module-name suffixes) defaults to
+    the backbone family's attention projections (docs/training.md); ``use_dora`` trains DoRA,
+    whose update is not linear in its scale, so its sweep mixes the merged weights instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, min_length=1)
+    use_dora: bool = False
+
+
 class FinetuneConfig(BaseModel):
     """How to fine-tune; every field has the paper's default (or is off by default).
 
@@ -17,7 +32,9 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["e2e", "linear", "lp-ft"] = "e2e"
+    mode: Literal["e2e", "linear", "lp-ft", "lora"] = "e2e"
+    # mode lora's adapter settings; left out of the dump at their defaults (config hashes unchanged)
+    lora: LoraConfig = Field(default_factory=LoraConfig, exclude_if=lambda v: v == LoraConfig())
     # the loss: cross-entropy against the head, or FLYP's contrastive loss against the class
     # prompts (both towers trained). Left out of the dump at its default, so configs written
     # before it keep their hash and train key.
@@ -64,4 +81,6 @@ class FinetuneConfig(BaseModel):
         if self.objective == "flyp" and self.mode != "e2e":
             raise ValueError(f"objective: flyp trains both towers end to end and needs mode: e2e, not mode: "
                              f"{self.mode!r}")
+        if self.lora != LoraConfig() and self.mode != "lora":
+            raise ValueError(f"lora: adapter settings need mode lora, not {self.mode!r}")
         return self

@@ -26,6 +26,7 @@ from .distributed import current
 from .features import compute_features
 from .flyp import FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
 from .logs import MetricLog
+from .lora import inject_lora
 from .loop import Stage, Trainer
 
 log = logging.getLogger("wiseft")
@@ -88,6 +89,8 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
                     _fit_linear(tuned, train, ctx, "linear" if cfg.mode == "linear" else "lp")
                 if cfg.mode in ("e2e", "lp-ft"):
                     _fit_e2e(tuned, train, ctx, "e2e" if cfg.mode == "e2e" else "ft")
+                if cfg.mode == "lora":
+                    _fit_lora(tuned, train, ctx)
         finally:
             metrics.close()
     tuned.eval()
@@ -141,6 +144,12 @@ def _fit_e2e(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str)
         enable_grad_checkpointing(tuned.encoder)
     stage = Stage(name, cfg.epochs, cfg.lr)
     _fit(tuned, train.with_transform(ctx.backbone.transform_train), ctx.backbone.collate, ctx, stage)
+
+
+def _fit_lora(tuned: Classifier, train: LabeledDataset, ctx: _Context) -> None:
+    """LoRA adapters on the encoder (its base weights frozen) and the full head, trained as in e2e."""
+    inject_lora(tuned.encoder, ctx.backbone.spec.family, ctx.cfg.lora)
+    _fit_e2e(tuned, train, ctx, "lora")
 
 
 def _fit_flyp(tuned: PromptClassifier, train: LabeledDataset, ctx: _Context) -> None:
