@@ -92,6 +92,8 @@ def test_dry_run_prints_the_plan_and_the_parameters_without_reading_weights(chec
     assert "method:  ties (Yadav et al. 2023" in out and "tensor by tensor, whole" in out
     assert 'params:  {"density": 0.3, "scale": 1.0, "normalize": true}' in out
     assert "weights: [1.0, 1.0]" in out and "input 0: " + str(paths[0]) in out
+    assert "whole:   the largest mixed tensor is 4.29 kB" in out  # c_proj.weight, 37 x 29 fp32: read whole
+    assert "memory:  out of core ~16.83 MB of buffers" in out  # (3 inputs + 1) x 4292 B x 3 (half types) + a 16 MiB chunk
     assert "mixed:   12 tensors" in out and "copied:  2 tensors" in out and "shard(s)" in out
     assert not (tmp_path / "o").exists()
 

@@ -408,11 +408,12 @@ class MergePlan:
         half = any(s.op == "mix" and s.spec.dtype.itemsize < 4 for s in self.steps)
         if self.call is None:
             return (len(self.sources) + 1 + 2 * (half and self.average)) * self.chunk_bytes
-        # a method's pieces: one per input and extra, fp32 copies of half types, the result
+        # a method's pieces (chunks, or whole tensors): one per input and extra, fp32 copies
+        # of half types, the result; and the chunk buffer copies go through
         inputs = len(self.sources) + sum(len(cs) for cs in self.extras.values())
         whole = max((s.spec.nbytes for s in self.steps if s.op == "mix"), default=0)
-        piece = self.chunk_bytes if self.call.method.elementwise else max(whole, self.chunk_bytes)
-        return (inputs + 1) * piece * (3 if half else 1)
+        piece = self.chunk_bytes if self.call.method.elementwise else whole
+        return (inputs + 1) * piece * (3 if half else 1) + self.chunk_bytes
 
     @property
     def in_memory_bytes(self) -> int:
@@ -450,6 +451,10 @@ class MergePlan:
                  f"params:  {json.dumps(call.params.model_dump(mode='json'))}"]
         if method.weighted:
             lines.append(f"weights: {list(call.weights)}")
+        if not method.elementwise:
+            whole = max((s.spec.nbytes for s in self.steps if s.op == "mix"), default=0)
+            lines.append(f"whole:   the largest mixed tensor is {_human(whole)}; the method's temporaries "
+                         "(task vectors, masks) add a few tensors of that size to the buffers below")
         return lines
 
 
