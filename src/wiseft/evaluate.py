@@ -32,7 +32,7 @@ from .backbones.base import Backbone
 from .data.base import LabeledDataset, Projection
 from .data.folders import check_unreadable
 from .ensemble import class_restricted_scores, output_ensemble_scores
-from .heads import Classifier
+from .heads import Classifier, rederive_head
 from .merge import Interpolator, interpolate
 from .merging.adapters import interpolator_for
 from .metrics import Score, expected_calibration_error, fit_temperature
@@ -584,6 +584,7 @@ def _sweep_full(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet]
     for k, alpha in enumerate(progress_bar(alphas, desc=f"alpha sweep ({s.model_name})", disable=not s.progress,
                                            unit="alpha")):
         interp.load_into(model, alpha)
+        rederive_head(model)  # FLYP: the head of the mixed text tower
         scores[alpha] = {}
         for es in _validation_first(evalsets):
             scores[alpha][es.name], logits, labels = _evaluate_set(model, es, backbone, s)
@@ -718,6 +719,7 @@ def _load_merge(model: Classifier, theta_0, finetuned, merge: MergeRun, point: d
     base = on(theta_0) if method.needs_base else None
     state = merge_states(method, base, [on(finetuned[n]) for n in merge.models], merge.params_at(point))
     model.load_state_dict(state)
+    rederive_head(model)  # FLYP: the head of the merged text tower
 
 
 def _score_sets(model: Classifier, sets: Sequence[EvalSet], evalsets: Sequence[EvalSet], backbone: Backbone,

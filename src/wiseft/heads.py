@@ -144,6 +144,13 @@ class PromptClassifier(Classifier):
         self.head.bias.zero_()
 
 
+def plain_classifier(model: Classifier) -> Classifier:
+    """What an export stores: ``model`` itself, or for a :class:`PromptClassifier` its
+    encoder and head as a plain Classifier (sharing them); its text tower reaches the
+    family's own format through the backbone, whose modules it shares."""
+    return Classifier(model.encoder, model.head) if isinstance(model, PromptClassifier) else model
+
+
 def rederive_head(model: Classifier) -> None:
     """Re-derive a :class:`PromptClassifier`'s head from its text tower (after its weights
     were mixed or loaded); any other classifier's head is a weight of its own: no-op."""

@@ -16,12 +16,13 @@ import torch
 from .backbones.base import Backbone, load_backbone
 from .checkpoint import export_model, load_state, read_meta, save_state
 from .config import ConfigError, MergeRun, RunConfig, load_config
+from .config.finetune import FinetuneConfig
 from .data.base import (DataError, LabeledDataset, build_dataset, build_projection, per_class_permutations,
                         read_classnames, split_holdout)
 from .evaluate import EvalSet, SweepSettings, reuse_sweep, search_merge, sweep
 from .files import atomic_write, check_free, hold
 from .finetune import TrainRun, finetune
-from .heads import Classifier, zeroshot_head
+from .heads import Classifier, plain_classifier, rederive_head, zeroshot_head
 from .merging.adapters import adapter_provenance, interpolator_for, merged_adapter_state
 from .registry import DATASETS
 from .runtime import to_device
@@ -196,6 +197,45 @@ def build_zeroshot_model(backbone: Backbone, classnames, templates, *, cache: bo
     return Classifier(backbone.encoder, zeroshot_head(backbone, classnames, templates, cache=cache))
 
 
+class ZeroShotModels:
+    """The zero-shot model each fine-tune starts from and is mixed with, with its theta_0:
+    the classifier with the zero-shot head (objective ce), or, built on first use, the
+    model that also carries its text tower (objective flyp: ``train.flyp.flyp_model``).
+    They share the backbone's modules, so handing one out restores the others' theta_0
+    (an export of the one never carries the other's mixed text tower)."""
+
+    def __init__(self, backbone: Backbone, data: PreparedData, cfg: RunConfig, device: torch.device):
+        self.backbone, self.data, self.main_recipe, self.device = backbone, data, cfg.finetune, device
+        model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
+        self.models = {"ce": (model, _state_copy(model))}
+
+    @property
+    def main(self) -> Classifier:
+        """The main fine-tune's zero-shot model (the others' theta_0 restored)."""
+        return self.of(self.main_recipe)[0]
+
+    def of(self, ft_cfg: FinetuneConfig) -> tuple[Classifier, dict[str, torch.Tensor]]:
+        """(zero-shot model, theta_0) for a fine-tune of recipe ``ft_cfg``."""
+        if ft_cfg.objective not in self.models:
+            from .train.flyp import flyp_model
+
+            flyp = flyp_model(self.backbone, self.data.classnames, self.data.templates).to(self.device)
+            self.models[ft_cfg.objective] = (flyp, _state_copy(flyp))
+        for objective, (model, theta_0) in self.models.items():
+            if objective != ft_cfg.objective:
+                model.load_state_dict(theta_0)
+        return self.models[ft_cfg.objective]
+
+
+def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _run_provenance(ft_cfg: FinetuneConfig) -> dict[str, Any]:
+    """What a sweep's records say about its fine-tune: the mode, and a non-default objective."""
+    return {"mode": ft_cfg.mode, **({"objective": ft_cfg.objective} if ft_cfg.objective != "ce" else {})}
+
+
 def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = False) -> RunResult:
     """Run the whole WiSE-FT pipeline described by a config (or a YAML path).
 
@@ -232,8 +272,8 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
         held.enter_context(hold(run_dir, "run directory"))
     results_path = _start_run_dir(cfg, runs, reused)
     with clock("zero-shot head"):
-        model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
-    theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        zs = ZeroShotModels(backbone, data, cfg, device)
+        model, theta_0 = zs.of(cfg.finetune)
     if progress:
         log.info("%s", estimate_text(model, backbone, data, cfg, runs, reused))
     provenance = _provenance(cfg, data, quick)
@@ -244,16 +284,16 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     kept: dict[str, dict[str, torch.Tensor]] = {}  # the fine-tunes the merges read
     for name, ft_cfg in runs.items():
         with clock(f"fine-tune {name}"):
-            theta_1 = _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir, progress)
+            theta_1 = _finetuned_state(name, ft_cfg, *zs.of(ft_cfg), data, backbone, cfg, run_dir, progress)
         if name == "finetuned" or any(name in m.models for m in merges):
             kept[name] = theta_1  # the main one is exported below; others are dropped after their sweep
         with clock(f"sweep {name}"):
             settings = SweepSettings.from_config(cfg.evaluation, progress=progress, model_name=name,
                                                  linear=ft_cfg.mode == "linear",
                                                  allow_extrapolation=cfg.allow_extrapolation,
-                                                 provenance={**provenance, "mode": ft_cfg.mode,
+                                                 provenance={**provenance, **_run_provenance(ft_cfg),
                                                              **adapter_provenance(ft_cfg.mode, theta_1)})
-            new = sweep(model, theta_0, theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
+            new = sweep(*zs.of(ft_cfg), theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
                         zeroshot=zeroshot)
         append_records(results_path, new)
         records += new
@@ -269,7 +309,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     export_dir = None
     if cfg.export:
         with clock("export"):
-            export_dir = _export(cfg, data, (model, backbone, theta_0, kept["finetuned"]), selected["finetuned"],
+            export_dir = _export(cfg, data, (zs.main, backbone, theta_0, kept["finetuned"]), selected["finetuned"],
                                  records)
     return RunResult(run_dir, records, selected, export_dir, clock.times)
 
@@ -279,6 +319,8 @@ def _export(cfg: RunConfig, data: PreparedData, weights: tuple, alpha: float, re
     temperature; ``weights``: (model, backbone, theta_0, theta_1)."""
     model, backbone, theta_0, theta_1 = weights
     interpolator_for(theta_0, theta_1, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
+    rederive_head(model)  # FLYP: the head of the mixed text tower
+    model = plain_classifier(model)
     meta = {**_meta(cfg, data, alpha), "temperature": _temperature(records, "finetuned", alpha)}
     return export_model(model, backbone, meta, Path(cfg.output_dir) / "export")
 
