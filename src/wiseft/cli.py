@@ -89,9 +89,12 @@ def cmd_interpolate(args) -> int:
     from .merge import Interpolator, check_alpha
     from .config import MergeConfig
     from .merge_files import is_safetensors_checkpoint, open_checkpoint, plan_files, write_interpolations
+    from .merging.adapters import is_peft_adapter
 
     for a in args.alpha:
         check_alpha(a, args.extrapolate)
+    if is_peft_adapter(args.model_b):
+        return _interpolate_adapter(args)
     settings = MergeConfig(allow_extrapolation=args.extrapolate, max_shard_bytes=args.max_shard_size,
                            **_selection(args, 1))
     files = all(is_safetensors_checkpoint(p) for p in (args.model_a, args.model_b))
@@ -127,6 +130,34 @@ def cmd_interpolate(args) -> int:
     for a, merged in interp.states(args.alpha):
         save_state(dests[a], merged, {"alpha": a, "parents": parents})
         print(f"alpha {a:.2f}: {dests[a]}")
+    return 0
+
+
+def _interpolate_adapter(args) -> int:
+    """``interpolate BASE ADAPTER_DIR``: theta_0 + alpha * B A of a peft LoRA adapter, written as
+    a wiseft model (BASE a wiseft model dir, which ``wiseft evaluate`` scores) or a state dict
+    file, or with ``--format peft`` as the adapter scaled to alpha in peft's own format."""
+    from .checkpoint import META_FILE, export_model, load_model, load_state, save_state
+    from .merging.adapters import AdapterInterpolator, read_peft_adapter, write_peft_adapter
+
+    out, many, parents = Path(args.out), len(args.alpha) > 1, [args.model_a, args.model_b]
+    wiseft_dir = (Path(args.model_a) / META_FILE).exists()
+    suffix = "" if wiseft_dir or args.format == "peft" else ".safetensors"
+    dests = {a: out / f"alpha_{a:.2f}{suffix}" if many else out for a in args.alpha}
+    if args.format == "peft":
+        for a, dest in dests.items():
+            print(f"alpha {a:.2f} (peft adapter): {write_peft_adapter(args.model_b, dest, a, {'parents': parents})}")
+        return 0
+    model, backbone, meta = load_model(args.model_a) if wiseft_dir else (None, None, {})
+    theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()} if wiseft_dir else load_state(args.model_a)
+    interp = AdapterInterpolator(theta_0, read_peft_adapter(args.model_b, theta_0),
+                                 allow_extrapolation=args.extrapolate)
+    for a, dest in dests.items():
+        if wiseft_dir:
+            export_model(interp.load_into(model, a), backbone, {**meta, "alpha": a, "parents": parents}, dest)
+        else:
+            save_state(dest, interp.merge(a), {"alpha": a, "parents": parents})
+        print(f"alpha {a:.2f}: {dest}")
     return 0
 
 
@@ -313,7 +344,9 @@ def _add_merge_commands(sub) -> None:
     """``interpolate``, ``soup`` and ``merge``: merging checkpoint files."""
     sp = sub.add_parser("interpolate", help="theta = (1 - alpha) * A + alpha * B for checkpoint files")
     sp.add_argument("model_a", help="zero-shot side: wiseft model dir, .safetensors, .pt, or HF dir")
-    sp.add_argument("model_b", help="fine-tuned side, same architecture")
+    sp.add_argument("model_b", help="fine-tuned side, same architecture, or a peft LoRA adapter folder")
+    sp.add_argument("--format", choices=("merged", "peft"), default="merged",
+                    help="for an adapter: the merged model at alpha, or the adapter scaled to alpha (peft's format)")
     sp.add_argument("--alpha", type=float, action="append", required=True, help="repeatable")
     sp.add_argument("--out", required=True, help="output file or directory")
     sp.add_argument("--extrapolate", action="store_true", help="allow alphas outside [0, 1]")

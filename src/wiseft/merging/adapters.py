@@ -104,3 +104,103 @@ def adapter_provenance(mode: str, theta_1: StateDict) -> dict[str, str]:
     if mode != "lora":
         return {}
     return {"lora_mix": "scaled adapter" if is_adapter_state(theta_1) else "merged weights"}
+
+
+# ---------------------------------------------------------------------------------------
+# adapters trained elsewhere: a peft adapter folder (adapter_config.json, adapter_model.*)
+
+PEFT_CONFIG = "adapter_config.json"
+_PEFT_PREFIX = "base_model.model."
+
+
+def is_peft_adapter(path) -> bool:
+    """Whether ``path`` is a peft adapter folder (``save_pretrained`` of a PeftModel)."""
+    from pathlib import Path
+
+    return (Path(path) / PEFT_CONFIG).is_file()
+
+
+def _peft_config(adapter_dir):
+    """The adapter's LoraConfig, refused where its update is not theta_0 + scale * B A."""
+    from ..backbones.base import require
+
+    peft = require("peft", "lora")
+    config = peft.PeftConfig.from_pretrained(str(adapter_dir))
+    if not isinstance(config, peft.LoraConfig):
+        raise MergeError(f"{adapter_dir}: a {type(config).__name__} adapter; only LoRA adapters can be scaled")
+    if config.use_dora or config.rank_pattern or config.alpha_pattern or config.fan_in_fan_out:
+        raise MergeError(f"{adapter_dir}: DoRA, per-module rank_pattern/alpha_pattern and fan_in_fan_out "
+                         "adapters are not supported by wiseft interpolate (mix the merged model instead)")
+    return config
+
+
+def _base_key(module: str, theta_0: StateDict) -> str | None:
+    """The theta_0 weight an adapted module path names: its ``weight`` (or a
+    MultiheadAttention's ``in_proj_weight``), under the first of its suffixes theta_0 holds
+    (an adapter on a whole CLIP model names ``visual.x``; a wiseft model ``encoder.x``)."""
+    parts = module.split(".")
+    for start in range(len(parts)):
+        for prefix in ("", "encoder."):
+            for leaf in ("weight", "in_proj_weight"):
+                key = prefix + ".".join(parts[start:] + [leaf])
+                if key in theta_0:
+                    return key
+    return None
+
+
+def read_peft_adapter(adapter_dir, theta_0: StateDict) -> dict[str, torch.Tensor]:
+    """A peft LoRA adapter folder as a LoRA theta_1 over ``theta_0`` (each adapted weight's
+    ``lora_A`` and scale * ``lora_B``; no head: theta_0's stays). Adapted modules theta_0 does
+    not hold (a CLIP text tower, under an image classifier) are left out and counted in the
+    log; an adapter none of whose modules theta_0 holds is an error."""
+    import logging
+    import math
+
+    from peft.utils import load_peft_weights
+
+    config = _peft_config(adapter_dir)
+    scale = config.lora_alpha / (math.sqrt(config.r) if config.use_rslora else config.r)
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    state, skipped = {}, []
+    for name, a in weights.items():
+        if not name.endswith(".lora_A.weight"):
+            continue
+        module = name[:-len(".lora_A.weight")].removeprefix(_PEFT_PREFIX)
+        b = weights[name.replace(".lora_A.weight", ".lora_B.weight")]
+        # peft's MultiheadAttention applies its nested out_proj update twice (see train.lora.adapter_factors)
+        twice = module.endswith(".base_layer.out_proj")
+        key = _base_key(".".join(p for p in module.split(".") if p != "base_layer"), theta_0)
+        if key is None:
+            skipped.append(module)
+            continue
+        state[key + LORA_A], state[key + LORA_B] = a.float(), b.float() * scale * (2 if twice else 1)
+    if not state:
+        raise MergeError(f"{adapter_dir}: none of its {len(skipped)} adapted modules (first: {skipped[:1]}) is a "
+                         "weight of the base model")
+    if skipped:
+        logging.getLogger("wiseft").info("%s: %d adapted modules are not in the base model (e.g. %s); left out",
+                                         adapter_dir, len(skipped), skipped[0])
+    return state
+
+
+def write_peft_adapter(adapter_dir, out_dir, alpha: float, meta: dict | None = None):
+    """The adapter scaled to ``alpha`` in peft's own format (``lora_B`` times alpha, the
+    config unchanged), loadable with ``PeftModel.from_pretrained(base, out_dir)``; its alpha
+    and parents in ``wiseft.json``. Written atomically."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from peft.utils import load_peft_weights
+    from safetensors.torch import save_file
+
+    from ..files import atomic_path
+
+    _peft_config(adapter_dir)
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    scaled = {k: (v * alpha if ".lora_B." in k else v).contiguous() for k, v in weights.items()}
+    with atomic_path(Path(out_dir), directory=True) as tmp:
+        shutil.copyfile(Path(adapter_dir) / PEFT_CONFIG, tmp / PEFT_CONFIG)
+        save_file(scaled, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "wiseft.json").write_text(json.dumps({**(meta or {}), "alpha": alpha}, indent=2))
+    return Path(out_dir)
