@@ -112,3 +112,26 @@ def test_flyp_with_mode_linear_is_an_error_naming_both_fields():
         FinetuneConfig(objective="flyp", mode="linear")
     assert "objective" not in FinetuneConfig().model_dump()  # the default leaves config hashes unchanged
     assert FinetuneConfig(objective="flyp").model_dump()["objective"] == "flyp"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hf_clip_dir", "tiny_hf_siglip_dir"])
+def test_hf_text_tower_gives_the_backbones_zeroshot_head_and_trains(fixture, request):
+    backbone = load_backbone({"family": "hf_clip", "name": str(request.getfixturevalue(fixture))})
+    model = flyp_model(backbone, CLASSES, TEMPLATES)
+    ref = zeroshot_head(backbone, CLASSES, TEMPLATES, cache=False)
+    torch.testing.assert_close(model.head.weight, ref.weight, rtol=1e-5, atol=1e-5)
+    batch, _ = PromptCollate(backbone.collate, model.tokenize)(
+        [((backbone.transform_train(img), "a photo of a red."), y) for img, y in _images(2)])
+    flyp_loss(FlypModel(model)(batch)).backward()
+    assert model.text.text_model.embeddings.token_embedding.weight.grad.abs().sum() > 0
+    assert next(p for p in model.encoder.parameters()).grad is not None
+
+
+def test_text_backbone_embeds_both_sides_with_one_encoder(tiny_bert_dir):
+    backbone = load_backbone({"family": "sentence_transformer", "name": str(tiny_bert_dir), "max_length": 16})
+    model = flyp_model(backbone, ["sports", "politics"], ["this news article is about {}."])
+    assert model.text is None and model.text_tower() is backbone.encoder
+    assert not any(m.training for m in backbone.encoder.modules())  # re-deriving the head leaves dropout off
+    assert not any(k.startswith("text.") for k in model.state_dict())
+    ref = zeroshot_head(backbone, ["sports", "politics"], ["this news article is about {}."], cache=False)
+    torch.testing.assert_close(model.head.weight, ref.weight, rtol=1e-5, atol=1e-5)

@@ -129,14 +129,15 @@ class PromptClassifier(Classifier):
     @torch.no_grad()
     def rederive_head(self) -> None:
         """Set the head to the zero-shot head of the current text tower and logit scale
-        (the tower in eval mode for the duration)."""
+        (the tower in eval mode for the duration; each submodule's mode is restored after)."""
         tower = self.text_tower()
-        was_training = tower.training
+        modes = [(m, m.training) for m in tower.modules()]
         tower.eval()
         try:
             weight = zeroshot_weights(self.encode_prompts, self.classnames, self.templates)
         finally:
-            tower.train(was_training)
+            for m, training in modes:
+                m.training = training
         weight = (weight * self.logit_scale.float().exp()).to(device_of(self))
         if self.head.weight.shape != weight.shape:
             self.head = torch.nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)

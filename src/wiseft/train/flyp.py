@@ -101,7 +101,8 @@ def flyp_model(backbone: Backbone, classnames: Sequence[str], templates: Sequenc
         raise FlypError(f"objective flyp: backbone family {backbone.spec.family!r} exposes no trainable text tower; "
                         f"FLYP supports {', '.join(sorted(TEXT_SIDES))}")
     text, tokenize = side(backbone)
-    return PromptClassifier(backbone.encoder, text, tokenize, (classnames, templates), backbone.logit_scale)
+    model = PromptClassifier(backbone.encoder, text, tokenize, (classnames, templates), backbone.logit_scale)
+    return model.eval()  # as the backbone's modules are
 
 
 def check_flyp_model(model: Classifier) -> PromptClassifier:
