@@ -10,7 +10,7 @@ import torch
 
 from wiseft.backbones import load_backbone
 from wiseft.config.merge import MergeConfig
-from wiseft.heads import Classifier
+from wiseft.heads import Classifier, PromptClassifier
 from wiseft.merge import MergeError, interpolate
 from wiseft.multi_alpha import (MultiAlpha, MultiAlphaError, MultiAlphaSettings, multi_alpha_logits,
                                 split_alphas, stacked_bytes)
@@ -221,3 +221,35 @@ def test_bad_settings_and_inputs_name_the_problem():
         MultiAlpha(model, {**theta_0, "extra": torch.zeros(1)}, {**theta_1, "extra": torch.zeros(1)}, ALPHAS)
     with pytest.raises(ValueError, match="alpha=1.5 is outside"):
         MultiAlpha(model, theta_0, theta_1, [0.5, 1.5])
+
+
+def test_a_prompt_classifier_is_refused():
+    """FLYP's head follows its mixed text tower: mixing the head's weights would be wrong."""
+    torch.manual_seed(0)
+    model = PromptClassifier(Counting(), None, lambda prompts: torch.ones(len(prompts), 6), (["a", "b"], ["{}"]),
+                             100.0).eval()
+    theta_0, theta_1 = thetas(model)
+    with pytest.raises(MultiAlphaError, match="PromptClassifier's head is re-derived .* one alpha at a time"):
+        MultiAlpha(model, theta_0, theta_1, ALPHAS)
+
+
+def test_vmap_friendly_hands_attention_sequence_major_memory_and_restores_everything():
+    """vmap's linear rule copies a batched weight once per position when the input is not
+    contiguous, which nn.MultiheadAttention(batch_first=True) makes it by transposing."""
+    from wiseft.multi_alpha import vmap_friendly
+
+    attn = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(3, 5, 8)  # (batch, sequence, dim)
+    seen = []
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with torch.no_grad(), vmap_friendly(attn, torch.device("cpu")):
+        assert not torch.backends.mha.get_fastpath_enabled()
+        # runs after vmap_friendly's own hook, so it sees what the module gets
+        attn.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+        out = attn(x, x, x, need_weights=False)[0]
+    (q, k, v), _ = seen[0]
+    assert q is k is v and torch.equal(q, x) and q.transpose(0, 1).is_contiguous()
+    assert torch.backends.mha.get_fastpath_enabled() == fastpath
+    assert len(attn._forward_pre_hooks) == 1  # ours is gone, the test's own remains
+    with torch.no_grad():
+        torch.testing.assert_close(out, attn(x, x, x, need_weights=False)[0], **TOL)

@@ -18,7 +18,8 @@ for the length of a call: the fused ``nn.MultiheadAttention`` path (no batching 
 switched off; a ``batch_first`` attention's input is handed over in sequence-major
 memory, because vmap's rule for a linear layer on a non-contiguous input with batched
 weights copies the weight once per sequence position; on CPU, attention runs on the math
-kernel (the fused CPU kernel has no batching rule).
+kernel (the fused CPU kernel has no batching rule). A ``PromptClassifier`` (FLYP) is
+refused: its head is re-derived from its mixed text tower at each alpha, not mixed.
 
 Example:
     >>> logits = multi_alpha_logits(model.eval(), theta_0, theta_1, [0.0, 0.5, 1.0], images)
@@ -37,6 +38,7 @@ from torch.func import functional_call
 
 from .config.merge import MergeConfig
 from .errors import WiseftError
+from .heads import PromptClassifier
 from .merge import Interpolator, MergeError, StateDict
 from .runtime import device_of, to_device
 
@@ -122,6 +124,9 @@ class MultiAlpha:
         self.alphas = [float(a) for a in alphas]
         if not self.alphas:
             raise MultiAlphaError("no alphas to evaluate")
+        if isinstance(model, PromptClassifier):
+            raise MultiAlphaError("a PromptClassifier's head is re-derived from its mixed text tower at every alpha "
+                                  "(FLYP), not mixed: evaluate it one alpha at a time (heads.rederive_head)")
         self.model = model
         self.device = device_of(model)
         self.stacked, self.fixed = _stack_weights(model, Interpolator(theta_0, theta_1, self.settings.merge),
