@@ -110,6 +110,14 @@ def test_flyp_with_mode_linear_is_an_error_naming_both_fields():
 
     with pytest.raises(ValidationError, match="objective: flyp .*mode: e2e, not mode: 'linear'"):
         FinetuneConfig(objective="flyp", mode="linear")
+    from wiseft.config import ConfigError, parse_config
+
+    run = {"backbone": {"family": "open_clip", "name": "x"},
+           "data": {"name": "d", "classnames": CLASSES, "templates": TEMPLATES,
+                    "train": {"kind": "image_folder", "root": "."}, "test": {"kind": "image_folder", "root": "."}},
+           "finetune": {"objective": "flyp", "mode": "lp-ft"}}
+    with pytest.raises(ConfigError, match="finetune: objective: flyp .*mode: e2e, not mode: 'lp-ft'"):
+        parse_config(run)
     assert "objective" not in FinetuneConfig().model_dump()  # the default leaves config hashes unchanged
     assert FinetuneConfig(objective="flyp").model_dump()["objective"] == "flyp"
 
@@ -135,3 +143,32 @@ def test_text_backbone_embeds_both_sides_with_one_encoder(tiny_bert_dir):
     assert not any(k.startswith("text.") for k in model.state_dict())
     ref = zeroshot_head(backbone, ["sports", "politics"], ["this news article is about {}."], cache=False)
     torch.testing.assert_close(model.head.weight, ref.weight, rtol=1e-5, atol=1e-5)
+
+
+def test_a_sweep_scores_each_alpha_with_the_head_of_the_mixed_text_tower(oc_backbone, monkeypatch):
+    import importlib
+
+    from wiseft.evaluate import EvalSet, SweepSettings, evaluate_records, sweep
+
+    model = flyp_model(oc_backbone, CLASSES, TEMPLATES)
+    theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**{**RECIPE, "lr": 1e-2}), progress=False)
+    theta_1 = {k: v.clone() for k, v in tuned.state_dict().items()}
+    heads_scored = []  # the head each set is scored with
+    evaluate = importlib.import_module("wiseft.evaluate")  # the module (wiseft.evaluate is also a function)
+    score = evaluate._evaluate_set
+    monkeypatch.setattr(evaluate, "_evaluate_set", lambda m, *a: heads_scored.append(m.head.weight.clone()) or
+                        score(m, *a))
+    records = sweep(model, theta_0, theta_1, [EvalSet("colors", "reference", _images(9))], [0.5], oc_backbone,
+                    settings=SweepSettings(progress=False))
+    monkeypatch.undo()
+    by_hand = flyp_model(oc_backbone, CLASSES, TEMPLATES)  # shares the backbone's towers: load the mix into it
+    Interpolator(theta_0, theta_1).load_into(by_hand, 0.5)
+    by_hand.rederive_head()
+    assert len(heads_scored) == 1
+    torch.testing.assert_close(heads_scored[0], by_hand.head.weight, rtol=0, atol=0)
+    assert not torch.allclose(heads_scored[0], torch.lerp(theta_0["head.weight"], theta_1["head.weight"], 0.5),
+                              atol=1e-3)  # not the mix of the two heads
+    expected = evaluate_records(by_hand, [EvalSet("colors", "reference", _images(9))], oc_backbone,
+                                model_name="finetuned", alpha=0.5)
+    assert {(r.metric, r.value) for r in expected} <= {(r.metric, r.value) for r in records}
