@@ -55,3 +55,22 @@ def test_flyp_run_text_backbone(tiny_bert_dir, tmp_path):
     _check_run(result, [0.0, 1.0])
     theta_1 = load_state(result.run_dir / "checkpoints" / "finetuned.safetensors")
     assert not any(k.startswith("text.") for k in theta_1)  # the same encoder embeds both sides
+
+
+def test_a_flyp_variant_leaves_the_ce_fine_tune_unchanged(open_clip_spec, image_data, tmp_path):
+    """The two zero-shot models share the backbone's towers: the ce fine-tune's records and
+    its export (text tower included) are those of a run without the variant."""
+    from safetensors.torch import load_file
+
+    ce = {"mode": "e2e", "lr": 1e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 1}
+    alone = wiseft.run(parse_config(run_config(open_clip_spec, image_data, tmp_path / "alone", finetune=ce,
+                                               alphas=[0.0, 0.5, 1.0])), progress=False)
+    both = wiseft.run(parse_config(run_config(open_clip_spec, image_data, tmp_path / "both", finetune=ce,
+                                              variants={"flyp": {"objective": "flyp"}}, alphas=[0.0, 0.5, 1.0])),
+                      progress=False)
+    main = [(r.alpha, r.dataset, r.metric, r.value) for r in both.records if r.model == "finetuned"]
+    assert main == [(r.alpha, r.dataset, r.metric, r.value) for r in alone.records if r.model == "finetuned"]
+    assert {r.provenance.get("objective") for r in both.records if r.model == "flyp"} == {"flyp"}
+    native_alone = load_file(str(alone.export_dir / "open_clip_model.safetensors"))
+    native_both = load_file(str(both.export_dir / "open_clip_model.safetensors"))
+    assert all(torch.equal(native_alone[k], native_both[k]) for k in native_alone)
