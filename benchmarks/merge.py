@@ -214,9 +214,12 @@ def schedule_sweep(model: str, alphas: list[float], repeats: int) -> dict:
 
 def _schedules_main(args, alphas: list[float]) -> None:
     """Run ``schedule_sweep`` per model, print a table, write the JSON to ``args.out``."""
-    load_before = os.getloadavg()
+    load_before, machine = os.getloadavg(), _machine()
     results = [schedule_sweep(m, alphas, args.repeats) for m in args.models]
-    record = {"benchmark": "per-layer alpha sweep (issue 15.3)", "machine": _machine(),
+    quiet = max(load_before[0], os.getloadavg()[0]) <= 2.5
+    record = {"benchmark": "per-layer alpha sweep (issue 15.3)", "machine": machine,
+              "conditions": "quiet machine" if quiet else "busy machine (load average above 2.5: other jobs "
+                            "running on the 2 cores), so single timings are noisy; both sweeps alternate",
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}
     print(f"machine: {record['machine']}")
