@@ -79,6 +79,13 @@ def test_a_flyp_step_changes_both_towers_and_the_head_follows_the_text_tower(oc_
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
     expected = _head_of(tuned.text, tuned.tokenize, tuned.logit_scale.detach())
     torch.testing.assert_close(tuned.head.weight, expected, rtol=0, atol=0)
+    model.load_state_dict(after)  # model_0 shares the backbone's towers: the backbone now holds the fine-tune
+    try:
+        ref = zeroshot_head(oc_backbone, CLASSES, TEMPLATES, cache=False)  # at the backbone's own logit scale
+    finally:
+        model.load_state_dict(before)
+    torch.testing.assert_close(tuned.head.weight / tuned.logit_scale.detach().exp(),
+                               ref.weight / oc_backbone.logit_scale, rtol=1e-5, atol=1e-6)
 
 
 def test_at_alpha_the_head_is_the_mixed_text_towers_head(oc_backbone):
