@@ -222,7 +222,7 @@ def stage_train(name: str, plan: Plan, device: torch.device, peak: float | None)
                                 plan.warmup, plan.steps, plan.budgets["train"])
     rate = n * plan.train_batch / seconds
     return Row("train", name, "bf16", plan.train_batch, n, rate, rate * flops / 1e12,
-               rate * flops / 1e12 / peak if peak else None, note=f"{flops / 1e9:.1f} GFLOP/image (fwd+bwd)")
+               rate * flops / 1e12 / peak if peak else None, note=f"{flops / 1e9:.3g} GFLOP/image (fwd+bwd)")
 
 
 def stage_compile(plan: Plan, device: torch.device, peak: float | None, eager: Row | None) -> Row:
