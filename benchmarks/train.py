@@ -23,6 +23,14 @@ GPU); MFU (GPU only) counts training FLOPs as 3x the forward pass.
 
     python benchmarks/train.py                       # CPU: tiny model and ViT-B/32
     python benchmarks/train.py --device cuda --batch 256 --steps 20
+
+``--lora`` compares LoRA fine-tuning (``finetune.mode: lora``: peft adapters with the
+family's default targets, rank 8, and the full head) with end-to-end on a randomly
+initialised ViT-B/32 and on MiniLM (all-MiniLM-L6-v2), the same way: the two train their
+own copy in one process, taking turns step by step, and their ratio of step times is the
+median over the pairs; peak memory comes from one process per mode.
+
+    python benchmarks/train.py --lora                # CPU: ViT-B/32 (batch 16) and MiniLM (batch 32)
 """
 
 from __future__ import annotations
@@ -227,6 +235,102 @@ def peak_memory(job: dict) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30
 
 
+LORA_MODELS = {"tiny": "open_clip", "vit-b-32": "open_clip", "minilm": "sentence_transformer"}
+
+
+def lora_pair(name: str, batch: int) -> tuple[dict[str, torch.nn.Module], tuple, torch.Tensor]:
+    """{'e2e', 'lora'}: two copies of one classifier (the LoRA one with adapters by
+    ``wiseft.train.lora.inject_lora``), and one fixed batch of inputs and labels."""
+    from wiseft.config.finetune import LoraConfig
+    from wiseft.heads import Classifier
+    from wiseft.train.lora import inject_lora
+
+    if name == "minilm":
+        from wiseft.backbones import load_backbone
+
+        backbone = load_backbone({"family": "sentence_transformer", "name": "packaged:all-MiniLM-L6-v2",
+                                  "max_length": 64})
+        model = Classifier(backbone.encoder, torch.nn.Linear(384, 5))
+        words = "the market film election match phone profit music vote goal software team".split()
+        g = torch.Generator().manual_seed(0)
+        texts = [" ".join(words[i] for i in torch.randint(0, len(words), (48,), generator=g)) for _ in range(batch)]
+        inputs, labels = backbone.collate([(t, i % 5) for i, t in enumerate(texts)])
+    else:
+        model, size = build_model(name)
+        inputs, labels = torch.rand(batch, 3, size, size), torch.randint(0, 1000, (batch,))
+    lora = copy.deepcopy(model)
+    inject_lora(lora.encoder, LORA_MODELS[name], LoraConfig())
+    return {"e2e": model.train(), "lora": lora.train()}, inputs, labels
+
+
+def lora_step(model: torch.nn.Module, opt: torch.optim.Optimizer, inputs, labels: torch.Tensor) -> float:
+    """Seconds of one training step (forward, backward, AdamW)."""
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(inputs), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - start
+
+
+def lora_rates(job: dict) -> dict:
+    """Step times of LoRA and e2e taking turns; the ratio (LoRA / e2e) per pair of steps."""
+    torch.set_num_threads(job["threads"])
+    models, inputs, labels = lora_pair(job["model"], job["batch"])
+    opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5) for k, m in models.items()}
+    times: dict[str, list[float]] = {"e2e": [], "lora": []}
+    for step in range(job["warmup"] + job["steps"]):
+        for k in ("e2e", "lora"):
+            t = lora_step(models[k], opts[k], inputs, labels)
+            if step >= job["warmup"]:
+                times[k].append(t)
+    ratios = sorted(a / b for a, b in zip(times["lora"], times["e2e"]))
+    lo, hi = median_interval(len(ratios))
+    trainable = {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in models.items()}
+    return {**job, "e2e_s": statistics.median(times["e2e"]), "lora_s": statistics.median(times["lora"]),
+            "ratio": statistics.median(ratios), "ratio_ci": (ratios[lo], ratios[hi]), "trainable": trainable}
+
+
+def lora_peak(job: dict) -> float:
+    """Peak memory (GiB, max RSS) of a process training one mode for two steps."""
+    torch.set_num_threads(job["threads"])
+    models, inputs, labels = lora_pair(job["model"], job["batch"])
+    model = models[job["mode"]]
+    del models
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    for _ in range(2):
+        lora_step(model, opt, inputs, labels)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30
+
+
+def lora_table(rows: list[dict]) -> str:
+    lines = [f"device: cpu ({platform.processor() or platform.machine()}), threads {rows[0]['threads']}, "
+             f"torch {torch.__version__}", "",
+             "| model | batch | steps | trainable e2e / LoRA | step s e2e / LoRA | LoRA / e2e step time [95% CI] | "
+             "peak GiB e2e / LoRA | LoRA / e2e peak memory |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['steps']} | {r['trainable']['e2e']:,} / "
+                     f"{r['trainable']['lora']:,} | {r['e2e_s']:.3f} / {r['lora_s']:.3f} | {r['ratio']:.3f}x "
+                     f"[{r['ratio_ci'][0]:.3f}, {r['ratio_ci'][1]:.3f}] | {r['peak']['e2e']:.2f} / "
+                     f"{r['peak']['lora']:.2f} | {r['peak']['lora'] / r['peak']['e2e']:.3f}x |")
+    return "\n".join(lines)
+
+
+def lora_main(args) -> int:
+    """LoRA against e2e on each model: step-time ratio in one process, peak memory per process."""
+    rows = []
+    for model in args.lora_models:
+        job = {"model": model, "threads": args.threads, "batch": args.batch or (16 if model == "vit-b-32" else 32),
+               "steps": args.steps or 8, "warmup": args.warmup}
+        row = _child("lora-rates", job)
+        row["peak"] = {mode: _child("lora-peak", {**job, "mode": mode}) for mode in ("e2e", "lora")}
+        print(f"# {model}: LoRA step {row['ratio']:.3f}x e2e, peak memory "
+              f"{row['peak']['lora'] / row['peak']['e2e']:.3f}x", file=sys.stderr, flush=True)
+        rows.append(row)
+    print(lora_table(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -236,12 +340,17 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--rounds", type=int, help="runs of every configuration (default: 10; 2 for ViT-B/32 on CPU)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--lora", action="store_true", help="LoRA against end-to-end instead (CPU)")
+    p.add_argument("--lora-models", nargs="+", default=["vit-b-32", "minilm"], choices=sorted(LORA_MODELS))
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         kind, job = json.loads(args.child)
-        print(json.dumps(run_model(job) if kind == "rates" else peak_memory(job)))
+        work = {"rates": run_model, "peak": peak_memory, "lora-rates": lora_rates, "lora-peak": lora_peak}[kind]
+        print(json.dumps(work(job)))
         return 0
+    if args.lora:
+        return lora_main(args)
     rows = []
     for model in args.models:
         slow = model != "tiny" and not args.device.startswith("cuda")
