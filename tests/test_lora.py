@@ -169,3 +169,18 @@ def test_a_run_with_mode_lora_sweeps_the_scaled_adapter_and_exports(open_clip_sp
     assert load_model(result.export_dir)[2]["alpha"] == 0.5
     for k in expected:  # the export is theta_0 + 0.5 B A, with the head mixed halfway
         torch.testing.assert_close(exported[k], expected[k], **TOL)
+
+
+@pytest.mark.slow
+def test_a_dora_run_says_its_sweep_mixed_the_merged_weights(open_clip_spec, image_data, tmp_path):
+    import wiseft
+    from conftest import run_config
+    from wiseft.checkpoint import load_state
+
+    raw = run_config(open_clip_spec, image_data, tmp_path / "run", alphas=[0.0, 0.5, 1.0], export=False)
+    raw["finetune"] = {**raw["finetune"], "mode": "lora", "epochs": 1,
+                       "lora": {"rank": 4, "use_dora": True, "target_modules": ["c_fc", "c_proj"]}}
+    result = wiseft.run(parse_config(raw), progress=False)
+    assert {r.provenance["lora_mix"] for r in result.records if r.model == "finetuned"} == {"merged weights"}
+    theta_1 = load_state(tmp_path / "run" / "checkpoints" / "finetuned.safetensors")
+    assert not is_adapter_state(theta_1) and not any(".lora_" in k for k in theta_1)
