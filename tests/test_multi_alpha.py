@@ -253,3 +253,25 @@ def test_vmap_friendly_hands_attention_sequence_major_memory_and_restores_everyt
     assert len(attn._forward_pre_hooks) == 1  # ours is gone, the test's own remains
     with torch.no_grad():
         torch.testing.assert_close(out, attn(x, x, x, need_weights=False)[0], **TOL)
+
+
+class BranchesOnSmallBatches(Counting):
+    """vmaps on batches of more than 4, not on smaller ones (it branches on its activations there)."""
+
+    def forward(self, x):
+        self.branch = x.shape[0] <= 4
+        return super().forward(x)
+
+
+def test_auto_falls_back_on_a_later_batch_too():
+    """In mode 'auto', a batch vmap cannot run after batches it could is looped, not an error."""
+    torch.manual_seed(0)
+    model = Classifier(BranchesOnSmallBatches(), torch.nn.Linear(5, 3)).eval()
+    theta_0, theta_1 = thetas(model)
+    multi = MultiAlpha(model, theta_0, theta_1, ALPHAS)
+    big, small = torch.randn(7, 6), torch.randn(3, 6)
+    multi(big)
+    assert multi.mode_used == "vmap"
+    out = multi(small)
+    assert multi.mode_used == "loop"
+    torch.testing.assert_close(out, one_at_a_time(model, theta_0, theta_1, ALPHAS, small), rtol=0, atol=0)

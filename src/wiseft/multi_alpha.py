@@ -147,7 +147,7 @@ class MultiAlpha:
         except torch.OutOfMemoryError:
             raise
         except (RuntimeError, NotImplementedError, ValueError) as e:
-            if self.mode_used == "vmap":
+            if self.settings.mode == "vmap":
                 raise MultiAlphaError(f"{type(self.model).__name__}'s forward cannot run under torch.vmap "
                                       f"({_first_line(e)}); use mode 'loop' or 'auto'") from e
             log.warning("%s's forward cannot run under torch.vmap (%s); looping over the %d alphas instead",
