@@ -93,3 +93,20 @@ def test_readme_demo_table_is_the_reports_own_table(tmp_path):
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- demo-table:start -->\n", 1)[1].split("\n<!-- demo-table:end -->", 1)[0]
     assert block == (tmp_path / "report" / "table.md").read_text().strip()
+
+
+def test_readme_methods_table_is_the_reports_own_table(tmp_path):
+    """The README's method comparison is report/methods.md's table, rebuilt here from the
+    demo-merges run's committed records."""
+    import shutil
+
+    from wiseft.report import build_report
+
+    shutil.copy(ROOT / "benchmarks" / "results" / "demo-merges" / "results.jsonl", tmp_path / "results.jsonl")
+    build_report(tmp_path)
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- methods-table:start -->\n", 1)[1].split("\n<!-- methods-table:end -->", 1)[0]
+    assert block in (tmp_path / "report" / "methods.md").read_text()
+    assert block.startswith("|  | method") and block.count("\n") == 12
+    # text sets have no baseline models: no effective-robustness column, and the note does not name one
+    assert "avg rho" not in (tmp_path / "report" / "methods.md").read_text()

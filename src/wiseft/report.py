@@ -640,7 +640,8 @@ def search_tables(records: Iterable[Record], metric: str = PRIMARY) -> list[tupl
 COMPARISON_NOTE = ("Each method at its setting: WiSE-FT and the output-space ensemble at the alpha selected on "
                    "held-out validation, each merge method at the grid point with the best validation score "
                    "(shift sets are never read to choose). Percent, with 95% Clopper-Pearson intervals in "
-                   "brackets; avg rho is the effective robustness on the average over shifts (percentage points).")
+                   "brackets.")
+RHO_NOTE = " avg rho is the effective robustness on the average over shifts (percentage points)."
 
 
 def _write_comparison(out: Path, found: _Analysis, metric: str, banner: str) -> str:
@@ -649,10 +650,11 @@ def _write_comparison(out: Path, found: _Analysis, metric: str, banner: str) -> 
     columns, rows = method_comparison(found.records, found.selected, found.rho + found.merge_rho, metric)
     searches = search_tables(found.records, metric)
     validation = list(dict.fromkeys(r.dataset for r in found.records if merge_of(r) and r.role == "validation"))
-    md = [banner + "# Method comparison", "", COMPARISON_NOTE, "", comparison_markdown(columns, rows),
+    note = COMPARISON_NOTE + (RHO_NOTE if "avg rho" in columns else "")  # no baselines, no rho column
+    md = [banner + "# Method comparison", "", note, "", comparison_markdown(columns, rows),
           "## Searches", ""]
     e = html.escape
-    page = ["<h2>Method comparison</h2>", f"<p>{e(COMPARISON_NOTE)}</p>",
+    page = ["<h2>Method comparison</h2>", f"<p>{e(note)}</p>",
             _html_table(["", "method", "setting", "models", *columns],
                         [[r.label, r.method, r.setting, r.models, *(_comparison_cell(r.cells.get(c), c)
                                                                     for c in columns)] for r in rows]),
