@@ -174,6 +174,7 @@ def test_bf16_falls_back_to_fp32_without_native_support(bb, folders, monkeypatch
     assert "this CPU has no native bf16; evaluating in fp32" in caplog.text
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_text_inputs_need_no_torchvision():
     """The demo's install (`.[demo]`, a text model) has no torchvision: evaluating must not import it."""
     code = ("import sys; sys.modules['torchvision'] = None\n"

@@ -155,6 +155,7 @@ _CAPPED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_sharded_merge_under_a_memory_cap_smaller_than_one_model(tmp_path):
     g = torch.Generator().manual_seed(0)
     models = []

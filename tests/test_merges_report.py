@@ -59,6 +59,7 @@ def runs(tmp_path) -> tuple[Path, Path, Path]:
     return tmp_path / "plain", tmp_path / "merged", tmp_path / "baselines.csv"
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_the_reports_other_outputs_do_not_change(runs):
     plain, merged, csv = runs
     build_report(plain, baselines=csv)

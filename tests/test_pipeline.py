@@ -191,6 +191,7 @@ def test_rerun_reuses_finetuned_weights_and_changed_settings_retrain(oc_run, ope
     assert len(list((out / "checkpoints").glob("train_finetuned_*"))) == 2
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_quick_run_is_the_same_pipeline_on_a_slice_marked_as_such(open_clip_spec, image_data, tmp_path):
     cfg = run_config(open_clip_spec, image_data, tmp_path / "run",
                      variants={"high": {"lr": 1e-2, "epochs": 3}}, alphas=[0.0, 0.25, 0.5, 0.75, 1.0])

@@ -52,6 +52,7 @@ def test_every_readme_code_block_is_run_by_a_test():
     assert f"fresh_venv {extra[2:-1]}" in ci and "wiseft demo --quick" in ci
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_readme_api_example_runs(open_clip_spec, image_data, tmp_path):
     import yaml
     from conftest import COLORS, run_config
@@ -80,6 +81,7 @@ def test_readme_api_example_runs(open_clip_spec, image_data, tmp_path):
             torch.testing.assert_close(mixed[k], 0.5 * theta_0[k] + 0.5 * theta_1[k])
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_readme_demo_table_is_the_reports_own_table(tmp_path):
     """benchmarks/demo.py --update-readme pastes report/table.md into the README and keeps the
     run's records: rebuilding the report from those records gives the README's table exactly."""
@@ -95,6 +97,7 @@ def test_readme_demo_table_is_the_reports_own_table(tmp_path):
     assert block == (tmp_path / "report" / "table.md").read_text().strip()
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_readme_methods_table_is_the_reports_own_table(tmp_path):
     """The README's method comparison is report/methods.md's table, rebuilt here from the
     demo-merges run's committed records."""

@@ -71,6 +71,7 @@ def test_fixture_selects_alpha_on_validation(tmp_path):
     assert reference_dataset(records) == "imagenet"
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_report_from_fixture(tmp_path):
     run = make_run(tmp_path / "run")
     index = build_report(run)
@@ -135,6 +136,7 @@ def test_table_rows(tmp_path):
     assert r"\begin{tabular}" in tex and r"\bottomrule" in tex and "imagenet-v2" in tex
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_fixed_alpha_and_no_validation(tmp_path):
     run = make_run(tmp_path / "a", validation=False)
     build_report(run, alpha=0.3)
@@ -197,6 +199,7 @@ def test_rows_for_user_baselines(tmp_path):
     assert "avg rho" in tables[0].columns and "oracle" in table_markdown(tables)
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_two_models_and_objectnet_baseline_from_records(tmp_path):
     run = make_run(tmp_path)
     extra = [Record("aggressive", r.alpha, r.dataset, r.role, r.metric, min(1.0, r.value * (1 + 0.05 * r.alpha)))
@@ -255,6 +258,7 @@ def test_effective_robustness_as_the_paper_computes_it(tmp_path):
     assert x[5] == pytest.approx(logit(x_r)) and "classes" in fig.axes[0].get_xlabel()
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_output_space_ensemble_in_tables_and_plots(tmp_path):
     run = make_run(tmp_path)
     make_run(tmp_path, model=output_ensemble_name("finetuned"), provenance={"method": OUTPUT_ENSEMBLE}, scale=0.5)
@@ -333,6 +337,7 @@ def test_report_command_takes_a_baseline_csv(tmp_path, capsys):
     assert "tweets: 4 baseline models" in page
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_report_command_default_baselines_choice(tmp_path, capsys):
     from wiseft.cli import main
 

@@ -48,6 +48,7 @@ def test_report_config_defaults_and_options():
         report_config(metrc="top1")
 
 
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_settings_keywords_and_positional_alpha_give_the_same_report(tmp_path):
     run = make_run(tmp_path / "run")
     with matplotlib.rc_context({"svg.hashsalt": "fixed"}):  # SVG element ids are random otherwise
