@@ -113,3 +113,18 @@ def test_readme_methods_table_is_the_reports_own_table(tmp_path):
     assert block.startswith("|  | method") and block.count("\n") == 12
     # text sets have no baseline models: no effective-robustness column, and the note does not name one
     assert "avg rho" not in (tmp_path / "report" / "methods.md").read_text()
+
+
+@pytest.mark.slow
+def test_readme_lora_flyp_tables_are_the_reports_own(tmp_path):
+    """The README's LoRA and FLYP tables are report/table.md's, rebuilt from the committed records."""
+    import shutil
+
+    from wiseft.report import build_report
+
+    shutil.copy(ROOT / "benchmarks" / "results" / "demo-lora-flyp" / "results.jsonl", tmp_path / "results.jsonl")
+    build_report(tmp_path)
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- lora-flyp-table:start -->\n", 1)[1].split("\n<!-- lora-flyp-table:end -->", 1)[0]
+    assert block.startswith("### lora") and "### flyp" in block
+    assert block in (tmp_path / "report" / "table.md").read_text()
