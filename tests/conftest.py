@@ -175,3 +175,31 @@ def run_config(spec: dict, image_data: Path, out: Path, **overrides) -> dict:
     for k, v in overrides.items():
         cfg[k] = v
     return cfg
+
+
+@pytest.fixture(scope="module")
+def zeroshot_setup(open_clip_spec, image_data, tmp_path_factory):
+    """(zero-shot model, training set, backbone) of the tiny open_clip run, for training tests."""
+    from wiseft.backbones import load_backbone
+    from wiseft.config import parse_config
+    from wiseft.pipeline import build_zeroshot_model, prepare_data
+
+    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path_factory.mktemp("run")))
+    data = prepare_data(cfg)
+    backbone = load_backbone(cfg.backbone)
+    model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=False)
+    return model, data.train, backbone
+
+
+# the integer type of each float type's width: bit-for-bit comparisons
+BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+        torch.bfloat16: torch.int16}
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (tells -0.0 from 0.0; a NaN equals the same NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype in BITS:
+        return torch.equal(a.contiguous().view(BITS[a.dtype]), b.contiguous().view(BITS[b.dtype]))
+    return torch.equal(a, b)

@@ -58,6 +58,8 @@ def test_activation_follows_each_pretrained_tag(arch, tag):
 
 
 def test_openai_tags_are_quick_gelu_and_laion_tags_are_not():
+    """Specs only: resolve_quick_gelu reads open_clip's own tag table in the installed
+    package; no weights are loaded and nothing is downloaded."""
     assert resolve_quick_gelu(BackboneSpec(family="open_clip", name="ViT-B-32", pretrained="openai")) is True
     laion = BackboneSpec(family="open_clip", name="ViT-B-32", pretrained="laion2b_s34b_b79k")
     assert resolve_quick_gelu(laion) is False

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import same_bits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,20 +38,11 @@ METHODS = list_methods()  # registry-wide tests cover a new method as soon as it
 FORMULA_TESTED = ["dare", "fisher", "greedy_soup", "linear", "model_stock", "slerp", "soup", "task_arithmetic",
                   "ties"]
 HALF = [torch.float16, torch.bfloat16]
-BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
-        torch.bfloat16: torch.int16}
 seeds = st.integers(0, 2 ** 32 - 1)
 
 
 # --- helpers -------------------------------------------------------------------------------
 
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equality (tells -0.0 from 0.0, and NaN equals the same NaN)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.dtype in BITS:
-        return torch.equal(a.contiguous().view(BITS[a.dtype]), b.contiguous().view(BITS[b.dtype]))
-    return torch.equal(a, b)
 
 
 def assert_fp32_close(out: torch.Tensor, ref: np.ndarray, ops: int, scale: np.ndarray) -> None:

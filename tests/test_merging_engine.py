@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import same_bits
 
 from wiseft.config import MergeConfig
 from wiseft.merge import MergeError, interpolate
 from wiseft.merging import TensorInputs, apply, get_method, layer_depths, list_methods, merge_states
 from wiseft.soup import weighted_average
 
-BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
-        torch.bfloat16: torch.int16}
 
 
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equality (tells -0.0 from 0.0; a NaN equals the same NaN)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.dtype in BITS:
-        return torch.equal(a.contiguous().view(BITS[a.dtype]), b.contiguous().view(BITS[b.dtype]))
-    return torch.equal(a, b)
 
 
 def assert_same_states(got: dict, want: dict) -> None:

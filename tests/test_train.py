@@ -8,12 +8,8 @@ import math
 import pytest
 import torch
 
-from conftest import run_config
-from wiseft.backbones import load_backbone
-from wiseft.config import parse_config
 from wiseft.data.base import DataError
 from wiseft.finetune import FinetuneConfig, compute_features, finetune
-from wiseft.pipeline import build_zeroshot_model, prepare_data
 from wiseft.train import BatchPlan, CheckpointDir, ResumeError, kshot_subset, resolve_batch
 from wiseft.train.checkpoints import atomic_save
 from wiseft.train.methods import decays, param_groups
@@ -22,12 +18,8 @@ BASE = dict(lr=1e-3, batch_size=4, epochs=1, warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
-def setup(open_clip_spec, image_data, tmp_path_factory):
-    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path_factory.mktemp("run")))
-    data = prepare_data(cfg)
-    backbone = load_backbone(cfg.backbone)
-    model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=False)
-    return model, data.train, backbone
+def setup(zeroshot_setup):
+    return zeroshot_setup
 
 
 def _tune(setup, **kw):

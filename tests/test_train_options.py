@@ -10,11 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import run_config
-from wiseft.backbones import load_backbone
-from wiseft.config import parse_config
 from wiseft.finetune import FinetuneConfig, TrainRun, finetune
-from wiseft.pipeline import build_zeroshot_model, prepare_data
 from wiseft.train import kshot_subset
 from wiseft.train.methods import decays
 
@@ -24,12 +20,8 @@ STEPS = 7
 
 
 @pytest.fixture(scope="module")
-def setup(open_clip_spec, image_data, tmp_path_factory):
-    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path_factory.mktemp("run")))
-    data = prepare_data(cfg)
-    backbone = load_backbone(cfg.backbone)
-    model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=False)
-    return model, data.train, backbone
+def setup(zeroshot_setup):
+    return zeroshot_setup
 
 
 def _tune(setup, run: TrainRun = TrainRun(progress=False), model=None, train=None, **kw):
