@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import WiseftError
-from .launch import add_config_arguments, add_train_arguments, call_command, cmd_train, config_overrides
+from .launch import add_config_arguments, add_train_arguments, call_command, cmd_train, config_overrides, shutdown
 
 DEMO_CONFIG = Path(__file__).parent / "resources" / "bbc_news.yaml"
 
@@ -28,9 +28,16 @@ def cmd_run(args) -> int:
     from .config import load_config
     from .pipeline import run
     from .results import summary_table
+    from .train.distributed import current
 
     cfg = load_config(args.config, _run_overrides(args))
-    result = run(cfg, progress=not args.no_progress, quick=args.quick)
+    try:  # under torchrun (python -m wiseft run): every process trains and scores its shard; rank 0 reports
+        result = run(cfg, progress=not args.no_progress, quick=args.quick)
+        main_process = current().main
+    finally:
+        shutdown()
+    if not main_process:
+        return 0
     print(summary_table(result.records))
     print(f"\nselected alpha (held-out validation): {json.dumps(result.selected_alpha)}")
     print(f"results: {result.run_dir / 'results.jsonl'}")

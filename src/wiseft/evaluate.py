@@ -40,6 +40,7 @@ from .progress import progress_bar
 from .results import (MERGE, NOT_PRIMARY, OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, output_ensemble_name,
                       select_metric)
 from .runtime import deterministic_numerics, device_of, to_device
+from .train.distributed import all_gather_objects, all_gather_rows, current
 
 if TYPE_CHECKING:
     from .config.evaluation import EvalConfig
@@ -198,13 +199,60 @@ def _as_list(batch):
 
 
 # ---------------------------------------------------------------------------------------
+# sharding under torchrun: each process reads every world-th chunk of a set
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The chunks of a set this process reads. A set of n inputs is cut into chunks of
+    ``size`` consecutive inputs (the last one shorter); chunk k belongs to process
+    ``k % world``. The chunks are the batches of a one-process run, so under torchrun
+    every batch holds the inputs it holds in one process, and the outputs gathered in
+    chunk order are the one-process outputs."""
+
+    size: int
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls, size: int) -> Shard:
+        """This process's shard in the process group it is in (one process: every chunk)."""
+        info = current()
+        return cls(size, info.rank, info.world)
+
+    def count(self, n: int) -> int:
+        """The number of chunks of a set of ``n`` inputs."""
+        return -(-n // self.size)
+
+    def chunks(self, n: int) -> list[list[int]]:
+        """The input indices of each chunk this process reads, in order."""
+        return [list(range(k * self.size, min(n, (k + 1) * self.size))) for k in range(self.rank, self.count(n),
+                                                                                        self.world)]
+
+    def gather(self, local: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        """Every process's rows in chunk order, from this process's rows of its own chunks
+        (``local``, concatenated in order). ``sizes``: the rows of each chunk, for the first
+        ``len(sizes)`` chunks (the chunks read). One process: ``local`` itself."""
+        if self.world == 1:
+            return local
+        pieces: dict[int, torch.Tensor] = {}
+        for r, part in enumerate(all_gather_rows(local)):
+            own = range(r, len(sizes), self.world)
+            pieces.update(zip(own, part.split([int(sizes[k]) for k in own])))
+        return torch.cat([pieces[k] for k in range(len(sizes))]) if sizes else local
+
+
+# ---------------------------------------------------------------------------------------
 # the input cache
 
 
 @dataclass
 class InputCache:
     """Preprocessed inputs of one set: a stacked tensor (in memory or on a memory-mapped
-    file) or, for inputs that do not stack (text), a list of collated batches."""
+    file) or, for inputs that do not stack (text), a list of collated batches (one per
+    chunk of ``shard.size`` inputs with any input kept). Under torchrun a process holds
+    the inputs of its shard's chunks only, and ``labels``, ``index`` and ``skipped`` of the
+    whole set."""
 
     labels: torch.Tensor
     index: torch.Tensor  # position in dataset.samples of each kept input
@@ -213,18 +261,38 @@ class InputCache:
     batches_: list | None = None
     finish: Callable[[torch.Tensor], torch.Tensor] | None = None
     path: Path | None = None
+    shard: Shard | None = None  # None: every input, read in batches of any size
 
-    def batches(self, batch_size: int, device: torch.device | None = None) -> Iterator[tuple[Any, torch.Tensor]]:
-        """(model inputs, labels) batches, moved to ``device`` before finishing."""
-        if self.batches_ is not None:
-            for x, y in self.batches_:
-                yield (to_device(x, device) if device is not None else x), y
+    def chunk_sizes(self, size: int) -> torch.Tensor:
+        """The kept inputs of each chunk of ``size`` inputs of the set."""
+        n = int(self.index[-1]) + 1 if len(self.index) else 0
+        return torch.bincount(self.index // size, minlength=-(-n // size)) if n else torch.zeros(0, dtype=torch.long)
+
+    def pieces(self, batch_size: int, device: torch.device | None = None) -> Iterator[tuple[int, int, int, Any]]:
+        """(chunk, its first row in the set's kept inputs, its rows, model inputs) for each chunk this
+        process holds, moved to ``device`` before finishing. A chunk is ``batch_size``
+        consecutive inputs of the set less the skipped ones (one process), or the shard's
+        chunk whatever ``batch_size`` says (a sharded cache reads in the chunks it decoded)."""
+        shard = self.shard if self.shard is not None and self.shard.world > 1 else Shard(batch_size)
+        sizes = self.chunk_sizes(shard.size)
+        starts = torch.cumsum(sizes, 0) - sizes
+        own = [k for k in range(shard.rank, len(sizes), shard.world) if sizes[k]]
+        if self.batches_ is not None:  # collated at decode time, one per chunk held
+            for k, (x, _) in zip(own, self.batches_):
+                yield k, int(starts[k]), int(sizes[k]), (to_device(x, device) if device is not None else x)
             return
-        for i in range(0, len(self.labels), batch_size):
-            x = self.data[i:i + batch_size]
+        lo = 0
+        for k in own:
+            x = self.data[lo:lo + int(sizes[k])]
+            lo += int(sizes[k])
             if device is not None:
                 x = x.to(device, non_blocking=True)
-            yield (self.finish(x) if self.finish is not None else x), self.labels[i:i + batch_size]
+            yield k, int(starts[k]), int(sizes[k]), (self.finish(x) if self.finish is not None else x)
+
+    def batches(self, batch_size: int, device: torch.device | None = None) -> Iterator[tuple[Any, torch.Tensor]]:
+        """(model inputs, labels) batches of the chunks this process holds (:meth:`pieces`)."""
+        for _, start, rows, x in self.pieces(batch_size, device):
+            yield x, self.labels[start:start + rows]
 
     @property
     def nbytes(self) -> int:
@@ -247,53 +315,76 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
                       max_memory: int | None = None, progress: bool = True) -> InputCache:
     """Decode and preprocess every input of ``dataset`` once. ``mode='auto'`` keeps the
     cache in memory when it takes under ``max_memory`` (default: half the available
-    memory) and otherwise writes a memory-mapped uint8 file under ``cache_dir``."""
+    memory) and otherwise writes a memory-mapped uint8 file under ``cache_dir``. Under
+    torchrun each process decodes its ``Shard`` of chunks of ``batch_size`` inputs, and
+    the processes share which inputs were kept or skipped."""
     pre, finish = split_transform(backbone.transform_eval)
-    loader = DataLoader(_Decode(dataset, pre), batch_size=batch_size, collate_fn=_as_list,
+    shard = Shard.current(batch_size)
+    chunks = shard.chunks(len(dataset))
+    loader = DataLoader(_Decode(dataset, pre), batch_sampler=chunks, collate_fn=_as_list,
                         num_workers=_workers(num_workers, len(dataset)))
-    n = len(dataset)
-    kept_idx, kept_y, skipped, batches = [], [], [], []
-    data, path, pos = None, None, 0
-    bar = progress_bar(total=n, desc=f"decode {dataset.name}", disable=not progress, leave=False, unit="input")
+    held = sum(len(c) for c in chunks)
+    kept: list[tuple[int, int]] = []  # (index, label) of each input held
+    skipped: list[tuple[int, str]] = []  # (chunk, why) of each input skipped
+    batches, data, path = [], None, None
+    bar = progress_bar(total=held, desc=f"decode {dataset.name}", disable=not progress, leave=False, unit="input")
     for chunk in loader:
         good = [(i, x, y) for i, x, y, err in chunk if err is None]
-        skipped += [err for _, x, _, err in chunk if err is not None]
+        skipped += [(i // batch_size, err) for i, x, _, err in chunk if err is not None]
         bar.update(len(chunk))
         if not good:
             continue
         if not isinstance(good[0][1], torch.Tensor) or batches:  # inputs that do not stack: keep batches
             batches.append(backbone.collate([(x, y) for _, x, y in good]))
-        else:
-            if data is None:
-                data, path = _allocate(good[0][1], n, mode, cache_dir, max_memory, dataset.name)
-            for i, x, y in good:
-                if x.shape != data.shape[1:]:
-                    skipped.append(f"{dataset.samples[i][0]}: preprocessed shape {tuple(x.shape)} differs from "
-                                   f"{tuple(data.shape[1:])}")
-                    continue
-                data[pos] = x
-                pos += 1
-                kept_idx.append(i)
-                kept_y.append(y)
+            kept += [(i, y) for i, _, y in good]
             continue
-        kept_idx += [i for i, _, _ in good]
-        kept_y += [y for _, _, y in good]
+        if data is None:
+            data, path = _allocate(good[0][1], held, mode, cache_dir, max_memory, dataset.name)
+        for i, x, y in good:
+            if x.shape != data.shape[1:]:
+                skipped.append((i // batch_size, f"{dataset.samples[i][0]}: preprocessed shape {tuple(x.shape)} "
+                                f"differs from {tuple(data.shape[1:])}"))
+                continue
+            data[len(kept)] = x
+            kept.append((i, y))
     bar.close()
-    if skipped:  # skipped and counted (records: provenance.skipped_inputs), unless too many to score the set
-        log.warning("%s: %d of %d inputs unreadable, skipped (first: %s)", dataset.name, len(skipped), n, skipped[0])
-        try:
-            check_unreadable(len(skipped), n, getattr(dataset, "max_unreadable", None),
-                             f"evaluation set {dataset.name!r}", skipped[0])
-        except ValueError:
-            if path is not None:
-                _remove(path)
-            raise
-    cache = InputCache(torch.as_tensor(kept_y, dtype=torch.long), torch.as_tensor(kept_idx, dtype=torch.long),
-                       skipped, data=None if data is None else data[:pos], batches_=batches or None,
-                       finish=finish, path=path)
+    if data is not None:
+        data = data[:len(kept)]
+    kept, why = _shared(kept, skipped, shard)
+    try:
+        _check_skipped(dataset, why)
+    except ValueError:
+        if path is not None:
+            _remove(path)
+        raise
+    cache = InputCache(torch.as_tensor([y for _, y in kept], dtype=torch.long),
+                       torch.as_tensor([i for i, _ in kept], dtype=torch.long), why, data=data,
+                       batches_=batches or None, finish=finish, path=path, shard=shard)
     if path is not None:
         weakref.finalize(cache, _remove, path)
     return cache
+
+
+def _shared(kept: list[tuple[int, int]], skipped: list[tuple[int, str]],
+            shard: Shard) -> tuple[list[tuple[int, int]], list[str]]:
+    """The whole set's kept (index, label) pairs in order and its skipped inputs in chunk
+    order, from every process's (one process: its own)."""
+    if shard.world > 1:
+        parts = all_gather_objects((kept, skipped))
+        kept = sorted(pair for part, _ in parts for pair in part)
+        skipped = sorted((s for _, part in parts for s in part), key=lambda s: s[0])  # stable: order within a chunk
+    return kept, [why for _, why in skipped]
+
+
+def _check_skipped(dataset: LabeledDataset, skipped: list[str]) -> None:
+    """Skipped inputs are counted (records: provenance.skipped_inputs), unless too many to score the set."""
+    if not skipped:
+        return
+    n = len(dataset)
+    if current().main:
+        log.warning("%s: %d of %d inputs unreadable, skipped (first: %s)", dataset.name, len(skipped), n, skipped[0])
+    check_unreadable(len(skipped), n, getattr(dataset, "max_unreadable", None), f"evaluation set {dataset.name!r}",
+                     skipped[0])
 
 
 def _workers(num_workers: int | None, n: int) -> int:
@@ -351,7 +442,7 @@ class EvalSet:
             self._cache = build_input_cache(self.dataset, backbone, batch_size=batch_size,
                                             num_workers=num_workers, mode=mode, cache_dir=cache_dir,
                                             max_memory=max_memory, progress=progress)
-            if self._cache.skipped:
+            if self._cache.skipped and current().main:
                 log.warning("%s: skipped %d unreadable inputs, e.g. %s", self.name, len(self._cache.skipped),
                             self._cache.skipped[0])
         return self._cache
@@ -361,8 +452,9 @@ class EvalSet:
         """Collated (inputs, labels) batches with eval preprocessing (decoded once when
         ``cache`` is set; otherwise re-read on every pass), loaded by ``num_workers``
         processes either way."""
-        if not cache:
-            return DataLoader(self.dataset.with_transform(backbone.transform_eval), batch_size=batch_size,
+        if not cache:  # under torchrun, this process's chunks (Shard)
+            return DataLoader(self.dataset.with_transform(backbone.transform_eval),
+                              batch_sampler=Shard.current(batch_size).chunks(len(self.dataset)),
                               collate_fn=backbone.collate, num_workers=_workers(num_workers, len(self.dataset)))
         return list(self.inputs(backbone, batch_size, num_workers=num_workers).batches(batch_size))
 
@@ -428,20 +520,29 @@ def predict_logits(model: Classifier, batches: Iterable, precision: str = "fp32"
         for inputs, y in batches:
             out.append(model(to_device(inputs, device)).float().cpu())
             labels.append(y)
+    if not out:  # a process of a torchrun launch with no chunk of this set
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
     return torch.cat(out), torch.cat(labels)
 
 
 @torch.no_grad()
 def _cached_outputs(fn: Callable, cache: InputCache, batch_size: int, device: torch.device, precision: str,
                     limit: int | None = None) -> torch.Tensor:
-    out, seen = [], 0
+    """``fn``'s outputs (in fp32, on the CPU) for the set's kept inputs in order, or the first
+    ``limit`` of them. Under torchrun each process runs its chunks and the rows are gathered."""
+    out = []
     with numerics(precision, device):
-        for x, _ in cache.batches(batch_size, device):
-            out.append(fn(x).float().cpu())
-            seen += len(out[-1])
-            if limit is not None and seen >= limit:
+        for _, start, _, x in cache.pieces(batch_size, device):
+            if limit is not None and start >= limit:
                 break
-    return torch.cat(out)[:limit] if out else torch.empty(0)
+            out.append(fn(x).float().cpu())
+    local = torch.cat(out) if out else torch.empty(0)
+    if cache.shard is None or cache.shard.world == 1:
+        return local[:limit]
+    sizes = cache.chunk_sizes(cache.shard.size)
+    starts = torch.cumsum(sizes, 0) - sizes
+    count = len(sizes) if limit is None else int((starts < limit).sum())  # the chunks every process read
+    return cache.shard.gather(local, sizes[:count].tolist())[:limit]
 
 
 # ---------------------------------------------------------------------------------------
@@ -479,6 +580,10 @@ def _evaluate_set(model: Classifier, es: EvalSet, backbone: Backbone,
     if settings.cache is False:  # the naive path: decode again, as the reference implementation does
         batches = es.batches(backbone, settings.batch_size, cache=False, num_workers=settings.num_workers)
         logits, labels = predict_logits(model, batches, settings.precision)
+        shard = Shard.current(settings.batch_size)
+        if shard.world > 1:  # every process's chunks, in order
+            sizes = [len(c) for c in Shard(settings.batch_size).chunks(len(es.dataset))]
+            logits, labels = shard.gather(logits, sizes), shard.gather(labels, sizes)
         return es.scores(logits, labels), logits, labels
     c = _inputs(es, backbone, settings)
     logits = _cached_outputs(model, c, settings.batch_size, device_of(model), settings.precision)

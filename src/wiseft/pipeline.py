@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from .runtime import to_device
 from .results import MERGE, QUICK_BANNER, Record, append_records, package_versions, summary_table
 from .templates import get_templates, templates_hash
 from .train.checkpoints import check_resumable
-from .train.distributed import current
+from .train.distributed import barrier, current, init_distributed
 from .train.lora import finetuned_state
 
 log = logging.getLogger("wiseft")
@@ -256,21 +255,20 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     """The body of :func:`run`; ``held`` keeps the run directory's lock until the run ends."""
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
-    main_process = current().main and os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 locks
-    clock = StageClock()
+    info, device = init_distributed(cfg.device)  # under torchrun: every process trains and scores its shard
+    main_process, clock = info.main, StageClock()  # under torchrun rank 0 locks and writes
     cfg, data = _checked_inputs(cfg, quick, main_process, clock)
     runs = cfg.finetune_runs()
     run_dir = Path(cfg.output_dir)
     reused = {name for name in runs if _reusable(cfg, name)}
     log.info("%s", plan_text(cfg, data, runs, reused, quick))
 
-    device = resolve_device(cfg.device)
     with clock("model load"):
         backbone = load_backbone(cfg.backbone)
     # inputs are valid and the model loaded: now the run directory is this process's, and written to
     if main_process:
         held.enter_context(hold(run_dir, "run directory"))
-    results_path = _start_run_dir(cfg, runs, reused)
+    results_path = _start_run_dir(cfg, runs, reused, main_process)
     with clock("zero-shot head"):
         zs = ZeroShotModels(backbone, data, cfg, device)
         model, theta_0 = zs.of(cfg.finetune)
@@ -295,7 +293,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
                                                              **adapter_provenance(ft_cfg.mode, theta_1)})
             new = sweep(*zs.of(ft_cfg), theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
                         zeroshot=zeroshot)
-        append_records(results_path, new)
+        _append(results_path, new)
         records += new
     if merges:
         with clock("merges"):
@@ -305,13 +303,20 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     from .robustness import select_alpha
 
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
-    _write_summary(cfg, records, selected, quick)
     export_dir = None
-    if cfg.export:
-        with clock("export"):
-            export_dir = _export(cfg, data, (zs.main, backbone, theta_0, kept["finetuned"]), selected["finetuned"],
-                                 records)
+    if main_process:  # under torchrun every process holds the records; rank 0 writes
+        _write_summary(cfg, records, selected, quick)
+        if cfg.export:
+            with clock("export"):
+                export_dir = _export(cfg, data, (zs.main, backbone, theta_0, kept["finetuned"]),
+                                     selected["finetuned"], records)
     return RunResult(run_dir, records, selected, export_dir, clock.times)
+
+
+def _append(results_path: Path, records: list[Record]) -> None:
+    """Append records to the run's results (under torchrun: by rank 0, which every process's equal)."""
+    if current().main:
+        append_records(results_path, records)
 
 
 def _export(cfg: RunConfig, data: PreparedData, weights: tuple, alpha: float, records: list[Record]) -> Path:
@@ -343,7 +348,7 @@ def _merge_records(cfg: RunConfig, merges: list[MergeRun], weights: tuple, data:
             new = search_merge(model, theta_0, finetuned, data.evalsets, backbone, merge, settings=settings)
         chosen = next(r.provenance[MERGE]["point"] for r in new if r.provenance[MERGE]["chosen"])
         log.info("merge %s: the point used: %s", merge.name, json.dumps(chosen))
-        append_records(results_path, new)
+        _append(results_path, new)
         out += new
     return out
 
@@ -361,16 +366,18 @@ def _checked_inputs(cfg: RunConfig, quick: bool, main_process: bool,
     return cfg, data
 
 
-def _start_run_dir(cfg: RunConfig, runs: dict, reused: set[str]) -> Path:
+def _start_run_dir(cfg: RunConfig, runs: dict, reused: set[str], main_process: bool = True) -> Path:
     """Write the resolved config into the run directory and drop a previous run's
     records (its checkpoints are reused); first, every checkpoint to resume from must
     load, so that a bad one stops the run before anything is written. Returns the
-    records' path."""
+    records' path (only the main process writes)."""
     for name in runs:  # a checkpoint to resume from that would not load: say so before writing anything
         if name not in reused:
             check_resumable(checkpoint_paths(cfg, name)[1])
     run_dir = Path(cfg.output_dir)
     results_path = run_dir / "results.jsonl"
+    if not main_process:
+        return results_path
     atomic_write(run_dir / "config.yaml", cfg.to_yaml())
     if results_path.exists():
         results_path.unlink()  # a rerun replaces its records; checkpoints are reused below
@@ -521,5 +528,7 @@ def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir:
                      TrainRun(log_path=run_dir / f"train_{name}.jsonl", progress=progress,
                               checkpoint_dir=train_dir, resume=True, name=name))
     state = {k: v.detach().clone() for k, v in finetuned_state(tuned).items()}  # LoRA: head and adapter factors
-    save_state(ckpt, state, {"train_key": key})
+    if current().main:  # under torchrun every process holds the same weights; one writes them
+        save_state(ckpt, state, {"train_key": key})
+    barrier()
     return state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -40,7 +41,13 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        atexit.register(_leave)  # a group left standing at exit can abort the process (gloo's threads)
     return current(), dev
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current() -> DistInfo:
@@ -63,6 +70,28 @@ def all_gather_objects(obj) -> list:
     out = [None] * info.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's ``t`` in rank order, on the CPU; their first dimensions may differ
+    (a process with no rows may pass ``torch.empty(0)``). The shapes travel first, then one
+    padded ``all_gather`` (on the GPU under NCCL). One process: ``[t]``."""
+    info = current()
+    if not info.enabled:
+        return [t]
+    shapes = all_gather_objects((tuple(t.shape), t.dtype) if t.numel() else None)
+    full = [s for s in shapes if s is not None]
+    if not full:
+        return [t for _ in range(info.world)]
+    trailing, dtype = full[0][0][1:], full[0][1]
+    rows = [s[0][0] if s is not None else 0 for s in shapes]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    buf = torch.zeros((max(rows), *trailing), dtype=dtype, device=device)
+    if t.numel():
+        buf[:len(t)] = t.to(device)
+    out = [torch.empty_like(buf) for _ in range(info.world)]
+    dist.all_gather(out, buf)
+    return [part[:n].cpu() for part, n in zip(out, rows)]
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

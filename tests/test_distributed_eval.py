@@ -1,0 +1,207 @@
+"""Distributed evaluation: under torchrun each process scores its chunks of every set and
+the gathered records equal a one-process run's (issue 17.1). The chunks are the batches of
+a one-process run, so a sharded batch holds the inputs a one-process batch holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
+from wiseft.evaluate import InputCache, Shard, _cached_outputs, build_input_cache
+from wiseft.train.distributed import all_gather_rows
+
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+needs_torchrun = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+
+# one process or each process of a torchrun launch: three sweeps (cached, naive re-decoding,
+# linear from features) and the first 7 rows of the reference set's outputs (the bf16 check's read)
+SWEEPS = r'''
+import dataclasses, json, os, sys
+import torch
+if os.environ.get("OC_DIR"):
+    import open_clip
+    open_clip.add_model_config(os.environ["OC_DIR"])
+from wiseft.backbones import load_backbone
+from wiseft.config import load_config
+from wiseft.evaluate import SweepSettings, _cached_outputs, sweep
+from wiseft.pipeline import build_zeroshot_model, prepare_data
+from wiseft.train.distributed import all_gather_objects, current, init_distributed
+
+cfg = load_config(sys.argv[1])
+info, device = init_distributed("cpu")
+data = prepare_data(cfg)
+backbone = load_backbone(cfg.backbone)
+model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=False)
+theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+g = torch.Generator().manual_seed(0)
+theta_1 = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in theta_0.items()}
+head_only = {k: theta_1[k] if k.startswith("head.") else v for k, v in theta_0.items()}
+out = {}
+for name, theta, settings in [("cached", theta_1, {}), ("naive", theta_1, {"cache": False}),
+                              ("linear", head_only, {"linear": True})]:
+    s = SweepSettings(batch_size=4, progress=False, model_name=name, **settings)
+    sets = [es for es in data.evalsets if not es.skipped] if name == "naive" else data.evalsets  # it reads
+    out[name] = [dataclasses.asdict(r) for r in sweep(model, theta_0, theta, sets, [0.0, 0.5, 1.0],  # every input
+                                                      backbone, settings=s)]
+model.load_state_dict(theta_0)
+reference = data.evalsets[0]
+out["first_rows"] = _cached_outputs(model, reference._cache, 4, device, "fp32", limit=7).tolist()
+out["skipped"] = {es.name: es.skipped for es in data.evalsets}
+out["world"] = current().world
+out["held"] = all_gather_objects([k for k, *_ in reference._cache.pieces(4)])  # the chunks each process read
+if info.main:
+    with open(sys.argv[2], "w") as f:
+        json.dump(out, f)
+'''
+
+
+def _env(tmp_path: Path, **extra) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WISEFT_CACHE": str(tmp_path / "cache"), **extra}
+    env.pop("RANK", None)
+    return env
+
+
+def _sweeps(cfg: dict, tmp_path: Path, env: dict) -> tuple[dict, dict]:
+    """The script's output from one process and from two torchrun (gloo) processes."""
+    cfg_path, script = tmp_path / "cfg.yaml", tmp_path / "sweeps.py"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    script.write_text(SWEEPS)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    proc = subprocess.run([sys.executable, str(script), str(cfg_path), str(one)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(cfg_path), str(two)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(one.read_text()), json.loads(two.read_text())
+
+
+def _assert_same(one: dict, two: dict) -> None:
+    assert (one["world"], two["world"]) == (1, 2)
+    chunks = one["held"][0]
+    assert two["held"] == [chunks[0::2], chunks[1::2]]  # each process read every other chunk, no more
+    for key in ("cached", "naive", "linear", "first_rows", "skipped"):
+        assert one[key] == two[key], key  # every record, every field, to the last bit of each value
+
+
+def _broken_test_set(image_data: Path, root: Path) -> Path:
+    """The colours test set (18 images) and one unreadable file: 19 inputs, 5 chunks of 4."""
+    shutil.copytree(image_data / "test", root)
+    (root / "green" / "002b.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.mark.slow  # four subprocesses
+@needs_torchrun
+def test_two_processes_score_images_as_one(open_clip_spec, image_data, tmp_path):
+    cfg = run_config(open_clip_spec, image_data, tmp_path / "run", evaluation={"batch_size": 4})
+    cfg["data"]["test"]["root"] = str(_broken_test_set(image_data, tmp_path / "test"))
+    cfg["data"]["max_unreadable"] = 0.1
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(TINY_CONFIG))
+    one, two = _sweeps(cfg, tmp_path, _env(tmp_path, OC_DIR=str(tmp_path / "oc")))
+    _assert_same(one, two)
+    assert len(one["skipped"]["colors"]) == 1 and "002b.jpg" in one["skipped"]["colors"][0]
+    assert {r["dataset"] for r in one["cached"]} == {"colors", "noise", "subset", "colors-val"}
+    assert len(one["first_rows"]) == 7 and one["held"] == [[0, 1, 2, 3, 4]]
+
+
+@pytest.mark.slow  # four subprocesses
+@needs_torchrun
+def test_two_processes_score_text_as_one(tiny_bert_dir, tmp_path):
+    rows = [("the shares market profit", "business"), ("the film music", "entertainment"),
+            ("the election vote", "politics"), ("the match goal team", "sports"), ("the phone software", "technology")]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in rows * 4) + "\n")
+    (tmp_path / "heads.csv").write_text("text,label\n" + "\n".join(f"{t.split()[-1]},{y}" for t, y in rows) + "\n")
+    cfg = {"backbone": {"family": "sentence_transformer", "name": str(tiny_bert_dir), "max_length": 16},
+           "data": {"name": "news", "templates": "news", "train": {"kind": "manifest", "path": str(tmp_path / "train.csv")},
+                    "test": {"kind": "manifest", "path": str(tmp_path / "train.csv")},
+                    "shifts": {"last-word": {"kind": "manifest", "path": str(tmp_path / "heads.csv")}},
+                    "validation_fraction": 0.25},
+           "output_dir": str(tmp_path / "run"), "device": "cpu"}
+    one, two = _sweeps(cfg, tmp_path, _env(tmp_path))
+    _assert_same(one, two)
+    assert {r["dataset"] for r in one["naive"]} == {"news", "last-word", "news-val"}
+
+
+def test_shard_chunks_go_round_robin():
+    assert Shard(4, 0, 2).chunks(19) == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18]]
+    assert Shard(4, 1, 2).chunks(19) == [[4, 5, 6, 7], [12, 13, 14, 15]]
+    assert Shard(4, 2, 3).chunks(6) == []  # more processes than chunks: nothing to read
+    assert Shard(4).chunks(0) == [] and Shard(4).count(9) == 3
+
+
+def test_one_process_gather_is_the_identity():
+    local = torch.arange(6.0).reshape(3, 2)
+    assert Shard(2).gather(local, [2, 1]) is local
+    assert all_gather_rows(local)[0] is local
+
+
+def test_a_one_process_cache_reads_in_chunks_of_the_set(open_clip_spec, image_data, tmp_path):
+    # a skipped input shortens its chunk instead of shifting every later batch: the batches
+    # are those a process of a torchrun launch reads, so the outputs are the same bits
+    from wiseft.backbones import load_backbone
+    from wiseft.data.folders import image_folder
+
+    root = _broken_test_set(image_data, tmp_path / "test")
+    ds = image_folder(root)
+    ds.max_unreadable = 0.1
+    backbone = load_backbone(open_clip_spec)
+    cache = build_input_cache(ds, backbone, batch_size=4, progress=False)
+    broken = [i for i, (ref, _) in enumerate(ds.samples) if str(ref).endswith("002b.jpg")]
+    assert len(cache.index) == 18 and broken and broken[0] not in cache.index.tolist()
+    expected = [4, 4, 4, 4, 3]  # 19 inputs
+    expected[broken[0] // 4] -= 1
+    assert [rows for _, _, rows, _ in cache.pieces(4)] == expected
+    assert [rows for _, _, rows, _ in cache.pieces(6)] == [len([i for i in cache.index.tolist() if k * 6 <= i < k * 6 + 6])
+                                                             for k in range(4)]
+    encode = backbone.encoder.eval()
+    whole = _cached_outputs(encode, cache, 4, torch.device("cpu"), "fp32")
+    assert whole.shape[0] == 18
+    assert torch.equal(_cached_outputs(encode, cache, 4, torch.device("cpu"), "fp32", limit=5), whole[:5])
+    labels = torch.cat([y for _, y in cache.batches(4)])
+    assert torch.equal(labels, cache.labels)
+
+
+def test_an_empty_cache_has_no_chunks():
+    cache = InputCache(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), [])
+    assert list(cache.pieces(4)) == [] and cache.chunk_sizes(4).tolist() == []
+
+
+@pytest.mark.slow  # a torchrun launch of the whole job, then one process
+@needs_torchrun
+def test_torchrun_wiseft_run_trains_and_sweeps_as_one_process(tiny_hf_clip_dir, image_data, tmp_path):
+    # `torchrun -m wiseft run`: both processes fine-tune (DDP) and score their chunks; rank 0 writes.
+    # A one-process rerun in the same directory reuses those weights, and its records are the same.
+    spec = {"family": "hf_clip", "name": str(tiny_hf_clip_dir)}
+    cfg = run_config(spec, image_data, tmp_path / "run", evaluation={"batch_size": 4},
+                     finetune={"mode": "e2e", "lr": 1e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 1})
+    cfg["data"]["test"]["root"] = str(_broken_test_set(image_data, tmp_path / "test"))
+    cfg["data"]["max_unreadable"] = 0.1
+    cfg["alphas"] = [0.0, 0.5, 1.0]
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = _env(tmp_path)
+    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "wiseft", "run", str(cfg_path),
+                          "--no-progress", "--no-report"], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "8 = 4 per device x 2 devices x 1 accumulation" in two.stderr
+    assert two.stdout.count("selected alpha") == 1  # rank 0 reports
+    results = tmp_path / "run" / "results.jsonl"
+    sharded = [json.loads(line) for line in results.read_text().splitlines()]
+    one = subprocess.run([sys.executable, "-m", "wiseft", "run", str(cfg_path), "--no-progress", "--no-report"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "finetuned: reusing" in one.stderr
+    single = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(single) == 45 and sharded == single  # every record, every field
+    assert any(r["dataset"] == "colors" and r["provenance"].get("skipped_inputs") == 1 for r in single)
