@@ -205,3 +205,19 @@ def test_torchrun_wiseft_run_trains_and_sweeps_as_one_process(tiny_hf_clip_dir, 
     single = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(single) == 45 and sharded == single  # every record, every field
     assert any(r["dataset"] == "colors" and r["provenance"].get("skipped_inputs") == 1 for r in single)
+
+
+def test_under_torchrun_only_rank_0_logs_progress(monkeypatch):
+    import logging
+
+    from wiseft.progress import configure_logging
+
+    logger = logging.getLogger("wiseft")
+    before = logger.level
+    try:
+        for rank, level in (("1", logging.WARNING), ("0", logging.INFO)):
+            monkeypatch.setenv("RANK", rank)
+            configure_logging()
+            assert logger.level == level
+    finally:
+        logger.setLevel(before)

@@ -231,18 +231,25 @@ def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
     from .config import load_config
     from .evaluate import EvalSettings, evaluate_records
-    from .pipeline import prepare_data, resolve_device
+    from .pipeline import prepare_data
     from .results import append_records
+    from .train.distributed import init_distributed
 
     cfg = load_config(args.config)
     data = prepare_data(cfg)
     model, backbone, meta = load_model(args.model)
     if list(meta.get("classnames", data.classnames)) != data.classnames:
         raise ValueError(f"model {args.model} was built for other classes than {args.config}'s")
-    model.to(resolve_device(cfg.device))
-    records = evaluate_records(model, data.evalsets, backbone, model_name=args.name, alpha=meta.get("alpha"),
-                               provenance={"model": str(args.model), "backbone": meta.get("backbone")},
-                               settings=EvalSettings.from_config(cfg.evaluation, progress=False))
+    info, device = init_distributed(cfg.device)  # under torchrun each process scores its chunks of every set
+    try:
+        settings = EvalSettings.from_config(cfg.evaluation, progress=False)
+        records = evaluate_records(model.to(device), data.evalsets, backbone, model_name=args.name,
+                                   alpha=meta.get("alpha"), settings=settings,
+                                   provenance={"model": str(args.model), "backbone": meta.get("backbone")})
+    finally:
+        shutdown()
+    if not info.main:
+        return 0
     if args.out:
         append_records(args.out, records)
     for r in records:

@@ -256,7 +256,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     if not isinstance(cfg, RunConfig):
         cfg = load_config(cfg)
     info, device = init_distributed(cfg.device)  # under torchrun: every process trains and scores its shard
-    main_process, clock = info.main, StageClock()  # under torchrun rank 0 locks and writes
+    main_process, clock, progress = info.main, StageClock(), progress and info.main  # rank 0 locks, writes, draws
     cfg, data = _checked_inputs(cfg, quick, main_process, clock)
     runs = cfg.finetune_runs()
     run_dir = Path(cfg.output_dir)

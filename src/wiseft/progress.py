@@ -32,7 +32,8 @@ def configure_logging() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("wiseft").setLevel(logging.INFO)
+    # under torchrun rank 0 tells the story; the other processes say only what goes wrong
+    logging.getLogger("wiseft").setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers
 
 
