@@ -224,3 +224,28 @@ def test_the_config_passes_the_setting_through():
     for bad in (0, True, "3", 2.5, "all"):
         with pytest.raises(ValueError):
             EvalConfig(alphas_per_pass=bad)
+
+
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
+def test_the_benchmark_times_the_sweep_both_ways_and_compares_the_records(tmp_path):
+    """benchmarks/multi_alpha.py at a tiny size: every mode timed, and its records agree."""
+    import argparse
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import open_clip
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "multi_alpha.py"
+    spec = importlib.util.spec_from_file_location("benchmark_multi_alpha", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "bench-vit-tiny.json").write_text(json.dumps(bench.MODELS["bench-vit-tiny"]))
+    open_clip.add_model_config(tmp_path)
+    args = argparse.Namespace(images=8, batch_size=4, alphas_per_pass=[11, 4], repeats=2, precision="fp32")
+    rows = bench.bench("bench-vit-tiny", args, torch.device("cpu"))
+    assert [r["per_pass"] for r in rows] == [1, 11, 4]
+    assert all(len(r["times"]) == 2 and r["median"] > 0 for r in rows)
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == rows[0]["median"] / rows[1]["median"]
+    assert all(r["agree"].startswith("same top-1 counts; largest difference: ece ") for r in rows)
+    assert bench.table(rows).count("\n| bench-vit-tiny |") == 3
