@@ -636,8 +636,9 @@ def _group_size(model: Classifier, interp, alphas: Sequence[float], s: SweepSett
            if isinstance(model, PromptClassifier) else
            "a LoRA fine-tune is mixed by scaling its adapter" if not isinstance(interp, Interpolator) else
            "inputs are not cached (cache: false)" if s.cache is False else None)
-    if why is not None:
-        log.info("alphas_per_pass=%s: one alpha at a time, as %s", s.alphas_per_pass, why)
+    if why is not None:  # a warning where a number was asked for, a note where 'auto' was
+        log.log(logging.INFO if s.alphas_per_pass == "auto" else logging.WARNING,
+                "alphas_per_pass=%s: one alpha at a time, as %s", s.alphas_per_pass, why)
         return 1
     if s.alphas_per_pass != "auto":
         return int(s.alphas_per_pass)
