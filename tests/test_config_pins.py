@@ -69,3 +69,21 @@ def test_dataset_specs_dump_exactly_what_was_written():
 def test_the_shipped_configs_keep_their_hash_train_key_and_dump(path, pinned):
     cfg = load_config(ROOT / path)
     assert (cfg.config_hash(), cfg.train_key(), _yaml_hash(cfg)) == pinned
+
+
+def test_alphas_per_pass_at_its_default_keeps_the_pins_and_otherwise_enters_the_hash_only():
+    """``evaluation.alphas_per_pass`` changes how the sweep runs: at its default (1, written
+    out or not) the pinned hash and dump stand; another value enters the config hash (its
+    logits agree with one alpha at a time to float rounding, not bit for bit) and never
+    the train key (training does not read it)."""
+    pinned = ("c9e7eab732492fe8", "4fabdbb02f4275cc", "a87e05e113ebe3be")
+    raw = _fixture_config()
+    cfg = parse_config({**raw, "evaluation": {**raw["evaluation"], "alphas_per_pass": 1}})
+    assert (cfg.config_hash(), cfg.train_key(), _yaml_hash(cfg)) == pinned
+    assert "alphas_per_pass" not in cfg.to_yaml()
+    for value in (4, "auto"):
+        other = parse_config({**raw, "evaluation": {**raw["evaluation"], "alphas_per_pass": value}})
+        assert other.train_key() == pinned[1]
+        assert other.config_hash() != pinned[0]
+        assert other.model_dump(mode="json")["evaluation"]["alphas_per_pass"] == value
+        assert parse_config(other.model_dump(mode="json")).config_hash() == other.config_hash()

@@ -71,7 +71,7 @@ def test_every_family_vmaps_and_equals_one_alpha_at_a_time(family, request):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     multi = MultiAlpha(model, theta_0, theta_1, ALPHAS)
     out = multi(inputs)
-    assert multi.mode_used == "vmap"  # no family falls back to the loop
+    assert multi.mode_used == "vmap" and multi.vmapped  # no family falls back to the loop
     ref = one_at_a_time(model, theta_0, theta_1, ALPHAS, inputs)
     assert out.shape == (len(ALPHAS), 4, 3)
     torch.testing.assert_close(out, ref, **TOL)
@@ -128,7 +128,7 @@ def test_auto_falls_back_to_a_loop_where_vmap_cannot_run(caplog):
     multi = MultiAlpha(model, theta_0, theta_1, ALPHAS)
     with caplog.at_level(logging.WARNING, logger="wiseft"):
         out = multi(x)
-    assert multi.mode_used == "loop"
+    assert multi.mode_used == "loop" and not multi.vmapped
     assert "cannot run under torch.vmap" in caplog.text and "looping over the 5 alphas" in caplog.text
     torch.testing.assert_close(out, one_at_a_time(model, theta_0, theta_1, ALPHAS, x), rtol=0, atol=0)
     enc.calls = 0
@@ -271,7 +271,7 @@ def test_auto_falls_back_on_a_later_batch_too():
     multi = MultiAlpha(model, theta_0, theta_1, ALPHAS)
     big, small = torch.randn(7, 6), torch.randn(3, 6)
     multi(big)
-    assert multi.mode_used == "vmap"
+    assert multi.mode_used == "vmap" and multi.vmapped
     out = multi(small)
-    assert multi.mode_used == "loop"
+    assert multi.mode_used == "loop" and multi.vmapped  # the first batch's logits were vmapped
     torch.testing.assert_close(out, one_at_a_time(model, theta_0, theta_1, ALPHAS, small), rtol=0, atol=0)

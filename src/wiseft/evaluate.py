@@ -29,13 +29,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .backbones.base import Backbone
+from .config.merge import MergeConfig
 from .data.base import LabeledDataset, Projection
 from .data.folders import check_unreadable
 from .ensemble import class_restricted_scores, output_ensemble_scores
-from .heads import Classifier, rederive_head
+from .heads import Classifier, PromptClassifier, rederive_head
 from .merge import Interpolator, interpolate
 from .merging.adapters import interpolator_for
 from .metrics import Score, expected_calibration_error, fit_temperature
+from .multi_alpha import MultiAlpha, MultiAlphaSettings, stacked_bytes
 from .progress import progress_bar
 from .results import (MERGE, NOT_PRIMARY, OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, output_ensemble_name,
                       select_metric)
@@ -65,7 +67,9 @@ class EvalSettings:
     (default: the temp dir); ``max_memory``: the in-memory budget of 'auto' (default: half
     the available memory). ``num_workers``: loader processes (default 0 for small sets, up
     to 8 above 512 inputs). ``fp32_check``: in bf16, inputs per set also run in fp32 to
-    report the difference.
+    report the difference. ``alphas_per_pass``: how many alphas of a sweep share one read
+    of each batch (``multi_alpha``): 1, one at a time; N, up to N; 'auto', as many as
+    half the free memory of a CUDA device holds (1 on CPU).
 
     Example:
         >>> settings = EvalSettings.from_config(cfg.evaluation, progress=False)
@@ -80,6 +84,7 @@ class EvalSettings:
     fp32_check: int = 512
     max_memory: int | None = None
     progress: bool = True
+    alphas_per_pass: int | Literal["auto"] = 1
 
     @classmethod
     def from_config(cls, cfg: EvalConfig, *, progress: bool = True) -> EvalSettings:
@@ -639,23 +644,24 @@ def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str
     s = _resolved(SweepSettings.of(settings), device_of(model))
     linear = s.linear and _same_encoder(theta_0, theta_1)
     # the same model, inputs and numerics give the same alpha-0 scores: keyed by what shapes them
-    key = (linear, s.precision, s.batch_size, tuple(es.name for es in evalsets))
+    key = (linear, s.precision, s.batch_size, s.alphas_per_pass, tuple(es.name for es in evalsets))
     known = zeroshot.get(key) if zeroshot is not None and 0.0 in alphas else None
     todo = [a for a in alphas if known is None or a != 0.0]
     if known is not None:
         s = replace(s, fp32_check=0)  # the zero-shot sweep's check stands for this one
     ends: dict[float, dict[str, tuple]] = {}  # alpha 0 and 1 logits, for the output-space ensemble
+    how: dict[str, Any] = {}  # what several alphas per pass adds to the provenance (_sweep_full)
     if linear:  # there the output-space ensemble is WiSE-FT itself
         scores, checks = _sweep_linear(model, theta_0, theta_1, evalsets, todo, backbone, s)
     else:
-        scores, checks = _sweep_full(model, theta_0, theta_1, evalsets, todo, backbone, s, ends)
+        scores, checks, how = _sweep_full(model, theta_0, theta_1, evalsets, todo, backbone, s, ends)
     if known is not None:
         scores[0.0], checks, zeroshot_ends = known
         if zeroshot_ends:
             ends[0.0] = zeroshot_ends
     elif zeroshot is not None and 0.0 in alphas:
         zeroshot[key] = (scores[0.0], checks, ends.get(0.0))
-    provenance = dict(s.provenance or {})
+    provenance = {**(s.provenance or {}), **how}
     records = _records(scores, evalsets, alphas, s.model_name, provenance, checks)
     if 0.0 in ends and 1.0 in ends:
         records += _ensemble_records(ends, evalsets, alphas, s.model_name, provenance)
@@ -678,7 +684,11 @@ def _ensemble_records(ends: dict[float, dict[str, tuple]], evalsets, alphas, mod
 def _sweep_full(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet], alphas: Sequence[float],
                 backbone: Backbone, s: SweepSettings, ends: dict[float, dict[str, tuple]]):
     """Every alpha's weights loaded in turn and every set scored with them; the end points'
-    logits go into ``ends``."""
+    logits go into ``ends``. With ``alphas_per_pass`` over 1, a group of alphas is scored
+    from one read of each batch (``_group_outputs``), each alpha scored as it would be alone;
+    the third value is what the records' provenance adds: ``alphas_per_pass``, the group
+    size, where vmap batched the forward (its logits agree to float rounding, not bit for
+    bit; the loop fallback gives the same bits and adds nothing)."""
     interp = interpolator_for(theta_0, theta_1, allow_extrapolation=s.allow_extrapolation)  # LoRA: scales B A
     if s.cache is not False:  # decode everything before the first alpha, once
         for es in evalsets:
@@ -686,22 +696,91 @@ def _sweep_full(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet]
     scores: dict[float, dict[str, dict[str, Score]]] = {}
     checks: dict[str, dict] = {}
     temperatures: dict[float, float] = {}
-    for k, alpha in enumerate(progress_bar(alphas, desc=f"alpha sweep ({s.model_name})", disable=not s.progress,
-                                           unit="alpha")):
-        interp.load_into(model, alpha)
+    how: dict[str, Any] = {}
+    bar = progress_bar(total=len(alphas), desc=f"alpha sweep ({s.model_name})", disable=not s.progress, unit="alpha")
+    for k, group in enumerate(_alpha_groups(model, interp, alphas, s)):
+        interp.load_into(model, group[0])  # a group of several: for the bf16 check only
         rederive_head(model)  # FLYP: the head of the mixed text tower
-        scores[alpha] = {}
+        multi = _multi_alpha(model, theta_0, theta_1, group, s) if len(group) > 1 else None
+        for alpha in group:
+            scores[alpha] = {}
         for es in _validation_first(evalsets):
-            scores[alpha][es.name], logits, labels = _evaluate_set(model, es, backbone, s)
-            _score_more(es, scores[alpha][es.name], logits, labels, temperatures, alpha, evalsets)
-            if float(alpha) in (0.0, 1.0):
-                index = None if s.cache is False else es._cache.index
-                ends.setdefault(float(alpha), {})[es.name] = (logits, labels, index)
+            outputs = _group_outputs(model, multi, es, backbone, s)
+            for alpha, (scored, logits, labels) in zip(group, outputs):
+                scores[alpha][es.name] = scored
+                _score_more(es, scored, logits, labels, temperatures, alpha, evalsets)
+                if float(alpha) in (0.0, 1.0):
+                    index = None if s.cache is False else es._cache.index
+                    ends.setdefault(float(alpha), {})[es.name] = (logits, labels, index)
             if k == 0 and s.precision == "bf16" and s.fp32_check and s.cache is not False:
-                c = es._cache
+                c, logits = es._cache, outputs[0][1]  # the first alpha, loaded into the model
                 ref = _cached_outputs(model, c, s.batch_size, device_of(model), "fp32", limit=s.fp32_check)
-                checks[es.name] = _compare(es, logits[:len(ref)], ref, c, alpha)
-    return scores, checks
+                checks[es.name] = _compare(es, logits[:len(ref)], ref, c, group[0])
+        if multi is not None and multi.vmapped:
+            how["alphas_per_pass"] = max(how.get("alphas_per_pass", 0), len(group))
+        bar.update(len(group))
+    bar.close()
+    return scores, checks, how
+
+
+def _alpha_groups(model: Classifier, interp, alphas: Sequence[float], s: SweepSettings) -> list[list[float]]:
+    """``alphas`` in order, in the groups that share a pass: ``s.alphas_per_pass`` at a time
+    ('auto': as many as half a CUDA device's free memory holds stacked, one on CPU), or one
+    at a time, with a log line saying why, where a model mixes otherwise than by stacking
+    weights (a FLYP head re-derived per alpha, a LoRA adapter scaled) or inputs are not cached."""
+    want = s.alphas_per_pass
+    if want != "auto" and (isinstance(want, bool) or not isinstance(want, int) or want < 1):
+        raise ValueError(f"alphas_per_pass must be a positive integer or 'auto', got {want!r}")
+    size = 1 if want == 1 or len(alphas) < 2 else _group_size(model, interp, alphas, s)
+    return [list(alphas[i:i + size]) for i in range(0, len(alphas), size)]
+
+
+def _group_size(model: Classifier, interp, alphas: Sequence[float], s: SweepSettings) -> int:
+    """How many alphas share a pass (``_alpha_groups``), for ``alphas_per_pass`` over 1 or 'auto'."""
+    why = ("a PromptClassifier (FLYP) re-derives its head from each alpha's text tower"
+           if isinstance(model, PromptClassifier) else
+           "a LoRA fine-tune is mixed by scaling its adapter" if not isinstance(interp, Interpolator) else
+           "inputs are not cached (cache: false)" if s.cache is False else None)
+    if why is not None:  # a warning where a number was asked for, a note where 'auto' was
+        log.log(logging.INFO if s.alphas_per_pass == "auto" else logging.WARNING,
+                "alphas_per_pass=%s: one alpha at a time, as %s", s.alphas_per_pass, why)
+        return 1
+    if s.alphas_per_pass != "auto":
+        return int(s.alphas_per_pass)
+    device = device_of(model)
+    if device.type != "cuda":
+        return 1
+    free = torch.cuda.mem_get_info(device)[0]
+    per_alpha = stacked_bytes(interp.theta_0, interp.theta_1, _multi_settings(s))
+    size = max(1, min(len(alphas), free // 2 // max(per_alpha, 1)))
+    log.info("alphas_per_pass=auto: %d alphas per pass (%.2f GiB of weights each, %.1f GiB free on %s)",
+             size, per_alpha / 2**30, free / 2**30, device)
+    return size
+
+
+def _multi_settings(s: SweepSettings) -> MultiAlphaSettings:
+    """How a sweep's alphas share a pass: vmap (a loop where the forward cannot), mixed as the sweep mixes."""
+    return MultiAlphaSettings(merge=MergeConfig(allow_extrapolation=s.allow_extrapolation))
+
+
+def _multi_alpha(model: Classifier, theta_0, theta_1, group: Sequence[float], s: SweepSettings) -> MultiAlpha:
+    """The stacked weights of ``group`` for ``model`` (``multi_alpha.MultiAlpha``, vmap with
+    a loop fallback), in eval mode as ``_evaluate_set`` runs it."""
+    return MultiAlpha(model.eval(), theta_0, theta_1, group, _multi_settings(s))
+
+
+def _group_outputs(model: Classifier, multi: MultiAlpha | None, es: EvalSet, backbone: Backbone,
+                   s: SweepSettings) -> list[tuple[dict[str, Score], torch.Tensor, torch.Tensor]]:
+    """(scores, logits, labels) of ``es`` for each alpha of a group: the model as loaded
+    (``multi`` None, ``_evaluate_set``), or every alpha of ``multi`` from one read of each
+    batch, the logits (batch, alphas, classes) so the batch stays on dim 0."""
+    if multi is None:
+        return [_evaluate_set(model, es, backbone, s)]
+    c = _inputs(es, backbone, s)
+    out = _cached_outputs(lambda x: multi(x).transpose(0, 1).contiguous(), c, s.batch_size, device_of(model),
+                          s.precision)
+    per_alpha = [out[:, i].contiguous() if out.dim() == 3 else out for i in range(len(multi.alphas))]
+    return [(es.scores(logits, c.labels, c.index), logits, c.labels) for logits in per_alpha]
 
 
 def _compare(es: EvalSet, low: torch.Tensor, ref: torch.Tensor, c: InputCache, alpha: float) -> dict:

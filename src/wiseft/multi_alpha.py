@@ -110,7 +110,9 @@ class MultiAlpha:
     batch gives every alpha's logits, ``(len(alphas), batch, classes)``, with the
     batch moved to the model's device once. The model's own weights are not touched
     and its mode is not changed: call it in eval mode (dropout draws random numbers,
-    which vmap refuses; mode ``"auto"`` then loops).
+    which vmap refuses; mode ``"auto"`` then loops). ``vmapped``: whether any batch's
+    logits came from a vmapped forward (they equal one alpha at a time's to float
+    rounding; the loop's are the same bits).
 
     Example:
         >>> multi = MultiAlpha(model.eval(), theta_0, theta_1, [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -135,6 +137,7 @@ class MultiAlpha:
             self.stacked.pop(name, None)
             self.fixed.pop(name, None)
         self.mode_used: Literal["vmap", "loop"] | None = None if self.settings.mode == "auto" else self.settings.mode
+        self.vmapped = False
 
     @torch.no_grad()
     def __call__(self, inputs: Inputs) -> torch.Tensor:
@@ -172,6 +175,7 @@ class MultiAlpha:
             out = torch.vmap(forward, in_dims=in_dims)({**stacked, **self.fixed}, x)
         if self.mode_used is None:
             self.mode_used = "vmap"
+        self.vmapped = True
         return out
 
     def _loop(self, x: Inputs) -> torch.Tensor:
