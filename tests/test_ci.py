@@ -65,3 +65,13 @@ def test_readme_first_command_is_a_matrix_step():
 def test_smoke_script_usage_without_arguments():
     proc = subprocess.run([sys.executable, str(ROOT / ".ci" / "smoke.py")], capture_output=True, text=True)
     assert proc.returncode == 2 and "openclip" in proc.stderr
+
+
+def test_pydantic_floor_has_the_field_options_the_configs_use():
+    # Field(exclude_if=...) keeps default-valued fields out of config hashes; it came in
+    # pydantic 2.12, and an older pydantic rejects it when wiseft.config is imported
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floor = next(re.fullmatch(r"pydantic>=(\d+)\.(\d+)", d.replace(" ", "")) for d in deps if d.startswith("pydantic"))
+    uses = [p for p in (ROOT / "src" / "wiseft").rglob("*.py") if "exclude_if=" in p.read_text()]
+    assert uses and (int(floor[1]), int(floor[2])) >= (2, 12), [str(p) for p in uses]
