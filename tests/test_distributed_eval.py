@@ -22,8 +22,8 @@ from wiseft.train.distributed import all_gather_rows
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 needs_torchrun = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
 
-# one process or each process of a torchrun launch: three sweeps (cached, naive re-decoding,
-# linear from features) and the first 7 rows of the reference set's outputs (the bf16 check's read)
+# one process or each process of a torchrun launch: four sweeps (cached, naive re-decoding,
+# linear from features, three alphas per pass) and the first 7 rows of the reference set's outputs (the bf16 check's read)
 SWEEPS = r'''
 import dataclasses, json, os, sys
 import torch
@@ -47,7 +47,7 @@ theta_1 = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_poin
 head_only = {k: theta_1[k] if k.startswith("head.") else v for k, v in theta_0.items()}
 out = {}
 for name, theta, settings in [("cached", theta_1, {}), ("naive", theta_1, {"cache": False}),
-                              ("linear", head_only, {"linear": True})]:
+                              ("linear", head_only, {"linear": True}), ("grouped", theta_1, {"alphas_per_pass": 3})]:
     s = SweepSettings(batch_size=4, progress=False, model_name=name, **settings)
     sets = [es for es in data.evalsets if not es.skipped] if name == "naive" else data.evalsets  # it reads
     out[name] = [dataclasses.asdict(r) for r in sweep(model, theta_0, theta, sets, [0.0, 0.5, 1.0],  # every input
@@ -89,7 +89,7 @@ def _assert_same(one: dict, two: dict) -> None:
     assert (one["world"], two["world"]) == (1, 2)
     chunks = one["held"][0]
     assert two["held"] == [chunks[0::2], chunks[1::2]]  # each process read every other chunk, no more
-    for key in ("cached", "naive", "linear", "first_rows", "skipped"):
+    for key in ("cached", "naive", "linear", "grouped", "first_rows", "skipped"):
         assert one[key] == two[key], key  # every record, every field, to the last bit of each value
 
 
@@ -113,6 +113,7 @@ def test_two_processes_score_images_as_one(open_clip_spec, image_data, tmp_path)
     assert len(one["skipped"]["colors"]) == 1 and "002b.jpg" in one["skipped"]["colors"][0]
     assert {r["dataset"] for r in one["cached"]} == {"colors", "noise", "subset", "colors-val"}
     assert len(one["first_rows"]) == 7 and one["held"] == [[0, 1, 2, 3, 4]]
+    assert all(r["provenance"]["alphas_per_pass"] == 3 for r in one["grouped"])  # vmapped, rows gathered
 
 
 @pytest.mark.slow  # four subprocesses
