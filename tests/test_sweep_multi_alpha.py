@@ -24,6 +24,15 @@ ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]  # groups of 3 and 2 at alphas_per_pass=3
 QUIET = SweepSettings(progress=False)
 
 
+def _count_passes(monkeypatch) -> list:
+    """The function of each pass over a set's cached inputs (``_cached_outputs``' first argument)."""
+    ev = sys.modules["wiseft.evaluate"]
+    passes = []
+    forward = ev._cached_outputs
+    monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(a[0]) or forward(*a, **k))
+    return passes
+
+
 @pytest.fixture(scope="module")
 def bb(open_clip_spec):
     return load_backbone(open_clip_spec)
@@ -78,12 +87,9 @@ def _same_records_to_rounding(one, many, extra: dict):
 
 
 def test_three_alphas_per_pass_give_the_records_of_one_at_a_time(bb, folders, monkeypatch):
-    ev = sys.modules["wiseft.evaluate"]
     model, theta_0, theta_1 = _model_and_thetas(bb)
     one = sweep(model, theta_0, theta_1, _sets(folders), ALPHAS, bb, settings=QUIET)
-    passes = []
-    forward = ev._cached_outputs
-    monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(a[0]) or forward(*a, **k))
+    passes = _count_passes(monkeypatch)
     many = sweep(model, theta_0, theta_1, _sets(folders), ALPHAS, bb,
                  settings=SweepSettings(progress=False, alphas_per_pass=3))
     assert len(passes) == 2 * 3  # two groups (3 + 2 alphas) x three sets; one at a time reads 5 x 3
@@ -134,12 +140,9 @@ def test_bf16_check_runs_on_the_first_alpha_of_the_first_group(bb, folders, monk
 
 
 def test_auto_is_one_alpha_at_a_time_on_cpu(bb, folders, monkeypatch):
-    ev = sys.modules["wiseft.evaluate"]
     model, theta_0, theta_1 = _model_and_thetas(bb)
     one = sweep(model, theta_0, theta_1, _sets(folders), ALPHAS, bb, settings=QUIET)
-    passes = []
-    forward = ev._cached_outputs
-    monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(a[0]) or forward(*a, **k))
+    passes = _count_passes(monkeypatch)
     auto = sweep(model, theta_0, theta_1, _sets(folders), ALPHAS, bb,
                  settings=SweepSettings(progress=False, alphas_per_pass="auto"))
     assert auto == one
