@@ -222,3 +222,40 @@ def test_under_torchrun_only_rank_0_logs_progress(monkeypatch):
             assert logger.level == level
     finally:
         logger.setLevel(before)
+
+
+MIXED = r'''
+import sys
+import torch
+from wiseft.data.base import LabeledDataset
+from wiseft.evaluate import EvalSet, sweep
+from wiseft.heads import Classifier
+from wiseft.train.distributed import DistributedError, init_distributed
+
+info, _ = init_distributed("cpu")
+torch.manual_seed(info.rank if sys.argv[1] == "weights" else 0)  # "weights": each process its own random model
+model = Classifier(torch.nn.Linear(4, 4), torch.nn.Linear(4, 3))
+theta = {k: v.clone() for k, v in model.state_dict().items()}
+n = 8 + (info.rank if sys.argv[1] == "data" else 0)  # "data": rank 1 sees one input more
+data = LabeledDataset([(torch.full((4,), float(i)), i % 3) for i in range(n)], ["a", "b", "c"], name="numbers")
+backbone = type("B", (), {"transform_eval": staticmethod(lambda x: x), "collate": None})()
+try:
+    sweep(model, theta, theta, [EvalSet("numbers", "reference", data)], [0.0, 1.0], backbone)
+except DistributedError as e:
+    print(f"rank {info.rank}: {e}")
+    sys.exit(3)
+'''
+
+
+@pytest.mark.slow  # two torchrun launches
+@needs_torchrun
+@pytest.mark.parametrize("differ, what", [("weights", "the weights swept (finetuned)"),
+                                          ("data", "evaluation set 'numbers' (its inputs and labels)")])
+def test_processes_that_hold_different_weights_or_data_stop_with_a_named_error(tmp_path, differ, what):
+    # gathered rows from different models or different sets would be records of nothing
+    script = tmp_path / "mixed.py"
+    script.write_text(MIXED)
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), differ],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"rank 0: {what} differs between the processes of this torchrun launch (rank 0 and rank 1)" in proc.stdout

@@ -42,7 +42,7 @@ from .progress import progress_bar
 from .results import (MERGE, NOT_PRIMARY, OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, output_ensemble_name,
                       select_metric)
 from .runtime import deterministic_numerics, device_of, to_device
-from .train.distributed import all_gather_objects, all_gather_rows, current
+from .train.distributed import all_gather_objects, all_gather_rows, check_same, current
 
 if TYPE_CHECKING:
     from .config.evaluation import EvalConfig
@@ -325,6 +325,8 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
     the processes share which inputs were kept or skipped."""
     pre, finish = split_transform(backbone.transform_eval)
     shard = Shard.current(batch_size)
+    if shard.world > 1:  # the chunks of a set must be the same inputs in every process
+        check_same(f"evaluation set {dataset.name!r} (its inputs and labels)", _data_fingerprint(dataset))
     chunks = shard.chunks(len(dataset))
     loader = DataLoader(_Decode(dataset, pre), batch_sampler=chunks, collate_fn=_as_list,
                         num_workers=_workers(num_workers, len(dataset)))
@@ -368,6 +370,21 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
     if path is not None:
         weakref.finalize(cache, _remove, path)
     return cache
+
+
+def _data_fingerprint(dataset: LabeledDataset) -> str:
+    """A digest of a set's samples: paths, texts or archive members, and labels (inputs held
+    as objects count by position only)."""
+    import hashlib
+
+    plain = (str, int, Path, tuple)
+    rows = "\n".join(f"{r if isinstance(r, plain) else ''}\t{y}" for r, y in dataset.samples)
+    return hashlib.sha256(rows.encode()).hexdigest()
+
+
+def _weights_fingerprint(*states: Mapping[str, torch.Tensor]) -> list[float]:
+    """The float64 sum of each floating tensor of ``states``: equal weights give equal lists."""
+    return [float(v.detach().double().sum()) for state in states for v in state.values() if v.is_floating_point()]
 
 
 def _shared(kept: list[tuple[int, int]], skipped: list[tuple[int, str]],
@@ -574,6 +591,8 @@ def evaluate_records(model: Classifier, evalsets: Sequence[EvalSet], backbone: B
     """Records of every metric each set declares, for one model (e.g. an exported one);
     ``settings`` default to ``EvalSettings(progress=False)``."""
     settings = _resolved(settings or EvalSettings(progress=False), device_of(model))
+    if current().enabled:
+        check_same(f"the weights of {model_name}", _weights_fingerprint(model.state_dict()))
     scores = {es.name: _evaluate_set(model, es, backbone, settings)[0] for es in evalsets}
     return _records({alpha: scores}, evalsets, [alpha], model_name, dict(provenance or {}), {})
 
@@ -642,6 +661,8 @@ def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str
         ...                 settings=SweepSettings(batch_size=64, precision="bf16", linear=True))
     """
     s = _resolved(SweepSettings.of(settings), device_of(model))
+    if current().enabled:  # every process must mix the same two models, or the gathered rows mix models
+        check_same(f"the weights swept ({s.model_name})", _weights_fingerprint(theta_0, theta_1))
     linear = s.linear and _same_encoder(theta_0, theta_1)
     # the same model, inputs and numerics give the same alpha-0 scores: keyed by what shapes them
     key = (linear, s.precision, s.batch_size, s.alphas_per_pass, tuple(es.name for es in evalsets))
@@ -874,6 +895,8 @@ def search_merge(model: Classifier, theta_0: dict[str, torch.Tensor], finetuned:
         >>> records = search_merge(model, zs_state, {"finetuned": ft_state}, sets, backbone, merge)
     """
     s = _resolved(SweepSettings.of(settings), device_of(model))
+    if current().enabled:
+        check_same(f"the weights merged ({merge.name})", _weights_fingerprint(theta_0, *finetuned.values()))
     validation = [es for es in evalsets if es.role == "validation"]
     points = merge.points() if validation else merge.points()[:1]
     temperatures: dict[int, float] = {}

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import WiseftError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -92,6 +94,22 @@ def all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
     out = [torch.empty_like(buf) for _ in range(info.world)]
     dist.all_gather(out, buf)
     return [part[:n].cpu() for part, n in zip(out, rows)]
+
+
+class DistributedError(WiseftError):
+    """The processes of a torchrun launch disagree on something they must share."""
+
+
+def check_same(what: str, value) -> None:
+    """Raise ``DistributedError`` naming ``what`` unless every process holds an equal
+    ``value`` (a small picklable fingerprint). One process: nothing to check."""
+    if not current().enabled:
+        return
+    values = all_gather_objects(value)
+    differ = [r for r, v in enumerate(values) if v != values[0]]
+    if differ:
+        raise DistributedError(f"{what} differs between the processes of this torchrun launch (rank 0 and rank "
+                               f"{differ[0]}); every process must load the same weights and read the same data")
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
