@@ -259,3 +259,25 @@ def test_processes_that_hold_different_weights_or_data_stop_with_a_named_error(t
                           env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert f"rank 0: {what} differs between the processes of this torchrun launch (rank 0 and rank 1)" in proc.stdout
+
+
+def test_processes_on_one_machine_share_its_memory_budget_and_cores(monkeypatch):
+    # under torchrun, 'auto' caches in memory within half the available memory shared by the
+    # launch's processes on this machine, and the default loader workers share its cores
+    from wiseft.train.distributed import DistInfo
+
+    ev = sys.modules["wiseft.evaluate"]  # the module (wiseft.evaluate is also the function's name)
+
+    monkeypatch.setattr(ev, "_available_memory", lambda: 800)
+    monkeypatch.setattr(ev, "current", lambda: DistInfo(0, 8, 0))
+    monkeypatch.setattr("wiseft.train.distributed.current", lambda: DistInfo(0, 8, 0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    example = torch.zeros(10, dtype=torch.uint8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert ev._allocate(example, 40, "auto", None, None, "x")[1] is None  # 400 bytes: in memory within 400
+    assert ev._workers(None, 1000) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    data, path = ev._allocate(example, 40, "auto", None, None, "x")  # 400 bytes over 100: a file
+    assert path is not None and data.shape == (40, 10)
+    path.unlink()
+    assert ev._workers(None, 1000) == 4 and ev._workers(3, 1000) == 3

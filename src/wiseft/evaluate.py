@@ -42,7 +42,7 @@ from .progress import progress_bar
 from .results import (MERGE, NOT_PRIMARY, OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, output_ensemble_name,
                       select_metric)
 from .runtime import deterministic_numerics, device_of, to_device
-from .train.distributed import all_gather_objects, all_gather_rows, check_same, current
+from .train.distributed import all_gather_objects, all_gather_rows, check_same, current, processes_here
 
 if TYPE_CHECKING:
     from .config.evaluation import EvalConfig
@@ -410,14 +410,17 @@ def _check_skipped(dataset: LabeledDataset, skipped: list[str]) -> None:
 
 
 def _workers(num_workers: int | None, n: int) -> int:
+    """Loader processes: as asked, else none for a small set and up to 8 above 512 inputs,
+    within this process's share of the machine's cores (torchrun: cores / local processes)."""
     if num_workers is not None:
         return num_workers
-    return 0 if n < 512 else min(8, os.cpu_count() or 1)
+    return 0 if n < 512 else max(1, min(8, (os.cpu_count() or 1) // processes_here()))
 
 
 def _allocate(example: torch.Tensor, n: int, mode: CacheMode, cache_dir, max_memory, name: str):
     nbytes = n * example.numel() * example.element_size()
-    budget = max_memory if max_memory is not None else _available_memory() // 2
+    # half the available memory, shared by the processes of a torchrun launch on this machine
+    budget = max_memory if max_memory is not None else _available_memory() // 2 // processes_here()
     if mode == "memory" or (mode == "auto" and nbytes <= budget):
         return torch.empty((n, *example.shape), dtype=example.dtype), None
     directory = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())

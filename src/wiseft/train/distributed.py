@@ -59,6 +59,12 @@ def current() -> DistInfo:
     return DistInfo()
 
 
+def processes_here() -> int:
+    """How many processes of this launch share this machine (torchrun's ``LOCAL_WORLD_SIZE``;
+    1 outside a process group): what a per-machine budget (memory, loader workers) divides by."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if current().enabled else 1
+
+
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
