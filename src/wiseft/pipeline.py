@@ -443,7 +443,8 @@ def plan_text(cfg: RunConfig, data: PreparedData, runs: dict, reused: set[str], 
 def estimate_text(model: Classifier, backbone: Backbone, data: PreparedData, cfg: RunConfig, runs: dict,
                   reused: set[str], probe: int = 16) -> str:
     """A rough time estimate from timing the model on a few inputs of each set: a
-    training example costs about three forward passes (forward and backward)."""
+    training example costs about three forward passes (forward and backward); under
+    torchrun the work divides by the processes."""
     from .evaluate import numerics, resolve_precision
 
     device = next(model.parameters()).device
@@ -477,7 +478,9 @@ def estimate_text(model: Classifier, backbone: Backbone, data: PreparedData, cfg
     for m in cfg.merge_runs():  # each grid point on validation, then the chosen one on the test sets
         if not _from_sweep(m, cfg):
             total += len(m.points()) * val + evals - val
-    return f"  estimate: about {_duration(total)} on {device.type} (from timing {probe} inputs per set)"
+    world = current().world  # under torchrun each process trains and scores its share
+    where = f"{world} processes on {device.type}" if world > 1 else device.type
+    return f"  estimate: about {_duration(total / world)} on {where} (from timing {probe} inputs per set)"
 
 
 def _from_sweep(merge: MergeRun, cfg: RunConfig) -> bool:
