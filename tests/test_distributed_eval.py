@@ -308,3 +308,21 @@ def test_the_time_estimate_divides_by_the_processes(open_clip_spec, image_data, 
     assert texts[0] == f"  estimate: about {pipeline._duration(seconds)} on cpu (from timing 16 inputs per set)"
     assert texts[1] == (f"  estimate: about {pipeline._duration(seconds / 2)} on 2 processes on cpu "
                         "(from timing 16 inputs per set)")
+
+
+def test_text_batches_are_read_in_the_chunks_they_were_collated_in():
+    # text is cached as collated batches, one per decoded chunk: reading with another batch
+    # size still pairs each batch with its own labels
+    from types import SimpleNamespace
+
+    from wiseft.data.base import LabeledDataset
+
+    ds = LabeledDataset([(f"text {i}", i % 3) for i in range(10)], ["a", "b", "c"], name="texts")
+    backbone = SimpleNamespace(transform_eval=lambda x: x,
+                               collate=lambda rows: ([x for x, _ in rows], torch.tensor([y for _, y in rows])))
+    cache = build_input_cache(ds, backbone, batch_size=4, progress=False)
+    for size in (2, 4, 16):
+        read = list(cache.batches(size))
+        assert [len(x) for x, _ in read] == [4, 4, 2]
+        assert torch.equal(torch.cat([y for _, y in read]), cache.labels)
+        assert [x[0] for x, _ in read] == ["text 0", "text 4", "text 8"]

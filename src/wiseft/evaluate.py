@@ -276,9 +276,10 @@ class InputCache:
     def pieces(self, batch_size: int, device: torch.device | None = None) -> Iterator[tuple[int, int, int, Any]]:
         """(chunk, its first row in the set's kept inputs, its rows, model inputs) for each chunk this
         process holds, moved to ``device`` before finishing. A chunk is ``batch_size``
-        consecutive inputs of the set less the skipped ones (one process), or the shard's
-        chunk whatever ``batch_size`` says (a sharded cache reads in the chunks it decoded)."""
-        shard = self.shard if self.shard is not None and self.shard.world > 1 else Shard(batch_size)
+        consecutive inputs of the set less the skipped ones (one process), or the chunk it was
+        decoded in whatever ``batch_size`` says (a sharded cache, and collated text batches)."""
+        decoded = self.shard is not None and (self.shard.world > 1 or self.batches_ is not None)
+        shard = self.shard if decoded else Shard(batch_size)
         sizes = self.chunk_sizes(shard.size)
         starts = torch.cumsum(sizes, 0) - sizes
         own = [k for k in range(shard.rank, len(sizes), shard.world) if sizes[k]]
