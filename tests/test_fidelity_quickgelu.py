@@ -25,6 +25,20 @@ from wiseft.heads import Classifier  # noqa: E402
 TINY_QG = "wiseft-tiny-ViT-quickgelu"
 
 
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    """Every test here runs with open_clip's download functions refusing: the hub tags
+    named below ('openai', 'laion2b_s34b_b79k') are looked up in open_clip's table only."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a test tried to download weights: {args}")
+
+    for name in ("download_pretrained", "download_pretrained_from_hf", "download_pretrained_from_url",
+                 "hf_hub_download"):
+        monkeypatch.setattr(open_clip.pretrained, name, refuse)
+        if hasattr(open_clip.factory, name):
+            monkeypatch.setattr(open_clip.factory, name, refuse)
+
+
 def activations(model: torch.nn.Module) -> set[str]:
     """Class names of the MLP activations in both towers."""
     return {type(m).__name__ for name, m in model.named_modules() if name.endswith("mlp.gelu")}
