@@ -213,32 +213,30 @@ def test_elementwise_methods_merge_chunks_to_the_same_bits(name, seed, numel, cu
     assert same_bits(torch.cat(pieces), whole)
 
 
+def on_1_and_2_threads(fn):
+    """``fn()`` computed with torch on one thread, then on two (the thread count restored)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fn()
+        torch.set_num_threads(2)
+        return one, fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", [n for n in METHODS if n not in ELEMENTWISE])
 def test_per_tensor_methods_give_the_same_bits_whatever_the_thread_count(name):
     x = inputs_for(name, np.random.default_rng(6), shape=(3 * REDUCE_BLOCK + 5,), n_models=3
                    if get_method(name).max_models is None else 1)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = apply(name, x)
-        torch.set_num_threads(2)
-        two = apply(name, x)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = on_1_and_2_threads(lambda: apply(name, x))
     assert same_bits(one, two) and same_bits(apply(name, x), one)
 
 
 def test_dot64_does_not_depend_on_the_thread_count():
     # torch's own sum (fp32 or fp64) splits its work by thread count, and so its rounding
     a, b = torch.randn(1_000_003, generator=torch.Generator().manual_seed(0)), torch.randn(1_000_003)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = dot64(a, b)
-        torch.set_num_threads(2)
-        two = dot64(a, b)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = on_1_and_2_threads(lambda: dot64(a, b))
     assert one == two
     assert one == pytest.approx(float(np.dot(a.double().numpy(), b.double().numpy())), rel=1e-12)
 
