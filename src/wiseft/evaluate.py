@@ -610,7 +610,8 @@ def _evaluate_set(model: Classifier, es: EvalSet, backbone: Backbone,
         logits, labels = predict_logits(model, batches, settings.precision)
         shard = Shard.current(settings.batch_size)
         if shard.world > 1:  # every process's chunks, in order
-            sizes = [len(c) for c in Shard(settings.batch_size).chunks(len(es.dataset))]
+            n, size = len(es.dataset), settings.batch_size
+            sizes = [min(size, n - start) for start in range(0, n, size)]
             logits, labels = shard.gather(logits, sizes), shard.gather(labels, sizes)
         return es.scores(logits, labels), logits, labels
     c = _inputs(es, backbone, settings)

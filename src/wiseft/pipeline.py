@@ -53,12 +53,6 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def prepare_data(cfg: RunConfig) -> PreparedData:
     """Build every dataset and check class lists; errors name the config file and field.
 
