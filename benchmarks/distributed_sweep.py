@@ -95,9 +95,10 @@ def main() -> None:
         for i in range(args.repeats):
             for world in runs:
                 runs[world].append(launch(args, world, Path(tmp) / f"{world}-{i}.json"))
-    print(report(args, runs, load_before))
+    text = report(args, runs, load_before)
+    print(text)
     if args.out is not None:
-        args.out.write_text(report(args, runs, load_before) + "\n")
+        args.out.write_text(text + "\n")
 
 
 def report(args, runs: dict[int, list[dict]], load_before: str) -> str:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 import torch
 
 from conftest import write_image_folder
@@ -98,3 +99,16 @@ def test_registries_list_every_kind():
 
     assert {"image_folder", "manifest", "bbc_news", "imagenet", "objectnet", "cifar10", "fmow"} <= set(list_datasets())
     assert list_backbones() == ["hf_clip", "open_clip", "sentence_transformer"]
+
+
+def test_class_names_given_as_a_tuple_are_a_list_as_given(tmp_path):
+    # an image folder given its classes as a tuple (DatasetSpec lets a Sequence through)
+    # read the tuple as a path before
+    from wiseft.data.base import read_classnames
+    from wiseft.data.folders import image_folder
+
+    assert read_classnames(("b", "a")) == ["b", "a"]
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / c / "0.png")
+    assert image_folder(tmp_path, ("b", "a")).classnames == ["b", "a"]

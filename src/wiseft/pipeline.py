@@ -14,7 +14,7 @@ import torch
 
 from .backbones.base import Backbone, load_backbone
 from .checkpoint import export_model, load_state, read_meta, save_state
-from .config import ConfigError, MergeRun, RunConfig, load_config
+from .config import ConfigError, DatasetSpec, MergeRun, RunConfig, load_config
 from .config.finetune import FinetuneConfig
 from .data.base import (DataError, LabeledDataset, build_dataset, build_projection, per_class_permutations,
                         read_classnames, split_holdout)
@@ -112,22 +112,21 @@ def _relabel(train: LabeledDataset, classnames: list[str]) -> LabeledDataset:
     return out
 
 
-def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
+def _projection(classnames, ds: LabeledDataset, spec: DatasetSpec, where: str):
     """None where the dataset scores reference logits itself: same classes, or a
     projection of its own (ImageNet-R/A subsets, ObjectNet's grouped classes).
 
     A set must cover every reference class unless its spec says ``subset: true``: a
     set whose classes (its folders, or a user set's declared classes that no sample
     has) lack some reference classes is an error, not a silent subset score."""
-    subset = spec.get("subset", False) is True
-    if ds.projection is not None and "class_map" not in spec:
+    if ds.projection is not None and spec.class_map is None:
         return None  # the dataset's own projection: a subset by design
-    if not subset:
+    if not spec.subset:
         present = set(ds.classnames)
         if DATASETS.info(spec["kind"]).get("declared_classes"):  # a class the user listed that no sample has is missing
             labels = {y for _, y in ds.samples}
             present = {c for i, c in enumerate(ds.classnames) if i in labels}
-        class_map = spec.get("class_map") or {}
+        class_map = spec.class_map or {}
         targets = set()
         for c in present:
             m = class_map.get(c, c)
@@ -139,10 +138,10 @@ def _projection(classnames, ds: LabeledDataset, spec: dict, where: str):
                               f"{', ...' if len(missing) > 5 else ''}); add the missing class folders or "
                               "records, or set 'subset: true' on this dataset to score it on the classes "
                               "it has")
-    if "class_map" not in spec and list(ds.classnames) == list(classnames):
+    if spec.class_map is None and list(ds.classnames) == list(classnames):
         return None
     try:
-        return build_projection(classnames, ds.classnames, spec.get("class_map"), name=where)
+        return build_projection(classnames, ds.classnames, spec.class_map, name=where)
     except DataError as e:
         raise ConfigError(f"{where}: {e}") from None
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from wiseft.config.report import ReportConfig, report_config
-from wiseft.plots import (finetuned_label, is_output_ensemble, merge_points, plot_alpha_curves, plot_scatter,
+from wiseft.plots import (finetuned_label, is_output_ensemble, plot_alpha_curves, plot_scatter,
                           plot_search, point_text, save_figure)
 from wiseft.results import (
     NOT_PRIMARY,

@@ -233,9 +233,9 @@ def read_classnames(classnames: Sequence[str] | str | Path | None, base_dir=None
     given twice is an error naming it and where (two head rows would be identical)."""
     if classnames is None:
         return None
-    if isinstance(classnames, list):
+    if isinstance(classnames, (list, tuple)):
         check_unique(classnames, "the class-name list")
-        return classnames
+        return list(classnames)
     path = resolve(classnames, base_dir)
     if not path.is_file():
         raise DataError(f"class-name file {path} does not exist")

@@ -432,7 +432,7 @@ def webdataset(urls: str | Path | Sequence[str], classnames: Sequence[str] | str
     """
     keys, reader = _options(image_keys, label_key, label_field, max_incomplete)
     shards = shard_paths(urls, base_dir)
-    names = read_classnames(list(classnames) if isinstance(classnames, (list, tuple)) else classnames, base_dir)
+    names = read_classnames(classnames, base_dir)
     found = _collect(shards, keys, reader)
     _check_incomplete(found, max_incomplete, keys, label_key, shards)
     samples, names = _labelled(found, names, label_key)
