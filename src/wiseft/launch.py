@@ -36,10 +36,8 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
         >>> train_from_config(load_config("config.yaml"), resume=True)
     """
     from .backbones.base import load_backbone
-    from .checkpoint import save_state
     from .files import clear_dir, hold
-    from .finetune import TrainRun, finetune
-    from .pipeline import build_zeroshot_model, checkpoint_paths, prepare_data
+    from .pipeline import ZeroShotModels, checkpoint_paths, prepare_data, train_and_save
     from .train.distributed import barrier, init_distributed
 
     info, device = init_distributed(cfg.device)
@@ -50,7 +48,7 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     run_dir = Path(cfg.output_dir)
     data = prepare_data(cfg)
     backbone = load_backbone(cfg.backbone)
-    model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
+    zs = ZeroShotModels(backbone, data, cfg, device)  # FLYP: the model with its text tower
     out = {}
     for name in names or list(runs):
         final, ckpt_dir = checkpoint_paths(cfg, name)
@@ -59,15 +57,10 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
                 clear_dir(ckpt_dir)
             (run_dir / f"train_{name}.jsonl").unlink(missing_ok=True)
         barrier()
-        tuned = finetune(model, data.train, backbone, runs[name],
-                         TrainRun(log_path=run_dir / f"train_{name}.jsonl", progress=progress,
-                                  checkpoint_dir=ckpt_dir, resume=resume))
+        train_and_save(cfg, name, (*zs.of(runs[name]), backbone), data.train, resume=resume, progress=progress)
         out[name] = final
         if info.main:
-            state = {k: v.detach().cpu().clone() for k, v in tuned.state_dict().items()}
-            save_state(out[name], state, {"train_key": cfg.train_key(name)})
-            log.info("%s: weights in %s", name, out[name])
-        barrier()
+            log.info("%s: weights in %s", name, final)
     return out
 
 

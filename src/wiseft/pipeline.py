@@ -514,17 +514,28 @@ def _reusable(cfg: RunConfig, name: str) -> bool:
 def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir: Path, progress) -> dict[str, torch.Tensor]:
     """Fine-tune (resuming an interrupted run), or reuse the weights a previous run with
     the same settings wrote."""
-    ckpt, train_dir = checkpoint_paths(cfg, name)
-    key = cfg.train_key(name)
+    ckpt, _ = checkpoint_paths(cfg, name)
     if _reusable(cfg, name):
         log.info("%s: reusing %s", name, ckpt)
         return load_state(ckpt)
+    return train_and_save(cfg, name, (model, theta_0, backbone), data.train, resume=True, progress=progress)
+
+
+def train_and_save(cfg: RunConfig, name: str, start: tuple, train: LabeledDataset, *, resume: bool | str | Path,
+                   progress: bool = True) -> dict[str, torch.Tensor]:
+    """Fine-tune run ``name`` of ``cfg`` from ``start`` = (zero-shot model, its theta_0,
+    backbone) and write its weights with the run's train key to
+    ``OUTPUT_DIR/checkpoints/NAME.safetensors`` (rank 0 under torchrun); ``wiseft run`` and
+    ``wiseft train`` both train through here. Returns the weights a sweep mixes: the whole
+    model's, or a LoRA fine-tune's head and adapter factors."""
+    model, theta_0, backbone = start
+    ckpt, train_dir = checkpoint_paths(cfg, name)
     model.load_state_dict(theta_0)
-    tuned = finetune(model, data.train, backbone, ft_cfg,
-                     TrainRun(log_path=run_dir / f"train_{name}.jsonl", progress=progress,
-                              checkpoint_dir=train_dir, resume=True, name=name))
+    tuned = finetune(model, train, backbone, cfg.finetune_runs()[name],
+                     TrainRun(log_path=Path(cfg.output_dir) / f"train_{name}.jsonl", progress=progress,
+                              checkpoint_dir=train_dir, resume=resume, name=name))
     state = {k: v.detach().clone() for k, v in finetuned_state(tuned).items()}  # LoRA: head and adapter factors
     if current().main:  # under torchrun every process holds the same weights; one writes them
-        save_state(ckpt, state, {"train_key": key})
+        save_state(ckpt, state, {"train_key": cfg.train_key(name)})
     barrier()
     return state
