@@ -326,3 +326,40 @@ def test_text_batches_are_read_in_the_chunks_they_were_collated_in():
         assert [len(x) for x, _ in read] == [4, 4, 2]
         assert torch.equal(torch.cat([y for _, y in read]), cache.labels)
         assert [x[0] for x, _ in read] == ["text 0", "text 4", "text 8"]
+
+
+FEATURES = r'''
+import sys
+import torch
+from wiseft.config.finetune import FinetuneConfig
+from wiseft.data.base import LabeledDataset
+from wiseft.train.distributed import init_distributed
+from wiseft.train.engine import sharded_features
+from wiseft.train.features import compute_features
+
+info, _ = init_distributed("cpu")
+torch.manual_seed(0)
+encoder = torch.nn.Linear(4, 3)
+data = LabeledDataset([(torch.randn(4, generator=torch.Generator().manual_seed(i)), i % 3) for i in range(7)],
+                      ["a", "b", "c"], name="numbers")
+backbone = type("B", (), {"transform_eval": staticmethod(lambda x: x),
+                          "collate": staticmethod(lambda rows: (torch.stack([x for x, _ in rows]),
+                                                                torch.tensor([y for _, y in rows])))})()
+feats, labels = sharded_features(encoder, data, backbone, 2, FinetuneConfig(), progress=False)
+ref_feats, ref_labels = compute_features(encoder, data, backbone, 2, progress=False)
+assert torch.equal(labels, ref_labels), (labels, ref_labels)
+torch.testing.assert_close(feats, ref_feats, rtol=1e-6, atol=1e-7)
+print(f"rank {info.rank}: {len(labels)} rows, as one process")
+'''
+
+
+@pytest.mark.slow  # a torchrun launch
+@needs_torchrun
+def test_features_of_a_linear_fine_tune_are_gathered_in_order(tmp_path):
+    # mode linear under torchrun: each process encodes every world-th example, the rows come back in order
+    script = tmp_path / "features.py"
+    script.write_text(FEATURES)
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script)],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0: 7 rows, as one process" in proc.stdout and "rank 1: 7 rows, as one process" in proc.stdout

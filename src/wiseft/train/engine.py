@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ..backbones.base import Backbone
 from ..config.finetune import FinetuneConfig
@@ -22,7 +21,7 @@ from ..heads import Classifier, PromptClassifier
 from ..runtime import deterministic_numerics
 from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
 from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
-from .distributed import current
+from .distributed import all_gather_rows, current
 from .features import compute_features
 from .flyp import FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
 from .logs import MetricLog
@@ -185,16 +184,10 @@ def sharded_features(encoder: torch.nn.Module, train: LabeledDataset, backbone: 
     n = len(train)
     feats, labels = compute_features(encoder, train.subset(range(info.rank, n, info.world)), backbone,
                                      batch_size, keep_rows=True, **kw)
-    rows = -(-n // info.world)
-    device = next(encoder.parameters()).device
-    both = torch.zeros(rows, feats.shape[1] + 1, device=device)
-    both[:len(labels), :-1] = feats.to(device)
-    both[:len(labels), -1] = labels.to(device).float()
-    out = [torch.empty_like(both) for _ in range(info.world)]
-    dist.all_gather(out, both)
+    parts = all_gather_rows(torch.cat([feats.cpu(), labels.float().cpu()[:, None]], 1))  # a label is exact in fp32
     full = torch.empty(n, feats.shape[1] + 1)
-    for r, part in enumerate(out):
-        full[r::info.world] = part[:len(range(r, n, info.world))].cpu()
+    for r, part in enumerate(parts):
+        full[r::info.world] = part
     return full[:, :-1].contiguous(), full[:, -1].long()
 
 
