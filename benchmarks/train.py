@@ -238,9 +238,12 @@ def peak_memory(job: dict) -> float:
 LORA_MODELS = {"tiny": "open_clip", "vit-b-32": "open_clip", "minilm": "sentence_transformer"}
 
 
-def lora_pair(name: str, batch: int) -> tuple[dict[str, torch.nn.Module], tuple, torch.Tensor]:
-    """{'e2e', 'lora'}: two copies of one classifier (the LoRA one with adapters by
-    ``wiseft.train.lora.inject_lora``), and one fixed batch of inputs and labels."""
+def lora_pair(name: str, batch: int, modes: tuple[str, ...] = ("e2e", "lora")
+              ) -> tuple[dict[str, torch.nn.Module], tuple, torch.Tensor]:
+    """The classifier in each of ``modes``: 'e2e' as built, 'lora' with adapters by
+    ``wiseft.train.lora.inject_lora`` (on a copy only when both are asked for, so a
+    process measuring one mode's peak memory holds one model), and one fixed batch of
+    inputs and labels."""
     from wiseft.config.finetune import LoraConfig
     from wiseft.heads import Classifier
     from wiseft.train.lora import inject_lora
@@ -258,9 +261,12 @@ def lora_pair(name: str, batch: int) -> tuple[dict[str, torch.nn.Module], tuple,
     else:
         model, size = build_model(name)
         inputs, labels = torch.rand(batch, 3, size, size), torch.randint(0, 1000, (batch,))
-    lora = copy.deepcopy(model)
-    inject_lora(lora.encoder, LORA_MODELS[name], LoraConfig())
-    return {"e2e": model.train(), "lora": lora.train()}, inputs, labels
+    out = {"e2e": model} if "e2e" in modes else {}
+    if "lora" in modes:
+        lora = copy.deepcopy(model) if out else model
+        inject_lora(lora.encoder, LORA_MODELS[name], LoraConfig())
+        out["lora"] = lora
+    return {k: m.train() for k, m in out.items()}, inputs, labels
 
 
 def lora_step(model: torch.nn.Module, opt: torch.optim.Optimizer, inputs, labels: torch.Tensor) -> float:
@@ -294,9 +300,8 @@ def lora_rates(job: dict) -> dict:
 def lora_peak(job: dict) -> float:
     """Peak memory (GiB, max RSS) of a process training one mode for two steps."""
     torch.set_num_threads(job["threads"])
-    models, inputs, labels = lora_pair(job["model"], job["batch"])
+    models, inputs, labels = lora_pair(job["model"], job["batch"], (job["mode"],))
     model = models[job["mode"]]
-    del models
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     for _ in range(2):
         lora_step(model, opt, inputs, labels)
