@@ -201,13 +201,10 @@ def check_merges(specs: Sequence[MergeSpec], finetunes: Sequence[str], validatio
                                  + (f"did you mean {hint!r}? " if hint else "") + f"known: {', '.join(finetunes)}")
             if m in models[:j]:
                 raise FieldError((i, "models", j), f"{m!r} is listed twice")
-        most = method.max_models
-        if len(models) < method.min_models or (most is not None and len(models) > most):
-            wanted = f"{method.min_models}" + ("" if most == method.min_models else
-                                               f" to {most}" if most is not None else " or more")
+        if not method.takes(len(models)):
             why = "" if spec.models is not None else " (by default: " + ", ".join(models) + "; add variants:)"
-            raise FieldError((i, "models"), f"merge method {spec.method!r} takes {wanted} fine-tuned model(s), "
-                             f"got {len(models)}{why}")
+            raise FieldError((i, "models"), f"merge method {spec.method!r} takes {method.models_wanted()} "
+                             f"fine-tuned model(s), got {len(models)}{why}")
         if spec.search and not validation:
             raise FieldError((i, "search"), "a search is scored on the held-out validation split; set "
                              "data.validation_fraction above 0, or fix the parameters in params")

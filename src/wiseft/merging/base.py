@@ -97,6 +97,17 @@ class MergeMethod:
     needs: tuple[str, ...] = ()
     procedure: Callable[..., Any] | None = None
 
+    def takes(self, n: int) -> bool:
+        """Whether the method merges ``n`` fine-tuned models."""
+        return n >= self.min_models and (self.max_models is None or n <= self.max_models)
+
+    def models_wanted(self) -> str:
+        """How many fine-tuned models it takes, for messages: '2', '1 to 3', '1 or more'."""
+        most = self.max_models
+        if most == self.min_models:
+            return str(most)
+        return f"{self.min_models} to {most}" if most is not None else f"{self.min_models} or more"
+
     def make_params(self, params: MergeParams | Mapping[str, Any] | None = None) -> MergeParams:
         """``params`` as this method's parameter model (its defaults when None); MergeError
         naming the method and the field for a wrong type or an invalid value."""
@@ -133,11 +144,9 @@ def list_methods(pattern: str = "*") -> list[str]:
 def _check_inputs(method: MergeMethod, inputs: TensorInputs) -> None:
     """MergeError naming the parameter for inputs ``method`` cannot merge."""
     n, key = len(inputs.models), inputs.key
-    most = method.max_models
-    if n < method.min_models or (most is not None and n > most):
-        wanted = f"{method.min_models}" + ("" if most == method.min_models else
-                                           f" to {most}" if most is not None else " or more")
-        raise MergeError(f"merge method {method.name!r} takes {wanted} fine-tuned model(s), got {n} (tensor {key!r})")
+    if not method.takes(n):
+        raise MergeError(f"merge method {method.name!r} takes {method.models_wanted()} fine-tuned model(s), got {n} "
+                         f"(tensor {key!r})")
     if method.needs_base and inputs.base is None:
         raise MergeError(f"merge method {method.name!r} needs a base (theta_0) tensor; none given for {key!r}")
     if len(inputs.weights) != n:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
@@ -22,6 +22,9 @@ from ..config.merge import MergeConfig
 from ..merge import MergeError
 from ..merge_files import is_safetensors_checkpoint, open_checkpoint, plan_method_files, write_merges
 from .engine import MergeCall, check_call, merge_states
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_pairs(pairs: Sequence[str], flag: str) -> list[tuple[str, Any]]:
@@ -103,12 +106,8 @@ def _merge_model_dir(job: MergeJob, call: MergeCall) -> Path:
     """The merge when the first input is a wiseft model directory: exported as one, with
     its metadata (class names, templates, backbone) kept."""
     model, backbone, meta = load_model(job.inputs[0])
-    first = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states = [first] + [load_state(p) for p in job.inputs[1:]]
-    extras = {e: [load_state(p) for p in ps] for e, ps in job.extras.items()}
-    base, models = (states[0], states[1:]) if call.has_base else (None, states)
-    merged = merge_states(call.method, base, models, call.params, weights=call.weights, extras=extras,
-                          settings=job.settings)
+    first = model.state_dict()  # merge_states reads it and returns new tensors before load_state_dict writes
+    merged = _merge_in_memory(job, call, [first] + [load_state(p) for p in job.inputs[1:]])
     differ = set(merged) ^ set(first)
     if differ:
         raise MergeError(f"the merge of {job.inputs[0]} gives no model of its kind: tensor {sorted(differ)[0]!r} "
@@ -135,9 +134,14 @@ def run_merge(job: MergeJob) -> Path:
         meta = {"wiseft": json.dumps(_provenance(job, call, inherited))}
         return write_merges(call.method, job.base, job.models, {job.out: call.params}, weights=call.weights,
                             extras=job.extras, settings=job.settings, metadata=meta)[0]
-    states = [load_state(p) for p in job.inputs]
-    base, models = (states[0], states[1:]) if call.has_base else (None, states)
-    merged = merge_states(call.method, base, models, call.params, weights=call.weights,
-                          extras={e: [load_state(p) for p in ps] for e, ps in job.extras.items()},
-                          settings=job.settings)
+    merged = _merge_in_memory(job, call, [load_state(p) for p in job.inputs])
     return save_state(job.out, merged, _provenance(job, call, {}))
+
+
+def _merge_in_memory(job: MergeJob, call: MergeCall, states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``merge_states`` of ``job``'s inputs as loaded (``states``, in ``job.inputs`` order:
+    the base first where the method takes one) and its extras."""
+    base, models = (states[0], states[1:]) if call.has_base else (None, states)
+    return merge_states(call.method, base, models, call.params, weights=call.weights,
+                        extras={e: [load_state(p) for p in ps] for e, ps in job.extras.items()},
+                        settings=job.settings)

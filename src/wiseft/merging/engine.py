@@ -32,13 +32,6 @@ class MergeCall:
     extras: Mapping[str, tuple[Any, ...]]
 
 
-def _count(method: MergeMethod) -> str:
-    most = method.max_models
-    if most == method.min_models:
-        return str(most)
-    return f"{method.min_models} to {most}" if most is not None else f"{method.min_models} or more"
-
-
 def check_call(method: str | MergeMethod, has_base: bool, n_models: int,
                params: MergeParams | Mapping | None = None, *, weights: Sequence[float] | None = None,
                extras: Mapping[str, Sequence[Any]] | None = None,
@@ -53,9 +46,9 @@ def check_call(method: str | MergeMethod, has_base: bool, n_models: int,
         where = f"{runner.__module__}.{runner.__qualname__}" if runner is not None else "its own procedure"
         raise MergeError(f"merge method {method.name!r} needs {', '.join(method.needs)} beyond the weights; "
                          f"run it with {where}, not as a plain merge")
-    most = method.max_models
-    if n_models < method.min_models or (most is not None and n_models > most):
-        raise MergeError(f"merge method {method.name!r} takes {_count(method)} fine-tuned model(s), got {n_models}")
+    if not method.takes(n_models):
+        raise MergeError(f"merge method {method.name!r} takes {method.models_wanted()} fine-tuned model(s), "
+                         f"got {n_models}")
     if method.needs_base and not has_base:
         raise MergeError(f"merge method {method.name!r} needs a base model (theta_0, the zero-shot anchor); "
                          "none given")
