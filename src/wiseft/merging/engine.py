@@ -27,7 +27,6 @@ class MergeCall:
     method: MergeMethod
     params: MergeParams
     has_base: bool
-    n_models: int
     weights: tuple[float, ...]
     extras: Mapping[str, tuple[Any, ...]]
 
@@ -67,7 +66,7 @@ def check_call(method: str | MergeMethod, has_base: bool, n_models: int,
         if len(extras.get(name, ())) != n_models:
             raise MergeError(f"merge method {method.name!r} needs one {name!r} input per model ({n_models}), "
                              f"got {len(extras.get(name, ()))}")
-    return MergeCall(method, _params(method, params, settings), has_base, n_models, weights,
+    return MergeCall(method, _params(method, params, settings), has_base, weights,
                      {k: tuple(v) for k, v in extras.items()})
 
 
