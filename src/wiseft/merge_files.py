@@ -237,40 +237,40 @@ class _Reader:
 Kernel = Callable[[Mapping[int, torch.Tensor], torch.Tensor], None]
 
 
-def _stream(ckpts: Sequence[SafetensorsCheckpoint], steps: Sequence[Step], kernels: Sequence[Kernel],
-            outputs: Sequence[_Output], needs: Sequence[int], chunk_bytes: int) -> None:
-    """For each output tensor, chunk by chunk: read what it needs from the inputs,
-    compute every output's chunk with its kernel (or copy), and append it."""
-    chunk_bytes = max(4096, chunk_bytes // 4096 * 4096)
-    bufs = {i: torch.empty(chunk_bytes, dtype=torch.uint8) for i in range(len(ckpts))}
-    out_buf = torch.empty(chunk_bytes, dtype=torch.uint8)
-    reader = _Reader()
-    try:
-        for si in range(len(outputs[0].shards)):
-            for o in outputs:
-                o.start_shard(si)
-            for s in outputs[0].shards[si]:
-                srcs = needs if s.op == "mix" else [s.source]
-                size = s.spec.dtype.itemsize
-                step = chunk_bytes // (64 * size) * 64 * size  # whole elements, 64 at a time
-                for start in range(0, s.spec.nbytes, step):
-                    n = min(step, s.spec.nbytes - start)
-                    for i in srcs:
-                        reader.read(ckpts[i].locations[s.name], start, bufs[i][:n])
-                    if s.op != "mix":
-                        for o in outputs:
-                            o.write(bufs[s.source][:n])
-                        continue
-                    ins = {i: bufs[i][:n].view(s.spec.dtype) for i in srcs}
-                    out = out_buf[:n].view(s.spec.dtype)
-                    for o, kernel in zip(outputs, kernels):
-                        kernel(ins, out)
-                        check_finite({s.name: out}, f"merged checkpoint {o.dest}")
-                        o.write(out_buf[:n])
-        for o in outputs:
-            o.close_shard()
-    finally:
-        reader.close()
+WriteStep = Callable[[Step, Sequence["_Output"], "_Reader"], None]
+
+
+def _chunk_buffer(chunk_bytes: int) -> torch.Tensor:
+    """A read buffer of about ``chunk_bytes``, whole 4 KiB pages."""
+    return torch.empty(max(4096, chunk_bytes // 4096 * 4096), dtype=torch.uint8)
+
+
+def _kernel_steps(ckpts: Sequence[SafetensorsCheckpoint], kernels: Sequence[Kernel], needs: Sequence[int],
+                  chunk_bytes: int) -> WriteStep:
+    """The interpolation engine's step: a mixed tensor chunk by chunk, what it needs read
+    from the inputs, every output's chunk computed by its kernel and appended; a copied
+    tensor copied. The buffers are allocated once, here."""
+    bufs = {i: _chunk_buffer(chunk_bytes) for i in range(len(ckpts))}
+    out_buf = _chunk_buffer(chunk_bytes)
+
+    def write(s: Step, outputs: Sequence[_Output], reader: _Reader) -> None:
+        if s.op != "mix":
+            _copy_step(ckpts[s.source], s, outputs, reader, bufs[s.source])
+            return
+        size = s.spec.dtype.itemsize
+        step = out_buf.numel() // (64 * size) * 64 * size  # whole elements, 64 at a time
+        for start in range(0, s.spec.nbytes, step):
+            n = min(step, s.spec.nbytes - start)
+            for i in needs:
+                reader.read(ckpts[i].locations[s.name], start, bufs[i][:n])
+            ins = {i: bufs[i][:n].view(s.spec.dtype) for i in needs}
+            out = out_buf[:n].view(s.spec.dtype)
+            for o, kernel in zip(outputs, kernels):
+                kernel(ins, out)
+                check_finite({s.name: out}, f"merged checkpoint {o.dest}")
+                o.write(out_buf[:n])
+
+    return write
 
 
 def _open_outputs(dests: Sequence[Path], steps: list[Step], max_shard_bytes: int | None,
@@ -287,13 +287,26 @@ def _open_outputs(dests: Sequence[Path], steps: list[Step], max_shard_bytes: int
     return outs
 
 
-def _run(ckpts, steps, kernels, dests, needs, settings: MergeConfig, metadata) -> list[Path]:
+def _run(ckpts: Sequence[SafetensorsCheckpoint], steps: list[Step], dests: Sequence[str | Path],
+         settings: MergeConfig, metadata: Sequence[Mapping[str, str]], write_step: WriteStep) -> list[Path]:
+    """Every output written shard by shard, tensor by tensor in the inputs' disk order
+    (``write_step`` writes one tensor to all of them), from one pass over the inputs;
+    all committed, or all aborted."""
     ordered = _disk_order(steps, ckpts)
     outs = _open_outputs([Path(d) for d in dests], ordered, settings.shard_bytes, metadata)
+    reader = _Reader()
     try:
-        _stream(ckpts, ordered, kernels, outs, needs, settings.chunk_bytes)
+        for si in range(len(outs[0].shards)):
+            for o in outs:
+                o.start_shard(si)
+            for s in outs[0].shards[si]:
+                write_step(s, outs, reader)
+        for o in outs:
+            o.close_shard()
+        reader.close()
         return [o.commit() for o in outs]
     except BaseException:
+        reader.close()
         for o in outs:
             o.abort()
         raise
@@ -328,8 +341,8 @@ def write_interpolations(path_0: str | Path, path_1: str | Path, outputs: Mappin
     ckpts = [open_checkpoint(path_0), open_checkpoint(path_1)]
     steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=1))
     kernels = [lambda ins, out, a=a: interpolate_many([(out, ins[0], ins[1], a)]) for a in alphas]
-    return _run(ckpts, steps, kernels, list(outputs.values()), [0, 1], settings,
-                _metadata_for(metadata, len(alphas)))
+    return _run(ckpts, steps, list(outputs.values()), settings, _metadata_for(metadata, len(alphas)),
+                _kernel_steps(ckpts, kernels, [0, 1], settings.chunk_bytes))
 
 
 sweep_files = write_interpolations  # the name before issue 14 (documented then), same function
@@ -353,7 +366,8 @@ def average_files(paths: Sequence[str | Path], out: str | Path, weights: Sequenc
     steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=0))
     needs = [i for i, w in enumerate(weights) if w != 0]
     kernel = _average_kernel(weights, needs, len(ckpts), settings.chunk_bytes)
-    return _run(ckpts, steps, [kernel], [out], needs, settings, _metadata_for(metadata, 1))[0]
+    return _run(ckpts, steps, [out], settings, _metadata_for(metadata, 1),
+                _kernel_steps(ckpts, [kernel], needs, settings.chunk_bytes))[0]
 
 
 def _average_kernel(weights: list[float], needs: list[int], n: int, chunk_bytes: int) -> Kernel:
@@ -536,33 +550,13 @@ def _mix_step(src: _Sources, s: Step, depth: float, calls: Sequence[MergeCall], 
 
 
 def _copy_step(ckpt: SafetensorsCheckpoint, s: Step, outputs: Sequence[_Output], reader: _Reader,
-               chunk_bytes: int) -> None:
-    """Tensor ``s`` copied from ``ckpt`` into every output, chunk by chunk."""
-    buf = torch.empty(max(4096, chunk_bytes // 4096 * 4096), dtype=torch.uint8)
+               buf: torch.Tensor) -> None:
+    """Tensor ``s`` copied from ``ckpt`` into every output, ``buf`` at a time."""
     for start in range(0, s.spec.nbytes, buf.numel()):
         n = min(buf.numel(), s.spec.nbytes - start)
         reader.read(ckpt.locations[s.name], start, buf[:n])
         for o in outputs:
             o.write(buf[:n])
-
-
-def _stream_method(src: _Sources, depths: Mapping[str, float], calls: Sequence[MergeCall],
-                   outputs: Sequence[_Output], chunk_bytes: int) -> None:
-    """Every output, shard by shard, tensor by tensor, from one pass over the inputs."""
-    reader = _Reader()
-    try:
-        for si in range(len(outputs[0].shards)):
-            for o in outputs:
-                o.start_shard(si)
-            for s in outputs[0].shards[si]:
-                if s.op == "mix":
-                    _mix_step(src, s, depths[s.name], calls, outputs, reader, chunk_bytes)
-                else:
-                    _copy_step(src.ckpts[s.source], s, outputs, reader, chunk_bytes)
-        for o in outputs:
-            o.close_shard()
-    finally:
-        reader.close()
 
 
 def _check_extras(src: _Sources, steps: Sequence[Step]) -> None:
@@ -633,16 +627,15 @@ def write_merges(method: str | MergeMethod, base: str | Path | None, models: Seq
              for p in outputs.values()]
     src, steps = _open_sources(calls[0], base, models, extras, settings)
     depths = layer_depths(s.name for s in steps)
-    ordered = _disk_order(steps, src.ckpts)
-    outs = _open_outputs([Path(d) for d in outputs], ordered, settings.shard_bytes,
-                         _metadata_for(metadata, len(outputs)))
-    try:
-        _stream_method(src, depths, calls, outs, settings.chunk_bytes)
-        return [o.commit() for o in outs]
-    except BaseException:
-        for o in outs:
-            o.abort()
-        raise
+    buf = _chunk_buffer(settings.chunk_bytes)
+
+    def write(s: Step, outs: Sequence[_Output], reader: _Reader) -> None:
+        if s.op == "mix":
+            _mix_step(src, s, depths[s.name], calls, outs, reader, settings.chunk_bytes)
+        else:
+            _copy_step(src.ckpts[s.source], s, outs, reader, buf)
+
+    return _run(src.ckpts, steps, list(outputs), settings, _metadata_for(metadata, len(outputs)), write)
 
 
 def merge_files(method: str | MergeMethod, base: str | Path | None, models: Sequence[str | Path], out: str | Path,
