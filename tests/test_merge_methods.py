@@ -651,3 +651,23 @@ def test_layer_depths_of_bert_hf_clip_and_resnet_names():
               "visual.layer2.0.conv1.weight", "visual.layer2.0.downsample.0.weight", "visual.attnpool.c_proj.weight"]
     d = layer_depths(resnet)
     assert [d[k] for k in resnet] == [0.0, 0.0, 1 / 4, 2 / 4, 3 / 4, 3 / 4, 1.0]
+
+
+HALF_INSIDE = [n for n in METHODS if get_method(n).half_inside]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", HALF_INSIDE)
+def test_a_method_that_computes_half_types_in_fp32_itself_gets_them_as_they_are(name, dtype):
+    # the same bits as from apply's fp32 copies of every input, without those copies
+    from dataclasses import replace
+
+    assert HALF_INSIDE == ["greedy_soup", "linear", "soup"]
+    method = get_method(name)
+    params = {"alpha": 0.3} if name == "linear" else None
+    for seed in range(5):
+        x = inputs_for(name, np.random.default_rng(seed), shape=(7, 9), n_models=None if name == "linear" else 3,
+                       dtype=dtype)
+        direct = apply(method, x, params)
+        upcast = apply(replace(method, half_inside=False), x, params)
+        assert direct.dtype == dtype and same_bits(direct, upcast)

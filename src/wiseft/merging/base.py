@@ -69,6 +69,9 @@ class MergeMethod:
 
     ``merge_tensor(inputs, params)`` is pure: it reads ``inputs`` (floating tensors, in
     fp32 or wider; ``apply`` upcasts half types) and returns a new tensor of their shape.
+    ``half_inside``: it takes half types as they are and computes in fp32 itself, rounding
+    once (``merge.interpolate_tensor``, ``merge.average_tensor``), so ``apply`` makes no
+    fp32 copy of every input.
     ``elementwise`` says the result at each element depends only on the inputs at that
     element, so an engine may cut a tensor into chunks and get the same bits.
     ``weighted`` is False for a method that takes no per-model weights (``apply`` then
@@ -94,6 +97,7 @@ class MergeMethod:
     weighted: bool = True
     extras: tuple[str, ...] = ()
     extras_optional: bool = False
+    half_inside: bool = False
     needs: tuple[str, ...] = ()
     procedure: Callable[..., Any] | None = None
 
@@ -200,7 +204,7 @@ def apply(method: MergeMethod | str, inputs: TensorInputs,
         return source.detach().clone(memory_format=torch.contiguous_format)
     detached = inputs.mapped(torch.Tensor.detach)
     work = detached
-    if source.is_floating_point() and source.dtype.itemsize < 4:
+    if source.is_floating_point() and source.dtype.itemsize < 4 and not method.half_inside:
         work = detached.mapped(lambda t: t.to(torch.float32))
     with torch.no_grad():
         out = method.merge_tensor(work, params)

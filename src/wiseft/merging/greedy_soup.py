@@ -91,7 +91,7 @@ def _soup_into(out: dict[str, torch.Tensor], acc: dict[str, torch.Tensor], steps
 
 MERGE_METHODS.add("greedy_soup", MergeMethod(
     name="greedy_soup", params=GreedySoupParams, merge_tensor=merge_soup, needs_base=False, min_models=1,
-    elementwise=True, weighted=False, needs=("evaluate",), procedure=greedy_soup,
+    elementwise=True, weighted=False, half_inside=True, needs=("evaluate",), procedure=greedy_soup,
     reference="Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models improves "
               "accuracy without increasing inference time, arXiv:2203.05482",
     description="ingredients in order of held-out score, each kept when the uniform soup with it scores no lower "

@@ -68,6 +68,6 @@ def merge_linear(inputs: TensorInputs, params: LinearParams) -> torch.Tensor:
 
 MERGE_METHODS.add("linear", MergeMethod(
     name="linear", params=LinearParams, merge_tensor=merge_linear, needs_base=True, min_models=1, max_models=1,
-    elementwise=True, weighted=False,
+    elementwise=True, weighted=False, half_inside=True,
     reference="Wortsman et al. 2022, Robust fine-tuning of zero-shot models (WiSE-FT), arXiv:2109.01903",
     description="(1 - alpha) theta_0 + alpha theta_1, alpha per parameter by glob rules or a depth ramp"))
