@@ -291,8 +291,9 @@ class LabelReader:
     label_key: Literal["cls", "txt", "json"]
     field: str = "label"
 
-    def read(self, text: str, where: str) -> int | str | None:
-        """The label in ``text`` (an int index or a str name), or None; a DataError names ``where``."""
+    def read(self, text: str) -> int | str | None:
+        """The label in ``text`` (an int index or a str name), or None; a DataError says what is wrong
+        (the caller names the sample)."""
         text = text.strip()
         if not text:
             return None
@@ -300,29 +301,30 @@ class LabelReader:
             return text
         if self.label_key == "cls":
             if not re.fullmatch(r"-?\d+", text):
-                raise DataError(f"{where}: the .cls member holds {text[:40]!r}, not an integer class index")
+                raise DataError(f"the .cls member holds {text[:40]!r}, not an integer class index")
             return int(text)
         try:
             obj = json.loads(text)
         except ValueError as e:
-            raise DataError(f"{where}: the .json member is not JSON ({e})") from None
+            raise DataError(f"the .json member is not JSON ({e})") from None
         if not isinstance(obj, dict):
-            raise DataError(f"{where}: the .json member is not an object, got {text[:40]!r}")
+            raise DataError(f"the .json member is not an object, got {text[:40]!r}")
         value = obj.get(self.field)
         if value is None or isinstance(value, (int, str)) and not isinstance(value, bool):
             return value
-        raise DataError(f"{where}: .json field {self.field!r} is {value!r}, not a class index or name")
+        raise DataError(f".json field {self.field!r} is {value!r}, not a class index or name")
 
 
-def to_label(raw: int | str, names: Sequence[str], index: dict[str, int], where: str) -> int:
-    """A raw label as an index into ``names``; out of range or unknown is a DataError naming ``where``."""
+def to_label(raw: int | str, names: Sequence[str], index: dict[str, int]) -> int:
+    """A raw label as an index into ``names``; out of range or unknown is a DataError (the
+    caller names the sample)."""
     if isinstance(raw, int):
         if not 0 <= raw < len(names):
-            raise DataError(f"{where}: label {raw} is out of range for the {len(names)} class names "
+            raise DataError(f"label {raw} is out of range for the {len(names)} class names "
                             f"(0..{len(names) - 1})")
         return raw
     if raw not in index:
-        raise DataError(f"{where}: label {raw!r} is not one of the {len(names)} class names")
+        raise DataError(f"label {raw!r} is not one of the {len(names)} class names")
     return index[raw]
 
 
@@ -357,14 +359,16 @@ def _collect(shards: Sequence[Path], image_keys: Sequence[str], reader: LabelRea
     found = _Found([])
     for shard in shards:
         index = index_shard(shard)
-        for key, exts in group_members(index).items():
-            where = _where(index.shard, key)
+        for key, exts in group_members(index).items():  # a sample's name is formatted only for a message
             image = next((exts[e] for e in image_keys if e in exts), None)
             label = exts.get(reader.label_key)
-            raw = reader.read(index.text(label), where) if label is not None else None
+            try:
+                raw = reader.read(index.text(label)) if label is not None else None
+            except DataError as e:
+                raise DataError(f"{_where(index.shard, key)}: {e}") from None
             if image is None or raw is None:
                 why = "no image" if image is None else "no label"
-                found.skip(f"{where} ({why}; members: {', '.join(sorted(exts))})")
+                found.skip(f"{_where(index.shard, key)} ({why}; members: {', '.join(sorted(exts))})")
                 continue
             found.samples.append((TarMember(index.shard, image, *index.members[image]), raw))
     return found
@@ -396,7 +400,12 @@ def _labelled(found: _Found, classnames: list[str] | None,
                             "indices; give classnames (a list, or a file with one name per line)")
         classnames = sorted({raw for _, raw in found.samples})
     index = {c: i for i, c in enumerate(classnames)}
-    samples = [(ref, to_label(raw, classnames, index, _sample_where(ref))) for ref, raw in found.samples]
+    samples = []
+    for ref, raw in found.samples:
+        try:
+            samples.append((ref, to_label(raw, classnames, index)))
+        except DataError as e:
+            raise DataError(f"{_sample_where(ref)}: {e}") from None
     return samples, classnames
 
 
