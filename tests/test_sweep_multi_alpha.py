@@ -252,3 +252,19 @@ def test_the_benchmark_times_the_sweep_both_ways_and_compares_the_records(tmp_pa
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == rows[0]["median"] / rows[1]["median"]
     assert all(r["agree"].startswith("same top-1 counts; largest difference: ece ") for r in rows)
     assert bench.table(rows).count("\n| bench-vit-tiny |") == 3
+
+
+def test_auto_on_a_gpu_takes_as_many_alphas_as_half_the_free_memory_holds(bb, monkeypatch):
+    # the CUDA branch's arithmetic, on this CPU: the device and its free memory stand in
+    from wiseft.multi_alpha import stacked_bytes
+
+    ev = sys.modules["wiseft.evaluate"]
+    model, theta_0, theta_1 = _model_and_thetas(bb)
+    interp = Interpolator(theta_0, theta_1)
+    per_alpha = stacked_bytes(theta_0, theta_1)
+    alphas = [round(0.1 * i, 1) for i in range(11)]
+    monkeypatch.setattr(ev, "device_of", lambda m: torch.device("cuda", 0))
+    for free, size in ((2 * 3 * per_alpha, 3), (2 * 3 * per_alpha - 1, 2), (per_alpha, 1), (100 * per_alpha, 11)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
+        groups = ev._alpha_groups(model, interp, alphas, SweepSettings(alphas_per_pass="auto"))
+        assert [a for g in groups for a in g] == alphas and len(groups[0]) == size, (free, size)

@@ -37,7 +37,7 @@ from .heads import Classifier, PromptClassifier, rederive_head
 from .merge import Interpolator, interpolate
 from .merging.adapters import interpolator_for
 from .metrics import Score, expected_calibration_error, fit_temperature
-from .multi_alpha import MultiAlpha, MultiAlphaSettings, stacked_bytes
+from .multi_alpha import MultiAlpha, MultiAlphaSettings, split_alphas
 from .progress import progress_bar
 from .results import (MERGE, NOT_PRIMARY, OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, output_ensemble_name,
                       select_metric)
@@ -777,10 +777,9 @@ def _group_size(model: Classifier, interp, alphas: Sequence[float], s: SweepSett
     if device.type != "cuda":
         return 1
     free = torch.cuda.mem_get_info(device)[0]
-    per_alpha = stacked_bytes(interp.theta_0, interp.theta_1, _multi_settings(s))
-    size = max(1, min(len(alphas), free // 2 // max(per_alpha, 1)))
-    log.info("alphas_per_pass=auto: %d alphas per pass (%.2f GiB of weights each, %.1f GiB free on %s)",
-             size, per_alpha / 2**30, free / 2**30, device)
+    fits = replace(_multi_settings(s), max_memory=free // 2)  # the stacked weights within half the free memory
+    size = len(split_alphas(alphas, interp.theta_0, interp.theta_1, fits)[0])
+    log.info("alphas_per_pass=auto: %d alphas per pass (%.1f GiB free on %s)", size, free / 2**30, device)
     return size
 
 
