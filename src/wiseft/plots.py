@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from wiseft.files import write_with
-from wiseft.results import OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, merge_of, select_metric
+from wiseft.results import OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, merge_of, merge_stage, select_metric
 from wiseft.robustness import AVG, BaselineFit, logit, record_interval, sigmoid
 
 # Candidate tick positions (percent), roundest first; ``set_logit_ticks`` takes them in
@@ -178,7 +178,7 @@ def merge_points(records: Iterable[Record], metric: str = PRIMARY) -> dict[str, 
     """label -> dataset -> record of the chosen point of each ``merges:`` entry (its
     records of stage ``test``), each dataset under its primary metric (or ``metric``), with
     the reference set's class-restricted accuracies under their metric name."""
-    records = [r for r in records if (merge_of(r) or {}).get("stage") == TEST]
+    records = [r for r in records if merge_stage(r) == TEST]
     out: dict[str, dict[str, Record]] = {}
     for r in select_metric(records, metric):
         out.setdefault(r.model, {})[r.dataset] = r
@@ -323,7 +323,7 @@ def plot_search(records: Iterable[Record], name: str, metric: str = PRIMARY) -> 
     is one set), the chosen point marked. The x axis is the searched parameter when one
     number is searched, else the grid points in order, labelled."""
     found = [r for r in select_metric(records, metric)
-             if r.model == name and (merge_of(r) or {}).get("stage") == SEARCH]
+             if r.model == name and merge_stage(r) == SEARCH]
     if not found:
         raise ValueError(f"no search records for merge {name!r}")
     points: dict[int, list[Record]] = {}

@@ -35,6 +35,7 @@ from wiseft.results import (
     is_quick,
     merge_names,
     merge_of,
+    merge_stage,
     output_ensemble_name,
     read_records,
     select_metric,
@@ -379,7 +380,7 @@ def _write_figures(found: _Analysis, out: Path, metric: str) -> list[tuple[str, 
                     out, stem)
         figures.append((stem, f"accuracy vs alpha, {m}"))
     for name in found.merges:
-        if sum(1 for r in found.records if r.model == name and (merge_of(r) or {}).get("stage") == SEARCH
+        if sum(1 for r in found.records if r.model == name and merge_stage(r) == SEARCH
                and r.provenance.get("primary")) > 1:  # a curve needs more than one point
             stem = f"search_{_slug(name)}"
             save_figure(plot_search(found.records, name, metric), out, stem)
@@ -618,7 +619,7 @@ def search_tables(records: Iterable[Record], metric: str = PRIMARY) -> list[tupl
     out = []
     for name in merge_names(records):
         search = [r for r in select_metric(records, metric)
-                  if r.model == name and (merge_of(r) or {}).get("stage") == SEARCH]
+                  if r.model == name and merge_stage(r) == SEARCH]
         info = merge_of(next(r for r in records if r.model == name))
         chosen = next((merge_of(r)["point"] for r in records if r.model == name and merge_of(r)["chosen"]), {})
         line = f"{info['method']} of {', '.join(info['models'])}; "

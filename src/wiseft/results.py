@@ -107,6 +107,12 @@ def merge_of(record: Record) -> dict[str, Any] | None:
     return record.provenance.get(MERGE)
 
 
+def merge_stage(record: Record) -> str | None:
+    """The stage of a ``merges:`` entry's record (``SEARCH`` or ``TEST``), or None for other records."""
+    merge = merge_of(record)
+    return None if merge is None else merge["stage"]
+
+
 def merge_names(records: Iterable[Record]) -> list[str]:
     """The labels of the run's ``merges:`` entries, in the order their records come."""
     return list(dict.fromkeys(r.model for r in records if merge_of(r) is not None))

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from wiseft.config.report import DEFAULT_BASELINES
-from wiseft.results import PRIMARY, TEST, Record, merge_of, restricted_metric, select_metric
+from wiseft.results import PRIMARY, TEST, Record, merge_of, merge_stage, restricted_metric, select_metric
 
 DEFAULT_ALPHA = 0.5
 # Accuracies are clipped this far from 0 and 1 before taking logits, so a perfect or
@@ -311,8 +311,7 @@ def merge_robustness_rows(
     """rho of the chosen point of each ``merges:`` entry (records of stage ``test``; alpha
     None in the rows), on every shift with a baseline and the average, as ``robustness_rows``."""
     def key(r: Record) -> tuple[str, None] | None:
-        merge = merge_of(r)
-        return (r.model, None) if merge is not None and merge["stage"] == TEST else None
+        return (r.model, None) if merge_stage(r) == TEST else None
 
     acc = _test_values(records, reference, metric, key)
     return [row for (model, _), vals in acc.items() for row in point_robustness(model, None, vals, fits, reference)]
