@@ -13,7 +13,7 @@ import importlib
 
 # public name -> submodule that defines it
 _SOURCES = {
-    "checkpoints": ["CheckpointDir", "ResumeError", "load_checkpoint"],
+    "checkpoints": ["CheckpointDir", "ResumeError", "load_checkpoint", "load_training_state"],
     "data": ["BatchPlan", "kshot_subset", "resolve_batch"],
     "distributed": ["DistInfo", "init_distributed"],
     "engine": ["TrainRun", "enable_grad_checkpointing", "run_finetune", "sharded_features"],
@@ -26,7 +26,7 @@ _LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = ["BatchPlan", "CheckpointDir", "DistInfo", "MetricLog", "ResumeError", "Stage", "Trainer", "TrainRun",
            "compute_features", "cosine_lr", "enable_grad_checkpointing", "init_distributed", "kshot_subset",
-           "load_checkpoint", "resolve_batch", "run_finetune", "sharded_features"]
+           "load_checkpoint", "load_training_state", "resolve_batch", "run_finetune", "sharded_features"]
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from ..data.base import LabeledDataset
 from ..files import hold
 from ..heads import Classifier, PromptClassifier
 from ..runtime import deterministic_numerics
-from .checkpoints import CheckpointDir, ResumeError, load_checkpoint
+from .checkpoints import CheckpointDir, ResumeError, load_training_state
 from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from .distributed import all_gather_rows, current
 from .features import compute_features
@@ -116,7 +116,7 @@ class _Context:
             return None
         if isinstance(self.resume, (str, Path)) and not isinstance(self.resume, bool):
             path = Path(self.resume)
-            if load_checkpoint(path)["stage"] == stage:
+            if load_training_state(path)["stage"] == stage:
                 return path
         ckpts = self.checkpoints(stage)
         return ckpts.latest() if ckpts is not None else None
@@ -204,11 +204,7 @@ def enable_grad_checkpointing(encoder: torch.nn.Module) -> None:
     raise ValueError(f"grad_checkpointing: {type(encoder).__name__} offers no activation checkpointing switch")
 
 
-@contextlib.contextmanager
-def deterministic(enabled: bool):
-    """Deterministic kernels and no TF32 for the duration (fp32 runs that repeat exactly)."""
-    if not enabled:
-        yield
-        return
-    with deterministic_numerics(strict=True):  # strict: an op without a deterministic kernel is an error
-        yield
+def deterministic(enabled: bool) -> contextlib.AbstractContextManager:
+    """Deterministic kernels and no TF32 for the duration (fp32 runs that repeat exactly);
+    strict: an op without a deterministic kernel is an error. Nothing when not ``enabled``."""
+    return deterministic_numerics(strict=True) if enabled else contextlib.nullcontext()
