@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from .options import with_options
+
 DEFAULT_CHUNK_BYTES = 16 << 20
 
 
@@ -59,7 +61,4 @@ def merge_config(settings: MergeConfig | None = None, **options: Any) -> MergeCo
     """``settings`` (default ``MergeConfig()``) with ``options`` applied: MergeConfig
     fields given as loose keyword arguments, the form merge functions took before they
     took one settings object; the options win over ``settings``."""
-    if not options:
-        return settings if settings is not None else MergeConfig()
-    base = settings.model_dump(exclude_unset=True) if settings is not None else {}
-    return MergeConfig(**{**base, **options})
+    return with_options(MergeConfig, settings, **options)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ..results import PRIMARY
+from .options import with_options
 
 DEFAULT_BASELINES = "testbed"  # the packaged baseline set of ImageNet runs (robustness.PACKAGED_BASELINES)
 
@@ -39,7 +40,4 @@ def report_config(settings: ReportConfig | None = None, **options: Any) -> Repor
     """``settings`` (default ``ReportConfig()``) with ``options`` applied: ReportConfig
     fields given as loose keyword arguments, the form ``build_report`` took before it
     took one settings object; the options win over ``settings``."""
-    if not options:
-        return settings if settings is not None else ReportConfig()
-    base = settings.model_dump(exclude_unset=True) if settings is not None else {}
-    return ReportConfig(**{**base, **options})
+    return with_options(ReportConfig, settings, **options)
