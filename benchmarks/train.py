@@ -51,12 +51,14 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu import count_flops, peak_tflops  # noqa: E402
+
 TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
                                          "patch_size": 8},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 MODELS = {"tiny": ("wiseft-bench-tiny", 32), "vit-b-32": ("ViT-B-32", 224)}
 # dense bf16 peak FLOP/s for model FLOPs utilisation
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
 def build_model(name: str, num_classes: int = 1000) -> tuple[torch.nn.Module, int]:
@@ -154,15 +156,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def flops_per_sample(model, size: int, device) -> float:
-    """Training FLOPs per sample: 3x the forward pass (forward + backward)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(torch.zeros(1, 3, size, size, device=device))
-    return 3.0 * fc.get_total_flops()
-
-
 def run_config(model, size: int, spec: dict, device, paired: bool = True) -> tuple[list[float], list[float]]:
     """One run of ``spec`` on a fresh copy of ``model``, taking turns step by step with the
     plain fp32 loop on the same data (on another fresh copy) unless ``paired`` is false:
@@ -202,9 +195,9 @@ def run_model(job: dict) -> list[dict]:
         print(f"# {job['model']} {spec['loop']} {spec['precision']} {spec['data']}: {row['samples_per_s']:.1f} "
               f"samples/s, {row['ratio']:.3f}x the plain loop", file=sys.stderr, flush=True)
         if device.type == "cuda":
-            peak_flops = next((v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None)
-            if peak_flops:
-                row["mfu"] = row["samples_per_s"] * flops_per_sample(model, size, device) / peak_flops
+            peak, _ = peak_tflops(device, None)  # gpu.py's data-sheet table and FLOP count, one of each
+            if peak:
+                row["mfu"] = row["samples_per_s"] * count_flops(model, size, device, train=True) / (peak * 1e12)
         out.append(row)
     return out
 
