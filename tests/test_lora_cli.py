@@ -95,3 +95,13 @@ def test_an_adapter_with_no_module_of_the_base_is_refused(adapter, tmp_path, cap
                  "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "none of its 4 adapted modules" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag", [["--exclude", "head.*"], ["--dry-run"], ["--max-shard-size", "1GB"]])
+def test_options_for_two_checkpoints_are_refused_with_an_adapter(adapter, base, tmp_path, capsys, flag):
+    # they were silently ignored: an --exclude the user asked for did not happen
+    assert main(["interpolate", str(base[1]), str(adapter[0]), "--alpha", "0.5", "--out", str(tmp_path / "x"),
+                 *flag]) == 2
+    assert f"is a peft LoRA adapter, scaled whole by alpha: {flag[0]} applies to two checkpoints" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -147,6 +147,12 @@ def _interpolate_adapter(args) -> int:
     from .checkpoint import META_FILE, export_model, load_model, load_state, save_state
     from .merging.adapters import AdapterInterpolator, read_peft_adapter, write_peft_adapter
 
+    given = [flag for flag, value in (("--include", args.include), ("--exclude", args.exclude), ("--keep", args.keep),
+                                      ("--max-shard-size", args.max_shard_size), ("--dry-run", args.dry_run),
+                                      ("--fisher", args.fisher)) if value]
+    if given:  # each selects or plans over two checkpoints' tensors; an adapter is scaled whole
+        raise ValueError(f"{args.model_b} is a peft LoRA adapter, scaled whole by alpha: {', '.join(given)} "
+                         "applies to two checkpoints, not to an adapter")
     out, many, parents = Path(args.out), len(args.alpha) > 1, [args.model_a, args.model_b]
     wiseft_dir = (Path(args.model_a) / META_FILE).exists()
     suffix = "" if wiseft_dir or args.format == "peft" else ".safetensors"
