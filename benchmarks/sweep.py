@@ -25,7 +25,8 @@ from PIL import Image
 
 from wiseft.backbones import load_backbone
 from wiseft.data import build_dataset
-from wiseft.evaluate import EvalSet, SweepSettings, build_input_cache, cpu_has_bf16, evaluate, numerics, sweep
+from wiseft.evaluate import EvalSet, SweepSettings, build_input_cache, evaluate, numerics, sweep
+from wiseft.runtime import cpu_has_bf16
 from wiseft.heads import Classifier, zeroshot_head
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]

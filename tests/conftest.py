@@ -13,6 +13,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# precision 'auto' (the default) is bf16 on a CPU with native bf16 and fp32 on one without: the
+# suite runs as on a CPU without it, so it computes the same on both kinds of machine; the tests
+# of the decision stub the detection both ways (tests/test_precision.py)
+os.environ["WISEFT_NATIVE_BF16"] = "0"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY_OPEN_CLIP = "wiseft-tiny-ViT"

@@ -31,8 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("merge", ("wiseft.merge", "wiseft.merge_files", "wiseft.soup", "wiseft.checkpoint", "wiseft.merging")),
     ("evaluate", ("wiseft.evaluate", "wiseft.ensemble", "wiseft.multi_alpha")),
     ("robustness/report", ("wiseft.robustness", "wiseft.report", "wiseft.plots")),
-    ("pipeline", ("wiseft.pipeline",)),
-    ("cli", ("wiseft.cli", "wiseft.launch", "wiseft.__main__", "wiseft.train.__main__", "wiseft")),
+    ("pipeline", ("wiseft.pipeline", "wiseft.estimate")),
+    ("cli", ("wiseft.cli", "wiseft.env", "wiseft.launch", "wiseft.__main__", "wiseft.train.__main__", "wiseft")),
 ]
 
 

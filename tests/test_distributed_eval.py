@@ -283,33 +283,6 @@ def test_processes_on_one_machine_share_its_memory_budget_and_cores(monkeypatch)
     assert ev._workers(None, 1000) == 4 and ev._workers(3, 1000) == 3
 
 
-def test_the_time_estimate_divides_by_the_processes(open_clip_spec, image_data, tmp_path, monkeypatch):
-    import itertools
-
-    import wiseft.pipeline as pipeline
-    from wiseft.backbones import load_backbone
-    from wiseft.config import parse_config
-    from wiseft.train.distributed import DistInfo
-
-    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run"))
-    data = pipeline.prepare_data(cfg)
-    backbone = load_backbone(cfg.backbone)
-    model = pipeline.build_zeroshot_model(backbone, data.classnames, data.templates, cache=False)
-    texts = []
-    for world in (1, 2):
-        clock = itertools.count(0.0, 0.25)  # every timed forward takes 0.25 s
-        monkeypatch.setattr(pipeline.time, "perf_counter", lambda: next(clock))
-        monkeypatch.setattr(pipeline, "current", lambda: DistInfo(0, world, 0))
-        texts.append(pipeline.estimate_text(model, backbone, data, cfg, cfg.finetune_runs(), set()))
-    # a timed batch of min(16, n) inputs takes 0.25 s: the training set, 27 examples x 3 passes x
-    # 2 epochs; 11 alphas x the sets: test and noise 18 inputs each, subset 10, validation 9
-    per = lambda n: n * 0.25 / min(16, n)  # noqa: E731
-    seconds = per(27) * 3 * 2 + 11 * (per(18) + per(18) + per(10) + per(9))
-    assert texts[0] == f"  estimate: about {pipeline._duration(seconds)} on cpu (from timing 16 inputs per set)"
-    assert texts[1] == (f"  estimate: about {pipeline._duration(seconds / 2)} on 2 processes on cpu "
-                        "(from timing 16 inputs per set)")
-
-
 def test_text_batches_are_read_in_the_chunks_they_were_collated_in():
     # text is cached as collated batches, one per decoded chunk: reading with another batch
     # size still pairs each batch with its own labels

@@ -144,10 +144,11 @@ def _top1(records, alpha=0.0):
 
 
 def test_bf16_reports_the_difference_against_fp32(bb, folders, monkeypatch):
-    monkeypatch.setattr(sys.modules["wiseft.evaluate"], "cpu_has_bf16", lambda: True)  # bf16 on any CPU
+    monkeypatch.setenv("WISEFT_NATIVE_BF16", "1")  # bf16 on any CPU
     model = _model(bb)
     theta_0, theta_1 = _thetas(model)
-    fp32 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb, settings=QUIET)
+    fp32 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb,
+                 settings=SweepSettings(precision="fp32", progress=False))
     sets = _sets(folders, "test")
     bf16 = sweep(model, theta_0, theta_1, sets, ALPHAS, bb, settings=SweepSettings(precision="bf16", progress=False))
     check = bf16[0].provenance["bf16_check"]
@@ -163,15 +164,20 @@ def test_bf16_reports_the_difference_against_fp32(bb, folders, monkeypatch):
     assert all("bf16_check" not in r.provenance for r in fp32)
 
 
-def test_bf16_falls_back_to_fp32_without_native_support(bb, folders, monkeypatch, caplog):
-    monkeypatch.setattr(sys.modules["wiseft.evaluate"], "cpu_has_bf16", lambda: False)
+def test_auto_evaluates_in_fp32_without_native_bf16_and_an_explicit_bf16_warns_of_its_cost(bb, folders, monkeypatch,
+                                                                                              caplog):
+    monkeypatch.setenv("WISEFT_NATIVE_BF16", "0")
     model = _model(bb)
     theta_0, theta_1 = _thetas(model)
-    fp32 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb, settings=QUIET)
+    fp32 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb,
+                 settings=SweepSettings(precision="fp32", progress=False))
+    auto = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb, settings=QUIET)
+    assert auto == fp32  # the same records, no bf16_check in them
+    assert "emulated" not in caplog.text
     bf16 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb,
                  settings=SweepSettings(precision="bf16", progress=False))
-    assert bf16 == fp32  # the same records, no bf16_check in them
-    assert "this CPU has no native bf16; evaluating in fp32" in caplog.text
+    assert "bf16_check" in bf16[0].provenance  # asked for: it runs (emulated), and says what it costs
+    assert "runs emulated, about 3x slower than fp32" in caplog.text
 
 
 @pytest.mark.slow  # over 2 s: the quick tier stays under a minute

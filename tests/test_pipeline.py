@@ -48,9 +48,34 @@ def test_run_writes_records_for_11_alphas(oc_run):
     sub = [r for r in records if r.dataset == "subset" and r.metric == "top1"]
     assert all(r.total == 10 and 0 <= r.correct <= r.total for r in sub)
     prov = records[0].provenance
-    assert {"backbone", "templates_hash", "config_hash", "versions", "mode"} <= set(prov)
-    assert (oc_run / "summary.md").read_text().startswith("| model | alpha | colors | noise | subset |")
-    assert yaml.safe_load((oc_run / "config.yaml").read_text())["backbone"]["family"] == "open_clip"
+    assert {"backbone", "templates_hash", "config_hash", "versions", "mode", "compute"} <= set(prov)
+    # where it was computed, and in what precision (the suite runs as on a CPU without native bf16)
+    compute = prov["compute"]
+    assert compute["device"] == "cpu" and compute["native_bf16"] is False and compute["native_bf16_forced"] is False
+    assert compute["torch"] == torch.__version__ and compute["cores"] >= 1 and compute["cpu"]
+    assert (compute["evaluation_precision"], compute["finetune_precision"]) == ("fp32", "fp32")
+    summary = (oc_run / "summary.md").read_text()
+    assert summary.startswith("| model | alpha | colors | noise | subset |")
+    assert "precision: evaluation fp32, fine-tune finetuned fp32 (auto: " in summary
+    assert f"computed on: cpu {compute['cpu']}, " in summary and f"torch {torch.__version__}" in summary
+    written = yaml.safe_load((oc_run / "config.yaml").read_text())
+    assert written["backbone"]["family"] == "open_clip"
+    assert written["finetune"]["precision"] == written["evaluation"]["precision"] == "fp32"  # auto, resolved
+
+
+def test_wiseft_env_reports_versions_devices_precisions_and_caches(capsys, monkeypatch):
+    monkeypatch.setenv("WISEFT_CACHE", "/somewhere/wiseft")
+    assert main(["env", "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"] in torch.__version__
+    cpu = env["devices"][0]
+    assert cpu["device"] == "cpu" and cpu["auto_precision"].startswith("fp32 (auto: ")  # forced off in the suite
+    assert env["caches"]["heads"] == "/somewhere/wiseft/heads"
+    assert env["variables"]["WISEFT_NATIVE_BF16"] == "0"
+    assert main(["env"]) == 0
+    text = capsys.readouterr().out
+    assert "native bf16: False (forced by WISEFT_NATIVE_BF16); precision auto picks fp32" in text
+    assert "  heads: /somewhere/wiseft/heads" in text and "\n  torch: " in text
 
 
 def test_alpha_ends_reproduce_zeroshot_and_finetuned_outputs(oc_run, open_clip_spec, image_data):
@@ -281,8 +306,11 @@ def test_a_variant_runs_end_to_end_beside_the_main_fine_tune(open_clip_spec, ima
     # weights and training checkpoints named by the variant and its own train key
     ckpts = out / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("*.safetensors")) == ["finetuned.safetensors", "low_lr.safetensors"]
-    key = cfg.train_key("low_lr")
-    assert key != cfg.train_key("finetuned") and read_meta(ckpts / "low_lr.safetensors")["train_key"] == key
+    from wiseft.pipeline import resolve_precisions
+
+    ran, _ = resolve_precisions(cfg, torch.device("cpu"))  # the train key of what ran: precision auto resolved
+    key = ran.train_key("low_lr")
+    assert key != ran.train_key("finetuned") and read_meta(ckpts / "low_lr.safetensors")["train_key"] == key
     last = torch.load(CheckpointDir(ckpts / f"train_low_lr_{key}" / "e2e").latest(), weights_only=True)
     assert (last["config"]["lr"], last["config"]["epochs"], last["step"]) == (1e-4, 1, 4)  # 27 images, batch 8
     assert not all(torch.equal(v, load_state(ckpts / "finetuned.safetensors")[k])

@@ -122,7 +122,7 @@ def test_extrapolated_alphas_share_a_pass_too(bb, folders):
 
 
 def test_bf16_check_runs_on_the_first_alpha_of_the_first_group(bb, folders, monkeypatch):
-    monkeypatch.setattr(sys.modules["wiseft.evaluate"], "cpu_has_bf16", lambda: True)  # bf16 on any CPU
+    monkeypatch.setenv("WISEFT_NATIVE_BF16", "1")  # bf16 on any CPU
     model, theta_0, theta_1 = _model_and_thetas(bb)
     settings = SweepSettings(progress=False, precision="bf16")
     one = sweep(model, theta_0, theta_1, _sets(folders), ALPHAS, bb, settings=settings)

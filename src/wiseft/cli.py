@@ -302,6 +302,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from .env import environment, format_environment
+
+    env = environment()
+    print(json.dumps(env, indent=2) if args.json else format_environment(env))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``wiseft`` command's parser: each subcommand's ``fn`` runs it."""
     p = argparse.ArgumentParser(prog="wiseft", description="Robust fine-tuning of zero-shot models (WiSE-FT).")
@@ -317,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="fine-tune only (resumable; under torchrun for several processes)")
     add_train_arguments(sp)
     sp.set_defaults(fn=cmd_train)
+    sp = sub.add_parser("env", help="versions, devices and their native precisions, caches: paste it into a bug report")
+    sp.add_argument("--json", action="store_true", help="as JSON")
+    sp.set_defaults(fn=cmd_env)
     return p
 
 

@@ -41,7 +41,7 @@ from .multi_alpha import MultiAlpha, MultiAlphaSettings, split_alphas
 from .progress import progress_bar
 from .results import (MERGE, NOT_PRIMARY, OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, output_ensemble_name,
                       select_metric)
-from .runtime import deterministic_numerics, device_of, to_device
+from .runtime import choose_precision, deterministic_numerics, device_of, to_device
 from .train.distributed import all_gather_objects, all_gather_rows, check_same, current, processes_here
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class EvalSettings:
     """
 
     batch_size: int = 256
-    precision: str = "fp32"
+    precision: str = "auto"
     cache: bool | CacheMode = True
     cache_dir: str | Path | None = None
     num_workers: int | None = None
@@ -134,7 +134,7 @@ _Settings = TypeVar("_Settings", bound=EvalSettings)
 
 
 def _resolved(settings: _Settings, device: torch.device) -> _Settings:
-    """``settings`` with the precision this device runs (bf16 falls back to fp32 where absent)."""
+    """``settings`` with the precision this device runs (``auto`` resolved: ``resolve_precision``)."""
     return replace(settings, precision=resolve_precision(settings.precision, device))
 
 
@@ -507,24 +507,10 @@ def _inputs(es: EvalSet, backbone: Backbone, settings: EvalSettings) -> InputCac
 # numerics
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """bf16 where the device has it (CUDA, or a CPU with native bf16), else fp32 with a warning."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        log.warning("this CPU has no native bf16; evaluating in fp32")
-        return "fp32"
-    return precision
+    """The precision evaluation runs in on ``device`` (``runtime.choose_precision``; evaluation
+    runs fp32 or bf16)."""
+    return choose_precision(precision, device, allowed=("fp32", "bf16")).precision
 
 
 def numerics(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

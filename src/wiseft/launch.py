@@ -37,10 +37,11 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     """
     from .backbones.base import load_backbone
     from .files import clear_dir, hold
-    from .pipeline import ZeroShotModels, checkpoint_paths, prepare_data, train_and_save
+    from .pipeline import ZeroShotModels, checkpoint_paths, prepare_data, resolve_precisions, train_and_save
     from .train.distributed import barrier, init_distributed
 
     info, device = init_distributed(cfg.device)
+    cfg, _ = resolve_precisions(cfg, device)  # the train keys of what runs, as wiseft run's
     runs = cfg.finetune_runs()
     unknown = [n for n in names or [] if n not in runs]
     if unknown:

@@ -18,13 +18,14 @@ from .config import ConfigError, DatasetSpec, MergeRun, RunConfig, load_config
 from .config.finetune import FinetuneConfig
 from .data.base import (DataError, LabeledDataset, build_dataset, build_projection, per_class_permutations,
                         read_classnames, split_holdout)
+from .estimate import estimate_run, from_sweep
 from .evaluate import EvalSet, SweepSettings, reuse_sweep, search_merge, sweep
 from .files import atomic_write, check_free, hold
 from .finetune import TrainRun, finetune
 from .heads import Classifier, plain_classifier, rederive_head, zeroshot_head
 from .merging.adapters import adapter_provenance, interpolator_for, merged_adapter_state
 from .registry import DATASETS
-from .runtime import to_device
+from .runtime import PrecisionChoice, choose_precision, compute_info, describe_compute, to_device
 from .results import MERGE, QUICK_BANNER, Record, append_records, package_versions, summary_table
 from .templates import get_templates, templates_hash
 from .train.checkpoints import check_resumable
@@ -51,6 +52,7 @@ class RunResult:
     selected_alpha: dict[str, float]
     export_dir: Path | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    estimate: dict[str, float] = field(default_factory=dict)  # the seconds estimated per stage (progress runs)
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
@@ -223,9 +225,36 @@ def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _run_provenance(ft_cfg: FinetuneConfig) -> dict[str, Any]:
-    """What a sweep's records say about its fine-tune: the mode, and a non-default objective."""
-    return {"mode": ft_cfg.mode, **({"objective": ft_cfg.objective} if ft_cfg.objective != "ce" else {})}
+def _run_provenance(ft_cfg: FinetuneConfig, provenance: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep's records say about its fine-tune: the mode, a non-default objective, and
+    the precision it trained in (beside the evaluation's, in ``compute``)."""
+    return {"mode": ft_cfg.mode, **({"objective": ft_cfg.objective} if ft_cfg.objective != "ce" else {}),
+            "compute": {**provenance["compute"], "finetune_precision": ft_cfg.precision}}
+
+
+def resolve_precisions(cfg: RunConfig, device: torch.device) -> tuple[RunConfig, dict[str, PrecisionChoice]]:
+    """``cfg`` with every ``precision: auto`` replaced by what runs on ``device``
+    (``runtime.choose_precision``, the one place that decides), so train keys, the written
+    config and the records say what ran; and each choice with its reason, by stage
+    ('evaluation', then each fine-tune's name)."""
+    choices = {"evaluation": choose_precision(cfg.evaluation.precision, device, allowed=("fp32", "bf16"))}
+    for name, ft in cfg.finetune_runs().items():
+        choices[name] = (PrecisionChoice("fp32", "auto", "auto: deterministic runs fp32")
+                         if ft.precision == "auto" and ft.deterministic else choose_precision(ft.precision, device))
+    variants = {name: {**over, "precision": choices[name].precision} if "precision" in over else over
+                for name, over in cfg.variants.items()}
+    return cfg.model_copy(update={
+        "evaluation": cfg.evaluation.model_copy(update={"precision": choices["evaluation"].precision}),
+        "finetune": cfg.finetune.model_copy(update={"precision": choices["finetuned"].precision}),
+        "variants": variants}), choices
+
+
+def precision_text(choices: dict[str, PrecisionChoice], device: torch.device) -> str:
+    """The plan's precision line: what each stage runs in and why, and the machine."""
+    stages = ", ".join(f"{'evaluation' if k == 'evaluation' else 'fine-tune ' + k} {c.precision}"
+                       for k, c in choices.items())
+    reasons = "; ".join(dict.fromkeys(c.why for c in choices.values()))
+    return f"  precision: {stages} ({reasons})\n  computed on: {describe_compute(compute_info(device))}"
 
 
 def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = False) -> RunResult:
@@ -251,10 +280,11 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     info, device = init_distributed(cfg.device)  # under torchrun: every process trains and scores its shard
     main_process, clock, progress = info.main, StageClock(), progress and info.main  # rank 0 locks, writes, draws
     cfg, data = _checked_inputs(cfg, quick, main_process, clock)
+    cfg, precisions = resolve_precisions(cfg, device)
     runs = cfg.finetune_runs()
     run_dir = Path(cfg.output_dir)
     reused = {name for name in runs if _reusable(cfg, name)}
-    log.info("%s", plan_text(cfg, data, runs, reused, quick))
+    log.info("%s\n%s", plan_text(cfg, data, runs, reused, quick), precision_text(precisions, device))
 
     with clock("model load"):
         backbone = load_backbone(cfg.backbone)
@@ -265,9 +295,8 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     with clock("zero-shot head"):
         zs = ZeroShotModels(backbone, data, cfg, device)
         model, theta_0 = zs.of(cfg.finetune)
-    if progress:
-        log.info("%s", estimate_text(model, backbone, data, cfg, runs, reused))
-    provenance = _provenance(cfg, data, quick)
+    estimate = estimate_run(model, theta_0, backbone, data, cfg, runs, reused) if main_process else {}
+    provenance = _provenance(cfg, data, quick, device)
 
     records: list[Record] = []
     zeroshot: dict = {}  # alpha = 0 is theta_0 for every fine-tune: scored once, reused by every sweep
@@ -282,7 +311,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
             settings = SweepSettings.from_config(cfg.evaluation, progress=progress, model_name=name,
                                                  linear=ft_cfg.mode == "linear",
                                                  allow_extrapolation=cfg.allow_extrapolation,
-                                                 provenance={**provenance, **_run_provenance(ft_cfg),
+                                                 provenance={**provenance, **_run_provenance(ft_cfg, provenance),
                                                              **adapter_provenance(ft_cfg.mode, theta_1)})
             new = sweep(*zs.of(ft_cfg), theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
                         zeroshot=zeroshot)
@@ -298,12 +327,12 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
     export_dir = None
     if main_process:  # under torchrun every process holds the records; rank 0 writes
-        _write_summary(cfg, records, selected, quick)
+        _write_summary(cfg, records, selected, quick, precision_text(precisions, device))
         if cfg.export:
             with clock("export"):
                 export_dir = _export(cfg, data, (zs.main, backbone, theta_0, kept["finetuned"]),
                                      selected["finetuned"], records)
-    return RunResult(run_dir, records, selected, export_dir, clock.times)
+    return RunResult(run_dir, records, selected, export_dir, clock.times, estimate)
 
 
 def _append(results_path: Path, records: list[Record]) -> None:
@@ -377,21 +406,27 @@ def _start_run_dir(cfg: RunConfig, runs: dict, reused: set[str], main_process: b
     return results_path
 
 
-def _provenance(cfg: RunConfig, data: PreparedData, quick: bool) -> dict[str, Any]:
-    """What every record of the run carries: backbone, prompts, config hash, versions."""
+def _provenance(cfg: RunConfig, data: PreparedData, quick: bool, device: torch.device) -> dict[str, Any]:
+    """What every record of the run carries: backbone, prompts, config hash, versions, and
+    where it was computed (device, CPU and its bf16 flags, cores, torch, the evaluation's
+    precision; a sweep adds its fine-tune's)."""
+    compute = {**compute_info(device), "evaluation_precision": cfg.evaluation.precision}
     return {"backbone": cfg.backbone.model_dump(), "templates_hash": templates_hash(data.templates),
-            "config_hash": cfg.config_hash(), "versions": package_versions(), **({"quick": True} if quick else {})}
+            "config_hash": cfg.config_hash(), "versions": package_versions(), "compute": compute,
+            **({"quick": True} if quick else {})}
 
 
-def _write_summary(cfg: RunConfig, records: list[Record], selected: dict[str, float], quick: bool) -> None:
-    """``summary.md``: the records' table and the alpha selected for each fine-tune."""
+def _write_summary(cfg: RunConfig, records: list[Record], selected: dict[str, float], quick: bool,
+                   compute: str) -> None:
+    """``summary.md``: the records' table, the alpha selected for each fine-tune, and where
+    and in what precision it was computed."""
     banner = QUICK_BANNER + "\n\n" if quick else ""
     chosen = {r.model: r.provenance[MERGE]["point"] for r in records
               if MERGE in r.provenance and r.provenance[MERGE]["chosen"]}
     merges = (f"merges, the point used (the best on {cfg.data.name}-val where searched): {json.dumps(chosen)}\n"
               if chosen else "")
     atomic_write(Path(cfg.output_dir) / "summary.md", banner + summary_table(records) + "\n\nselected alpha (on "
-                 f"{cfg.data.name}-val): " + json.dumps(selected) + "\n" + merges)
+                 f"{cfg.data.name}-val): " + json.dumps(selected) + "\n" + merges + "\n" + compute.strip() + "\n")
 
 
 class StageClock:
@@ -424,66 +459,12 @@ def plan_text(cfg: RunConfig, data: PreparedData, runs: dict, reused: set[str], 
                      + (" (alpha 0, the zero-shot model, scored once for all)" if i > 1 and 0.0 in cfg.alphas
                         else ""))
     for m in cfg.merge_runs():
-        how = (f"alpha from the sweep of {m.models[0]}" if _from_sweep(m, cfg) else
+        how = (f"alpha from the sweep of {m.models[0]}" if from_sweep(m, cfg) else
                f"{len(m.points())} point{'s' if len(m.points()) != 1 else ''} on validation, the chosen one on "
                "the test sets")
         lines.append(f"  merge {m.name}: {m.method} of {', '.join(m.models)}; {how}")
     lines.append("  then: choose alpha on validation, summary, export" + ("" if cfg.export else " (off)"))
     return "\n".join(lines)
-
-
-@torch.no_grad()
-def estimate_text(model: Classifier, backbone: Backbone, data: PreparedData, cfg: RunConfig, runs: dict,
-                  reused: set[str], probe: int = 16) -> str:
-    """A rough time estimate from timing the model on a few inputs of each set: a
-    training example costs about three forward passes (forward and backward); under
-    torchrun the work divides by the processes."""
-    from .evaluate import numerics, resolve_precision
-
-    device = next(model.parameters()).device
-    precision = resolve_precision(cfg.evaluation.precision, device)
-    model.eval()
-
-    def per_input(ds: LabeledDataset, transform) -> float:
-        if not len(ds):
-            return 0.0
-        batch, _ = backbone.collate([(transform(ds.load(r) if ds.load else r), y)
-                                     for r, y in ds.samples[:probe]])
-        batch = to_device(batch, device)
-        with numerics(precision, device):
-            model(batch)  # warm-up
-            t = time.perf_counter()
-            model(batch)
-        return (time.perf_counter() - t) / min(probe, len(ds))
-
-    try:
-        each = {e.name: len(e.dataset) * per_input(e.dataset, backbone.transform_eval) for e in data.evalsets}
-        train = per_input(data.train, backbone.transform_eval) * len(data.train)
-    except Exception as e:  # noqa: BLE001 - an estimate never stops a run; bad inputs are handled later
-        return f"  (no time estimate: {type(e).__name__}: {e})"
-    evals = sum(each.values())
-    total, alphas = 0.0, len(cfg.alphas)
-    for i, (name, ft) in enumerate(runs.items()):
-        if name not in reused:
-            total += train * (3 * ft.epochs if ft.mode != "linear" else 1)
-        total += evals * (alphas - (1 if i > 0 and 0.0 in cfg.alphas else 0))
-    val = sum(each[e.name] for e in data.evalsets if e.role == "validation")
-    for m in cfg.merge_runs():  # each grid point on validation, then the chosen one on the test sets
-        if not _from_sweep(m, cfg):
-            total += len(m.points()) * val + evals - val
-    world = current().world  # under torchrun each process trains and scores its share
-    where = f"{world} processes on {device.type}" if world > 1 else device.type
-    return f"  estimate: about {_duration(total / world)} on {where} (from timing {probe} inputs per set)"
-
-
-def _from_sweep(merge: MergeRun, cfg: RunConfig) -> bool:
-    """Whether a merge is WiSE-FT over alphas the sweep scores (its records are the sweep's)."""
-    return merge.alpha_search and set(merge.search["alpha"]) <= set(cfg.alphas) and cfg.data.validation_fraction > 0
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def _temperature(records: list[Record], model: str, alpha: float) -> float | None:

@@ -79,7 +79,8 @@ def _plural(unit: str) -> str:
     return unit + ("es" if unit.endswith(("ch", "sh", "x")) else "s")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'4.2 s', '42 s', '4 min 05 s', '1 h 02 min'."""
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 60:
@@ -201,7 +202,7 @@ class LogProgress:
         if note:
             parts.append(note)
         else:
-            parts.append(_duration(elapsed))
+            parts.append(duration(elapsed))
             done_here = self.n - self.initial
             if elapsed > 0 and done_here > 0:
                 parts.append(_rate(done_here / elapsed, self.unit))

@@ -11,7 +11,8 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(256, ge=1)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 where the device runs it natively, else fp32 (runtime.choose_precision)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     cache: bool | Literal["auto", "memory", "disk"] = "auto"  # decode each input once
     cache_dir: str | None = None  # where a memory-mapped input cache goes (default: a temp dir)
     num_workers: int | None = Field(None, ge=0)

@@ -48,7 +48,9 @@ class FinetuneConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 autocast where the device runs bf16 natively, else fp32; fp16 (with a
+    # gradient scaler) only when asked for (runtime.choose_precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # scale: devices, accumulation, memory, speed
     micro_batch_size: int | None = Field(None, ge=1)
     parallel: Literal["ddp", "fsdp"] = "ddp"
@@ -74,8 +76,8 @@ class FinetuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.deterministic and self.precision != "fp32":
-            raise ValueError("deterministic: needs precision fp32")
+        if self.deterministic and self.precision not in ("fp32", "auto"):
+            raise ValueError("deterministic: needs precision fp32 (auto runs fp32 when deterministic)")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
         if self.objective == "flyp" and self.mode != "e2e":

@@ -18,7 +18,7 @@ from ..config.finetune import FinetuneConfig
 from ..data.base import LabeledDataset
 from ..files import hold
 from ..heads import Classifier, PromptClassifier
-from ..runtime import deterministic_numerics
+from ..runtime import choose_precision, deterministic_numerics, device_of
 from .checkpoints import CheckpointDir, ResumeError, load_training_state
 from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from .distributed import all_gather_rows, current
@@ -66,6 +66,7 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
                  run: TrainRun | None = None, **options: Any) -> Classifier:
     """See :func:`wiseft.finetune.finetune`."""
     run = TrainRun.of(run, **options)
+    cfg = resolved_recipe(cfg, device_of(model))
     info = current()
     if cfg.shots_per_class:
         train = kshot_subset(train, cfg.shots_per_class, cfg.shots_seed)
@@ -94,6 +95,15 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
             metrics.close()
     tuned.eval()
     return tuned
+
+
+def resolved_recipe(cfg: FinetuneConfig, device: torch.device) -> FinetuneConfig:
+    """``cfg`` with its precision as it runs on ``device``: ``auto`` resolved by
+    ``runtime.choose_precision`` (fp32 when ``deterministic``); an explicit one kept."""
+    if cfg.precision == "auto" and cfg.deterministic:
+        return cfg.model_copy(update={"precision": "fp32"})
+    chosen = choose_precision(cfg.precision, device).precision  # an emulated explicit choice warns here
+    return cfg if chosen == cfg.precision else cfg.model_copy(update={"precision": chosen})
 
 
 class _Context:
