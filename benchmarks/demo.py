@@ -3,10 +3,19 @@
 times into the README.
 
 Stages: data, model load, zero-shot head, each fine-tune, each alpha sweep, export
-(from ``RunResult.timings``), then the report. Prints a Markdown table and writes a
-JSON summary next to the run directory.
+(from ``RunResult.timings``), then the report. Prints a Markdown table with the run's own
+estimate of each stage beside its wall time, and writes a JSON summary (with the
+machine, ``runtime.compute_info``) next to the run directory.
 
     python benchmarks/demo.py [--quick] [--output-dir runs/bench-demo] [--update-readme]
+                              [--no-native-bf16] [--other-kernels]
+
+``--no-native-bf16`` runs as on a CPU without native bf16 (``WISEFT_NATIVE_BF16=0``: what
+``precision: auto`` decides, and so the estimate, follow it). ``--other-kernels`` also makes
+torch, MKL and oneDNN pick other kernels than this CPU's best (AVX2 instead of AVX-512:
+``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS``, ``ONEDNN_MAX_CPU_ISA``), so fp32 sums
+run in another order, as on another CPU; compare two runs' records with
+``benchmarks/compare_records.py``.
 
 ``--update-readme`` (full runs) copies the run's records to
 ``benchmarks/results/demo/results.jsonl`` and pastes the report's own ``table.md``
@@ -31,15 +40,15 @@ RECORDS = ROOT / "benchmarks" / "results" / "demo" / "results.jsonl"
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
+OTHER_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
-    return f"{os.cpu_count()} vCPU {cpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+def machine() -> str:
+    from wiseft.runtime import compute_info, describe_compute
+
+    kernels = ", ".join(f"{k}={os.environ[k]}" for k in OTHER_KERNELS if k in os.environ)
+    return (describe_compute(compute_info("cpu")) + f", Python {platform.python_version()}"
+            + (f", {kernels}" if kernels else ""))
 
 
 def duration(seconds: float) -> str:
@@ -47,7 +56,7 @@ def duration(seconds: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{seconds:.1f} s"
 
 
-def run_demo(out: Path, quick: bool) -> tuple[dict[str, float], Path]:
+def run_demo(out: Path, quick: bool) -> tuple[dict[str, float], dict[str, float], Path]:
     """Run the demo into ``out`` (removed first) and time the report too."""
     import wiseft
     from wiseft.cli import DEMO_CONFIG
@@ -61,7 +70,21 @@ def run_demo(out: Path, quick: bool) -> tuple[dict[str, float], Path]:
     t = time.perf_counter()
     wiseft.build_report(result.run_dir)
     timings = {**result.timings, "report": time.perf_counter() - t, "total": time.perf_counter() - start}
-    return timings, result.run_dir
+    return timings, result.estimate, result.run_dir
+
+
+def stage_table(timings: dict[str, float], estimate: dict[str, float]) -> str:
+    """Markdown: each stage's wall time, share, and the run's estimate of it (estimated stages only)."""
+    rows = ["| stage | seconds | share | estimate | estimate / wall |", "|---|---|---|---|---|"]
+    for stage, s in timings.items():
+        est = estimate.get(stage) if stage != "total" else sum(estimate.values())
+        cells = (f"{est:.1f} | {est / s:.2f}" if est else " | ")
+        rows.append(f"| {stage} | {s:.1f} | {100 * s / timings['total']:.0f}% | {cells} |")
+    estimated = sum(timings[k] for k in estimate if k in timings)
+    if estimate and estimated:
+        rows.append(f"| estimated stages | {estimated:.1f} | {100 * estimated / timings['total']:.0f}% | "
+                    f"{sum(estimate.values()):.1f} | {sum(estimate.values()) / estimated:.2f} |")
+    return "\n".join(rows)
 
 
 def update_readme(run_dir: Path, timings: dict[str, float], text: str) -> str:
@@ -78,16 +101,21 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="time `wiseft demo --quick` instead")
     p.add_argument("--output-dir", default="runs/bench-demo")
     p.add_argument("--update-readme", action="store_true", help="write the measured table and time into README.md")
+    p.add_argument("--no-native-bf16", action="store_true", help="run as on a CPU without native bf16")
+    p.add_argument("--other-kernels", action="store_true", help="AVX2 kernels in torch, MKL and oneDNN")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.no_native_bf16:
+        os.environ["WISEFT_NATIVE_BF16"] = "0"
+    if args.other_kernels:
+        os.environ.update(OTHER_KERNELS)  # read when torch loads: set before the first import
     with tempfile.TemporaryDirectory() as cache:
         os.environ["WISEFT_CACHE"] = cache  # a new user's first run: no cached zero-shot head
-        timings, run_dir = run_demo(Path(args.output_dir), args.quick)
+        timings, estimate, run_dir = run_demo(Path(args.output_dir), args.quick)
     print(f"`wiseft demo{' --quick' if args.quick else ''}` on {machine()}\n")
-    print("| stage | seconds | share |\n|---|---|---|")
-    for stage, s in timings.items():
-        print(f"| {stage} | {s:.1f} | {100 * s / timings['total']:.0f}% |")
-    summary = {"quick": args.quick, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "timings_s": timings}
+    print(stage_table(timings, estimate))
+    summary = {"quick": args.quick, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "timings_s": timings,
+               "estimate_s": estimate}
     (run_dir / "benchmark.json").write_text(json.dumps(summary, indent=2))
     if args.update_readme:
         if args.quick:
