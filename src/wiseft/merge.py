@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -189,10 +190,44 @@ def check_compatible(theta_0: StateDict, theta_1: StateDict) -> None:
 
 
 def check_alpha(alpha: float, allow_extrapolation: bool = False) -> None:
-    """Alphas outside [0, 1] extrapolate; they need an explicit opt-in."""
+    """MergeError for an alpha that is not a finite number, or outside [0, 1] without an
+    explicit opt-in (alphas outside extrapolate)."""
+    if not math.isfinite(alpha):
+        raise MergeError(f"alpha={alpha} is not a finite number; alpha must lie in [0, 1] "
+                         "(any finite value with allow_extrapolation)")
     if not allow_extrapolation and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} is outside [0, 1]; pass allow_extrapolation=True "
+        raise MergeError(f"alpha={alpha} is outside [0, 1]; pass allow_extrapolation=True "
                          "(CLI: --extrapolate) to extrapolate on purpose")
+
+
+def alpha_label(alpha: float) -> str:
+    """``alpha`` as output names write it: two decimals (``0.50``), more where two decimals
+    would name another float (``0.501``), so ``float(alpha_label(a)) == a`` for every
+    finite alpha and distinct alphas get distinct labels."""
+    alpha = float(alpha)
+    for digits in range(2, 18):
+        label = f"{alpha:.{digits}f}"
+        if float(label) == alpha:
+            return label
+    return repr(alpha)  # a tiny alpha (1e-20): the shortest repr that reads back
+
+
+def alpha_destinations(alphas: Sequence[float], out: str | os.PathLike, suffix: str = "") -> dict[float, Any]:
+    """Where each alpha of a sweep is written: ``out`` itself for one alpha, else
+    ``out/alpha_<alpha_label><suffix>`` for each; MergeError for an alpha given twice
+    (two would be one file), before anything is opened."""
+    from pathlib import Path
+
+    seen: dict[float, float] = {}
+    for a in alphas:
+        if float(a) in seen:
+            raise MergeError(f"alpha {a!r} is given twice (as {seen[float(a)]!r} and {a!r}); "
+                             "each alpha is written to its own file, so give each once")
+        seen[float(a)] = a
+    out = Path(out)
+    if len(seen) == 1:
+        return {float(alphas[0]): out}
+    return {a: out / f"alpha_{alpha_label(a)}{suffix}" for a in seen}
 
 
 # --- the pure per-tensor functions ---------------------------------------------------

@@ -338,11 +338,23 @@ def write_interpolations(path_0: str | Path, path_1: str | Path, outputs: Mappin
     alphas = list(outputs)
     for a in alphas:
         check_alpha(a, settings.allow_extrapolation)
+    _check_distinct(outputs)
     ckpts = [open_checkpoint(path_0), open_checkpoint(path_1)]
     steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=1))
     kernels = [lambda ins, out, a=a: interpolate_many([(out, ins[0], ins[1], a)]) for a in alphas]
     return _run(ckpts, steps, list(outputs.values()), settings, _metadata_for(metadata, len(alphas)),
                 _kernel_steps(ckpts, kernels, [0, 1], settings.chunk_bytes))
+
+
+def _check_distinct(outputs: Mapping[float, str | Path]) -> None:
+    """MergeError for two alphas written to one destination (the later would overwrite the earlier)."""
+    seen: dict[Path, float] = {}
+    for a, dest in outputs.items():
+        where = Path(os.path.abspath(dest))
+        if where in seen:
+            raise MergeError(f"alphas {seen[where]!r} and {a!r} are both written to {dest}; give each its own "
+                             "destination (merge.alpha_destinations names them alpha_<alpha>)")
+        seen[where] = a
 
 
 sweep_files = write_interpolations  # the name before issue 14 (documented then), same function
