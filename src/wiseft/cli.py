@@ -97,9 +97,13 @@ def cmd_interpolate(args) -> int:
     from .config import MergeConfig
     from .merge_files import is_safetensors_checkpoint, open_checkpoint, plan_files, write_interpolations
     from .merging.adapters import is_peft_adapter
+    from .merging.engine import check_call
 
     for a in args.alpha:
         check_alpha(a, args.extrapolate)
+        if args.fisher:  # the Fisher merge's weights (1 - alpha, alpha) and floor, checked as wiseft merge does
+            check_call("fisher", False, 2, {"fisher_floor": args.fisher_floor}, weights=(1 - a, a),
+                       extras={"fisher": args.fisher})
     alpha_destinations(args.alpha, args.out)  # an alpha given twice: refused before any file is opened
     if is_peft_adapter(args.model_b):
         return _interpolate_adapter(args)
@@ -195,8 +199,10 @@ def cmd_soup(args) -> int:
     from .checkpoint import load_state, save_state
     from .config import MergeConfig
     from .merge_files import average_files, is_safetensors_checkpoint, plan_files
+    from .merging.engine import check_call
     from .soup import weighted_average
 
+    check_call("soup", False, len(args.models), weights=args.weights)  # as wiseft merge --method soup, before any file
     settings = MergeConfig(max_shard_bytes=args.max_shard_size, **_selection(args, 0))
     files = all(is_safetensors_checkpoint(m) for m in args.models)
     if args.dry_run:

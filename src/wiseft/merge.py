@@ -200,6 +200,26 @@ def check_alpha(alpha: float, allow_extrapolation: bool = False) -> None:
                          "(CLI: --extrapolate) to extrapolate on purpose")
 
 
+def check_weights(weights: Sequence[float] | None, n: int, *, average: bool = True,
+                  who: str = "") -> list[float]:
+    """One weight per model (1 each when None), every one a finite number; for an average
+    (``average``: a soup, a Fisher merge) each >= 0 with a positive sum. MergeError naming
+    ``who`` (the method), the first weight at fault and the allowed range."""
+    who = f"{who}: " if who else ""
+    weights = [1.0] * n if weights is None else [float(w) for w in weights]
+    if len(weights) != n:
+        raise MergeError(f"{who}{len(weights)} weights for {n} models; give one weight per model")
+    allowed = ("each a finite number >= 0, their sum > 0 (the weights of an average)" if average
+               else "each a finite number")
+    for i, w in enumerate(weights):
+        if not math.isfinite(w) or (average and w < 0):
+            fault = "not a finite number" if not math.isfinite(w) else "negative"
+            raise MergeError(f"{who}weights[{i}] = {w} is {fault}; weights take {allowed}")
+    if average and sum(weights) <= 0:
+        raise MergeError(f"{who}weights {weights} sum to 0; weights take {allowed}")
+    return weights
+
+
 def alpha_label(alpha: float) -> str:
     """``alpha`` as output names write it: two decimals (``0.50``), more where two decimals
     would name another float (``0.501``), so ``float(alpha_label(a)) == a`` for every

@@ -24,7 +24,7 @@ from .config.merge import DEFAULT_CHUNK_BYTES, parse_size  # noqa: F401 - their 
 from .config.merge import MergeConfig, merge_config
 from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path
 from .files import safetensors_files as _resolve_safetensors
-from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite,
+from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite, check_weights,
                     interpolate_many, plan_merge, selection_of)
 from .merging import MergeMethod, MergeParams, TensorInputs, apply, layer_depths
 from .merging.engine import MergeCall, check_call, extras_for, plan_call
@@ -397,12 +397,7 @@ def _average_kernel(weights: list[float], needs: list[int], n: int, chunk_bytes:
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if n < 1:
         raise MergeError("no models to average")
-    weights = [1.0] * n if weights is None else [float(w) for w in weights]
-    if len(weights) != n:
-        raise MergeError(f"{len(weights)} weights for {n} models")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise MergeError(f"weights must be non-negative with a positive sum, got {weights}")
-    return weights
+    return check_weights(weights, n, average=True)
 
 
 # --- dry run -----------------------------------------------------------------------
