@@ -149,7 +149,8 @@ def _interpolate_adapter(args) -> int:
     file, or with ``--format peft`` as the adapter scaled to alpha in peft's own format."""
     from .checkpoint import META_FILE, export_model, load_model, load_state, save_state
     from .merge import alpha_destinations, alpha_label
-    from .merging.adapters import AdapterInterpolator, read_peft_adapter, write_peft_adapter
+    from .merging.adapters import (AdapterInterpolator, model_base, read_peft_adapter, state_base,
+                                   write_peft_adapter)
 
     given = [flag for flag, value in (("--include", args.include), ("--exclude", args.exclude), ("--keep", args.keep),
                                       ("--max-shard-size", args.max_shard_size), ("--dry-run", args.dry_run),
@@ -161,15 +162,17 @@ def _interpolate_adapter(args) -> int:
     wiseft_dir = (Path(args.model_a) / META_FILE).exists()
     suffix = "" if wiseft_dir or args.format == "peft" else ".safetensors"
     dests = alpha_destinations(args.alpha, args.out, suffix)
+    model, backbone, meta = load_model(args.model_a) if wiseft_dir else (None, None, {})
+    theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()} if wiseft_dir else load_state(args.model_a)
+    # checked against BASE in either format: architecture, every target key and shape
+    base = model_base(backbone.extras.get("model", model), model) if wiseft_dir else state_base(theta_0)
+    theta_1 = read_peft_adapter(args.model_b, base)
     if args.format == "peft":
         for a, dest in dests.items():
             print(f"alpha {alpha_label(a)} (peft adapter): "
                   f"{write_peft_adapter(args.model_b, dest, a, {'parents': parents})}")
         return 0
-    model, backbone, meta = load_model(args.model_a) if wiseft_dir else (None, None, {})
-    theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()} if wiseft_dir else load_state(args.model_a)
-    interp = AdapterInterpolator(theta_0, read_peft_adapter(args.model_b, theta_0),
-                                 allow_extrapolation=args.extrapolate)
+    interp = AdapterInterpolator(theta_0, theta_1, allow_extrapolation=args.extrapolate)
     for a, dest in dests.items():
         if wiseft_dir:
             export_model(interp.load_into(model, a), backbone, {**meta, "alpha": a, "parents": parents}, dest)

@@ -130,8 +130,8 @@ class MergeMethod:
     element, so an engine may cut a tensor into chunks and get the same bits.
     ``weighted`` is False for a method that takes no per-model weights (``apply`` then
     refuses weights other than 1); with ``average_weights`` the weights are an average's
-    (each >= 0, a positive sum), else any finite numbers (``merge.check_weights``). ``extras`` names the per-model tensors the method
-    needs in ``TensorInputs.extras``; with ``extras_optional`` a tensor may come without
+    (each >= 0, a positive sum), else any finite numbers (``merge.check_weights``).
+    ``extras`` names the per-model tensors the method needs in ``TensorInputs.extras``; with ``extras_optional`` a tensor may come without
     them (none of the models has one), and the method merges it without.
 
     A *procedure* merges by more than the weights (a greedy soup asks a held-out score of
