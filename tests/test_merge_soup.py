@@ -41,7 +41,7 @@ def test_uniform_soup_is_the_mean_and_weights_are_normalised():
     torch.testing.assert_close(scaled["0.weight"], soup["0.weight"])
     two = weighted_average(thetas[:2], [0.7, 0.3])
     torch.testing.assert_close(two["0.weight"], interpolate(thetas[0], thetas[1], 0.3)["0.weight"])
-    with pytest.raises(MergeError, match="non-negative"):
+    with pytest.raises(MergeError, match=r"weights\[1\] = -1.0 is negative"):
         weighted_average(thetas, [1.0, -1.0, 1.0])
     with pytest.raises(MergeError, match="2 weights for 3 models"):
         weighted_average(thetas, [1.0, 1.0])

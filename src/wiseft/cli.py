@@ -93,13 +93,18 @@ def _merge_args(sp, keep_help: str) -> None:
 
 def cmd_interpolate(args) -> int:
     from .checkpoint import META_FILE, export_model, load_model, load_state, save_state
-    from .merge import Interpolator, check_alpha
+    from .merge import Interpolator, alpha_destinations, alpha_label, check_alpha
     from .config import MergeConfig
     from .merge_files import is_safetensors_checkpoint, open_checkpoint, plan_files, write_interpolations
     from .merging.adapters import is_peft_adapter
+    from .merging.engine import check_call
 
     for a in args.alpha:
         check_alpha(a, args.extrapolate)
+        if args.fisher:  # the Fisher merge's weights (1 - alpha, alpha) and floor, checked as wiseft merge does
+            check_call("fisher", False, 2, {"fisher_floor": args.fisher_floor}, weights=(1 - a, a),
+                       extras={"fisher": args.fisher})
+    alpha_destinations(args.alpha, args.out)  # an alpha given twice: refused before any file is opened
     if is_peft_adapter(args.model_b):
         return _interpolate_adapter(args)
     settings = MergeConfig(allow_extrapolation=args.extrapolate, max_shard_bytes=args.max_shard_size,
@@ -111,19 +116,17 @@ def cmd_interpolate(args) -> int:
                              "files, shard indexes or directories holding them")
         print(plan_files([args.model_a, args.model_b], settings, outputs=len(args.alpha)).summary())
         return 0
-    out, many, parents = Path(args.out), len(args.alpha) > 1, [args.model_a, args.model_b]
+    parents = [args.model_a, args.model_b]
     if (Path(args.model_a) / META_FILE).exists():
         model, backbone, meta = load_model(args.model_a)
         theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
         interp = Interpolator(theta_0, load_state(args.model_b), settings)
-        for a in args.alpha:
+        for a, dest in alpha_destinations(args.alpha, args.out).items():
             interp.load_into(model, a)
-            dest = export_model(model, backbone, {**meta, "alpha": a, "parents": parents},
-                                out / f"alpha_{a:.2f}" if many else out)
-            print(f"alpha {a:.2f}: {dest}")
+            dest = export_model(model, backbone, {**meta, "alpha": a, "parents": parents}, dest)
+            print(f"alpha {alpha_label(a)}: {dest}")
         return 0
-    suffix = "" if args.max_shard_size else ".safetensors"
-    dests = {a: out / f"alpha_{a:.2f}{suffix}" if many else out for a in args.alpha}
+    dests = alpha_destinations(args.alpha, args.out, "" if args.max_shard_size else ".safetensors")
     if args.fisher:
         return _interpolate_fisher(args, dests, parents)
     if files:
@@ -131,12 +134,12 @@ def cmd_interpolate(args) -> int:
         metas = [{"wiseft": json.dumps({**base, "alpha": a, "parents": parents})} for a in dests]
         paths = write_interpolations(args.model_a, args.model_b, dests, settings, metadata=metas)
         for a, dest in zip(dests, paths):
-            print(f"alpha {a:.2f}: {dest}")
+            print(f"alpha {alpha_label(a)}: {dest}")
         return 0
     interp = Interpolator(load_state(args.model_a), load_state(args.model_b), settings)
     for a, merged in interp.states(args.alpha):
         save_state(dests[a], merged, {"alpha": a, "parents": parents})
-        print(f"alpha {a:.2f}: {dests[a]}")
+        print(f"alpha {alpha_label(a)}: {dests[a]}")
     return 0
 
 
@@ -145,7 +148,9 @@ def _interpolate_adapter(args) -> int:
     a wiseft model (BASE a wiseft model dir, which ``wiseft evaluate`` scores) or a state dict
     file, or with ``--format peft`` as the adapter scaled to alpha in peft's own format."""
     from .checkpoint import META_FILE, export_model, load_model, load_state, save_state
-    from .merging.adapters import AdapterInterpolator, read_peft_adapter, write_peft_adapter
+    from .merge import alpha_destinations, alpha_label
+    from .merging.adapters import (AdapterInterpolator, model_base, read_peft_adapter, state_base,
+                                   write_peft_adapter)
 
     given = [flag for flag, value in (("--include", args.include), ("--exclude", args.exclude), ("--keep", args.keep),
                                       ("--max-shard-size", args.max_shard_size), ("--dry-run", args.dry_run),
@@ -153,29 +158,33 @@ def _interpolate_adapter(args) -> int:
     if given:  # each selects or plans over two checkpoints' tensors; an adapter is scaled whole
         raise ValueError(f"{args.model_b} is a peft LoRA adapter, scaled whole by alpha: {', '.join(given)} "
                          "applies to two checkpoints, not to an adapter")
-    out, many, parents = Path(args.out), len(args.alpha) > 1, [args.model_a, args.model_b]
+    parents = [args.model_a, args.model_b]
     wiseft_dir = (Path(args.model_a) / META_FILE).exists()
     suffix = "" if wiseft_dir or args.format == "peft" else ".safetensors"
-    dests = {a: out / f"alpha_{a:.2f}{suffix}" if many else out for a in args.alpha}
-    if args.format == "peft":
-        for a, dest in dests.items():
-            print(f"alpha {a:.2f} (peft adapter): {write_peft_adapter(args.model_b, dest, a, {'parents': parents})}")
-        return 0
+    dests = alpha_destinations(args.alpha, args.out, suffix)
     model, backbone, meta = load_model(args.model_a) if wiseft_dir else (None, None, {})
     theta_0 = {k: v.detach().clone() for k, v in model.state_dict().items()} if wiseft_dir else load_state(args.model_a)
-    interp = AdapterInterpolator(theta_0, read_peft_adapter(args.model_b, theta_0),
-                                 allow_extrapolation=args.extrapolate)
+    # checked against BASE in either format: architecture, every target key and shape
+    base = model_base(backbone.extras.get("model", model), model) if wiseft_dir else state_base(theta_0)
+    theta_1 = read_peft_adapter(args.model_b, base)
+    if args.format == "peft":
+        for a, dest in dests.items():
+            print(f"alpha {alpha_label(a)} (peft adapter): "
+                  f"{write_peft_adapter(args.model_b, dest, a, {'parents': parents})}")
+        return 0
+    interp = AdapterInterpolator(theta_0, theta_1, allow_extrapolation=args.extrapolate)
     for a, dest in dests.items():
         if wiseft_dir:
             export_model(interp.load_into(model, a), backbone, {**meta, "alpha": a, "parents": parents}, dest)
         else:
             save_state(dest, interp.merge(a), {"alpha": a, "parents": parents})
-        print(f"alpha {a:.2f}: {dest}")
+        print(f"alpha {alpha_label(a)}: {dest}")
     return 0
 
 
 def _interpolate_fisher(args, dests: dict, parents: list[str]) -> int:
     from .checkpoint import load_state, save_state
+    from .merge import alpha_label
     from .soup import fisher_merge
 
     if args.include or args.exclude:
@@ -185,7 +194,7 @@ def _interpolate_fisher(args, dests: dict, parents: list[str]) -> int:
     for a, dest in dests.items():
         merged = fisher_merge(thetas, fishers, [1 - a, a], fisher_floor=args.fisher_floor)
         save_state(dest, merged, {"alpha": a, "parents": parents, "fisher": list(args.fisher)})
-        print(f"alpha {a:.2f} (Fisher-weighted): {dest}")
+        print(f"alpha {alpha_label(a)} (Fisher-weighted): {dest}")
     return 0
 
 
@@ -193,8 +202,10 @@ def cmd_soup(args) -> int:
     from .checkpoint import load_state, save_state
     from .config import MergeConfig
     from .merge_files import average_files, is_safetensors_checkpoint, plan_files
+    from .merging.engine import check_call
     from .soup import weighted_average
 
+    check_call("soup", False, len(args.models), weights=args.weights)  # as wiseft merge --method soup, before any file
     settings = MergeConfig(max_shard_bytes=args.max_shard_size, **_selection(args, 0))
     files = all(is_safetensors_checkpoint(m) for m in args.models)
     if args.dry_run:

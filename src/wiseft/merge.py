@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -189,10 +190,64 @@ def check_compatible(theta_0: StateDict, theta_1: StateDict) -> None:
 
 
 def check_alpha(alpha: float, allow_extrapolation: bool = False) -> None:
-    """Alphas outside [0, 1] extrapolate; they need an explicit opt-in."""
+    """MergeError for an alpha that is not a finite number, or outside [0, 1] without an
+    explicit opt-in (alphas outside extrapolate)."""
+    if not math.isfinite(alpha):
+        raise MergeError(f"alpha={alpha} is not a finite number; alpha must lie in [0, 1] "
+                         "(any finite value with allow_extrapolation)")
     if not allow_extrapolation and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} is outside [0, 1]; pass allow_extrapolation=True "
+        raise MergeError(f"alpha={alpha} is outside [0, 1]; pass allow_extrapolation=True "
                          "(CLI: --extrapolate) to extrapolate on purpose")
+
+
+def check_weights(weights: Sequence[float] | None, n: int, *, average: bool = True,
+                  who: str = "") -> list[float]:
+    """One weight per model (1 each when None), every one a finite number; for an average
+    (``average``: a soup, a Fisher merge) each >= 0 with a positive sum. MergeError naming
+    ``who`` (the method), the first weight at fault and the allowed range."""
+    who = f"{who}: " if who else ""
+    weights = [1.0] * n if weights is None else [float(w) for w in weights]
+    if len(weights) != n:
+        raise MergeError(f"{who}{len(weights)} weights for {n} models; give one weight per model")
+    allowed = ("each a finite number >= 0, their sum > 0 (the weights of an average)" if average
+               else "each a finite number")
+    for i, w in enumerate(weights):
+        if not math.isfinite(w) or (average and w < 0):
+            fault = "not a finite number" if not math.isfinite(w) else "negative"
+            raise MergeError(f"{who}weights[{i}] = {w} is {fault}; weights take {allowed}")
+    if average and sum(weights) <= 0:
+        raise MergeError(f"{who}weights {weights} sum to 0; weights take {allowed}")
+    return weights
+
+
+def alpha_label(alpha: float) -> str:
+    """``alpha`` as output names write it: two decimals (``0.50``), more where two decimals
+    would name another float (``0.501``), so ``float(alpha_label(a)) == a`` for every
+    finite alpha and distinct alphas get distinct labels."""
+    alpha = float(alpha)
+    for digits in range(2, 18):
+        label = f"{alpha:.{digits}f}"
+        if float(label) == alpha:
+            return label
+    return repr(alpha)  # a tiny alpha (1e-20): the shortest repr that reads back
+
+
+def alpha_destinations(alphas: Sequence[float], out: str | os.PathLike, suffix: str = "") -> dict[float, Any]:
+    """Where each alpha of a sweep is written: ``out`` itself for one alpha, else
+    ``out/alpha_<alpha_label><suffix>`` for each; MergeError for an alpha given twice
+    (two would be one file), before anything is opened."""
+    from pathlib import Path
+
+    seen: dict[float, float] = {}
+    for a in alphas:
+        if float(a) in seen:
+            raise MergeError(f"alpha {a!r} is given twice (as {seen[float(a)]!r} and {a!r}); "
+                             "each alpha is written to its own file, so give each once")
+        seen[float(a)] = a
+    out = Path(out)
+    if len(seen) == 1:
+        return {float(alphas[0]): out}
+    return {a: out / f"alpha_{alpha_label(a)}{suffix}" for a in seen}
 
 
 # --- the pure per-tensor functions ---------------------------------------------------

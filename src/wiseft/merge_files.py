@@ -24,7 +24,7 @@ from .config.merge import DEFAULT_CHUNK_BYTES, parse_size  # noqa: F401 - their 
 from .config.merge import MergeConfig, merge_config
 from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path
 from .files import safetensors_files as _resolve_safetensors
-from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite,
+from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite, check_weights,
                     interpolate_many, plan_merge, selection_of)
 from .merging import MergeMethod, MergeParams, TensorInputs, apply, layer_depths
 from .merging.engine import MergeCall, check_call, extras_for, plan_call
@@ -338,11 +338,23 @@ def write_interpolations(path_0: str | Path, path_1: str | Path, outputs: Mappin
     alphas = list(outputs)
     for a in alphas:
         check_alpha(a, settings.allow_extrapolation)
+    _check_distinct(outputs)
     ckpts = [open_checkpoint(path_0), open_checkpoint(path_1)]
     steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=1))
     kernels = [lambda ins, out, a=a: interpolate_many([(out, ins[0], ins[1], a)]) for a in alphas]
     return _run(ckpts, steps, list(outputs.values()), settings, _metadata_for(metadata, len(alphas)),
                 _kernel_steps(ckpts, kernels, [0, 1], settings.chunk_bytes))
+
+
+def _check_distinct(outputs: Mapping[float, str | Path]) -> None:
+    """MergeError for two alphas written to one destination (the later would overwrite the earlier)."""
+    seen: dict[Path, float] = {}
+    for a, dest in outputs.items():
+        where = Path(os.path.abspath(dest))
+        if where in seen:
+            raise MergeError(f"alphas {seen[where]!r} and {a!r} are both written to {dest}; give each its own "
+                             "destination (merge.alpha_destinations names them alpha_<alpha>)")
+        seen[where] = a
 
 
 sweep_files = write_interpolations  # the name before issue 14 (documented then), same function
@@ -385,12 +397,7 @@ def _average_kernel(weights: list[float], needs: list[int], n: int, chunk_bytes:
 def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     if n < 1:
         raise MergeError("no models to average")
-    weights = [1.0] * n if weights is None else [float(w) for w in weights]
-    if len(weights) != n:
-        raise MergeError(f"{len(weights)} weights for {n} models")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise MergeError(f"weights must be non-negative with a positive sum, got {weights}")
-    return weights
+    return check_weights(weights, n, average=True)
 
 
 # --- dry run -----------------------------------------------------------------------

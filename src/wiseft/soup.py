@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .config.merge import MergeConfig, merge_config
-from .merge import MergeError, StateDict
+from .merge import MergeError, StateDict, check_weights
 from .merging import merge_states
 from .merging.greedy_soup import GreedySoup, Ingredient, greedy_soup
 
@@ -29,9 +29,9 @@ __all__ = ["GreedySoup", "Ingredient", "estimate_fisher", "fisher_merge", "greed
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    from .merge_files import _check_weights
-
-    return _check_weights(weights, n)
+    if n < 1:
+        raise MergeError("no models to average")
+    return check_weights(weights, n, average=True)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ trained fully, so it is mixed linearly as in any sweep; every other weight is th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -134,52 +135,128 @@ def _peft_config(adapter_dir):
     return config
 
 
-def _base_key(module: str, theta_0: StateDict) -> str | None:
-    """The theta_0 weight an adapted module path names: its ``weight`` (or a
-    MultiheadAttention's ``in_proj_weight``), under the first of its suffixes theta_0 holds
-    (an adapter on a whole CLIP model names ``visual.x``; a wiseft model ``encoder.x``)."""
-    parts = module.split(".")
-    for start in range(len(parts)):
-        for prefix in ("", "encoder."):
-            for leaf in ("weight", "in_proj_weight"):
-                key = prefix + ".".join(parts[start:] + [leaf])
-                if key in theta_0:
-                    return key
-    return None
+class AdapterError(MergeError):
+    """A peft adapter does not fit its base model; the message names the adapter folder, the
+    first adapted module at fault and why."""
 
 
-def read_peft_adapter(adapter_dir, theta_0: StateDict) -> dict[str, torch.Tensor]:
-    """A peft LoRA adapter folder as a LoRA theta_1 over ``theta_0`` (each adapted weight's
-    ``lora_A`` and scale * ``lora_B``; no head: theta_0's stays). Adapted modules theta_0 does
-    not hold (a CLIP text tower, under an image classifier) are left out and counted in the
-    log; an adapter none of whose modules theta_0 holds is an error."""
-    import logging
-    import math
+@dataclass(frozen=True)
+class AdapterBase:
+    """What a peft adapter is checked against. ``roots``: per candidate model the adapter may
+    have been made on (a name for messages), every weight by its path in that model with its
+    shape, and the key of each in theta_0 (None for a weight theta_0 does not mix: another
+    tower). The first root holding every adapted weight, shapes included, is the adapter's."""
 
+    roots: tuple[tuple[str, dict[str, tuple[int, ...]], dict[str, str | None]], ...]
+
+
+def state_base(theta_0: StateDict) -> AdapterBase:
+    """A base given as a state dict: adapted modules must be its keys exactly (no prefix is
+    guessed: a text tower's ``transformer.x`` is never an image tower's ``visual.transformer.x``)."""
+    shapes = {k: tuple(v.shape) for k, v in theta_0.items()}
+    return AdapterBase((("the base state dict", shapes, {k: k for k in shapes}),))
+
+
+def model_base(full: torch.nn.Module, mixed: torch.nn.Module) -> AdapterBase:
+    """A base given as a model: ``full`` the pretrained model the adapter names modules of (a
+    whole CLIP, both towers; or a pretrained model nested in it, as a sentence encoder's
+    transformer), ``mixed`` the model theta_0 is the state of. A weight maps to ``mixed``'s key
+    of the very same tensor, so a text tower never lands on the image tower."""
+    ids = {id(t): k for k, t in mixed.state_dict(keep_vars=True).items()}
+    candidates = [(type(full).__name__, full)] + [
+        (f"{type(full).__name__}.{name}", m) for name, m in full.named_modules()
+        if name and hasattr(m, "save_pretrained")]
+    roots = []
+    for label, root in candidates:
+        state = root.state_dict(keep_vars=True)
+        roots.append((label, {k: tuple(t.shape) for k, t in state.items()},
+                      {k: ids.get(id(t)) for k, t in state.items()}))
+    return AdapterBase(tuple(roots))
+
+
+def _adapted(adapter_dir, scale: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module path (``base_layer`` dropped) -> (A, scale * B) of every adapted module of a peft
+    LoRA folder; peft's MultiheadAttention applies its nested out_proj update twice (see
+    train.lora.adapter_factors), so that B counts twice."""
     from peft.utils import load_peft_weights
 
-    config = _peft_config(adapter_dir)
-    scale = config.lora_alpha / (math.sqrt(config.r) if config.use_rslora else config.r)
     weights = load_peft_weights(str(adapter_dir), device="cpu")
-    state, skipped = {}, []
+    out = {}
     for name, a in weights.items():
         if not name.endswith(".lora_A.weight"):
             continue
         module = name[:-len(".lora_A.weight")].removeprefix(_PEFT_PREFIX)
         b = weights[name.replace(".lora_A.weight", ".lora_B.weight")]
-        # peft's MultiheadAttention applies its nested out_proj update twice (see train.lora.adapter_factors)
         twice = module.endswith(".base_layer.out_proj")
-        key = _base_key(".".join(p for p in module.split(".") if p != "base_layer"), theta_0)
-        if key is None:
-            skipped.append(module)
+        path = ".".join(p for p in module.split(".") if p != "base_layer")
+        out[path] = (a.float(), b.float() * scale * (2 if twice else 1))
+    return out
+
+
+def _fit(adapted: Mapping[str, tuple[torch.Tensor, torch.Tensor]], shapes: Mapping[str, tuple[int, ...]],
+         label: str):
+    """(module -> weight path) when every adapted module's weight is in ``shapes`` with B A's
+    shape, else (None, the first module at fault and why)."""
+    paths = {}
+    for module, (a, b) in adapted.items():
+        path = next((f"{module}.{leaf}" for leaf in ("weight", "in_proj_weight") if f"{module}.{leaf}" in shapes), None)
+        if path is None:
+            return None, f"adapted module {module!r} has no weight in {label} (no {module}.weight)"
+        if (b.shape[0], a.shape[1]) != shapes[path]:
+            return None, (f"adapted module {module!r}: B A is {(b.shape[0], a.shape[1])} but {path} of {label} is "
+                          f"{shapes[path]} (an adapter of another architecture or width)")
+        paths[module] = path
+    return paths, None
+
+
+def _targets(adapter_dir, adapted, base: AdapterBase) -> dict[str, str | None]:
+    """Module -> theta_0 key (None: a weight of the pretrained model theta_0 does not mix), from
+    the first root of ``base`` the adapter fits; AdapterError naming the first misfit or a
+    theta_0 key two modules would both write."""
+    why = None
+    for label, shapes, keys in base.roots:
+        paths, reason = _fit(adapted, shapes, label)
+        if paths is None:
+            why = why or reason
             continue
-        state[key + LORA_A], state[key + LORA_B] = a.float(), b.float() * scale * (2 if twice else 1)
+        targets, seen = {m: keys[p] for m, p in paths.items()}, {}
+        for module, key in targets.items():
+            if key is not None and key in seen:
+                raise AdapterError(f"{adapter_dir}: adapted modules {seen[key]!r} and {module!r} both map to "
+                                   f"{key!r} of the base; one would overwrite the other")
+            seen[key] = module
+        return targets
+    raise AdapterError(f"{adapter_dir} does not fit the base model: {why}")
+
+
+def read_peft_adapter(adapter_dir, base: StateDict | AdapterBase) -> dict[str, torch.Tensor]:
+    """A peft LoRA adapter folder as a LoRA theta_1 over theta_0 (each adapted weight's
+    ``lora_A`` and scale * ``lora_B``; no head: theta_0's stays), checked against ``base``
+    (``model_base`` of a loaded model, or theta_0 itself, ``state_base``) before any use:
+    every adapted module a weight of the base's architecture with B A's shape, no two on one
+    key. Modules of the pretrained model that theta_0 does not mix (a CLIP text tower, under
+    an image classifier) are left out and counted in the log; an adapter with none that
+    theta_0 mixes is an AdapterError naming the first."""
+    import logging
+    import math
+
+    config = _peft_config(adapter_dir)
+    scale = config.lora_alpha / (math.sqrt(config.r) if config.use_rslora else config.r)
+    adapted = _adapted(adapter_dir, scale)
+    if not adapted:
+        raise AdapterError(f"{adapter_dir}: no LoRA weights (adapter_model.* holds no lora_A)")
+    targets = _targets(adapter_dir, adapted, base if isinstance(base, AdapterBase) else state_base(base))
+    state, skipped = {}, [m for m, key in targets.items() if key is None]
+    for module, key in targets.items():
+        if key is not None:
+            state[key + LORA_A], state[key + LORA_B] = adapted[module]
     if not state:
-        raise MergeError(f"{adapter_dir}: none of its {len(skipped)} adapted modules (first: {skipped[:1]}) is a "
-                         "weight of the base model")
+        raise AdapterError(f"{adapter_dir}: adapted module {skipped[0]!r} is a weight of the pretrained model but "
+                           f"not of the model being mixed (another tower); none of its {len(skipped)} adapted "
+                           "modules is, so the adapter would change nothing")
     if skipped:
-        logging.getLogger("wiseft").info("%s: %d adapted modules are not in the base model (e.g. %s); left out",
-                                         adapter_dir, len(skipped), skipped[0])
+        logging.getLogger("wiseft").info("%s: %d adapted modules are not in the model being mixed (e.g. %s); "
+                                         "left out", adapter_dir, len(skipped), skipped[0])
     return state
 
 

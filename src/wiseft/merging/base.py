@@ -5,22 +5,76 @@ and a pure per-tensor function; ``apply`` runs any of them under the dtype rules
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
 
-from ..merge import MergeError, _keep_equal
+from ..merge import MergeError, _keep_equal, check_weights
 from ..registry import MERGE_METHODS
 
 
 class MergeParams(BaseModel):
     """The parameters of a merge method: typed, every field with a default, no unknown
-    fields, frozen (a method's parameters are a value, hashable and safe to share)."""
+    fields, frozen (a method's parameters are a value, hashable and safe to share).
+
+    Every number, alone or inside a list or mapping, must be finite; a field's range is
+    declared once, on the field (``Field(0.2, gt=0, le=1)``), and a value outside it is
+    refused with a message naming the field and that range (``allowed_range``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _finite_and_in_range(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        allowed = allowed_range(cls.model_fields[info.field_name])
+        bad = first_non_finite(value)
+        if bad is not None:
+            raise ValueError(f"{bad} is not a finite number; {info.field_name} takes {allowed}")
+        try:
+            return handler(value)
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{msg}: {value!r} ({info.field_name} takes {allowed})") from None
+
+
+def first_non_finite(value: Any) -> Any:
+    """The first NaN or infinite number in ``value`` (a number, a numeric string as YAML or a
+    command line may give, or a list, tuple or mapping of them), or None."""
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return next((b for b in map(first_non_finite, value) if b is not None), None)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+        return value
+    return None
+
+
+def allowed_range(field: FieldInfo) -> str:
+    """A field's declared range: the ``range`` its ``json_schema_extra`` states, else its bounds
+    as an interval (``a finite number in (0, 1]``, ``an integer in [0, inf)``), ``a finite
+    number`` without bounds, ``true or false`` for a flag."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "range" in extra:
+        return str(extra["range"])
+    kinds = {bool: "true or false", int: "an integer", float: "a finite number"}
+    kind = kinds.get(field.annotation, "finite numbers")
+    bounds = {name: getattr(m, name) for m in field.metadata for name in ("gt", "ge", "lt", "le")
+              if getattr(m, name, None) is not None}
+    if field.annotation is bool or not bounds:
+        return kind
+    low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else "(-inf"
+    high = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else "inf)"
+    return f"{kind} in {low}, {high}"
 
 
 @dataclass(frozen=True)
@@ -75,8 +129,9 @@ class MergeMethod:
     ``elementwise`` says the result at each element depends only on the inputs at that
     element, so an engine may cut a tensor into chunks and get the same bits.
     ``weighted`` is False for a method that takes no per-model weights (``apply`` then
-    refuses weights other than 1). ``extras`` names the per-model tensors the method
-    needs in ``TensorInputs.extras``; with ``extras_optional`` a tensor may come without
+    refuses weights other than 1); with ``average_weights`` the weights are an average's
+    (each >= 0, a positive sum), else any finite numbers (``merge.check_weights``).
+    ``extras`` names the per-model tensors the method needs in ``TensorInputs.extras``; with ``extras_optional`` a tensor may come without
     them (none of the models has one), and the method merges it without.
 
     A *procedure* merges by more than the weights (a greedy soup asks a held-out score of
@@ -95,6 +150,7 @@ class MergeMethod:
     elementwise: bool = False
     description: str = ""
     weighted: bool = True
+    average_weights: bool = False
     extras: tuple[str, ...] = ()
     extras_optional: bool = False
     half_inside: bool = False
@@ -125,7 +181,8 @@ class MergeMethod:
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "parameters"
-            raise MergeError(f"merge method {self.name!r}: {where}: {first['msg']}") from None
+            msg = first["msg"].removeprefix("Value error, ")
+            raise MergeError(f"merge method {self.name!r}: {where}: {msg}") from None
 
 
 def get_method(name: str) -> MergeMethod:
@@ -155,6 +212,7 @@ def _check_inputs(method: MergeMethod, inputs: TensorInputs) -> None:
         raise MergeError(f"merge method {method.name!r} needs a base (theta_0) tensor; none given for {key!r}")
     if len(inputs.weights) != n:
         raise MergeError(f"{len(inputs.weights)} weights for {n} models (tensor {key!r})")
+    check_weights(inputs.weights, n, average=method.average_weights, who=f"merge method {method.name!r}")
     if not method.weighted and any(w != 1.0 for w in inputs.weights):
         raise MergeError(f"merge method {method.name!r} takes no per-model weights; got {list(inputs.weights)} "
                          f"for {key!r}")

@@ -21,10 +21,10 @@ class DareParams(MergeParams):
     ``normalize``: divide by the (agreeing) weights' sum; ``seed``: the masks' seed."""
 
     drop_rate: float = Field(0.9, ge=0, lt=1)
-    scale: float = 1.0
+    scale: float = Field(1.0, ge=0)
     sign_consensus: bool = False
     normalize: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 def mask_seed(seed: int, key: str, index: int) -> int:

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..config.merge import MergeConfig
-from ..merge import MergeError, StateDict, Step, TensorSpec, plan_merge, selection_of, specs_of, tie_map
+from ..merge import (MergeError, StateDict, Step, TensorSpec, check_weights, plan_merge, selection_of, specs_of,
+                     tie_map)
 from .base import MergeMethod, MergeParams, TensorInputs, apply, get_method
 from .depth import layer_depths
 
@@ -53,9 +54,8 @@ def check_call(method: str | MergeMethod, has_base: bool, n_models: int,
                          "none given")
     if has_base and not method.needs_base:
         raise MergeError(f"merge method {method.name!r} takes no base model; pass every model as a model")
-    weights = tuple(float(w) for w in weights) if weights is not None else (1.0,) * n_models
-    if len(weights) != n_models:
-        raise MergeError(f"merge method {method.name!r}: {len(weights)} weights for {n_models} models")
+    weights = tuple(check_weights(weights, n_models, average=method.average_weights,
+                                  who=f"merge method {method.name!r}"))
     if not method.weighted and any(w != 1.0 for w in weights):
         raise MergeError(f"merge method {method.name!r} takes no per-model weights; got {list(weights)}")
     extras = dict(extras or {})

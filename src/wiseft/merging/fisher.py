@@ -37,6 +37,7 @@ def merge_fisher(inputs: TensorInputs, params: FisherParams) -> torch.Tensor:
 
 MERGE_METHODS.add("fisher", MergeMethod(
     name="fisher", params=FisherParams, merge_tensor=merge_fisher, needs_base=False, min_models=1, elementwise=True,
+    average_weights=True,
     extras=("fisher",), extras_optional=True,
     reference="Matena and Raffel 2022, Merging Models with Fisher-Weighted Averaging, arXiv:2111.09832",
     description="sum_i c_i theta_i / sum_i c_i, c_i = w_i max(F_i, floor): models weighted per parameter by "

@@ -7,12 +7,14 @@ import fnmatch
 from typing import Sequence
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from ..merge import interpolate_tensor
 from ..registry import MERGE_METHODS
 from .base import MergeMethod, MergeParams, TensorInputs
 from .depth import layer_depths
+
+IN_01 = "a finite number in [0, 1] (outside it with allow_extrapolation)"
 
 
 class LinearParams(MergeParams):
@@ -25,9 +27,9 @@ class LinearParams(MergeParams):
         >>> LinearParams(ramp=(0.2, 0.8), rules={"*.ln_*": 0.5})
     """
 
-    alpha: float = 0.5
-    rules: dict[str, float] = {}
-    ramp: tuple[float, float] | None = None
+    alpha: float = Field(0.5, json_schema_extra={"range": IN_01})
+    rules: dict[str, float] = Field({}, json_schema_extra={"range": f"a mapping of globs to alphas, each {IN_01}"})
+    ramp: tuple[float, float] | None = Field(None, json_schema_extra={"range": f"two alphas, each {IN_01}"})
     allow_extrapolation: bool = False
 
     @model_validator(mode="after")

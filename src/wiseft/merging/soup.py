@@ -20,6 +20,7 @@ def merge_soup(inputs: TensorInputs, params: SoupParams) -> torch.Tensor:
 
 MERGE_METHODS.add("soup", MergeMethod(
     name="soup", params=SoupParams, merge_tensor=merge_soup, needs_base=False, min_models=1, elementwise=True,
+    average_weights=True,
     half_inside=True, reference="Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models improves "
               "accuracy without increasing inference time, arXiv:2203.05482",
     description="sum_i w_i theta_i / sum_i w_i (uniform soup with weights 1); no base"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from ..registry import MERGE_METHODS
 from .base import MergeMethod, MergeParams, TensorInputs
@@ -10,10 +11,11 @@ from .ops import add_scaled, combine, task_vectors
 
 
 class TaskArithmeticParams(MergeParams):
-    """``scale`` is the paper's lambda; ``normalize`` divides the weighted sum of task
-    vectors by the sum of the weights (mergekit's option, off by default as there)."""
+    """``scale`` is the paper's lambda, any finite number (negative: task negation, the
+    paper's section 3); ``normalize`` divides the weighted sum of task vectors by the sum of
+    the weights (mergekit's option, off by default as there)."""
 
-    scale: float = 1.0
+    scale: float = Field(1.0, json_schema_extra={"range": "a finite number (negative: task negation)"})
     normalize: bool = False
 
 

@@ -16,7 +16,7 @@ class TiesParams(MergeParams):
     the disjoint mean (off: the disjoint sum)."""
 
     density: float = Field(0.2, gt=0, le=1)
-    scale: float = 1.0
+    scale: float = Field(1.0, ge=0)
     normalize: bool = True
 
 
