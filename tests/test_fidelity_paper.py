@@ -191,3 +191,34 @@ def test_video_sets_have_a_class_restricted_x_axis(kind, tmp_path):
     shift = EvalSet(kind, "shift", ds)
     out = class_restricted_scores(torch.zeros(2, 1000), labels, [shift])
     assert list(out) == [f"top1_on_{kind}_classes"] and out[f"top1_on_{kind}_classes"].total == 1
+
+
+# docs/reproducing.md's targets: (config, row) -> (ImageNet, avg. of 5 shifts, the paper's table)
+PAPER_TARGETS = {
+    ("vit_b16_paper.yaml", "zero-shot (alpha = 0)"): (68.3, 58.1, "Table 5"),
+    ("vit_b16_paper.yaml", "fine-tuned (alpha = 1)"): (81.3, 53.8, "Table 5"),
+    ("vit_b16_paper.yaml", "WiSE-FT, alpha = 0.5"): (81.7, 63.0, "Table 5"),
+    ("vit_l14_336_paper.yaml", "zero-shot (alpha = 0)"): (76.6, 73.3, "Table 4"),
+    ("vit_l14_336_paper.yaml", "fine-tuned (alpha = 1)"): (86.2, 68.6, "Table 1"),
+    ("vit_l14_336_paper.yaml", "WiSE-FT, alpha = 0.5"): (86.8, 76.9, "Table 1"),
+}
+
+
+def test_reproducing_targets_are_the_papers_with_their_source():
+    """Each target cell of docs/reproducing.md is the paper's number and names its table;
+    open_clip's zero-shot numbers (ObjectNet with its own class names) are marked not a target."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "reproducing.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`vit_"):
+            rows[(cells[0].strip("`"), cells[1])] = cells[2:]
+    for key, (imagenet, shifts, table) in PAPER_TARGETS.items():
+        assert key in rows, key
+        got_in, got_shifts, source = rows[key]
+        assert (float(got_in), float(got_shifts)) == (imagenet, shifts), key
+        assert source.startswith("paper, " + table), key
+    others = [k for k in rows if k not in PAPER_TARGETS]
+    assert others and all("not a target" in row and "open_clip" in rows[(c, row)][2] for c, row in others)
