@@ -28,7 +28,7 @@ def test_cifar10_python_batches(tmp_path):
     for i in range(1, 6):
         _batch(d / f"data_batch_{i}", _images(2, i), [i, i])
     ds = build_dataset({"kind": "cifar10", "root": str(tmp_path)})
-    assert ds.classnames == list(CIFAR10_CLASSES) and ds.labels == [1, 9, 0] and ds.templates == "cifar"
+    assert ds.classnames == list(CIFAR10_CLASSES) and ds.labels == [1, 9, 0] and ds.templates == "openai_imagenet"
     img, y = ds[1]
     assert y == 9 and np.array_equal(np.asarray(img), test[1])
     train = build_dataset({"kind": "cifar10", "root": str(tmp_path), "split": "train"})

@@ -62,10 +62,24 @@ def test_fmow_worst_region_accuracy(fmow_root):
     m = ds.metrics(logits, torch.tensor(ds.labels), torch.arange(4))
     assert m["top1"].value == 0.5 and (m["top1"].correct, m["top1"].total) == (2, 4)
     assert m["worst_region_acc"].value == 0.0 and m["worst_region_acc"].total == 1
-    assert next(iter(m)) == "worst_region_acc"  # the paper's FMoW metric is the primary one
+    assert next(iter(m)) == "worst_region_acc"  # the paper's FMoW OOD metric is the primary one
     # skipped inputs: only rows 0 and 2 scored (index says which samples they are)
     m = ds.metrics(logits[[0, 2]], torch.tensor(ds.labels)[[0, 2]], torch.tensor([0, 2]))
     assert m["worst_region_acc"].value == 0.0 and m["top1"].value == 0.5
+
+
+@pytest.mark.parametrize("split, primary", [("test", "worst_region_acc"), ("val", "worst_region_acc"),
+                                             ("id_test", "top1"), ("id_val", "top1"), ("train", "top1")])
+def test_fmow_headline_is_worst_region_out_of_distribution_only(fmow_root, split, primary):
+    """The paper's FMoW ID column is plain accuracy and its OOD column worst-region
+    accuracy (Table 6; the reference's FMOWID/FMOWOOD, src/datasets/fmow.py, score
+    subsets 'id_test' and 'test')."""
+    _csv(fmow_root / "fmow_v1.1" / "rgb_metadata.csv",
+         [{"split": s, "category": "dam", "country_code": "KEN", "timestamp": f"{y}-03-01T10:00:00Z"}
+          for s, y in [("train", 2010), ("val", 2010), ("test", 2010), ("val", 2014), ("test", 2016)]])
+    ds = build_dataset({"kind": "fmow", "root": str(fmow_root), "split": split})
+    m = ds.metrics(torch.zeros(len(ds), 62), torch.tensor(ds.labels), torch.arange(len(ds)))
+    assert list(m) == [primary, *({"top1", "worst_region_acc"} - {primary})]
 
 
 def test_iwildcam_layout_and_macro_f1(tmp_path):

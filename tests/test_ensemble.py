@@ -63,18 +63,40 @@ def test_output_ensemble_scores_through_each_sets_projection():
 
 def test_class_restricted_score_like_the_testbed():
     # Reference classes 0..4; the shift covers reference classes {0, 2} (one ObjectNet-like
-    # group) and {4}. Samples of classes 1 and 3 are left out; predictions are among 0, 2, 4.
+    # group) and {4}. Samples of classes 1 and 3 are left out; predictions are among the
+    # shift's two classes, max over each group, as the reference scores ObjectNet's x axis
+    # (mlfoundations/wise-ft src/datasets/objectnet.py: ObjectNetValClasses, lines 143-157,
+    # projects labels through class_idx_map, lines 90-95, and logits by max, lines 110-120).
     proj = Projection(((0, 2), (4,)))
     logits = torch.tensor([
-        [5.0, 9.0, 1.0, 0.0, 0.0],  # label 0: class 1 is out of the subset -> predicts 0: right
-        [1.0, 0.0, 2.0, 0.0, 0.0],  # label 0: predicts 2, same group but another class: wrong
+        [5.0, 9.0, 1.0, 0.0, 0.0],  # label 0: class 1 is out of the subset -> group {0, 2}: right
+        [1.0, 0.0, 2.0, 0.0, 0.0],  # label 0: predicts 2, same group: right (113-way, not 125-way)
         [0.0, 0.0, 0.0, 9.0, 1.0],  # label 3: not in the subset, not counted
         [0.0, 0.0, 1.0, 0.0, 3.0],  # label 4: right
-        [0.0, 0.0, 4.0, 0.0, 3.0],  # label 2: right
+        [0.0, 0.0, 4.0, 0.0, 5.0],  # label 2: predicts group {4}: wrong
     ])
     labels = torch.tensor([0, 0, 3, 4, 2])
     s = class_restricted_score(logits, labels, proj)
     assert (s.correct, s.total) == (3, 4)
+    # one-class groups (ImageNet-R, -A): top-1 among the subset's classes, as before
+    s = class_restricted_score(logits, labels, Projection(((0,), (2,), (4,))))
+    assert (s.correct, s.total) == (2, 4)
+
+
+def test_class_restricted_score_on_the_shipped_objectnet_groups():
+    """ObjectNet's x axis is 113-way: an ImageNet val image of 'analog clock' (409) predicted
+    as 'digital clock' (530) counts as 'Alarm clock' (objectnet_to_imagenet_1k.json) and is right."""
+    from wiseft.data.imagenet import objectnet_classes
+
+    groups = tuple(g for _, _, g in sorted(objectnet_classes(), key=lambda c: c[1]))
+    assert len(groups) == 113 and len({c for g in groups for c in g}) == 125
+    alarm = next(g for name, _, g in objectnet_classes() if name == "Alarm clock")
+    assert sorted(alarm) == [409, 530]
+    logits = torch.zeros(2, 1000)
+    logits[:, 530] = 5.0
+    labels = torch.tensor([409, 1])  # class 1 (goldfish) is no ObjectNet class: not counted
+    s = class_restricted_score(logits, labels, Projection(groups))
+    assert (s.correct, s.total) == (1, 1)
 
 
 def test_class_restricted_scores_only_for_subset_shifts():

@@ -39,4 +39,4 @@ def test_reproducing_doc_names_every_paper_config():
     doc = (ROOT / "docs" / "reproducing.md").read_text()
     for model in ("vit_b32", "vit_b16", "vit_l14", "vit_l14_336"):
         assert model in doc
-    assert "86.8 / 76.9" in doc and "81.7 / 63.0" in doc
+    assert "| 86.8 | 76.9 |" in doc and "| 81.7 | 63.0 |" in doc  # every cell: tests/test_fidelity_paper.py

@@ -135,7 +135,7 @@ def test_weight_decay_exclusions(setup):
 
 
 def test_linear_and_lp_ft_modes(setup, tmp_path):
-    lin = _tune(setup, mode="linear", epochs=2, lr=1e-2)
+    lin = _tune(setup, mode="linear", linear_probe="sgd", epochs=2, lr=1e-2)  # the AdamW path
     enc = setup[0].encoder.state_dict()
     assert all(torch.equal(v, enc[k]) for k, v in lin.encoder.state_dict().items())
     assert not torch.equal(lin.head.weight, setup[0].head.weight)
@@ -152,7 +152,8 @@ def test_one_linear_step_is_the_adamw_update_computed_by_hand(setup, tmp_path):
     # AdamW's first update (m_hat = g, v_hat = g^2) and decoupled weight decay, by hand
     model, train, backbone = setup
     n, lr, wd, eps = len(train), 1e-2, 0.1, 0.1
-    tuned = _tune(setup, mode="linear", batch_size=n, lr=lr, warmup_steps=2, weight_decay=wd, label_smoothing=eps,
+    tuned = _tune(setup, mode="linear", linear_probe="sgd", batch_size=n, lr=lr, warmup_steps=2, weight_decay=wd,
+                  label_smoothing=eps,
                   log_path=tmp_path / "log.jsonl")
     feats, labels = compute_features(model.encoder, train, backbone, n, progress=False)
     w, b = (p.detach().clone().requires_grad_() for p in (model.head.weight, model.head.bias))

@@ -225,11 +225,20 @@ def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _run_provenance(ft_cfg: FinetuneConfig, provenance: dict[str, Any]) -> dict[str, Any]:
-    """What a sweep's records say about its fine-tune: the mode, a non-default objective, and
-    the precision it trained in (beside the evaluation's, in ``compute``)."""
-    return {"mode": ft_cfg.mode, **({"objective": ft_cfg.objective} if ft_cfg.objective != "ce" else {}),
-            "compute": {**provenance["compute"], "finetune_precision": ft_cfg.precision}}
+def _sweep_provenance(provenance: dict[str, Any], ft_cfg: FinetuneConfig, cfg: RunConfig, name: str,
+                      theta_1: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What a sweep's records say: the run's provenance and, of its fine-tune, the mode, a
+    non-default objective, the precision it trained in (beside the evaluation's, in
+    ``compute``), a LoRA adapter's settings, and mode linear's probe (L-BFGS: the searched C,
+    from the checkpoint's metadata)."""
+    out = {**provenance, "mode": ft_cfg.mode, **({"objective": ft_cfg.objective} if ft_cfg.objective != "ce" else {}),
+           "compute": {**provenance["compute"], "finetune_precision": ft_cfg.precision},
+           **adapter_provenance(ft_cfg.mode, theta_1)}
+    if ft_cfg.mode == "linear":
+        ckpt = checkpoint_paths(cfg, name)[0]
+        searched = read_meta(ckpt).get("linear_probe") if ckpt.exists() else None
+        out["linear_probe"] = searched or {"method": ft_cfg.linear_probe}
+    return out
 
 
 def resolve_precisions(cfg: RunConfig, device: torch.device) -> tuple[RunConfig, dict[str, PrecisionChoice]]:
@@ -311,8 +320,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
             settings = SweepSettings.from_config(cfg.evaluation, progress=progress, model_name=name,
                                                  linear=ft_cfg.mode == "linear",
                                                  allow_extrapolation=cfg.allow_extrapolation,
-                                                 provenance={**provenance, **_run_provenance(ft_cfg, provenance),
-                                                             **adapter_provenance(ft_cfg.mode, theta_1)})
+                                                 provenance=_sweep_provenance(provenance, ft_cfg, cfg, name, theta_1))
             new = sweep(*zs.of(ft_cfg), theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
                         zeroshot=zeroshot)
         _append(results_path, new)
@@ -517,6 +525,7 @@ def train_and_save(cfg: RunConfig, name: str, start: tuple, train: LabeledDatase
                               checkpoint_dir=train_dir, resume=resume, name=name))
     state = {k: v.detach().clone() for k, v in finetuned_state(tuned).items()}  # LoRA: head and adapter factors
     if current().main:  # under torchrun every process holds the same weights; one writes them
-        save_state(ckpt, state, {"train_key": cfg.train_key(name)})
+        searched = getattr(tuned, "linear_probe", None)  # mode linear's L-BFGS search: C, validation accuracy
+        save_state(ckpt, state, {"train_key": cfg.train_key(name), **({"linear_probe": searched} if searched else {})})
     barrier()
     return state

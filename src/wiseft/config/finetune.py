@@ -39,6 +39,11 @@ class FinetuneConfig(BaseModel):
     # prompts (both towers trained). Left out of the dump at its default, so configs written
     # before it keep their hash and train key.
     objective: Literal["ce", "flyp"] = Field("ce", exclude_if=lambda v: v == "ce")
+    # mode linear's probe: "lbfgs" (the default there) is CLIP's protocol, logistic regression on
+    # frozen features with C searched on held-out training data (train/probe.py); "sgd" trains
+    # the head with this section's recipe (lr, batch, epochs). Other modes ignore it and drop
+    # it, so their dumps, config hashes and train keys are unchanged.
+    linear_probe: Literal["lbfgs", "sgd"] | None = Field(None, exclude_if=lambda v: v is None)
     lr: float = Field(3e-5, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     batch_size: int = Field(512, ge=1)
@@ -76,6 +81,10 @@ class FinetuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.mode == "linear" and self.linear_probe is None:
+            self.linear_probe = "lbfgs"  # written out, so a mode-linear run's train key names its probe
+        elif self.mode != "linear":
+            self.linear_probe = None
         if self.deterministic and self.precision not in ("fp32", "auto"):
             raise ValueError("deterministic: needs precision fp32 (auto runs fp32 when deterministic)")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:

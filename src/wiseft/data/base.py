@@ -134,7 +134,8 @@ def split_holdout(dataset: LabeledDataset, fraction: float, seed: int = 0
 @dataclass(frozen=True)
 class Projection:
     """Scores a dataset whose classes are a subset (or a grouping) of the reference
-    classes: output class j takes the max over the reference logits in ``groups[j]``."""
+    classes: output class j takes the max over the reference logits in ``groups[j]``;
+    a class with an empty group (YTBB-Robust's 'none') scores -inf, never predicted."""
 
     groups: tuple[tuple[int, ...], ...]
 
@@ -145,7 +146,8 @@ class Projection:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if all(len(g) == 1 for g in self.groups):
             return logits[:, [g[0] for g in self.groups]]
-        return torch.stack([logits[:, list(g)].amax(dim=1) for g in self.groups], dim=1)
+        empty = logits.new_full((logits.shape[0],), float("-inf"))
+        return torch.stack([logits[:, list(g)].amax(dim=1) if g else empty for g in self.groups], dim=1)
 
 
 def build_projection(reference: Sequence[str], classnames: Sequence[str],

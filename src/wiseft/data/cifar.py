@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..templates import CIFAR_TEMPLATES  # noqa: F401  (the 'cifar' set; kept importable from here)
+from ..templates import CIFAR_TEMPLATES  # noqa: F401  (CLIP's 'cifar' set; kept importable from here)
 from .base import DataError, LabeledDataset, TrainOrTest, find_root, register_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -52,7 +52,11 @@ class ArrayImages:
         return Image.fromarray(self.images[i])
 
 
-def array_dataset(images: np.ndarray, labels, classnames, name: str, templates: str = "cifar") -> LabeledDataset:
+# The paper's zero-shot prompts for the CIFAR sets are the 80 ImageNet ones (Appendix D.1:
+# every dataset but FMoW, iWildCam, Cars, DTD and Food-101); CLIP's 18 CIFAR prompts stay
+# available as the set 'cifar' (data.templates: cifar).
+def array_dataset(images: np.ndarray, labels, classnames, name: str,
+                  templates: str = "openai_imagenet") -> LabeledDataset:
     images = np.ascontiguousarray(images, dtype=np.uint8)
     labels = [int(y) for y in np.asarray(labels).reshape(-1)]
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):

@@ -69,8 +69,10 @@ def sun397(root: str | Path, split: TrainOrTest = "test", partition: int = 1, *,
     name = {"train": "Training", "test": "Testing"}[split]
     entries = _list_file(parts / f"{name}_{partition:02d}.txt", "sun397")
     samples = _from_list(entries, classes, path, "sun397", class_of=lambda e: e.rsplit("/", 1)[0])
+    # the paper's prompts for SUN397 are the 80 ImageNet ones (Appendix D.1); CLIP's two
+    # SUN397 prompts stay available as the set 'sun397'
     return LabeledDataset(samples, [sun397_name(c) for c in classes], load=load_image, name="sun397",
-                          templates="sun397")
+                          templates="openai_imagenet")
 
 
 @register_dataset("stanford-cars")

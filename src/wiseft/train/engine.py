@@ -27,6 +27,7 @@ from .flyp import FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_
 from .logs import MetricLog
 from .lora import inject_lora
 from .loop import Stage, Trainer
+from .probe import search_linear_probe
 
 log = logging.getLogger("wiseft")
 
@@ -140,9 +141,25 @@ def _fit_linear(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: s
     cfg = ctx.cfg
     micro, _ = resolve_batch(cfg.batch_size, cfg.micro_batch_size, current().world)
     feats, labels = sharded_features(tuned.encoder, train, ctx.backbone, micro, cfg, ctx.progress)
+    if name == "linear" and cfg.linear_probe == "lbfgs":
+        return _fit_lbfgs_probe(tuned, feats, labels, ctx)
     epochs, lr = (cfg.epochs, cfg.lr) if name == "linear" else (cfg.lp_epochs or cfg.epochs, cfg.lp_lr or cfg.lr)
     stage = Stage(name, epochs, lr)
     _fit(tuned.head, TensorSamples(feats, labels), stack_collate, ctx, stage)
+
+
+def _fit_lbfgs_probe(tuned: Classifier, feats: torch.Tensor, labels: torch.Tensor, ctx: _Context) -> None:
+    """The head replaced by CLIP's linear probe (``train.probe``), its C searched on a held-out
+    part of the training features; every process computes the same one. The search is kept
+    on the model as ``tuned.linear_probe`` (provenance)."""
+    device = tuned.head.weight.device
+    probe = search_linear_probe(feats.to(device), labels.to(device), tuned.head.out_features, seed=ctx.cfg.seed)
+    with torch.no_grad():
+        tuned.head.weight.copy_(probe.weight)
+        tuned.head.bias.copy_(probe.bias)
+    tuned.linear_probe = probe.provenance()
+    log.info("linear probe: C = %.3g, validation accuracy %.4f (%d values of C tried)", probe.C,
+             probe.val_accuracy, len(probe.tried))
 
 
 def _fit_e2e(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str) -> None:
