@@ -83,3 +83,17 @@ def test_finetune_mode_linear_installs_the_searched_probe(setup):
     assert all(torch.equal(v, enc[k]) for k, v in tuned.encoder.state_dict().items())  # frozen encoder
     sgd = finetune(model, train, backbone, FinetuneConfig(**cfg, linear_probe="sgd"), progress=False)
     assert not hasattr(sgd, "linear_probe") and not torch.equal(sgd.head.weight, tuned.head.weight)
+
+
+def test_the_plan_names_the_probe_not_epochs_of_steps(open_clip_spec, image_data, tmp_path):
+    from conftest import run_config
+    from wiseft.config import parse_config
+    from wiseft.pipeline import plan_text, prepare_data
+
+    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run",
+                                  finetune={"mode": "linear", "precision": "fp32"},
+                                  variants={"sgd": {"linear_probe": "sgd"}}))
+    text = plan_text(cfg, prepare_data(cfg), cfg.finetune_runs(), set(), False)
+    assert ("1. finetuned: linear probe, L-BFGS logistic regression on frozen features (fp32), C searched on a "
+            "held-out fifth of the training set; then 11 alphas") in text
+    assert "2. sgd: fine-tune linear, 10 epochs x 1 steps = 10 steps of batch 512" in text

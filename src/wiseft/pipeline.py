@@ -461,6 +461,8 @@ def plan_text(cfg: RunConfig, data: PreparedData, runs: dict, reused: set[str], 
     for i, (name, ft) in enumerate(runs.items(), 1):
         steps = ft.epochs * -(-len(data.train) // ft.batch_size)
         what = ("reuse the weights in checkpoints/" if name in reused else
+                f"linear probe, L-BFGS logistic regression on frozen features ({ft.precision}), C searched on a "
+                "held-out fifth of the training set" if ft.mode == "linear" and ft.linear_probe == "lbfgs" else
                 f"fine-tune {ft.mode}, {ft.epochs} epoch{'s' if ft.epochs != 1 else ''} x {-(-len(data.train) // ft.batch_size)} steps = "
                 f"{steps} steps of batch {ft.batch_size}, lr {ft.lr:g}, {ft.precision}")
         lines.append(f"  {i}. {name}: {what}; then {len(cfg.alphas)} alphas x {len(data.evalsets)} sets"
