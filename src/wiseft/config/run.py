@@ -15,7 +15,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from ..registry import did_you_mean
+from ..registry import deferred_plugins, did_you_mean
 from ..templates import TEMPLATES, template_problem
 from .backbone import BackboneSpec
 from .datasets import DatasetSpec, describe_type
@@ -289,4 +289,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    # first every check the plug-ins do not decide, without importing them (torch), so that
+    # most bad configs fail in a fraction of a second; then the whole validation
+    with deferred_plugins():
+        parse_config({k: v for k, v in data.items() if k != "merges"}, source=str(path),
+                     base_dir=path.parent.resolve())
     return parse_config(data, source=str(path), base_dir=path.parent.resolve())
