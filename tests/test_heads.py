@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from wiseft import load_backbone, zeroshot_head
@@ -45,3 +46,44 @@ def test_classifier_normalises_features_before_the_head(open_clip_spec):
         torch.testing.assert_close(clf(x), expect, atol=1e-5, rtol=1e-5)
         # at initialisation the logits are logit_scale * cosine similarity
         assert clf(x).abs().max() <= bb.logit_scale * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("classnames, templates, message", [
+    (["cat", "dog", "cat"], ["a photo of a {}."], r"classnames\[2\]: class 'cat' is listed twice \(also at classnames\[0\]\)"),
+    (["cat", " "], ["a photo of a {}."], r"classnames\[1\]: empty class name"),
+    ([], ["a photo of a {}."], "classnames: no class names"),
+    ("cat", ["a photo of a {}."], "classnames: give a list of class names"),
+    (["cat", "dog"], [], "templates: give at least one template"),
+    (["cat", "dog"], ["a photo of a cat."], "must contain exactly one"),
+    (["cat", "dog"], ["a {} of a {}."], "must contain exactly one"),
+    (["cat", "dog"], "no-such-set", "unknown template set"),
+])
+def test_library_checks_what_the_config_checks(classnames, templates, message):
+    """zeroshot_head / zeroshot_weights refuse what ``wiseft run`` refuses, before any
+    encoding or cache look-up (issue 24.10: duplicate names built identical rows)."""
+    from wiseft.heads import zeroshot_head, zeroshot_weights
+    from wiseft.templates import PromptError
+
+    def never(prompts):
+        raise AssertionError("encoded a prompt")
+
+    class Stub:
+        encode_text = staticmethod(never)
+
+    with pytest.raises(PromptError, match=message):
+        zeroshot_weights(never, classnames, templates)
+    with pytest.raises(PromptError, match=message):
+        zeroshot_head(Stub(), classnames, templates)
+
+
+def test_library_takes_a_template_set_by_name():
+    from wiseft.heads import zeroshot_weights
+
+    calls = []
+
+    def encode(prompts):
+        calls.extend(prompts)
+        return torch.ones(len(prompts), 4)
+
+    assert zeroshot_weights(encode, ("cat", "dog"), "simple").shape == (2, 4)
+    assert calls and all("cat" in p or "dog" in p for p in calls)

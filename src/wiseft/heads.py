@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from .backbones.base import Backbone
 from .files import write_with
 from .runtime import device_of, to_device
-from .templates import templates_hash
+from .templates import check_prompts, templates_hash
 
 log = logging.getLogger("wiseft")
 
@@ -27,7 +27,10 @@ def zeroshot_weights(encode_text, classnames: Sequence[str], templates: Sequence
                      batch_size: int = 256) -> torch.Tensor:
     """(num_classes, dim) class embeddings: every prompt embedding L2-normalised,
     averaged over templates per class, and re-normalised. Prompts go in batches
-    across classes, so a 1000-class, 80-template set is 313 calls, not 1000."""
+    across classes, so a 1000-class, 80-template set is 313 calls, not 1000. Class names
+    and templates are checked as ``wiseft run`` checks them (PromptError): no duplicate or
+    empty name, at least one template, each with one ``{}``; ``templates`` may name a set."""
+    classnames, templates = check_prompts(classnames, templates)
     prompts = [t.format(c) for c in classnames for t in templates]
     chunks = [encode_text(prompts[i:i + batch_size]).float() for i in range(0, len(prompts), batch_size)]
     emb = F.normalize(torch.cat(chunks), dim=-1).view(len(classnames), len(templates), -1)
@@ -48,6 +51,7 @@ def zeroshot_head(backbone: Backbone, classnames: Sequence[str], templates: Sequ
     Example:
         >>> head = zeroshot_head(bb, ["cat", "dog"], get_templates("openai_imagenet"))
     """
+    classnames, templates = check_prompts(classnames, templates)  # before the cache: a bad list is never looked up
     key = hashlib.sha256(json.dumps(
         [backbone.fingerprint(), list(classnames), templates_hash(templates), backbone.logit_scale]
     ).encode()).hexdigest()[:24]
@@ -110,7 +114,7 @@ class PromptClassifier(Classifier):
 
     def __init__(self, encoder: torch.nn.Module, text: torch.nn.Module | None, tokenize: Callable[[list[str]], Any],
                  prompts: tuple[Sequence[str], Sequence[str]], logit_scale: float):
-        classnames, templates = prompts
+        classnames, templates = check_prompts(*prompts)
         super().__init__(encoder, torch.nn.Linear(1, len(classnames)))  # sized by rederive_head below
         self.text = text
         self.tokenize = tokenize
