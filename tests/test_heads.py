@@ -87,3 +87,54 @@ def test_library_takes_a_template_set_by_name():
 
     assert zeroshot_weights(encode, ("cat", "dog"), "simple").shape == (2, 4)
     assert calls and all("cat" in p or "dog" in p for p in calls)
+
+
+class _CacheStub:
+    """A backbone stand-in for the head cache: fixed text embeddings, no model."""
+    logit_scale = 10.0
+
+    @staticmethod
+    def fingerprint():
+        return "stub-checksum"
+
+    @staticmethod
+    def encode_text(prompts):
+        return torch.tensor([[float(sum(map(ord, p)) % 97), float(len(p)), 1.0, 2.0] for p in prompts])
+
+
+@pytest.mark.parametrize("damage", ["zeros", "edited", "no checksum"])
+def test_a_well_formed_head_cache_entry_is_checked_against_its_checksum(damage, caplog):
+    """Issue 24.8: an entry of the right shape whose weights are all zero (or edited, or
+    written without a checksum) is not used: a warning, and the head is rebuilt."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    fresh = zeroshot_head(_CacheStub(), ["cat", "dog"], ["a {}."]).weight.detach().clone()
+    (entry,) = head_cache_dir().glob("*.safetensors")
+    with safe_open(str(entry), "pt") as f:
+        meta = f.metadata()
+    assert len(meta["sha256"]) == 64
+    weight = {"zeros": torch.zeros_like(fresh), "edited": fresh * 2, "no checksum": fresh}[damage]
+    save_file({"weight": weight.contiguous()}, str(entry), metadata=None if damage == "no checksum" else meta)
+    with caplog.at_level("WARNING", logger="wiseft"):
+        again = zeroshot_head(_CacheStub(), ["cat", "dog"], ["a {}."]).weight.detach()
+    assert "rebuilding" in caplog.text
+    torch.testing.assert_close(again, fresh)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wiseft"):  # rewritten whole: trusted next time
+        torch.testing.assert_close(zeroshot_head(_CacheStub(), ["cat", "dog"], ["a {}."]).weight.detach(), fresh)
+    assert "rebuilding" not in caplog.text
+
+
+def test_zeros_under_a_matching_checksum_are_still_refused(caplog):
+    from safetensors.torch import save_file
+
+    from wiseft.heads import weight_checksum
+
+    fresh = zeroshot_head(_CacheStub(), ["cat", "dog"], ["a {}."]).weight.detach().clone()
+    (entry,) = head_cache_dir().glob("*.safetensors")
+    zeros = torch.zeros_like(fresh)
+    save_file({"weight": zeros}, str(entry), metadata={"sha256": weight_checksum(zeros)})
+    with caplog.at_level("WARNING", logger="wiseft"):
+        torch.testing.assert_close(zeroshot_head(_CacheStub(), ["cat", "dog"], ["a {}."]).weight.detach(), fresh)
+    assert "all zero" in caplog.text
