@@ -51,6 +51,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 2_147_483_629 + index) % (2 ** 63)
 
 
+def micro_batch_seed(seed: int, epoch: int, mb: "MicroBatch") -> int:
+    """The seed of a micro-batch's forward pass (dropout): set by its first sample, so the
+    masks depend on which samples a micro-batch holds, never on the process that runs it
+    (one process accumulating two micro-batches draws what two processes draw)."""
+    first = mb.indices[0] if mb.indices else -1
+    return sample_seed(seed, epoch, first) ^ 0x2545F4914F6CDD1D  # a stream apart from the samples' own
+
+
 def draws_random_numbers(dataset: Dataset, probes: int = 3) -> bool:
     """Whether loading a sample draws from torch's default generator or Python's ``random``
     (a random transform such as RandomResizedCrop), probed on ``probes`` samples spread
