@@ -11,7 +11,9 @@ seeded once per micro-batch, by its first sample: exact on resume with the same
 number of processes, and seeding it per sample would cost more than a small model's step.
 Seeding is skipped for data that draws no random numbers (no random transform, or the
 linear head's features): :func:`draws_random_numbers` probes a few samples first, so
-such data runs exactly as a plain loop would.
+such data runs exactly as a plain loop would. The model's own draws (dropout) are seeded
+per micro-batch by its first sample (:func:`micro_batch_seed`), so they too depend on
+which samples a micro-batch holds, never on the process that runs it.
 """
 
 from __future__ import annotations
