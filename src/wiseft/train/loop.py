@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 from torch.utils.data import DataLoader, Dataset
 
 from ..config.finetune import FinetuneConfig
@@ -129,8 +130,11 @@ class Trainer:
         if state["total_steps"] != self.total:
             raise ResumeError(f"cannot resume from {path}: it plans {state['total_steps']} steps, this run "
                               f"{self.total} (did the training set change?)")
-        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(self.model, state["model"], options=StateDictOptions(full_state_dict=True))
+        # not strict: a parameter the output never reaches (BERT's pooler under mean pooling) has no
+        # optimizer state, in the checkpoint as in an uninterrupted run (AdamW never stepped it)
+        set_optimizer_state_dict(self.model, self.opt, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
         if self.ema:
             self.ema.load_state_dict(state["ema"])
         if state["scaler"]:
