@@ -311,6 +311,22 @@ def test_the_index_is_cached_by_size_and_mtime_and_nothing_is_written_beside_the
     assert sorted(index_shard(shard).members) == ["a.cls", "a.png", "b.cls", "b.png"] and scans == [shard]
 
 
+def test_an_edited_index_is_rebuilt_not_trusted(tmp_path, caplog):
+    """Issue 24.8: a cached index carries a checksum of its content; one whose stamp still
+    matches but whose members were changed (or that has no checksum) is rebuilt."""
+    shard = write_shard(tmp_path / "s.tar", [("a.png", png()), ("a.cls", b"0")])
+    first = index_shard(shard)
+    (cached,) = index_cache_dir().glob("s-*.json")
+    index = json.loads(cached.read_text())
+    assert len(index["sha256"]) == 64
+    index["members"][0][1] += 7  # a wrong offset, well-formed
+    cached.write_text(json.dumps(index))
+    with caplog.at_level(logging.WARNING, logger="wiseft"):
+        assert index_shard(shard) == first
+    assert "does not match its checksum" in caplog.text
+    assert index_shard(shard) == first
+
+
 def test_an_unwritable_cache_folder_keeps_the_index_in_memory(tmp_path, monkeypatch, caplog):
     write_shard(tmp_path / "s.tar", [("a.png", png()), ("a.cls", b"0")])
     (tmp_path / "cache").write_text("a file where the cache folder would be")

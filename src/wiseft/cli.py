@@ -26,11 +26,14 @@ def _run_overrides(args) -> dict:
 
 def cmd_run(args) -> int:
     from .config import load_config
+
+    # the config first, with the torch-free config package: a bad one is an error in well
+    # under a second, before torch and the model stack load (seconds)
+    cfg = load_config(args.config, _run_overrides(args))
     from .pipeline import run
     from .results import summary_table
     from .train.distributed import current
 
-    cfg = load_config(args.config, _run_overrides(args))
     try:  # under torchrun (python -m wiseft run): every process trains and scores its shard; rank 0 reports
         result = run(cfg, progress=not args.no_progress, quick=args.quick)
         main_process = current().main

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import weakref
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from .config.merge import MergeConfig
 from .data.base import LabeledDataset, Projection
 from .data.folders import check_unreadable
 from .ensemble import class_restricted_scores, output_ensemble_scores
+from .files import release_scratch, scratch_file
 from .heads import Classifier, PromptClassifier, rederive_head
 from .merge import Interpolator, interpolate
 from .merging.adapters import interpolator_for
@@ -334,27 +334,10 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
     held = sum(len(c) for c in chunks)
     kept: list[tuple[int, int]] = []  # (index, label) of each input held
     skipped: list[tuple[int, str]] = []  # (chunk, why) of each input skipped
-    batches, data, path = [], None, None
+    batches: list = []
     bar = progress_bar(total=held, desc=f"decode {dataset.name}", disable=not progress, leave=False, unit="input")
-    for chunk in loader:
-        good = [(i, x, y) for i, x, y, err in chunk if err is None]
-        skipped += [(i // batch_size, err) for i, x, _, err in chunk if err is not None]
-        bar.update(len(chunk))
-        if not good:
-            continue
-        if not isinstance(good[0][1], torch.Tensor) or batches:  # inputs that do not stack: keep batches
-            batches.append(backbone.collate([(x, y) for _, x, y in good]))
-            kept += [(i, y) for i, _, y in good]
-            continue
-        if data is None:
-            data, path = _allocate(good[0][1], held, mode, cache_dir, max_memory, dataset.name)
-        for i, x, y in good:
-            if x.shape != data.shape[1:]:
-                skipped.append((i // batch_size, f"{dataset.samples[i][0]}: preprocessed shape {tuple(x.shape)} "
-                                f"differs from {tuple(data.shape[1:])}"))
-                continue
-            data[len(kept)] = x
-            kept.append((i, y))
+    data, path = _decode_into(loader, backbone, dataset, batch_size, held, (mode, cache_dir, max_memory),
+                              (kept, skipped, batches), bar)
     bar.close()
     if data is not None:
         data = data[:len(kept)]
@@ -371,6 +354,41 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
     if path is not None:
         weakref.finalize(cache, _remove, path)
     return cache
+
+
+def _decode_into(loader, backbone: Backbone, dataset: LabeledDataset, batch_size: int, held: int,
+                 alloc: tuple, out: tuple[list, list, list], bar) -> tuple[torch.Tensor | None, Path | None]:
+    """Decode every chunk of ``loader``: stackable inputs into one tensor (in memory or a
+    memory-mapped scratch file, allocated on the first), the others as collated batches;
+    fills ``out`` = (kept, skipped, batches). The scratch file goes if decoding stops
+    (Ctrl-C, an error)."""
+    kept, skipped, batches = out
+    data, path = None, None
+    try:
+        for chunk in loader:
+            good = [(i, x, y) for i, x, y, err in chunk if err is None]
+            skipped += [(i // batch_size, err) for i, x, _, err in chunk if err is not None]
+            bar.update(len(chunk))
+            if not good:
+                continue
+            if not isinstance(good[0][1], torch.Tensor) or batches:  # inputs that do not stack: keep batches
+                batches.append(backbone.collate([(x, y) for _, x, y in good]))
+                kept += [(i, y) for i, _, y in good]
+                continue
+            if data is None:
+                data, path = _allocate(good[0][1], held, *alloc, dataset.name)
+            for i, x, y in good:
+                if x.shape != data.shape[1:]:
+                    skipped.append((i // batch_size, f"{dataset.samples[i][0]}: preprocessed shape "
+                                    f"{tuple(x.shape)} differs from {tuple(data.shape[1:])}"))
+                    continue
+                data[len(kept)] = x
+                kept.append((i, y))
+    except BaseException:
+        data = None  # the mapping, before its file
+        release_scratch(path)
+        raise
+    return data, path
 
 
 def _data_fingerprint(dataset: LabeledDataset) -> str:
@@ -424,19 +442,21 @@ def _allocate(example: torch.Tensor, n: int, mode: CacheMode, cache_dir, max_mem
     budget = max_memory if max_memory is not None else _available_memory() // 2 // processes_here()
     if mode == "memory" or (mode == "auto" and nbytes <= budget):
         return torch.empty((n, *example.shape), dtype=example.dtype), None
-    directory = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, file = tempfile.mkstemp(prefix=f"wiseft-{name or 'inputs'}-", suffix=".u8", dir=directory)
-    os.close(fd)
+    # named for this process (a later run removes one a killed run left), removed when the cache
+    # goes, at exit and on SIGTERM (files.scratch_file); default folder: $TMPDIR/wiseft-scratch
+    file = scratch_file(f"inputs-{name or 'set'}.u8", cache_dir)
     log.info("input cache for %s: %.1f GiB memory-mapped at %s", name, nbytes / 2**30, file)
     dtype = torch.empty(0, dtype=example.dtype).numpy().dtype
-    arr = np.memmap(file, dtype=dtype, mode="w+", shape=(n, *example.shape))
-    return torch.from_numpy(arr), Path(file)
+    try:
+        arr = np.memmap(file, dtype=dtype, mode="w+", shape=(n, *example.shape))
+    except BaseException:
+        release_scratch(file)
+        raise
+    return torch.from_numpy(arr), file
 
 
 def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
+    release_scratch(path)
 
 
 # ---------------------------------------------------------------------------------------

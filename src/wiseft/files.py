@@ -22,6 +22,7 @@ torch file), so every other module may use it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -152,32 +153,110 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+_OS_CODE = re.compile(r"\bOs \{ code: (\d+)|\(os error (\d+)\)")
+
+
+def named_io_error(e: BaseException, dest: str | Path) -> OSError | None:
+    """``e`` as an OSError naming ``dest`` (the file the user asked for, not a temporary),
+    when ``e`` is an I/O failure: an OSError that names no file or a temporary, or a Rust
+    library's I/O error (safetensors' ``SafetensorError``: "Os { code: 28, ... }").
+    None for anything else, and for an OSError that already names another file."""
+    if isinstance(e, OSError):
+        names_a_file = e.filename and not any(_TEMP.match(part) for part in Path(str(e.filename)).parts)
+        if e.errno is None or names_a_file:
+            return None
+        code = e.errno
+    else:
+        found = _OS_CODE.search(str(e)) if type(e).__name__ == "SafetensorError" else None
+        if found is None:
+            return None
+        code = int(found[1] or found[2])
+    return OSError(code, os.strerror(code), str(dest))
+
+
+@contextlib.contextmanager
+def writing(dest: str | Path) -> Iterator[None]:
+    """Within it, an I/O failure (disk full, permission denied, ...) is re-raised as an
+    OSError naming ``dest`` (:func:`named_io_error`); any other exception passes unchanged."""
+    try:
+        yield
+    except Exception as e:
+        named = named_io_error(e, dest)
+        if named is None:
+            raise
+        raise named from e
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc tells it (threads may be
+    creating files meanwhile)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path) -> None:
+    """Give the files a writer made in ``path`` the mode a new file gets (0666 less the
+    umask): some writers (safetensors) create theirs 0600 whatever the umask."""
+    mode = 0o666 & ~_umask()
+    files = [Path(root) / n for root, _, names in os.walk(path) for n in names] if path.is_dir() else [path]
+    for f in files:
+        if not f.is_symlink() and (f.stat().st_mode & 0o777) != mode:
+            os.chmod(f, mode)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first."""
+    created = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``dest`` (an empty folder when ``directory``);
     what the block writes there is fsynced and renamed over ``dest`` when it ends
-    without error, and removed when it raises. A directory replaces an old one
+    without error, with the mode the umask gives a new file; when it raises, the
+    temporary and the folders made for it are removed, and an I/O failure (disk full,
+    permission denied) is an OSError naming ``dest``. A directory replaces an old one
     (exchanged in one step where the kernel can)."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(dest.parent)
+    with writing(dest):
+        created = _make_parents(dest.parent)
     tmp = temp_path(dest)
-    if directory:
-        tmp.mkdir()
-    else:  # created here, so its mode follows the umask like any new file
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    ok = False
     try:
-        yield tmp
-        _fsync_tree(tmp)
-        _fault_hook(dest)
-        if directory and dest.exists():
-            _replace_dir(tmp, dest)
-        else:
-            os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        with writing(dest):
+            clean_stale(dest.parent)
+            if directory:
+                tmp.mkdir()
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            yield tmp
+            _honour_umask(tmp)
+            _fsync_tree(tmp)
+            _fault_hook(dest)
+            if directory and dest.exists():
+                _replace_dir(tmp, dest)
+            else:
+                os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+            ok = True
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
+        if not ok:
+            for folder in created:  # deepest first; a folder something else wrote into stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:
@@ -250,6 +329,79 @@ def open_append(path: str | Path, encoding: str = "utf-8", newline: str | None =
                 log.warning("%s ended in a torn line (a writer was killed); dropped %d bytes", path, end - pos)
                 f.truncate(pos)
     return open(path, "a", encoding=encoding, newline=newline)
+
+
+# ---------------------------------------------------------------------------------------
+# scratch files
+
+_SCRATCH: set[Path] = set()
+_SIGTERM_BEFORE: Any = None  # the SIGTERM handler replaced while scratch files exist
+
+
+def scratch_dir() -> Path:
+    """Where scratch files go by default: ``$TMPDIR/wiseft-scratch`` (``/tmp/wiseft-scratch``)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "wiseft-scratch"
+
+
+def scratch_file(name: str, directory: str | Path | None = None) -> Path:
+    """A new empty scratch file in ``directory`` (default :func:`scratch_dir`), named for
+    its owner like a temporary (``.NAME.PID@HOST.RANDOM.tmp``). It is removed by
+    :func:`release_scratch`, at exit, and on SIGTERM (where nothing else handles it: the
+    signal then ends the process with ``SystemExit(143)``, so cleanup runs); one left by a
+    killed process (SIGKILL) is removed by the next scratch file or write in that folder."""
+    folder = Path(directory) if directory is not None else scratch_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_stale(folder)
+    path = temp_path(folder / re.sub(r"[^A-Za-z0-9_.-]", "-", name))
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # scratch: this user's only
+    _SCRATCH.add(path)
+    _catch_sigterm()
+    return path
+
+
+def release_scratch(path: Path | None) -> None:
+    """Remove a scratch file (no error if it is gone)."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        path.unlink()
+    _SCRATCH.discard(path)
+    if not _SCRATCH:
+        _restore_sigterm()
+
+
+def _remove_all_scratch() -> None:
+    for path in list(_SCRATCH):
+        release_scratch(path)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signal.SIGTERM)  # unwinds: finally blocks and exit handlers remove scratch
+
+
+def _catch_sigterm() -> None:
+    import threading
+
+    global _SIGTERM_BEFORE
+    if _SIGTERM_BEFORE is not None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # never over a handler someone else installed
+        _SIGTERM_BEFORE = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _restore_sigterm() -> None:
+    import threading
+
+    global _SIGTERM_BEFORE
+    if _SIGTERM_BEFORE is not None and threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, _SIGTERM_BEFORE)
+        _SIGTERM_BEFORE = None
+
+
+atexit.register(_remove_all_scratch)
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,12 +12,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .backbones.base import Backbone
 from .files import write_with
 from .runtime import device_of, to_device
-from .templates import templates_hash
+from .templates import check_prompts, templates_hash
 
 log = logging.getLogger("wiseft")
 
@@ -27,7 +28,10 @@ def zeroshot_weights(encode_text, classnames: Sequence[str], templates: Sequence
                      batch_size: int = 256) -> torch.Tensor:
     """(num_classes, dim) class embeddings: every prompt embedding L2-normalised,
     averaged over templates per class, and re-normalised. Prompts go in batches
-    across classes, so a 1000-class, 80-template set is 313 calls, not 1000."""
+    across classes, so a 1000-class, 80-template set is 313 calls, not 1000. Class names
+    and templates are checked as ``wiseft run`` checks them (PromptError): no duplicate or
+    empty name, at least one template, each with one ``{}``; ``templates`` may name a set."""
+    classnames, templates = check_prompts(classnames, templates)
     prompts = [t.format(c) for c in classnames for t in templates]
     chunks = [encode_text(prompts[i:i + batch_size]).float() for i in range(0, len(prompts), batch_size)]
     emb = F.normalize(torch.cat(chunks), dim=-1).view(len(classnames), len(templates), -1)
@@ -48,6 +52,7 @@ def zeroshot_head(backbone: Backbone, classnames: Sequence[str], templates: Sequ
     Example:
         >>> head = zeroshot_head(bb, ["cat", "dog"], get_templates("openai_imagenet"))
     """
+    classnames, templates = check_prompts(classnames, templates)  # before the cache: a bad list is never looked up
     key = hashlib.sha256(json.dumps(
         [backbone.fingerprint(), list(classnames), templates_hash(templates), backbone.logit_scale]
     ).encode()).hexdigest()[:24]
@@ -57,7 +62,8 @@ def zeroshot_head(backbone: Backbone, classnames: Sequence[str], templates: Sequ
         weight = zeroshot_weights(backbone.encode_text, classnames, templates, batch_size)
         weight = weight * backbone.logit_scale
         if cache:
-            write_with(path, lambda tmp: save_file({"weight": weight.contiguous()}, str(tmp)))
+            meta = {"sha256": weight_checksum(weight)}
+            write_with(path, lambda tmp: save_file({"weight": weight.contiguous()}, str(tmp), metadata=meta))
     head = torch.nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         head.weight.copy_(weight)
@@ -65,15 +71,30 @@ def zeroshot_head(backbone: Backbone, classnames: Sequence[str], templates: Sequ
     return head
 
 
+def weight_checksum(weight: torch.Tensor) -> str:
+    """The SHA-256 of a head's weight bytes (float32, row-major): what a cache entry carries."""
+    return hashlib.sha256(weight.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
 def _read_cached_head(path: Path, num_classes: int) -> torch.Tensor | None:
     """A cached head's weight, or None when there is none or it is damaged (truncated,
-    wrong shape, non-finite): a damaged entry is removed and rebuilt, never trusted."""
+    wrong shape, non-finite, a zero row, or its content does not match the checksum it was
+    written with; an entry without one predates the check): a damaged entry is removed
+    and rebuilt, never trusted."""
     if not path.exists():
         return None
     try:
-        weight = load_file(str(path))["weight"]
+        with safe_open(str(path), "pt") as f:
+            expected = (f.metadata() or {}).get("sha256")
+            weight = f.get_tensor("weight")
         if weight.ndim != 2 or weight.shape[0] != num_classes or not torch.isfinite(weight).all():
             raise ValueError(f"shape {tuple(weight.shape)} for {num_classes} classes, or non-finite values")
+        if expected is None:
+            raise ValueError("no checksum (written by an older wiseft)")
+        if weight_checksum(weight) != expected:
+            raise ValueError("its content does not match its checksum")
+        if not (weight.norm(dim=1) > 0).all():  # every row is a unit vector times the logit scale
+            raise ValueError("a class row is all zero")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own type for a truncated file
         log.warning("head cache %s is damaged (%s); rebuilding it", path, str(e).splitlines()[0] if str(e) else
                     type(e).__name__)
@@ -110,7 +131,7 @@ class PromptClassifier(Classifier):
 
     def __init__(self, encoder: torch.nn.Module, text: torch.nn.Module | None, tokenize: Callable[[list[str]], Any],
                  prompts: tuple[Sequence[str], Sequence[str]], logit_scale: float):
-        classnames, templates = prompts
+        classnames, templates = check_prompts(*prompts)
         super().__init__(encoder, torch.nn.Linear(1, len(classnames)))  # sized by rederive_head below
         self.text = text
         self.tokenize = tokenize

@@ -22,7 +22,7 @@ import torch
 
 from .config.merge import DEFAULT_CHUNK_BYTES, parse_size  # noqa: F401 - their home until issue 14
 from .config.merge import MergeConfig, merge_config
-from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path
+from .files import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path, writing
 from .files import safetensors_files as _resolve_safetensors
 from .merge import (MergeError, Step, TensorSpec, average_tensor, check_alpha, check_finite, check_weights,
                     interpolate_many, plan_merge, selection_of)
@@ -179,21 +179,24 @@ class _Output:
     def start_shard(self, i: int) -> None:
         self.close_shard()
         self.shard = i
-        self.handle = open(self.files[i], "wb")
-        header = _header_bytes(self.shards[i], self.metadata)
-        try:  # reserving the blocks up front makes writing several times faster on ext4
-            os.posix_fallocate(self.handle.fileno(), 0, len(header) + sum(s.spec.nbytes for s in self.shards[i]))
-        except (AttributeError, OSError):
-            pass
-        self.handle.write(header)
+        with writing(self.dest):  # disk full here is an error naming the output, not its temporary
+            self.handle = open(self.files[i], "wb")
+            header = _header_bytes(self.shards[i], self.metadata)
+            try:  # reserving the blocks up front makes writing several times faster on ext4
+                os.posix_fallocate(self.handle.fileno(), 0, len(header) + sum(s.spec.nbytes for s in self.shards[i]))
+            except (AttributeError, OSError):
+                pass
+            self.handle.write(header)
 
     def write(self, data: torch.Tensor) -> None:
-        self.handle.write(memoryview(data.numpy()))
+        with writing(self.dest):
+            self.handle.write(memoryview(data.numpy()))
 
     def close_shard(self) -> None:
         if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+            handle, self.handle = self.handle, None
+            with writing(self.dest):
+                handle.close()
 
     def commit(self) -> Path:
         self.close_shard()
@@ -206,7 +209,8 @@ class _Output:
         return self.dest
 
     def abort(self) -> None:
-        self.close_shard()
+        with contextlib.suppress(OSError):  # a full disk fails the close too: the temporary goes anyway
+            self.close_shard()
         with contextlib.suppress(MergeError):
             self._atomic.__exit__(MergeError, MergeError("aborted"), None)  # removes the temporary
 
@@ -281,7 +285,7 @@ def _open_outputs(dests: Sequence[Path], steps: list[Step], max_shard_bytes: int
         shards = _shards(steps, max_shard_bytes or DEFAULT_SHARD_BYTES) if not single else [steps]
         outs.append(_Output(dest, shards, meta, single))
     if len({len(o.shards) for o in outs}) > 1:  # all outputs advance in lockstep
-        for o in outs:
+        for o in reversed(outs):  # the last opened first: the first one made their folder
             o.abort()
         raise MergeError("outputs that are single files and sharded directories cannot be mixed in one sweep")
     return outs
@@ -307,7 +311,7 @@ def _run(ckpts: Sequence[SafetensorsCheckpoint], steps: list[Step], dests: Seque
         return [o.commit() for o in outs]
     except BaseException:
         reader.close()
-        for o in outs:
+        for o in reversed(outs):  # the last opened first: the first one made their folder
             o.abort()
         raise
 

@@ -156,7 +156,10 @@ def quick_config(cfg: RunConfig) -> RunConfig:
     """The settings of a quick run: one short epoch per fine-tune (a few steps), three
     alphas, and a run directory of its own (``OUTPUT_DIR-quick``), so a quick check never
     touches a real run's records or checkpoints."""
-    short = {"epochs": 1, "batch_size": min(cfg.finetune.batch_size, QUICK_BATCH), "micro_batch_size": None,
+    batch, micro = min(cfg.finetune.batch_size, QUICK_BATCH), cfg.finetune.micro_batch_size
+    # a micro-batch smaller than the quick batch is kept: it decides each forward pass's samples (dropout
+    # masks, padding), so one process reproduces a torchrun launch's numbers with it
+    short = {"epochs": 1, "batch_size": batch, "micro_batch_size": micro if micro and micro < batch else None,
              "warmup_steps": min(cfg.finetune.warmup_steps, 1), "save_every_steps": None, "keep_last": 1,
              "keep_epoch_checkpoints": False, "lp_epochs": None, "shots_per_class": None}
     finetune = cfg.finetune.model_copy(update=short)

@@ -4,6 +4,8 @@ on first look-up."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import importlib
 import re
@@ -42,6 +44,28 @@ def unknown_name(kind: str, name: object, candidates: Iterable[str]) -> str:
             + f"known: {', '.join(candidates)}")
 
 
+# set while a config is checked for everything its plug-ins do not decide (deferred_plugins)
+_DEFERRED: contextvars.ContextVar[bool] = contextvars.ContextVar("wiseft_plugins_deferred", default=False)
+
+
+@contextlib.contextmanager
+def deferred_plugins():
+    """Within it, a registry whose modules are not imported yet imports nothing: it takes
+    every name, and ``get`` gives an entry that takes any option. A config validated so is
+    checked for every error its plug-ins do not decide, without importing them (the dataset
+    and backbone modules import torch: seconds); the plug-in checks run on the full
+    validation that follows."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def _any_options(**options: Any) -> None:
+    """The stand-in entry of a deferred registry: takes any option."""
+
+
 class Registry(Generic[T]):
     """Named entries of one kind. An entry may declare facts about itself when it is
     registered (keyword arguments, read back with ``info``), so code that needs them
@@ -78,6 +102,8 @@ class Registry(Generic[T]):
     def info(self, name: str) -> Mapping[str, Any]:
         """What the entry ``name`` declared when it was registered (empty when nothing);
         a KeyError, as ``get`` gives, for a name not registered."""
+        if self._deferred():
+            return {}
         self.get(name)
         return dict(self._info.get(name, {}))
 
@@ -87,12 +113,17 @@ class Registry(Generic[T]):
             for m in self._modules:
                 importlib.import_module(m)
 
+    def _deferred(self) -> bool:
+        return bool(self._modules) and not self._loaded and _DEFERRED.get()
+
     def names(self) -> list[str]:
         """Every registered name, sorted."""
         self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        if self._deferred():
+            return True
         self._load()
         return name in self._entries
 
@@ -102,6 +133,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry, or a KeyError that suggests the closest name and lists the known ones."""
+        if self._deferred():
+            return self._entries.get(name, _any_options)  # type: ignore[return-value]
         self._load()
         if name not in self._entries:
             raise KeyError(self.unknown(name))

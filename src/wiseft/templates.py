@@ -18,6 +18,7 @@ import hashlib
 import json
 from typing import Sequence
 
+from .errors import WiseftError
 from .registry import Registry
 
 OPENAI_IMAGENET = (
@@ -195,6 +196,51 @@ def template_problem(template: object) -> str | None:
     except (IndexError, KeyError, ValueError):
         return f"template {template!r} must contain exactly one '{{}}' and no other braces"
     return None
+
+
+class PromptError(WiseftError):
+    """Class names or templates that cannot make a zero-shot head (the message says which)."""
+
+
+def classnames_problem(classnames: object, where: str = "{}") -> tuple[int | None, str] | None:
+    """Why ``classnames`` cannot name a head's classes, as (index or None, message), or None:
+    not a list of strings, empty, an empty name, or a name listed twice (``where`` formats
+    the index of the first listing, e.g. ``data.classnames.{}``). The config and the
+    library check the same rule."""
+    if isinstance(classnames, (str, bytes)) or not hasattr(classnames, "__iter__"):
+        return None, f"give a list of class names, not {type(classnames).__name__} {classnames!r}"
+    classnames = list(classnames)
+    if not classnames:
+        return None, "no class names; give at least one"
+    first: dict[str, int] = {}
+    for i, c in enumerate(classnames):
+        if not isinstance(c, str):
+            return i, f"class name {c!r} must be a string"
+        if not c.strip():
+            return i, "empty class name"
+        if c in first:
+            return i, f"class {c!r} is listed twice (also at {where.format(first[c])})"
+        first[c] = i
+    return None
+
+
+def check_prompts(classnames: Sequence[str], templates: str | Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
+    """The class names and templates a zero-shot head is built from, checked as ``wiseft run``
+    checks its config (PromptError naming the first problem); ``templates`` may name a set.
+
+    Example:
+        >>> check_prompts(["cat", "dog", "cat"], "simple")
+        Traceback (most recent call last):
+        PromptError: classnames[2]: class 'cat' is listed twice (also at classnames[0])
+    """
+    problem = classnames_problem(classnames, "classnames[{}]")
+    if problem:
+        i, msg = problem
+        raise PromptError(f"classnames{'' if i is None else f'[{i}]'}: {msg}")
+    try:
+        return list(classnames), get_templates(templates)
+    except (KeyError, ValueError) as e:
+        raise PromptError(f"templates: {e.args[0] if e.args else e}") from None
 
 
 def register_templates(name: str, templates: Sequence[str]) -> None:

@@ -15,8 +15,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from ..registry import did_you_mean
-from ..templates import TEMPLATES, template_problem
+from ..registry import deferred_plugins, did_you_mean
+from ..templates import TEMPLATES, classnames_problem, template_problem
 from .backbone import BackboneSpec
 from .datasets import DatasetSpec, describe_type
 from .errors import ConfigError, FieldError
@@ -52,13 +52,9 @@ class DataConfig(BaseModel):
         if isinstance(v, str) and not v.strip():
             raise FieldError((), "empty; give a list of class names or a file with one per line")
         if isinstance(v, list):
-            first: dict[str, int] = {}
-            for i, c in enumerate(v):
-                if not c.strip():
-                    raise FieldError((i,), "empty class name")
-                if c in first:
-                    raise FieldError((i,), f"class {c!r} is listed twice (also at data.classnames.{first[c]})")
-                first[c] = i
+            problem = classnames_problem(v, "data.classnames.{}")
+            if problem:
+                raise FieldError(() if problem[0] is None else (problem[0],), problem[1])
         return v
 
     @field_validator("templates")
@@ -289,4 +285,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    # first every check the plug-ins do not decide, without importing them (torch), so that
+    # most bad configs fail in a fraction of a second; then the whole validation
+    with deferred_plugins():
+        parse_config({k: v for k, v in data.items() if k != "merges"}, source=str(path),
+                     base_dir=path.parent.resolve())
     return parse_config(data, source=str(path), base_dir=path.parent.resolve())

@@ -215,6 +215,7 @@ def index_shard(path: str | Path) -> ShardIndex:
     index = _read_cached(cache, stamp)
     if index is None:
         index = {**stamp, **_scan(path)}
+        index["sha256"] = _index_checksum(index)
         try:
             atomic_write(cache, json.dumps(index))
         except OSError as e:  # a cache folder that cannot be written: the index lives in memory only
@@ -230,7 +231,18 @@ def _read_cached(cache: Path, stamp: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not isinstance(index, dict) or any(index.get(k) != v for k, v in stamp.items()):
         return None
-    return index if isinstance(index.get("members"), list) and isinstance(index.get("texts"), dict) else None
+    if not isinstance(index.get("members"), list) or not isinstance(index.get("texts"), dict):
+        return None
+    if index.get("sha256") != _index_checksum(index):  # edited, damaged, or written before the checksum
+        log.warning("the cached index %s does not match its checksum; rebuilding it", cache)
+        return None
+    return index
+
+
+def _index_checksum(index: dict[str, Any]) -> str:
+    """SHA-256 of a shard index's content (members and label texts, canonical JSON)."""
+    body = json.dumps([index["members"], index["texts"]], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _scan(path: Path) -> dict[str, Any]:

@@ -11,7 +11,9 @@ seeded once per micro-batch, by its first sample: exact on resume with the same
 number of processes, and seeding it per sample would cost more than a small model's step.
 Seeding is skipped for data that draws no random numbers (no random transform, or the
 linear head's features): :func:`draws_random_numbers` probes a few samples first, so
-such data runs exactly as a plain loop would.
+such data runs exactly as a plain loop would. The model's own draws (dropout) are seeded
+per micro-batch by its first sample (:func:`micro_batch_seed`), so they too depend on
+which samples a micro-batch holds, never on the process that runs it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def kshot_subset(dataset: LabeledDataset, shots: int, seed: int = 0) -> LabeledD
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 2_147_483_629 + index) % (2 ** 63)
+
+
+def micro_batch_seed(seed: int, epoch: int, mb: "MicroBatch") -> int:
+    """The seed of a micro-batch's forward pass (dropout): set by its first sample, so the
+    masks depend on which samples a micro-batch holds, never on the process that runs it
+    (one process accumulating two micro-batches draws what two processes draw)."""
+    first = mb.indices[0] if mb.indices else -1
+    return sample_seed(seed, epoch, first) ^ 0x2545F4914F6CDD1D  # a stream apart from the samples' own
 
 
 def draws_random_numbers(dataset: Dataset, probes: int = 3) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 from torch.utils.data import DataLoader, Dataset
 
 from ..config.finetune import FinetuneConfig
@@ -26,8 +28,8 @@ from ..runtime import autocast, device_of, to_device
 from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_same_trajectory, load_training_state, \
     rng_state, set_rng_state
 from .data import (BatchPlan, MicroBatch, PlanSampler, SeededSamples, SkipUnreadable, draws_random_numbers,
-                   resolve_batch)
-from .distributed import all_gather_objects, all_reduce_sum, current, wrap_model
+                   micro_batch_seed, resolve_batch)
+from .distributed import all_gather_objects, all_reduce_sum, current, freeze_unreached, wrap_model
 from .logs import MetricLog
 from .methods import EMA, ZeroShotL2, adamw, param_groups
 from .schedule import cosine_lr
@@ -79,6 +81,8 @@ class Trainer:
         self.data = SeededSamples(dataset, cfg.seed, seeded)
         if cfg.channels_last:
             module.to(memory_format=torch.channels_last)
+        if self.info.enabled and cfg.parallel == "ddp":
+            self._freeze_unreached(module)
         if cfg.compile:
             module.compile()
         self.module = module
@@ -96,6 +100,20 @@ class Trainer:
                  "%s", self.label, len(dataset), cfg.batch_size, micro, self.info.world, self.accum, self.total,
                  "random transform: seeded per sample" if seeded else "no random transform")
 
+    def _freeze_unreached(self, module: torch.nn.Module) -> None:
+        """Under DDP, freeze the parameters the model's output does not reach (found on the
+        set's first readable sample, the same on every process): DDP stops otherwise."""
+        state = random.getstate()  # the sample's fetch seeds Python's RNG
+        try:
+            inputs, _, _ = self.collate(self.data.__getitems__((0, (0,))))
+        finally:
+            random.setstate(state)
+        inputs = to_device(inputs, self.device, channels_last=self.cfg.channels_last)
+        unused = freeze_unreached(module, inputs)
+        if unused:
+            log.info("%s: %d parameters the output does not depend on are left out of training (%s)",
+                     self.label, len(unused), ", ".join(unused[:4]) + (", ..." if len(unused) > 4 else ""))
+
     # -- state ---------------------------------------------------------------------------------
     def state(self) -> dict:
         """Everything needed to continue after ``self.step`` steps (all ranks must call)."""
@@ -112,8 +130,11 @@ class Trainer:
         if state["total_steps"] != self.total:
             raise ResumeError(f"cannot resume from {path}: it plans {state['total_steps']} steps, this run "
                               f"{self.total} (did the training set change?)")
-        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(self.model, state["model"], options=StateDictOptions(full_state_dict=True))
+        # not strict: a parameter the output never reaches (BERT's pooler under mean pooling) has no
+        # optimizer state, in the checkpoint as in an uninterrupted run (AdamW never stepped it)
+        set_optimizer_state_dict(self.model, self.opt, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
         if self.ema:
             self.ema.load_state_dict(state["ema"])
         if state["scaler"]:
@@ -149,6 +170,7 @@ class Trainer:
                 self.model.set_requires_gradient_sync(True)
 
     def _micro_step(self, inputs, labels, mb: MicroBatch, sync: bool) -> torch.Tensor:
+        torch.manual_seed(micro_batch_seed(self.cfg.seed, self.step // self.plan.steps_per_epoch, mb))
         with self._grad_sync(sync):
             with autocast(self.device, self.cfg.precision):
                 logits = self.model(to_device(inputs, self.device, channels_last=self.cfg.channels_last))
