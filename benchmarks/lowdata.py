@@ -2,7 +2,7 @@
 (k in 4, 16, 64; several k-shot draws each), sweep the 11 alphas on the full test
 sets, and say per draw whether mixing beats both ends on the headline shift.
 
-The demo's pipeline and settings (MiniLM, BBC News, 64 tokens, bf16, lr 1e-4), one
+The demo's pipeline and settings (MiniLM, BBC News, its tokens and precision, lr 1e-4), one
 standard fine-tune (no aggressive variant), batch 16 and about 40-60 steps, scored on
 the articles (reference) and headlines (shift):
 
