@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,13 @@ def write_corrupt(root: Path) -> list[Path]:
     bad2 = root / "not_an_image.png"
     bad2.write_text("hello")
     return [bad1, bad2]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """A CSV file with a header from the first row's keys (the WILDS metadata layouts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path

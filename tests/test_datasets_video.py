@@ -38,7 +38,9 @@ def test_pm_k_scores_each_frame_against_its_own_labels():
     assert pm_k_accuracy(preds, anchors, {"b": {2}}).correct == 1
 
 
-def test_imagenet_vid_robust_layout_and_scores(tmp_path):
+def _vid_root(tmp_path):
+    """An ImageNet-Vid-Robust folder's class maps: 'airplane' from ImageNet classes 3 and 7,
+    'bear' from 5; its labels and frames are the test's own."""
     root = tmp_path / "imagenet-vid-robust"
     w = imagenet_wnids()
     (root / "misc").mkdir(parents=True)
@@ -46,6 +48,11 @@ def test_imagenet_vid_robust_layout_and_scores(tmp_path):
     (root / "misc" / "imagenet_vid_class_index.json").write_text(json.dumps({"0": ["v0", "airplane"],
                                                                              "1": ["v1", "bear"]}))
     (root / "misc" / "rev_wnid_map.json").write_text(json.dumps({"v0": [w[3], w[7]], "v1": [w[5]]}))
+    return root
+
+
+def test_imagenet_vid_robust_layout_and_scores(tmp_path):
+    root = _vid_root(tmp_path)
     (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0], "s1/1.JPEG": [0], "s2/0.JPEG": [1],
                                                                "s2/1.JPEG": [1], "s2/2.JPEG": [1]}))
     (root / "metadata" / "pmsets.json").write_text(json.dumps({"s1/0.JPEG": ["s1/0.JPEG", "s1/1.JPEG"],
@@ -118,13 +125,7 @@ def test_video_sets_get_the_class_restricted_x_axis(tmp_path):
 
     from wiseft.ensemble import class_restricted_scores
 
-    root = tmp_path / "imagenet-vid-robust"
-    w = imagenet_wnids()
-    (root / "misc").mkdir(parents=True)
-    (root / "metadata").mkdir()
-    (root / "misc" / "imagenet_vid_class_index.json").write_text(json.dumps({"0": ["v0", "airplane"],
-                                                                             "1": ["v1", "bear"]}))
-    (root / "misc" / "rev_wnid_map.json").write_text(json.dumps({"v0": [w[3], w[7]], "v1": [w[5]]}))
+    root = _vid_root(tmp_path)
     (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0]}))
     (root / "metadata" / "pmsets.json").write_text(json.dumps({"s1/0.JPEG": []}))
     write_image(root / "frames" / "s1" / "0.JPEG")

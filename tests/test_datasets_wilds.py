@@ -1,24 +1,15 @@
 """WILDS FMoW and iWildCam layouts, splits and metrics against hand values."""
 
-import csv
 import typing
 
 import pytest
 import torch
 
-from dataset_fixtures import write_image
+from dataset_fixtures import write_csv, write_image
 from wiseft.data import build_dataset
 from wiseft.data.base import DataError
 from wiseft.data.wilds import FMOW_CATEGORIES, FMOW_SPLITS, FmowSplit, iwildcam_classnames
 from wiseft.metrics import macro_f1, worst_group_accuracy
-
-
-def _csv(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 @pytest.fixture
@@ -29,9 +20,9 @@ def fmow_root(tmp_path):
         ("test", "airport", "FRA", 2017), ("test", "barn", "USA", 2016), ("test", "barn", "XXX", 2016),
         ("val", "dam", "AUS", 2014), ("test", "dam", "KEN", 2010),
     ]
-    _csv(root / "rgb_metadata.csv", [{"split": s, "category": c, "country_code": cc,
+    write_csv(root / "rgb_metadata.csv", [{"split": s, "category": c, "country_code": cc,
                                       "timestamp": f"{y}-03-01T10:00:00Z"} for s, c, cc, y in rows])
-    _csv(root / "country_code_mapping.csv", [{"alpha-3": a, "region": r} for a, r in
+    write_csv(root / "country_code_mapping.csv", [{"alpha-3": a, "region": r} for a, r in
                                              [("USA", "Americas"), ("KEN", "Africa"), ("FRA", "Europe"),
                                               ("AUS", "Oceania")]])
     for n in range(len(rows)):
@@ -74,7 +65,7 @@ def test_fmow_headline_is_worst_region_out_of_distribution_only(fmow_root, split
     """The paper's FMoW ID column is plain accuracy and its OOD column worst-region
     accuracy (Table 6; the reference's FMOWID/FMOWOOD, src/datasets/fmow.py, score
     subsets 'id_test' and 'test')."""
-    _csv(fmow_root / "fmow_v1.1" / "rgb_metadata.csv",
+    write_csv(fmow_root / "fmow_v1.1" / "rgb_metadata.csv",
          [{"split": s, "category": "dam", "country_code": "KEN", "timestamp": f"{y}-03-01T10:00:00Z"}
           for s, y in [("train", 2010), ("val", 2010), ("test", 2010), ("val", 2014), ("test", 2016)]])
     ds = build_dataset({"kind": "fmow", "root": str(fmow_root), "split": split})
@@ -85,7 +76,7 @@ def test_fmow_headline_is_worst_region_out_of_distribution_only(fmow_root, split
 def test_iwildcam_layout_and_macro_f1(tmp_path):
     root = tmp_path / "iwildcam_v2.0"
     rows = [("test", 0, "a.jpg"), ("test", 1, "b.jpg"), ("test", 1, "c.jpg"), ("train", 2, "d.jpg")]
-    _csv(root / "metadata.csv", [{"split": s, "y": y, "filename": f, "location_remapped": 0} for s, y, f in rows])
+    write_csv(root / "metadata.csv", [{"split": s, "y": y, "filename": f, "location_remapped": 0} for s, y, f in rows])
     for _, _, f in rows:
         write_image(root / "train" / f)
     ds = build_dataset({"kind": "iwildcam", "root": str(tmp_path)})

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset_fixtures import write_image, write_tree
+from dataset_fixtures import write_csv, write_image, write_tree
 from wiseft.data import build_dataset
 from wiseft.data.imagenet import imagenet_wnids
 from wiseft.ensemble import class_restricted_scores
@@ -52,16 +52,6 @@ PAPER = {
 }
 # shifts whose x axis is ImageNet accuracy on their own classes
 RESTRICTED_X = {"imagenet-r", "imagenet-a", "objectnet", "imagenet-vid-robust", "ytbb-robust"}
-
-
-def _csv(path, rows):
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _imagenet_family(root):
@@ -102,14 +92,14 @@ def _tiny(kind: str, tmp_path):
         (root / "food-101" / "meta" / "classes.txt").write_text("apple_pie\n")
         (root / "food-101" / "meta" / "test.txt").write_text("apple_pie/1\n")
     elif kind == "fmow":
-        _csv(root / "fmow_v1.1" / "rgb_metadata.csv",
+        write_csv(root / "fmow_v1.1" / "rgb_metadata.csv",
              [{"split": "test", "category": "dam", "country_code": "KEN", "timestamp": f"{y}-03-01T10:00:00Z"}
               for y in (2010, 2016)])
-        _csv(root / "fmow_v1.1" / "country_code_mapping.csv", [{"alpha-3": "KEN", "region": "Africa"}])
+        write_csv(root / "fmow_v1.1" / "country_code_mapping.csv", [{"alpha-3": "KEN", "region": "Africa"}])
         for n in range(2):
             write_image(root / "fmow_v1.1" / "images" / f"rgb_img_{n}.png")
     elif kind == "iwildcam":
-        _csv(root / "iwildcam_v2.0" / "metadata.csv",
+        write_csv(root / "iwildcam_v2.0" / "metadata.csv",
              [{"split": "test", "y": 1, "filename": "a.jpg", "location_remapped": 0}])
         write_image(root / "iwildcam_v2.0" / "train" / "a.jpg")
     elif kind == "imagenet-vid-robust":
