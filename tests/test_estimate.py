@@ -53,6 +53,9 @@ def test_each_stage_is_its_timed_work_scaled_by_the_plan_and_divided_by_the_proc
     text = estimate.estimate_text(got, torch.device("cpu"))
     assert text.startswith(f"  estimate: about {estimate.duration(sum(got.values()))} on 2 processes on cpu (")
     assert "fine-tune finetuned" in text and "sweep slow" in text
+    assert text.endswith("; from one timed training step and one batch of each set)")
+    reused = estimate.estimate_text({"sweep finetuned": 3.0}, torch.device("cpu"))
+    assert reused.endswith("(sweep finetuned 3.0 s; from one batch of each set)")
 
 
 def test_a_linear_probe_costs_one_feature_pass_and_a_reused_fine_tune_nothing(setup, monkeypatch):

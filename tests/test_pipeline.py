@@ -54,6 +54,8 @@ def test_run_writes_records_for_11_alphas(oc_run):
     assert compute["device"] == "cpu" and compute["native_bf16"] is False and compute["native_bf16_forced"] is False
     assert compute["torch"] == torch.__version__ and compute["cores"] >= 1 and compute["cpu"]
     assert (compute["evaluation_precision"], compute["finetune_precision"]) == ("fp32", "fp32")
+    assert compute["precision_why"]["finetuned"].startswith("auto: ") and "lacks native bf16" in \
+        compute["precision_why"]["evaluation"]
     summary = (oc_run / "summary.md").read_text()
     assert summary.startswith("| model | alpha | colors | noise | subset |")
     assert "precision: evaluation fp32, fine-tune finetuned fp32 (auto: " in summary

@@ -168,5 +168,5 @@ def estimate_text(stages: dict[str, float], device: torch.device) -> str:
     world = current().world
     where = f"{world} processes on {device.type}" if world > 1 else device.type
     parts = ", ".join(f"{k} {duration(v)}" for k, v in stages.items())
-    return (f"  estimate: about {duration(sum(stages.values()))} on {where} ({parts}; from one timed training "
-            f"step and one batch of each set)")
+    timed = "one timed training step and one batch" if any(k.startswith("fine-tune") for k in stages) else "one batch"
+    return f"  estimate: about {duration(sum(stages.values()))} on {where} ({parts}; from {timed} of each set)"

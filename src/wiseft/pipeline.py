@@ -308,7 +308,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
         zs = ZeroShotModels(backbone, data, cfg, device)
         model, theta_0 = zs.of(cfg.finetune)
     estimate = estimate_run(model, theta_0, backbone, data, cfg, runs, reused) if main_process else {}
-    provenance = _provenance(cfg, data, quick, device)
+    provenance = _provenance(cfg, data, quick, device, precisions)
 
     records: list[Record] = []
     zeroshot: dict = {}  # alpha = 0 is theta_0 for every fine-tune: scored once, reused by every sweep
@@ -417,11 +417,13 @@ def _start_run_dir(cfg: RunConfig, runs: dict, reused: set[str], main_process: b
     return results_path
 
 
-def _provenance(cfg: RunConfig, data: PreparedData, quick: bool, device: torch.device) -> dict[str, Any]:
+def _provenance(cfg: RunConfig, data: PreparedData, quick: bool, device: torch.device,
+                precisions: dict[str, PrecisionChoice]) -> dict[str, Any]:
     """What every record of the run carries: backbone, prompts, config hash, versions, and
     where it was computed (device, CPU and its bf16 flags, cores, torch, the evaluation's
-    precision; a sweep adds its fine-tune's)."""
-    compute = {**compute_info(device), "evaluation_precision": cfg.evaluation.precision}
+    precision and why each stage runs in its precision; a sweep adds its fine-tune's)."""
+    compute = {**compute_info(device), "evaluation_precision": cfg.evaluation.precision,
+               "precision_why": {stage: c.why for stage, c in precisions.items()}}
     return {"backbone": cfg.backbone.model_dump(), "templates_hash": templates_hash(data.templates),
             "config_hash": cfg.config_hash(), "versions": package_versions(), "compute": compute,
             **({"quick": True} if quick else {})}
