@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ def environment() -> dict[str, Any]:
     """The report as plain data (``wiseft env --json``)."""
     import torch
 
+    from .files import scratch_dir
     from .heads import head_cache_dir
     from .runtime import choose_precision, compute_info
 
@@ -44,7 +44,7 @@ def environment() -> dict[str, Any]:
                                                                 / 2**30, 1)} if d.type == "cuda" else {}),
                      "auto_precision": _auto(choose_precision, d)} for d in devices],
         "caches": {"heads": str(head_cache_dir()), "webdataset_index": str(head_cache_dir().parent / "webdataset"),
-                   "input_cache (disk mode, default)": tempfile.gettempdir(),
+                   "input_cache scratch (disk mode, default)": str(scratch_dir()),
                    "huggingface": os.environ.get("HF_HUB_CACHE", str(hf_home / "hub")),
                    "torch_hub": torch.hub.get_dir()},
         "variables": {k: os.environ[k] for k in VARIABLES if k in os.environ},
