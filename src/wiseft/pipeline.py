@@ -497,14 +497,25 @@ def _meta(cfg: RunConfig, data: PreparedData, alpha: float) -> dict[str, Any]:
 def checkpoint_paths(cfg: RunConfig, name: str) -> tuple[Path, Path]:
     """(final weights, training-checkpoint folder) of a fine-tuning run. The folder is
     named by the run's train key, so changed settings start afresh and the same
-    settings resume where an interrupted run stopped."""
+    settings resume where an interrupted run stopped; a config as written
+    (``precision: auto``) names the folder a run on this machine uses."""
     ckpts = Path(cfg.output_dir) / "checkpoints"
-    return ckpts / f"{name}.safetensors", ckpts / f"train_{name}_{cfg.train_key(name)}"
+    return ckpts / f"{name}.safetensors", ckpts / f"train_{name}_{train_key(cfg, name)}"
+
+
+def train_key(cfg: RunConfig, name: str) -> str:
+    """``cfg.train_key(name)`` of the run ``cfg`` describes on this machine: with
+    ``precision: auto`` resolved as :func:`run` resolves it (its device: ``cfg.device``, or
+    CUDA where there is one for 'auto')."""
+    if "auto" in {cfg.evaluation.precision, *(ft.precision for ft in cfg.finetune_runs().values())}:
+        device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        cfg = resolve_precisions(cfg, torch.device(device))[0]
+    return cfg.train_key(name)
 
 
 def _reusable(cfg: RunConfig, name: str) -> bool:
     ckpt, _ = checkpoint_paths(cfg, name)
-    return ckpt.exists() and read_meta(ckpt).get("train_key") == cfg.train_key(name)
+    return ckpt.exists() and read_meta(ckpt).get("train_key") == train_key(cfg, name)
 
 
 def _finetuned_state(name, ft_cfg, model, theta_0, data, backbone, cfg, run_dir: Path, progress) -> dict[str, torch.Tensor]:
@@ -533,6 +544,6 @@ def train_and_save(cfg: RunConfig, name: str, start: tuple, train: LabeledDatase
     state = {k: v.detach().clone() for k, v in finetuned_state(tuned).items()}  # LoRA: head and adapter factors
     if current().main:  # under torchrun every process holds the same weights; one writes them
         searched = getattr(tuned, "linear_probe", None)  # mode linear's L-BFGS search: C, validation accuracy
-        save_state(ckpt, state, {"train_key": cfg.train_key(name), **({"linear_probe": searched} if searched else {})})
+        save_state(ckpt, state, {"train_key": train_key(cfg, name), **({"linear_probe": searched} if searched else {})})
     barrier()
     return state
