@@ -166,7 +166,10 @@ def test_bf16_reports_the_difference_against_fp32(bb, folders, monkeypatch):
 
 def test_auto_evaluates_in_fp32_without_native_bf16_and_an_explicit_bf16_warns_of_its_cost(bb, folders, monkeypatch,
                                                                                               caplog):
+    from wiseft import runtime
+
     monkeypatch.setenv("WISEFT_NATIVE_BF16", "0")
+    runtime._warn_once.cache_clear()  # the warning is once per process: an earlier test may have had it
     model = _model(bb)
     theta_0, theta_1 = _thetas(model)
     fp32 = sweep(model, theta_0, theta_1, _sets(folders, "test"), ALPHAS, bb,

@@ -104,7 +104,7 @@ def test_records_name_the_machine(cpu):
 
 
 def test_a_deterministic_recipe_resolves_auto_to_fp32(cpu):
-    from wiseft.train.engine import resolved_recipe
+    from wiseft.train.loop import resolved_recipe
 
     cpu(EPYC)
     assert resolved_recipe(FinetuneConfig(), CPU).precision == "bf16"
@@ -133,3 +133,15 @@ def test_a_run_resolves_auto_once_and_its_train_key_says_what_ran(cpu, monkeypat
         assert f"evaluation {expect}, fine-tune finetuned {expect}, fine-tune fp16 fp16" in line
         assert "computed on: cpu " in line
     assert keys["bf16"] != keys["fp32"]  # a checkpoint trained in bf16 is not reused by an fp32 run
+
+
+def test_autocast_takes_a_resolved_precision_and_a_trainer_resolves_auto_once(cpu):
+    from wiseft.runtime import autocast
+    from wiseft.train.loop import Stage, Trainer
+
+    with pytest.raises(ValueError, match="resolve 'auto' with choose_precision first"):
+        autocast(CPU, "auto")
+    cpu(XEON)
+    trainer = Trainer(torch.nn.Linear(2, 2), [(torch.zeros(2), 0)] * 4, lambda b: b, FinetuneConfig(batch_size=2),
+                      Stage("e2e", 1, 1e-3), progress=False)
+    assert trainer.cfg.precision == "fp32"  # a stage resolves auto before its first step

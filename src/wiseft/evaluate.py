@@ -345,14 +345,13 @@ def build_input_cache(dataset: LabeledDataset, backbone: Backbone, *, batch_size
     try:
         _check_skipped(dataset, why)
     except ValueError:
-        if path is not None:
-            _remove(path)
+        release_scratch(path)
         raise
     cache = InputCache(torch.as_tensor([y for _, y in kept], dtype=torch.long),
                        torch.as_tensor([i for i, _ in kept], dtype=torch.long), why, data=data,
                        batches_=batches or None, finish=finish, path=path, shard=shard)
     if path is not None:
-        weakref.finalize(cache, _remove, path)
+        weakref.finalize(cache, release_scratch, path)
     return cache
 
 
@@ -453,10 +452,6 @@ def _allocate(example: torch.Tensor, n: int, mode: CacheMode, cache_dir, max_mem
         release_scratch(file)
         raise
     return torch.from_numpy(arr), file
-
-
-def _remove(path: Path) -> None:
-    release_scratch(path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -377,26 +377,39 @@ def _remove_all_scratch() -> None:
         release_scratch(path)
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signal.SIGTERM)  # unwinds: finally blocks and exit handlers remove scratch
+class Terminated(SystemExit):
+    """SIGTERM as an exception (exit code 143), raised in the main thread so that ``finally``
+    blocks and exit handlers (temporaries, scratch files, locks) run as for Ctrl-C; the
+    command line catches it to say so in one line."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: :class:`Terminated`."""
+    raise Terminated()
+
+
+def on_main_thread() -> bool:
+    """Whether this is the main thread (the only one that may install signal handlers)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _catch_sigterm() -> None:
-    import threading
-
     global _SIGTERM_BEFORE
-    if _SIGTERM_BEFORE is not None or threading.current_thread() is not threading.main_thread():
+    if _SIGTERM_BEFORE is not None or not on_main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # never over a handler someone else installed
-        _SIGTERM_BEFORE = signal.signal(signal.SIGTERM, _on_sigterm)
+        _SIGTERM_BEFORE = signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def _restore_sigterm() -> None:
-    import threading
-
     global _SIGTERM_BEFORE
-    if _SIGTERM_BEFORE is not None and threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+    if _SIGTERM_BEFORE is not None and on_main_thread():
+        if signal.getsignal(signal.SIGTERM) is raise_terminated:
             signal.signal(signal.SIGTERM, _SIGTERM_BEFORE)
         _SIGTERM_BEFORE = None
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .errors import WiseftError
+from .files import Terminated, on_main_thread, raise_terminated
 from .progress import configure_logging
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def call_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespa
     prints one line on stderr and returns 2; an I/O failure one line and 74 (77: permission
     denied); Ctrl-C one line and 130, SIGTERM 143. Anything else (a bug) raises."""
     configure_logging()
-    previous = signal.signal(signal.SIGTERM, _terminated) if _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if on_main_thread() else None
     try:
         return fn(args)
     except KeyboardInterrupt:
@@ -177,38 +178,19 @@ def call_command(fn: Callable[[argparse.Namespace], int], args: argparse.Namespa
         print("wiseft: terminated (SIGTERM); every file written so far is whole: run the same command again "
               "to continue", file=sys.stderr)
         return EXIT_TERMINATED
-    except OSError as e:
-        if isinstance(e, FileNotFoundError) or e.errno is None:
-            if not is_user_error(e):
-                raise
-            print(f"wiseft: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        message, code = describe_os_error(e)
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno is not None and not isinstance(e, FileNotFoundError):
+            message, code = describe_os_error(e)  # disk full, permission denied, ...: 74 or 77
+        elif is_user_error(e):
+            message, code = str(e), EXIT_USAGE
+        else:
+            raise
         print(f"wiseft: error: {message}", file=sys.stderr)
         return code
-    except Exception as e:
-        if not is_user_error(e):
-            raise
-        print(f"wiseft: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that ``finally`` blocks (temporaries, scratch
-    files, locks) run as for Ctrl-C."""
-
-
-def _terminated(signum, frame) -> None:
-    raise Terminated()
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from .runtime import PrecisionChoice, choose_precision, compute_info, describe_c
 from .results import MERGE, QUICK_BANNER, Record, append_records, package_versions, summary_table
 from .templates import get_templates, templates_hash
 from .train.checkpoints import check_resumable
+from .train.loop import finetune_precision
 from .train.distributed import barrier, current, init_distributed
 from .train.lora import finetuned_state
 
@@ -251,8 +252,7 @@ def resolve_precisions(cfg: RunConfig, device: torch.device) -> tuple[RunConfig,
     ('evaluation', then each fine-tune's name)."""
     choices = {"evaluation": choose_precision(cfg.evaluation.precision, device, allowed=("fp32", "bf16"))}
     for name, ft in cfg.finetune_runs().items():
-        choices[name] = (PrecisionChoice("fp32", "auto", "auto: deterministic runs fp32")
-                         if ft.precision == "auto" and ft.deterministic else choose_precision(ft.precision, device))
+        choices[name] = finetune_precision(ft, device)
     variants = {name: {**over, "precision": choices[name].precision} if "precision" in over else over
                 for name, over in cfg.variants.items()}
     return cfg.model_copy(update={
@@ -296,7 +296,8 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     runs = cfg.finetune_runs()
     run_dir = Path(cfg.output_dir)
     reused = {name for name in runs if _reusable(cfg, name)}
-    log.info("%s\n%s", plan_text(cfg, data, runs, reused, quick), precision_text(precisions, device))
+    computed = precision_text(precisions, device)  # the plan's and summary.md's lines
+    log.info("%s\n%s", plan_text(cfg, data, runs, reused, quick), computed)
 
     with clock("model load"):
         backbone = load_backbone(cfg.backbone)
@@ -338,7 +339,7 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
     export_dir = None
     if main_process:  # under torchrun every process holds the records; rank 0 writes
-        _write_summary(cfg, records, selected, quick, precision_text(precisions, device))
+        _write_summary(cfg, records, selected, quick, computed)
         if cfg.export:
             with clock("export"):
                 export_dir = _export(cfg, data, (zs.main, backbone, theta_0, kept["finetuned"]),

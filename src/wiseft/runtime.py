@@ -78,13 +78,17 @@ def cpu_flags() -> list[str]:
     return [f for f in _REPORTED_FLAGS if f in flags]
 
 
+def _forced_bf16() -> bool | None:
+    """What ``WISEFT_NATIVE_BF16=0|1`` says of native bf16, or None where it is not set."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    return forced == "1" if forced in ("0", "1") else None
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16, AMX or Arm BF16);
     ``WISEFT_NATIVE_BF16=0|1`` overrides the detection."""
-    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    return any(f in _cpuinfo()[1] for f in _BF16_FLAGS)
+    forced = _forced_bf16()
+    return forced if forced is not None else any(f in _cpuinfo()[1] for f in _BF16_FLAGS)
 
 
 def _native_bf16(device: torch.device) -> tuple[bool, str]:
@@ -95,9 +99,8 @@ def _native_bf16(device: torch.device) -> tuple[bool, str]:
         return has, f"{name} {'has' if has else 'lacks'} bf16"
     if device.type == "cpu":
         has = cpu_has_bf16()
-        forced = os.environ.get(NATIVE_BF16_ENV, "").strip() in ("0", "1")
         flags = [f for f in _BF16_FLAGS if f in _cpuinfo()[1]]
-        facts = (f"{NATIVE_BF16_ENV}={os.environ[NATIVE_BF16_ENV].strip()}" if forced else
+        facts = (f"{NATIVE_BF16_ENV}={int(has)}" if _forced_bf16() is not None else
                  ", ".join(flags) if flags else "no avx512_bf16/amx_bf16")
         return has, f"{cpu_name()} {'has' if has else 'lacks'} native bf16 ({facts})"
     return False, f"{device.type}: bf16 is not chosen automatically"
@@ -142,9 +145,8 @@ def compute_info(device: torch.device | str) -> dict[str, object]:
                                "cores": os.cpu_count(), "native_bf16": has_bf16, "torch": torch.__version__}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
-    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
-        info["native_bf16_forced"] = forced == "1"
+    if _forced_bf16() is not None:
+        info["native_bf16_forced"] = _forced_bf16()
     return info
 
 
@@ -173,12 +175,11 @@ def to_device(inputs, device: torch.device, *, channels_last: bool = False):
 
 
 def autocast(device: torch.device, precision: str):
-    """``torch.autocast`` for ``"bf16"``/``"fp16"``; a no-op context for ``"fp32"``
-    (``"auto"`` is resolved here by :func:`choose_precision`)."""
-    if precision == "auto":
-        precision = choose_precision(precision, device).precision
+    """``torch.autocast`` for ``"bf16"``/``"fp16"``; a no-op context for ``"fp32"``. A stage
+    resolves ``"auto"`` once (:func:`choose_precision`) before its steps; here it is an error."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} here (resolve 'auto' with "
+                         f"choose_precision first); got {precision!r}")
     dtype = _DTYPES.get(precision, torch.bfloat16)
     return torch.autocast(device.type, dtype=dtype, enabled=precision in _DTYPES)
 

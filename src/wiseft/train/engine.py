@@ -18,7 +18,7 @@ from ..config.finetune import FinetuneConfig
 from ..data.base import LabeledDataset
 from ..files import hold
 from ..heads import Classifier, PromptClassifier
-from ..runtime import choose_precision, deterministic_numerics, device_of
+from ..runtime import deterministic_numerics, device_of
 from .checkpoints import CheckpointDir, ResumeError, load_training_state
 from .data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from .distributed import all_gather_rows, current
@@ -26,7 +26,7 @@ from .features import compute_features
 from .flyp import FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
 from .logs import MetricLog
 from .lora import inject_lora
-from .loop import Stage, Trainer
+from .loop import Stage, Trainer, resolved_recipe
 from .probe import search_linear_probe
 
 log = logging.getLogger("wiseft")
@@ -96,15 +96,6 @@ def run_finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, c
             metrics.close()
     tuned.eval()
     return tuned
-
-
-def resolved_recipe(cfg: FinetuneConfig, device: torch.device) -> FinetuneConfig:
-    """``cfg`` with its precision as it runs on ``device``: ``auto`` resolved by
-    ``runtime.choose_precision`` (fp32 when ``deterministic``); an explicit one kept."""
-    if cfg.precision == "auto" and cfg.deterministic:
-        return cfg.model_copy(update={"precision": "fp32"})
-    chosen = choose_precision(cfg.precision, device).precision  # an emulated explicit choice warns here
-    return cfg if chosen == cfg.precision else cfg.model_copy(update={"precision": chosen})
 
 
 class _Context:

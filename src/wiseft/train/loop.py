@@ -24,7 +24,7 @@ from ..config.finetune import FinetuneConfig
 from ..data.folders import check_unreadable
 from ..errors import WiseftError
 from ..progress import progress_bar
-from ..runtime import autocast, device_of, to_device
+from ..runtime import PrecisionChoice, autocast, choose_precision, device_of, to_device
 from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_same_trajectory, load_training_state, \
     rng_state, set_rng_state
 from .data import (BatchPlan, MicroBatch, PlanSampler, SeededSamples, SkipUnreadable, draws_random_numbers,
@@ -55,6 +55,20 @@ class Stage:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
+def finetune_precision(cfg: FinetuneConfig, device: torch.device) -> PrecisionChoice:
+    """The precision a fine-tune runs in on ``device``: ``runtime.choose_precision``, and
+    fp32 for ``auto`` when ``deterministic``. An emulated explicit choice warns here."""
+    if cfg.precision == "auto" and cfg.deterministic:
+        return PrecisionChoice("fp32", "auto", "auto: deterministic runs fp32")
+    return choose_precision(cfg.precision, device)
+
+
+def resolved_recipe(cfg: FinetuneConfig, device: torch.device) -> FinetuneConfig:
+    """``cfg`` with its precision as it runs on ``device`` (:func:`finetune_precision`)."""
+    chosen = finetune_precision(cfg, device).precision
+    return cfg if chosen == cfg.precision else cfg.model_copy(update={"precision": chosen})
+
+
 class Trainer:
     """Trains ``module`` in place on ``dataset`` for one stage.
 
@@ -65,6 +79,7 @@ class Trainer:
     def __init__(self, module: torch.nn.Module, dataset: Dataset, collate: Callable, cfg: FinetuneConfig,
                  stage: Stage, *, checkpoints: CheckpointDir | None = None, metrics: MetricLog | None = None,
                  progress: bool = True, label: str | None = None):
+        cfg = resolved_recipe(cfg, device_of(module))  # precision auto, resolved once for the stage
         self.cfg, self.stage, self.collate = cfg, stage, SkipUnreadable(collate)
         # unreadable samples are skipped and counted; more than this fraction of the set is an error
         # (set from data.max_unreadable by the pipeline; None: no limit)
