@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from typing import Any, Sequence
 
 import torch
@@ -23,6 +22,7 @@ from .evaluate import numerics
 from .heads import Classifier
 from .progress import duration
 from .runtime import autocast, to_device
+from .train.data import kshot_subset
 from .train.distributed import current
 from .train.methods import adamw
 
@@ -98,11 +98,13 @@ def estimate_stages(model: Classifier, theta_0: dict[str, torch.Tensor], backbon
     """Seconds each stage of the run should take (fine-tunes, sweeps, merges), on this
     process's share under torchrun. ``cfg``'s precisions are resolved (no ``auto``)."""
     ev = cfg.evaluation
-    per_set = {e.name: _eval_seconds(model, e.dataset, backbone, ev.precision) for e in data.evalsets if len(e.dataset)}
-    one_pass = {name: len(e.dataset) * per_set[name][0] for e in data.evalsets if (name := e.name) in per_set}
-    decode = sum(len(e.dataset) * per_set[e.name][1] for e in data.evalsets if e.name in per_set)
-    check = (_FP32_OVER_BF16 * sum(min(ev.fp32_check, len(e.dataset)) * per_set[e.name][0]
-                                   for e in data.evalsets if e.name in per_set) if ev.precision == "bf16" else 0.0)
+    one_pass, decode, check = {}, 0.0, 0.0  # seconds: each set's forward pass, decoding them all, the bf16 check
+    for e in data.evalsets:
+        if len(e.dataset):
+            forward, decoding = _eval_seconds(model, e.dataset, backbone, ev.precision)
+            one_pass[e.name] = len(e.dataset) * forward
+            decode += len(e.dataset) * decoding
+            check += _FP32_OVER_BF16 * min(ev.fp32_check, len(e.dataset)) * forward if ev.precision == "bf16" else 0.0
     stages: dict[str, float] = {}
     cost: dict[str, float] = {}  # per training example: a step at each precision, a forward pass ('features')
     for i, (name, ft) in enumerate(runs.items()):
@@ -124,8 +126,7 @@ def _finetune_seconds(model, theta_0, train: LabeledDataset, backbone: Backbone,
     feature pass; LP-FT both. Each cost is timed once per run and kept in ``cost``."""
     if not len(train):
         return 0.0
-    per_class = Counter(y for _, y in train.samples)
-    n = sum(min(c, ft.shots_per_class) for c in per_class.values()) if ft.shots_per_class else len(train)
+    n = len(kshot_subset(train, ft.shots_per_class, ft.shots_seed)) if ft.shots_per_class else len(train)
     seconds = 0.0
     if ft.mode in ("linear", "lp-ft"):
         if "features" not in cost:

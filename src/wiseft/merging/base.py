@@ -210,8 +210,6 @@ def _check_inputs(method: MergeMethod, inputs: TensorInputs) -> None:
                          f"(tensor {key!r})")
     if method.needs_base and inputs.base is None:
         raise MergeError(f"merge method {method.name!r} needs a base (theta_0) tensor; none given for {key!r}")
-    if len(inputs.weights) != n:
-        raise MergeError(f"{len(inputs.weights)} weights for {n} models (tensor {key!r})")
     check_weights(inputs.weights, n, average=method.average_weights, who=f"merge method {method.name!r}")
     if not method.weighted and any(w != 1.0 for w in inputs.weights):
         raise MergeError(f"merge method {method.name!r} takes no per-model weights; got {list(inputs.weights)} "
