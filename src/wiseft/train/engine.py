@@ -196,7 +196,8 @@ def sharded_features(encoder: torch.nn.Module, train: LabeledDataset, backbone: 
                      cfg: FinetuneConfig, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``compute_features`` over the whole set, each process encoding every world-th sample."""
     info = current()
-    kw = dict(precision=cfg.precision, num_workers=cfg.num_workers, progress=progress and info.main)
+    precision = resolved_recipe(cfg, device_of(encoder)).precision  # the stage's precision, auto resolved
+    kw = dict(precision=precision, num_workers=cfg.num_workers, progress=progress and info.main)
     if not info.enabled:
         return compute_features(encoder, train, backbone, batch_size, **kw)
     n = len(train)
