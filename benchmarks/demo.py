@@ -59,7 +59,7 @@ def duration(seconds: float) -> str:
 def run_demo(out: Path, quick: bool) -> tuple[dict[str, float], dict[str, float], Path]:
     """Run the demo into ``out`` (removed first) and time the report too."""
     import wiseft
-    from wiseft.cli import DEMO_CONFIG
+    from wiseft.cli.app import DEMO_CONFIG
     from wiseft.config import load_config
 
     cfg = load_config(DEMO_CONFIG, {"output_dir": str(out)})

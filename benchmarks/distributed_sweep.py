@@ -38,10 +38,10 @@ def inner(args) -> None:
     """One process of a launch: two timed sweeps; rank 0 writes times and records."""
     import open_clip
     import torch
-
     from multi_alpha import ALPHAS, MODELS, case
-    from wiseft.evaluate import SweepSettings, sweep
-    from wiseft.train.distributed import barrier, init_distributed
+
+    from wiseft.evaluation import SweepSettings, sweep
+    from wiseft.runtime import barrier, init_distributed
 
     info, device = init_distributed(args.device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,7 @@ are the model's, not a data pipeline's. The stages, in order:
 3. eval, one alpha at a time: for each alpha, ``Interpolator.load_into`` then a bf16
    forward over every batch (batches kept in host memory, pinned on a GPU, as the
    sweep's input cache keeps them, and moved per alpha), as ``evaluate.sweep`` runs.
-4. eval, several alphas per pass: ``wiseft.multi_alpha.MultiAlpha`` over the same
+4. eval, several alphas per pass: ``wiseft.merge.stacked.MultiAlpha`` over the same
    batches (each moved once; stacking the weights included in the time), vmapped and
    looped; the speed-up is against stage 3, and the logits are checked against it.
 5. compile: ViT-B/16's training step under ``torch.compile``: steady-state images/s
@@ -57,8 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from wiseft.heads import Classifier
-from wiseft.merge import Interpolator
-from wiseft.multi_alpha import MultiAlpha, MultiAlphaSettings
+from wiseft.merge import Interpolator, MultiAlpha, MultiAlphaSettings
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s;
 # the first name contained in the device name wins, so longer names come first.

@@ -24,7 +24,7 @@ EPOCHS = {4: 20, 16: 10, 64: 3}  # about 40, 50 and 60 steps of 16 articles
 
 def run_one(k: int, seed: int, out: Path):
     import wiseft
-    from wiseft.cli import DEMO_CONFIG
+    from wiseft.cli.app import DEMO_CONFIG
 
     epochs = EPOCHS.get(k, max(1, round(800 / (5 * k))))
     cfg = wiseft.load_config(DEMO_CONFIG, {
@@ -37,7 +37,7 @@ def run_one(k: int, seed: int, out: Path):
 
 
 def row(records, alpha: float, dataset: str):
-    from wiseft.robustness import clopper_pearson
+    from wiseft.report import clopper_pearson
 
     r = next(r for r in records if r.alpha == alpha and r.dataset == dataset and r.metric == "top1")
     lo, hi = clopper_pearson(r.correct, r.total)

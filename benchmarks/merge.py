@@ -87,7 +87,7 @@ def _child(engine: str, model: str, alphas: list[float], workdir: Path) -> dict:
     if engine == "out_of_core":
         from safetensors import safe_open
 
-        from wiseft.merge_files import write_interpolations
+        from wiseft.merge import write_interpolations
 
         dests = {a: workdir / f"out_{i}.safetensors" for i, a in enumerate(alphas)}
         base = _status_kb("VmRSS")
@@ -179,7 +179,7 @@ def _machine() -> str:
 
 def _ramps(alphas: list[float]) -> list:
     """One depth ramp per alpha: alpha - 0.2 at the embeddings to alpha + 0.2 after the last block."""
-    from wiseft.merging.linear import LinearParams
+    from wiseft.merge.methods.linear import LinearParams
 
     return [LinearParams(ramp=(max(0.0, a - 0.2), min(1.0, a + 0.2))) for a in alphas]
 

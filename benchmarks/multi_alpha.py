@@ -39,8 +39,8 @@ import torch
 from PIL import Image
 
 from wiseft.backbones import load_backbone
-from wiseft.data.base import LabeledDataset
-from wiseft.evaluate import EvalSet, SweepSettings, sweep
+from wiseft.data import LabeledDataset
+from wiseft.evaluation import EvalSet, SweepSettings, sweep
 from wiseft.heads import Classifier
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]

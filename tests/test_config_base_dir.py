@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_config
+
 from wiseft.config import RunConfig, load_config, parse_config
-from wiseft.pipeline import quick_config
+from wiseft.pipeline.main import quick_config
 
 SPEC = {"family": "open_clip", "name": "tiny", "pretrained": "/weights/tiny.safetensors"}
 

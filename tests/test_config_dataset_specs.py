@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-
 from conftest import run_config, write_image_folder
+
 from wiseft.config import ConfigError, DatasetSpec, parse_config
-from wiseft.data.base import DATASETS, DataError, build_dataset
+from wiseft.data import DataError, build_dataset
+from wiseft.data.base import DATASETS
 
 SPEC = {"family": "open_clip", "name": "tiny", "pretrained": "/weights/tiny.safetensors"}
 

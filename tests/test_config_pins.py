@@ -11,8 +11,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from conftest import run_config
+
 from wiseft.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from PIL import Image
 import torch
-
 from conftest import write_image_folder
+from PIL import Image
+
 from wiseft.data import DataError, build_dataset, build_projection, split_holdout
 
 
@@ -104,7 +104,7 @@ def test_registries_list_every_kind():
 def test_class_names_given_as_a_tuple_are_a_list_as_given(tmp_path):
     # an image folder given its classes as a tuple (DatasetSpec lets a Sequence through)
     # read the tuple as a path before
-    from wiseft.data.base import read_classnames
+    from wiseft.data import read_classnames
     from wiseft.data.folders import image_folder
 
     assert read_classnames(("b", "a")) == ["b", "a"]

@@ -5,8 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from wiseft.data import build_dataset
-from wiseft.data.base import DataError
+from wiseft.data import DataError, build_dataset
 from wiseft.data.cifar import CIFAR10_CLASSES
 
 

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from dataset_fixtures import write_image, write_tree
 from PIL import Image
 
-from dataset_fixtures import write_image, write_tree
-from wiseft.data import build_dataset
-from wiseft.data.base import DataError, build_projection
+from wiseft.data import DataError, build_dataset, build_projection
 from wiseft.data.imagenet import imagenet_classnames, imagenet_wnids, objectnet_classes
 
 W = imagenet_wnids()

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
 from dataset_fixtures import write_image
-from wiseft.data import build_dataset
-from wiseft.data.base import DataError
+
+from wiseft.data import DataError, build_dataset
 
 
 def test_dtd(tmp_path):

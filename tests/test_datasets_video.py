@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-
 from dataset_fixtures import write_image
-from wiseft.data import build_dataset
-from wiseft.data.base import DataError
+
+from wiseft.core import pm_k_accuracy
+from wiseft.data import DataError, build_dataset
 from wiseft.data.imagenet import imagenet_wnids
-from wiseft.metrics import pm_k_accuracy
 
 
 def test_pm_k_by_hand():
@@ -123,7 +122,7 @@ def test_video_sets_get_the_class_restricted_x_axis(tmp_path):
     records it on the reference set as top1_on_<set>_classes."""
     from types import SimpleNamespace
 
-    from wiseft.ensemble import class_restricted_scores
+    from wiseft.evaluation.ensemble import class_restricted_scores
 
     root = _vid_root(tmp_path)
     (root / "metadata" / "labels.json").write_text(json.dumps({"s1/0.JPEG": [0]}))

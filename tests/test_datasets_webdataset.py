@@ -13,18 +13,25 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import COLORS, run_config, write_image_folder
 from PIL import Image
 
-from conftest import COLORS, run_config, write_image_folder
 from wiseft import run
 from wiseft.config import parse_config
-from wiseft.data.base import DataError, build_dataset
-from wiseft.data.folders import TooManyUnreadable, UnreadableImage, image_folder, load_image
-from wiseft.data.webdataset import (TarMember, expand_braces, index_cache_dir, index_shard, load_member, shard_paths,
-                                    webdataset)
-from wiseft.evaluate import build_input_cache
-from wiseft.finetune import FinetuneConfig
-from wiseft.train.loop import Stage, Trainer
+from wiseft.data import DataError, build_dataset, load_image
+from wiseft.data.folders import TooManyUnreadable, UnreadableImage, image_folder
+from wiseft.data.webdataset import (
+    TarMember,
+    expand_braces,
+    index_cache_dir,
+    index_shard,
+    load_member,
+    shard_paths,
+    webdataset,
+)
+from wiseft.evaluation import build_input_cache
+from wiseft.train import Stage, Trainer
+from wiseft.train.engine import FinetuneConfig
 
 SORTED = sorted(COLORS)  # an image folder's classes: its sorted folder names
 

@@ -4,12 +4,11 @@ import typing
 
 import pytest
 import torch
-
 from dataset_fixtures import write_csv, write_image
-from wiseft.data import build_dataset
-from wiseft.data.base import DataError
+
+from wiseft.core import macro_f1, worst_group_accuracy
+from wiseft.data import DataError, build_dataset
 from wiseft.data.wilds import FMOW_CATEGORIES, FMOW_SPLITS, FmowSplit, iwildcam_classnames
-from wiseft.metrics import macro_f1, worst_group_accuracy
 
 
 @pytest.fixture

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
-from wiseft.evaluate import InputCache, Shard, _cached_outputs, build_input_cache
-from wiseft.train.distributed import all_gather_rows
+
+from wiseft.evaluation import InputCache, build_input_cache
+from wiseft.evaluation.alpha_sweep import Shard, _cached_outputs
+from wiseft.runtime import all_gather_rows
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 needs_torchrun = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
@@ -32,9 +33,9 @@ if os.environ.get("OC_DIR"):
     open_clip.add_model_config(os.environ["OC_DIR"])
 from wiseft.backbones import load_backbone
 from wiseft.config import load_config
-from wiseft.evaluate import SweepSettings, _cached_outputs, sweep
-from wiseft.pipeline import build_zeroshot_model, prepare_data
-from wiseft.train.distributed import all_gather_objects, current, init_distributed
+from wiseft.evaluation.alpha_sweep import SweepSettings, _cached_outputs, sweep
+from wiseft.pipeline.main import build_zeroshot_model, prepare_data
+from wiseft.runtime.distributed import all_gather_objects, current, init_distributed
 
 cfg = load_config(sys.argv[1])
 info, device = init_distributed("cpu")
@@ -211,7 +212,7 @@ def test_torchrun_wiseft_run_trains_and_sweeps_as_one_process(tiny_hf_clip_dir, 
 def test_under_torchrun_only_rank_0_logs_progress(monkeypatch):
     import logging
 
-    from wiseft.progress import configure_logging
+    from wiseft.core import configure_logging
 
     logger = logging.getLogger("wiseft")
     before = logger.level
@@ -228,9 +229,9 @@ MIXED = r'''
 import sys
 import torch
 from wiseft.data.base import LabeledDataset
-from wiseft.evaluate import EvalSet, sweep
+from wiseft.evaluation.alpha_sweep import EvalSet, sweep
 from wiseft.heads import Classifier
-from wiseft.train.distributed import DistributedError, init_distributed
+from wiseft.runtime.distributed import DistributedError, init_distributed
 
 info, _ = init_distributed("cpu")
 torch.manual_seed(info.rank if sys.argv[1] == "weights" else 0)  # "weights": each process its own random model
@@ -264,13 +265,13 @@ def test_processes_that_hold_different_weights_or_data_stop_with_a_named_error(t
 def test_processes_on_one_machine_share_its_memory_budget_and_cores(monkeypatch):
     # under torchrun, 'auto' caches in memory within half the available memory shared by the
     # launch's processes on this machine, and the default loader workers share its cores
-    from wiseft.train.distributed import DistInfo
+    from wiseft.runtime.distributed import DistInfo
 
-    ev = sys.modules["wiseft.evaluate"]  # the module (wiseft.evaluate is also the function's name)
+    ev = sys.modules["wiseft.evaluation.alpha_sweep"]  # the module (wiseft.evaluation.alpha_sweep is also the function's name)
 
     monkeypatch.setattr(ev, "_available_memory", lambda: 800)
     monkeypatch.setattr(ev, "current", lambda: DistInfo(0, 8, 0))
-    monkeypatch.setattr("wiseft.train.distributed.current", lambda: DistInfo(0, 8, 0))
+    monkeypatch.setattr("wiseft.runtime.distributed.current", lambda: DistInfo(0, 8, 0))
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     example = torch.zeros(10, dtype=torch.uint8)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
@@ -288,7 +289,7 @@ def test_text_batches_are_read_in_the_chunks_they_were_collated_in():
     # size still pairs each batch with its own labels
     from types import SimpleNamespace
 
-    from wiseft.data.base import LabeledDataset
+    from wiseft.data import LabeledDataset
 
     ds = LabeledDataset([(f"text {i}", i % 3) for i in range(10)], ["a", "b", "c"], name="texts")
     backbone = SimpleNamespace(transform_eval=lambda x: x,
@@ -306,7 +307,7 @@ import sys
 import torch
 from wiseft.config.finetune import FinetuneConfig
 from wiseft.data.base import LabeledDataset
-from wiseft.train.distributed import init_distributed
+from wiseft.runtime.distributed import init_distributed
 from wiseft.train.engine import sharded_features
 from wiseft.train.features import compute_features
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
-from wiseft.train.distributed import freeze_unreached
+
+from wiseft.runtime import freeze_unreached
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 needs_torchrun = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
@@ -32,7 +32,7 @@ ENTRY = ("import os, sys\n"
          "if os.environ.get('OC_DIR'):\n"
          "    import open_clip\n"
          "    open_clip.add_model_config(os.environ['OC_DIR'])\n"
-         "from wiseft.cli import main\n"
+         "from wiseft.cli.app import main\n"
          "sys.exit(main())\n")
 
 

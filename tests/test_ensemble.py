@@ -6,16 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wiseft.data.base import LabeledDataset, Projection
-from wiseft.ensemble import (
+from wiseft.core import Score
+from wiseft.data import LabeledDataset, Projection
+from wiseft.evaluation import EvalSet
+from wiseft.evaluation.alpha_sweep import _records
+from wiseft.evaluation.ensemble import (
     OUTPUT_ENSEMBLE,
     class_restricted_score,
     class_restricted_scores,
     output_ensemble_name,
     output_ensemble_scores,
 )
-from wiseft.evaluate import EvalSet, _records
-from wiseft.metrics import Score
 
 
 def _set(name, role, labels, n_classes=3, projection=None):

@@ -7,7 +7,7 @@ import pkgutil
 
 import wiseft
 from wiseft.cli import main
-from wiseft.errors import WiseftError
+from wiseft.core import WiseftError
 
 
 def _modules():
@@ -36,9 +36,8 @@ def test_cli_reports_a_named_error_in_one_line(capsys):
 
 def test_wiseft_list_prints_every_registry(capsys):
     from wiseft.backbones.base import BACKBONES
+    from wiseft.core import MERGE_METHODS, TEMPLATES
     from wiseft.data.base import DATASETS
-    from wiseft.registry import MERGE_METHODS
-    from wiseft.templates import TEMPLATES
 
     assert main(["list"]) == 0
     lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())

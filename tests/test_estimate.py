@@ -8,17 +8,17 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import run_config
-from wiseft import estimate
+
 from wiseft.backbones import load_backbone
 from wiseft.config import parse_config
-from wiseft.train.distributed import DistInfo
+from wiseft.pipeline import estimate
+from wiseft.runtime.distributed import DistInfo
 
 
 @pytest.fixture
 def setup(open_clip_spec, image_data, tmp_path):
-    import wiseft.pipeline as pipeline
+    import wiseft.pipeline.main as pipeline
 
     def make(**overrides):
         cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run", **overrides))

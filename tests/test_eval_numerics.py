@@ -1,4 +1,4 @@
-"""One context manager for the numeric flags (wiseft.runtime.deterministic_numerics):
+"""One context manager for the numeric flags (wiseft.runtime.device.deterministic_numerics):
 evaluation's fp32 (deterministic algorithms, warnings where an op has none) and
 training's deterministic mode (strict, plus cudnn.deterministic and cuBLAS's workspace)
 set them, and every flag is restored on exit, an exception included."""
@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from wiseft.evaluate import numerics
+from wiseft.evaluation import numerics
 from wiseft.runtime import deterministic_numerics
 from wiseft.train.engine import deterministic
 

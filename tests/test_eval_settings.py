@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 import yaml
-
 from conftest import COLORS, run_config
+
 from wiseft.backbones import load_backbone
 from wiseft.config import EvalConfig
-from wiseft.evaluate import EvalSet, EvalSettings, SweepSettings, evaluate, evaluate_records, sweep
+from wiseft.evaluation import EvalSet, EvalSettings, SweepSettings, evaluate, evaluate_records, sweep
 from wiseft.heads import Classifier, zeroshot_head
 
 ALPHAS = [0.0, 1.0]
@@ -60,7 +60,7 @@ def _sets(image_data):
 @pytest.fixture
 def loaders(monkeypatch):
     """The ``num_workers`` of every DataLoader the evaluation engine builds."""
-    ev = sys.modules["wiseft.evaluate"]
+    ev = sys.modules["wiseft.evaluation.alpha_sweep"]
     built, real = [], ev.DataLoader
 
     def spy(*args, **kwargs):
@@ -97,8 +97,8 @@ def test_cached_evaluation_loads_with_the_workers_asked_for(setup, image_data, l
 
 def test_evaluate_command_puts_its_disk_cache_in_the_configs_cache_dir(setup, open_clip_spec, image_data,
                                                                        tmp_path, capsys):
-    from wiseft.checkpoint import export_model
     from wiseft.cli import main
+    from wiseft.heads import export_model
 
     bb, model, theta_0, _ = setup
     model.load_state_dict(theta_0)

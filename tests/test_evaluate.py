@@ -6,15 +6,15 @@ import sys
 
 import pytest
 import torch
-
 from conftest import COLORS, write_image_folder
 from dataset_fixtures import write_corrupt
+
 from wiseft.backbones import load_backbone
-from wiseft.data import build_dataset
-from wiseft.data.base import DataError
-from wiseft.evaluate import EvalSet, SweepSettings, build_input_cache, evaluate, predict_logits, split_transform, sweep
+from wiseft.core import Score
+from wiseft.data import DataError, build_dataset
+from wiseft.evaluation import EvalSet, SweepSettings, build_input_cache, evaluate, predict_logits, sweep
+from wiseft.evaluation.alpha_sweep import split_transform
 from wiseft.heads import Classifier, zeroshot_head
-from wiseft.metrics import Score
 
 ALPHAS = [0.0, 0.5, 1.0]
 QUIET = SweepSettings(progress=False)
@@ -41,7 +41,7 @@ def _model(bb):
 
 
 def _sets(folders, *names):
-    from wiseft.data.base import build_projection
+    from wiseft.data import build_projection
 
     out = []
     for n in names:
@@ -166,7 +166,7 @@ def test_bf16_reports_the_difference_against_fp32(bb, folders, monkeypatch):
 
 def test_auto_evaluates_in_fp32_without_native_bf16_and_an_explicit_bf16_warns_of_its_cost(bb, folders, monkeypatch,
                                                                                               caplog):
-    from wiseft import runtime
+    from wiseft.runtime import device as runtime
 
     monkeypatch.setenv("WISEFT_NATIVE_BF16", "0")
     runtime._warn_once.cache_clear()  # the warning is once per process: an earlier test may have had it
@@ -187,7 +187,7 @@ def test_auto_evaluates_in_fp32_without_native_bf16_and_an_explicit_bf16_warns_o
 def test_text_inputs_need_no_torchvision():
     """The demo's install (`.[demo]`, a text model) has no torchvision: evaluating must not import it."""
     code = ("import sys; sys.modules['torchvision'] = None\n"
-            "from wiseft.evaluate import split_transform\n"
+            "from wiseft.evaluation.alpha_sweep import split_transform\n"
             "identity = lambda x: x\n"
             "assert split_transform(identity) == (identity, None)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -196,7 +196,7 @@ def test_text_inputs_need_no_torchvision():
 
 @pytest.mark.parametrize("linear", [False, True])
 def test_alpha_zero_is_scored_once_for_every_fine_tune(bb, folders, monkeypatch, linear):
-    ev = sys.modules["wiseft.evaluate"]  # the package exports a function of the same name
+    ev = sys.modules["wiseft.evaluation.alpha_sweep"]  # the package exports a function of the same name
 
     model = _model(bb)
     theta_0, theta_1 = _thetas(model, end_to_end=not linear)

@@ -18,8 +18,9 @@ import yaml
 from safetensors.torch import save_file
 
 from wiseft.cli import main
-from wiseft.files import atomic_path, named_io_error, write_with
-from wiseft.launch import EXIT_INTERRUPTED, EXIT_IOERR, EXIT_NOPERM, EXIT_TERMINATED
+from wiseft.cli.launch import EXIT_INTERRUPTED, EXIT_IOERR, EXIT_NOPERM, EXIT_TERMINATED
+from wiseft.io import atomic_path, write_with
+from wiseft.io.atomic import named_io_error
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def _leftovers(root: Path) -> list[str]:
 
 def _fail_writes(monkeypatch, err: OSError) -> None:
     """Every write of a merged tensor fails with ``err`` (as a full disk fails a write: no file name)."""
-    from wiseft import merge_files
+    from wiseft.merge import files as merge_files
 
     class Full:
         def __init__(self, handle):

@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
-from wiseft.checkpoint import CheckpointError, load_state
+
 from wiseft.cli import main
 from wiseft.config import load_config
-from wiseft.files import KILL_ENV, LOCK_NAME, LockError, check_torch_file, hold
+from wiseft.io import CheckpointError, check_torch_file, hold, load_state, read_records
+from wiseft.io.atomic import KILL_ENV, LOCK_NAME, LockError
 from wiseft.pipeline import checkpoint_paths
-from wiseft.results import read_records
-from wiseft.train.checkpoints import FORMAT, ResumeError, load_checkpoint
+from wiseft.train import ResumeError
+from wiseft.train.checkpoints import FORMAT, load_training_state
 
 pytestmark = pytest.mark.slow  # subprocesses killed mid-write, concurrent runs
 
@@ -39,40 +39,40 @@ stub = SimpleNamespace(fingerprint=lambda: "stub", encode_text=_embed, logit_sca
 # kind -> (destination name, code writing version ``v`` into ``folder``, reader of the version(s) there)
 WRITERS = {
     "text (config.yaml, summary.md)": (
-        "config.yaml", "from wiseft.files import atomic_write\natomic_write(folder / 'config.yaml', f'v: {v}')",
+        "config.yaml", "from wiseft.io.atomic import atomic_write\natomic_write(folder / 'config.yaml', f'v: {v}')",
         lambda d: yaml.safe_load((d / "config.yaml").read_text())["v"]),
     "report table": (
-        "table.md", "from wiseft.report import _write\n_write(folder / 'table.md', str(v))",
+        "table.md", "from wiseft.report.build import _write\n_write(folder / 'table.md', str(v))",
         lambda d: int((d / "table.md").read_text())),
     "records (append)": (
         "results.jsonl",
-        "from wiseft.results import Record, append_records\n"
+        "from wiseft.core.records import Record, append_records\n"
         "append_records(folder / 'results.jsonl', [Record('m', 0.5, 'd', 'reference', 'top1', float(v))])",
         lambda d: [r.value for r in read_records(d / "results.jsonl")]),
     "weights (save_state)": (
         "w.safetensors",
-        "import torch\nfrom wiseft.checkpoint import save_state\n"
+        "import torch\nfrom wiseft.io.checkpoint import save_state\n"
         "save_state(folder / 'w.safetensors', {'x': torch.full((4,), float(v))})",
         lambda d: load_state(d / "w.safetensors")["x"][0].item()),
     "training checkpoint": (
         "step_00000007.pt",
         "from wiseft.train.checkpoints import FORMAT, CheckpointDir\n"
         "CheckpointDir(folder).save({'format': FORMAT, 'v': v}, 7, None)",
-        lambda d: load_checkpoint(d / "step_00000007.pt")["v"]),
+        lambda d: load_training_state(d / "step_00000007.pt")["v"]),
     "merged file (out of core)": (
         "m.safetensors",
-        "import torch\nfrom wiseft.checkpoint import save_state\nfrom wiseft.merge_files import sweep_files\n"
+        "import torch\nfrom wiseft.io.checkpoint import save_state\nfrom wiseft.merge import write_interpolations\nfrom wiseft.config import MergeConfig\n"
         "save_state(folder / 'in' / 'a.safetensors', {'x': torch.zeros(4)})\n"
         "save_state(folder / 'in' / 'b.safetensors', {'x': torch.full((4,), 2.0 * v)})\n"
-        "sweep_files(folder / 'in' / 'a.safetensors', folder / 'in' / 'b.safetensors', {0.5: folder / 'm.safetensors'})",
+        "write_interpolations(folder / 'in' / 'a.safetensors', folder / 'in' / 'b.safetensors', {0.5: folder / 'm.safetensors'})",
         lambda d: load_state(d / "m.safetensors")["x"][0].item()),
     "merged directory (shards)": (
         "mdir",
-        "import torch\nfrom wiseft.checkpoint import save_state\nfrom wiseft.merge_files import sweep_files\n"
+        "import torch\nfrom wiseft.io.checkpoint import save_state\nfrom wiseft.merge import write_interpolations\nfrom wiseft.config import MergeConfig\n"
         "save_state(folder / 'in' / 'a.safetensors', {'x': torch.zeros(4), 'y': torch.zeros(4)})\n"
         "save_state(folder / 'in' / 'b.safetensors', {'x': torch.full((4,), 2.0 * v), 'y': torch.ones(4)})\n"
-        "sweep_files(folder / 'in' / 'a.safetensors', folder / 'in' / 'b.safetensors', {0.5: folder / 'mdir'},"
-        " max_shard_bytes=16)",
+        "write_interpolations(folder / 'in' / 'a.safetensors', folder / 'in' / 'b.safetensors', {0.5: folder / 'mdir'},"
+        " MergeConfig(max_shard_bytes=16))",
         lambda d: load_state(d / "mdir")["x"][0].item()),
 }
 
@@ -145,7 +145,7 @@ def test_a_truncated_head_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch, ca
 
 
 def test_a_torn_last_line_of_the_training_log_is_dropped(tmp_path):
-    from wiseft.train.logs import MetricLog
+    from wiseft.train import MetricLog
 
     path = tmp_path / "train.jsonl"
     path.write_text('{"stage": "e2e", "step": 0, "loss": 1.0}\n{"stage": "e2e", "st')
@@ -159,7 +159,7 @@ def test_a_torn_last_line_of_the_training_log_is_dropped(tmp_path):
 # ---------------------------------------------------------------------------------------
 # locks
 
-HOLDER = ("import sys, time\nfrom wiseft.files import hold\n"
+HOLDER = ("import sys, time\nfrom wiseft.io.atomic import hold\n"
           "hold(sys.argv[1], sys.argv[2]).acquire()\nprint('held', flush=True)\ntime.sleep(120)\n")
 
 
@@ -226,7 +226,7 @@ def _entry(tmp_path: Path) -> str:
     (tmp_path / "oc" / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(TINY_CONFIG))
     script = tmp_path / "entry.py"
     script.write_text(f"import sys, open_clip\nopen_clip.add_model_config({str(tmp_path / 'oc')!r})\n"
-                      "from wiseft.cli import main\nsys.exit(main())\n")
+                      "from wiseft.cli.app import main\nsys.exit(main())\n")
     return str(script)
 
 
@@ -303,13 +303,13 @@ def test_a_pickled_resume_checkpoint_is_a_named_error_and_no_config_is_written(o
     assert not (tmp_path / "run" / "config.yaml").exists()
 
     with pytest.raises(ResumeError, match="pickle that would run code"):
-        load_checkpoint(bad)
+        load_training_state(bad)
     with pytest.raises(CheckpointError, match="pickle that would run code .*convert it to safetensors"):
         load_state(bad)
 
 
 def test_a_truncated_checkpoint_is_a_named_error(tmp_path):
-    from wiseft.checkpoint import save_state
+    from wiseft.io import save_state
 
     good = save_state(tmp_path / "w.safetensors", {"x": torch.ones(64)})
     good.write_bytes(good.read_bytes()[:40])
@@ -321,11 +321,11 @@ def test_a_truncated_checkpoint_is_a_named_error(tmp_path):
     with pytest.raises(CheckpointError, match="truncated, damaged"):
         load_state(pt)
     with pytest.raises(ResumeError, match="truncated, damaged"):
-        load_checkpoint(pt)
+        load_training_state(pt)
 
 
 def test_kill_during_a_report_plot_write_keeps_the_old_plot(tmp_path):
-    code = ("from pathlib import Path\nfrom matplotlib.figure import Figure\nfrom wiseft.plots import save_figure\n"
+    code = ("from pathlib import Path\nfrom matplotlib.figure import Figure\nfrom wiseft.report.plots import save_figure\n"
             "fig = Figure(figsize=(2, 2)); fig.add_subplot().plot([0, 1], [0, {v}])\n"
             f"save_figure(fig, Path({str(tmp_path)!r}), 'scatter')\n")
     assert _python(code.format(v=1)).returncode == 0

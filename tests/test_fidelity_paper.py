@@ -22,13 +22,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from dataset_fixtures import write_csv, write_image, write_tree
+
+from wiseft.core import get_templates
 from wiseft.data import build_dataset
 from wiseft.data.imagenet import imagenet_wnids
-from wiseft.ensemble import class_restricted_scores
-from wiseft.evaluate import EvalSet
-from wiseft.templates import get_templates
+from wiseft.evaluation import EvalSet
+from wiseft.evaluation.ensemble import class_restricted_scores
 
 W = imagenet_wnids()
 
@@ -146,7 +146,7 @@ def test_the_paper_config_gets_the_papers_rows_metrics_prompts_and_x_axes(tmp_pa
 
     from wiseft.config import load_config
     from wiseft.pipeline import prepare_data
-    from wiseft.robustness import fit_baselines, load_baseline_table
+    from wiseft.report.robustness import fit_baselines, load_baseline_table
 
     _imagenet_family(tmp_path)
     roots = {"train": "imagenet", "test": "imagenet", "shifts.imagenet-v2": "imagenetv2",

@@ -18,8 +18,9 @@ import json
 import pytest
 import torch
 
+from wiseft.core import get_templates, template_problem
+from wiseft.core.templates import fill, with_article
 from wiseft.heads import zeroshot_weights
-from wiseft.templates import fill, get_templates, template_problem, with_article
 
 # --- FMoW: src/datasets/fmow.py (FMOW.classnames) -------------------------------------
 REF_FMOW_CLASSNAMES = [
@@ -179,7 +180,7 @@ def test_with_article_is_the_reference_rule():
 
 
 def test_the_article_slot_works_in_inline_and_registered_sets(monkeypatch):
-    from wiseft.templates import TEMPLATES, register_templates
+    from wiseft.core import TEMPLATES, register_templates
 
     monkeypatch.setattr(TEMPLATES, "_entries", dict(TEMPLATES._entries))
     register_templates("mine", ["map of {with_article}."])
@@ -232,8 +233,8 @@ PAPER_DEFAULT_TEMPLATES = {
 def test_cifar_and_sun397_default_to_the_80_imagenet_prompts(tmp_path):
     """The builders' defaults are the paper's (D.1), not CLIP's per-dataset sets."""
     import numpy as np
-
     from dataset_fixtures import write_image
+
     from wiseft.data import build_dataset
 
     np.save(tmp_path / "cifar10.1_v6_data.npy", np.zeros((2, 32, 32, 3), np.uint8))
@@ -259,7 +260,7 @@ def test_every_dataset_kind_names_a_registered_template_set():
     import inspect
     import re
 
-    from wiseft.templates import list_templates
+    from wiseft.core import list_templates
 
     for module in ("cifar", "imagenet", "transfer", "video", "wilds", "bbc_news"):
         src = inspect.getsource(__import__(f"wiseft.data.{module}", fromlist=["_"]))
@@ -291,6 +292,7 @@ def test_objectnet_class_names_are_the_reference_ones(tmp_path):
     """The reference (src/datasets/objectnet.py) orders ObjectNet's classes by image folder
     and names them in lower case."""
     from dataset_fixtures import write_image
+
     from wiseft.data import build_dataset
 
     write_image(tmp_path / "objectnet-1.0" / "images" / "banana" / "b.png")

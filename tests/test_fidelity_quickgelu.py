@@ -19,8 +19,10 @@ open_clip = pytest.importorskip("open_clip")
 from wiseft import load_backbone, load_model  # noqa: E402
 from wiseft.backbones.base import BackboneSpec  # noqa: E402
 from wiseft.backbones.open_clip_backbone import quick_gelu_kwargs, resolve_quick_gelu  # noqa: E402
-from wiseft.checkpoint import export_model  # noqa: E402
-from wiseft.heads import Classifier  # noqa: E402
+from wiseft.heads import (
+    Classifier,  # noqa: E402
+    export_model,
+)
 
 TINY_QG = "wiseft-tiny-ViT-quickgelu"
 

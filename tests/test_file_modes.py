@@ -12,10 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wiseft.checkpoint import save_state
-from wiseft.files import atomic_path, atomic_write, write_with
 from wiseft.heads import zeroshot_head
-from wiseft.merge_files import interpolate_files
+from wiseft.io import atomic_path, atomic_write, save_state, write_with
+from wiseft.merge import interpolate_files
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o077])

@@ -7,15 +7,14 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from wiseft.backbones.base import load_backbone
-from wiseft.config.finetune import FinetuneConfig
-from wiseft.data.base import LabeledDataset
-from wiseft.finetune import finetune
-from wiseft.heads import Classifier, PromptClassifier, zeroshot_head, zeroshot_weights
+from wiseft.backbones import load_backbone
+from wiseft.config import FinetuneConfig
+from wiseft.data import LabeledDataset
+from wiseft.heads import Classifier, zeroshot_head, zeroshot_weights
 from wiseft.merge import Interpolator
-from wiseft.train.flyp import FlypError, FlypModel, PromptCollate, PromptPairs, flyp_loss, flyp_model
+from wiseft.train import TrainRun, finetune, flyp_model
+from wiseft.train.flyp import FlypError, FlypModel, PromptCollate, PromptPairs, flyp_loss
 
 CLASSES = ["red", "green", "blue"]
 TEMPLATES = ["a photo of a {}.", "a {} picture."]
@@ -70,7 +69,7 @@ def test_prompt_pairs_draw_a_template_per_sample_seeded():
 def test_a_flyp_step_changes_both_towers_and_the_head_follows_the_text_tower(oc_backbone):
     model = flyp_model(oc_backbone, CLASSES, TEMPLATES)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**RECIPE), progress=False)
+    tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**RECIPE), TrainRun(progress=False))
     after = tuned.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("encoder.") for k in changed)
@@ -91,7 +90,7 @@ def test_a_flyp_step_changes_both_towers_and_the_head_follows_the_text_tower(oc_
 def test_at_alpha_the_head_is_the_mixed_text_towers_head(oc_backbone):
     model = flyp_model(oc_backbone, CLASSES, TEMPLATES)
     theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**RECIPE), progress=False)
+    tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**RECIPE), TrainRun(progress=False))
     theta_1 = {k: v.clone() for k, v in tuned.state_dict().items()}
     alpha = 0.3
     Interpolator(theta_0, theta_1).load_into(model, alpha)
@@ -109,7 +108,7 @@ def test_at_alpha_the_head_is_the_mixed_text_towers_head(oc_backbone):
 def test_flyp_needs_a_prompt_classifier(oc_backbone):
     plain = Classifier(oc_backbone.encoder, zeroshot_head(oc_backbone, CLASSES, TEMPLATES, cache=False))
     with pytest.raises(FlypError, match="PromptClassifier.*flyp_model"):
-        finetune(plain, _images(), oc_backbone, FinetuneConfig(**RECIPE), progress=False)
+        finetune(plain, _images(), oc_backbone, FinetuneConfig(**RECIPE), TrainRun(progress=False))
 
 
 def test_flyp_with_mode_linear_is_an_error_naming_both_fields():
@@ -155,14 +154,14 @@ def test_text_backbone_embeds_both_sides_with_one_encoder(tiny_bert_dir):
 def test_a_sweep_scores_each_alpha_with_the_head_of_the_mixed_text_tower(oc_backbone, monkeypatch):
     import importlib
 
-    from wiseft.evaluate import EvalSet, SweepSettings, evaluate_records, sweep
+    from wiseft.evaluation import EvalSet, SweepSettings, evaluate_records, sweep
 
     model = flyp_model(oc_backbone, CLASSES, TEMPLATES)
     theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**{**RECIPE, "lr": 1e-2}), progress=False)
+    tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**{**RECIPE, "lr": 1e-2}), TrainRun(progress=False))
     theta_1 = {k: v.clone() for k, v in tuned.state_dict().items()}
     heads_scored = []  # the head each set is scored with
-    evaluate = importlib.import_module("wiseft.evaluate")  # the module (wiseft.evaluate is also a function)
+    evaluate = importlib.import_module("wiseft.evaluation.alpha_sweep")  # the module (wiseft.evaluation.alpha_sweep is also a function)
     score = evaluate._evaluate_set
     monkeypatch.setattr(evaluate, "_evaluate_set", lambda m, *a: heads_scored.append(m.head.weight.clone()) or
                         score(m, *a))

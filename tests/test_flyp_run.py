@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run_config
 
 import wiseft
-from wiseft.checkpoint import load_model, load_state
 from wiseft.config import parse_config
-
-from conftest import run_config
+from wiseft.heads import load_model
+from wiseft.io import load_state
 
 pytestmark = pytest.mark.slow
 

@@ -61,8 +61,8 @@ def test_classifier_normalises_features_before_the_head(open_clip_spec):
 def test_library_checks_what_the_config_checks(classnames, templates, message):
     """zeroshot_head / zeroshot_weights refuse what ``wiseft run`` refuses, before any
     encoding or cache look-up (issue 24.10: duplicate names built identical rows)."""
+    from wiseft.core.templates import PromptError
     from wiseft.heads import zeroshot_head, zeroshot_weights
-    from wiseft.templates import PromptError
 
     def never(prompts):
         raise AssertionError("encoded a prompt")

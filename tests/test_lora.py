@@ -11,14 +11,13 @@ import torch
 from PIL import Image
 
 from wiseft.backbones import load_backbone
-from wiseft.config import parse_config
-from wiseft.config.finetune import FinetuneConfig, LoraConfig
-from wiseft.data.base import LabeledDataset
-from wiseft.finetune import finetune
-from wiseft.merge import interpolate
-from wiseft.merging.adapters import AdapterInterpolator, interpolator_for, is_adapter_state, merged_adapter_state
-from wiseft.pipeline import build_zeroshot_model
-from wiseft.train.lora import DEFAULT_TARGETS, LoraError, finetuned_state, lora_layers, merged_state
+from wiseft.config import FinetuneConfig, LoraConfig, parse_config
+from wiseft.data import LabeledDataset
+from wiseft.merge import AdapterInterpolator, interpolate, interpolator_for, merged_adapter_state
+from wiseft.merge.lora import is_adapter_state
+from wiseft.pipeline.main import build_zeroshot_model
+from wiseft.train import TrainRun, finetune, finetuned_state
+from wiseft.train.lora import DEFAULT_TARGETS, LoraError, lora_layers, merged_state
 
 pytest.importorskip("peft")
 
@@ -55,7 +54,7 @@ def _lora(family, **lora) -> tuple[torch.nn.Module, dict, dict]:
     backbone, model, train = family
     cfg = FinetuneConfig(mode="lora", lr=5e-2, batch_size=3, epochs=1, warmup_steps=1, lora={"rank": 4, **lora})
     theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned = finetune(model, train, backbone, cfg, progress=False)
+    tuned = finetune(model, train, backbone, cfg, TrainRun(progress=False))
     return tuned, theta_0, finetuned_state(tuned)
 
 
@@ -112,7 +111,7 @@ def test_default_targets_cover_every_family_and_a_wrong_target_is_named(family):
     assert backbone.spec.family in DEFAULT_TARGETS
     cfg = FinetuneConfig(mode="lora", lora={"target_modules": ["no_such_layer"]}, batch_size=3, epochs=1)
     with pytest.raises(LoraError, match=r"finetune.lora \(target_modules \['no_such_layer'\]\): Target modules"):
-        finetune(model, family[2], backbone, cfg, progress=False)
+        finetune(model, family[2], backbone, cfg, TrainRun(progress=False))
 
 
 def test_merged_adapter_state_is_theta_0_plus_b_a():
@@ -150,9 +149,11 @@ def test_no_lora_layers_without_peft_adapters(family):
 
 @pytest.mark.slow
 def test_a_run_with_mode_lora_sweeps_the_scaled_adapter_and_exports(open_clip_spec, image_data, tmp_path):
-    import wiseft
     from conftest import run_config
-    from wiseft.checkpoint import load_model, load_state
+
+    import wiseft
+    from wiseft.heads import load_model
+    from wiseft.io import load_state
 
     raw = run_config(open_clip_spec, image_data, tmp_path / "run", alphas=[0.0, 0.5, 1.0], select_alpha=0.5)
     raw["finetune"] = {**raw["finetune"], "mode": "lora", "lr": 1e-2, "lora": {"rank": 4}}
@@ -173,9 +174,10 @@ def test_a_run_with_mode_lora_sweeps_the_scaled_adapter_and_exports(open_clip_sp
 
 @pytest.mark.slow
 def test_a_dora_run_says_its_sweep_mixed_the_merged_weights(open_clip_spec, image_data, tmp_path):
-    import wiseft
     from conftest import run_config
-    from wiseft.checkpoint import load_state
+
+    import wiseft
+    from wiseft.io import load_state
 
     raw = run_config(open_clip_spec, image_data, tmp_path / "run", alphas=[0.0, 0.5, 1.0], export=False)
     raw["finetune"] = {**raw["finetune"], "mode": "lora", "epochs": 1,

@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import run_config
+
 from wiseft.backbones import load_backbone
-from wiseft.checkpoint import export_model, load_model
 from wiseft.cli import main
 from wiseft.config import parse_config
-from wiseft.pipeline import build_zeroshot_model, prepare_data
+from wiseft.heads import export_model, load_model
+from wiseft.pipeline import prepare_data
+from wiseft.pipeline.main import build_zeroshot_model
 
 peft = pytest.importorskip("peft")
 Q = "vision_model.encoder.layers.0.self_attn.q_proj.weight"

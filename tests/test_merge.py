@@ -3,7 +3,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wiseft.merge import Interpolator, MergeError, check_compatible, interpolate
+from wiseft.config import MergeConfig
+from wiseft.merge import Interpolator, MergeError, interpolate
+from wiseft.merge.plan import check_compatible
 
 
 def _net(seed: int) -> torch.nn.Module:
@@ -81,7 +83,7 @@ def test_alpha_outside_range_needs_opt_in():
     a, b = _states()
     with pytest.raises(ValueError, match="outside"):
         interpolate(a, b, 1.5)
-    out = interpolate(a, b, 1.5, allow_extrapolation=True)
+    out = interpolate(a, b, 1.5, MergeConfig(allow_extrapolation=True))
     torch.testing.assert_close(out["0.bias"], a["0.bias"] + 1.5 * (b["0.bias"] - a["0.bias"]))
 
 
@@ -112,7 +114,7 @@ def test_interpolator_refuses_a_model_that_aliases_its_inputs():
 
 # --- engine properties (hypothesis) -----------------------------------------------------
 
-from wiseft.merge import SMALL_NUMEL, interpolate_tensor  # noqa: E402
+from wiseft.merge.plan import SMALL_NUMEL, interpolate_tensor  # noqa: E402
 
 _FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -209,14 +211,14 @@ def test_selective_merge_keeps_a_new_head():
     b = {**b, "2.weight": torch.randn(5, 8), "2.bias": torch.randn(5), "extra": torch.ones(2)}
     with pytest.raises(MergeError, match=r"'2.weight' has shape \(3, 8\).*\(5, 8\).*exclude"):
         interpolate(a, {k: v for k, v in b.items() if k != "extra"}, 0.5)
-    out = interpolate(a, b, 0.5, exclude=["2.*", "extra"])
+    out = interpolate(a, b, 0.5, MergeConfig(exclude=["2.*", "extra"]))
     assert torch.equal(out["2.weight"], b["2.weight"]) and torch.equal(out["extra"], b["extra"])
     torch.testing.assert_close(out["0.weight"], torch.lerp(a["0.weight"], b["0.weight"], 0.5))
-    kept_0 = interpolate(a, b, 0.5, include=["0.*"], keep=0)
+    kept_0 = interpolate(a, b, 0.5, MergeConfig(include=["0.*"], keep=0))
     assert torch.equal(kept_0["1.weight"], a["1.weight"]) and "extra" not in kept_0
     assert torch.equal(kept_0["2.weight"], a["2.weight"])
     with pytest.raises(MergeError, match="'extra' is in the second state dict but not in the first"):
-        interpolate(a, b, 0.5, exclude=["2.*"])
+        interpolate(a, b, 0.5, MergeConfig(exclude=["2.*"]))
 
 
 def test_load_into_checks_the_target():
@@ -229,7 +231,7 @@ def test_load_into_checks_the_target():
 @settings(max_examples=10, deadline=None)
 @given(alpha=st.floats(0.0, 1.0), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_pieces_on_worker_threads_give_the_same_bits(alpha, dtype):
-    import wiseft.merge as m
+    import wiseft.merge.plan as m
 
     a, b = _pair(5, dtype, 10_007)
     whole = interpolate_tensor(a, b, alpha)
@@ -274,7 +276,7 @@ def test_equal_minus_inf_mixes_to_minus_inf_in_memory(alpha):
 def test_equal_minus_inf_mixes_to_minus_inf_out_of_core(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from wiseft.merge_files import average_files, write_interpolations
+    from wiseft.merge import average_files, write_interpolations
 
     a, b = _masked(0, 5000), _masked(1, 5000)
     for th in (a, b):  # a large mask, read in chunks (files refuse -inf outside a 0/-inf mask)
@@ -284,7 +286,7 @@ def test_equal_minus_inf_mixes_to_minus_inf_out_of_core(tmp_path):
     save_file(a, tmp_path / "a.safetensors")
     save_file(b, tmp_path / "b.safetensors")
     outs = {0.3: tmp_path / "m03.safetensors", 0.8: tmp_path / "m08.safetensors"}
-    write_interpolations(tmp_path / "a.safetensors", tmp_path / "b.safetensors", outs, chunk_bytes=4096)
+    write_interpolations(tmp_path / "a.safetensors", tmp_path / "b.safetensors", outs, MergeConfig(chunk_bytes=4096))
     for alpha, path in outs.items():
         m = load_file(path)
         assert torch.equal(m["mask"], a["mask"]) and torch.equal(m["mask16"], a["mask16"])
@@ -295,7 +297,7 @@ def test_equal_minus_inf_mixes_to_minus_inf_out_of_core(tmp_path):
 
 
 def test_soups_of_equal_minus_inf_stay_minus_inf():
-    from wiseft.soup import greedy_soup, uniform_soup, weighted_average
+    from wiseft.merge import greedy_soup, uniform_soup, weighted_average
 
     thetas = [_masked(s, 3000) for s in range(3)]
     for out in (uniform_soup(thetas), weighted_average(thetas, [0.2, 0.3, 0.5]),

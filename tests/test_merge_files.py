@@ -13,11 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from wiseft.checkpoint import load_state
 from wiseft.cli import main
-from wiseft.merge import MergeError, interpolate
-from wiseft.merge_files import average_files, interpolate_files, open_checkpoint, plan_files, write_interpolations
-from wiseft.soup import weighted_average
+from wiseft.config import MergeConfig
+from wiseft.io import load_state
+from wiseft.merge import (
+    MergeError,
+    average_files,
+    interpolate,
+    interpolate_files,
+    open_checkpoint,
+    plan_files,
+    weighted_average,
+    write_interpolations,
+)
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -69,7 +77,7 @@ def test_out_of_core_is_bit_identical_to_in_memory(files, tmp_path_factory, alph
     d, a, b = files
     out = tmp_path_factory.mktemp("out")
     dests = {al: out / f"{i}.safetensors" for i, al in enumerate(alphas)}
-    write_interpolations(d / "a.safetensors", d / "b", dests, chunk_bytes=chunk)
+    write_interpolations(d / "a.safetensors", d / "b", dests, MergeConfig(chunk_bytes=chunk))
     for al, dest in dests.items():
         _assert_same(load_file(str(dest)), interpolate(a, b, al))
 
@@ -77,8 +85,8 @@ def test_out_of_core_is_bit_identical_to_in_memory(files, tmp_path_factory, alph
 def test_sharded_output_with_index_and_exact_ends(files, tmp_path):
     d, a, b = files
     dests = write_interpolations(d / "b" / "model.safetensors.index.json", d / "a.safetensors",
-                                 {0.0: tmp_path / "a0", 1.0: tmp_path / "a1"}, max_shard_bytes=2000,
-                                 chunk_bytes=4096, metadata={"note": "x"})
+                                 {0.0: tmp_path / "a0", 1.0: tmp_path / "a1"},
+                                 MergeConfig(max_shard_bytes=2000, chunk_bytes=4096), metadata={"note": "x"})
     shards = sorted(p.name for p in dests[0].glob("*.safetensors"))
     assert len(shards) > 1 and (dests[0] / "model.safetensors.index.json").exists()
     _assert_same(load_state(dests[0]), b)
@@ -95,8 +103,8 @@ def test_selective_file_merge_and_errors_name_the_tensor(tmp_path):
         interpolate_files(tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "o.safetensors", 0.5)
     assert not list(tmp_path.glob("*o.safetensors*"))  # nothing half-written
     out = interpolate_files(tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "o.safetensors",
-                            0.5, exclude=["head.*"])
-    _assert_same(load_file(str(out)), interpolate(a, b, 0.5, exclude=["head.*"]))
+                            0.5, MergeConfig(exclude=["head.*"]))
+    _assert_same(load_file(str(out)), interpolate(a, b, 0.5, MergeConfig(exclude=["head.*"])))
 
 
 def test_average_files_matches_weighted_average(files, tmp_path):
@@ -104,13 +112,13 @@ def test_average_files_matches_weighted_average(files, tmp_path):
     c = _state(2)
     save_file(c, str(tmp_path / "c.safetensors"))
     out = average_files([d / "a.safetensors", d / "b", tmp_path / "c.safetensors"], tmp_path / "soup.safetensors",
-                        [1.0, 2.0, 0.5], chunk_bytes=4096)
+                        [1.0, 2.0, 0.5], MergeConfig(chunk_bytes=4096))
     _assert_same(load_file(str(out)), weighted_average([a, b, c], [1.0, 2.0, 0.5]))
 
 
 def test_plan_reads_headers_only(files):
     d, a, b = files
-    plan = plan_files([d / "a.safetensors", d / "b"], exclude=["head.*"])
+    plan = plan_files([d / "a.safetensors", d / "b"], MergeConfig(exclude=["head.*"]))
     assert plan.count("mix") == 5 and plan.count("copy") == 3  # 2 buffers + the head
     assert plan.output_bytes == sum(v.numel() * v.element_size() for v in b.values())
     assert "mixed:   5 tensors" in plan.summary()
@@ -138,14 +146,15 @@ def test_cli_interpolate_soup_and_dry_run(files, tmp_path, capsys):
 
 _CAPPED = textwrap.dedent("""
     import json, resource, sys, torch
-    from wiseft.checkpoint import load_state
-    from wiseft.merge_files import interpolate_files
+    from wiseft.io.checkpoint import load_state
+    from wiseft.config import MergeConfig
+    from wiseft.merge.files import interpolate_files
     torch.set_num_threads(1)
     torch.lerp(torch.ones(8), torch.zeros(8), 0.5)
     vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
     cap = vm + int(sys.argv[4])
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    interpolate_files(sys.argv[1], sys.argv[2], sys.argv[3], 0.3, chunk_bytes=1 << 20)
+    interpolate_files(sys.argv[1], sys.argv[2], sys.argv[3], 0.3, MergeConfig(chunk_bytes=1 << 20))
     try:
         load_state(sys.argv[1])
         loaded = "loaded"

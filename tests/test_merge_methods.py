@@ -1,4 +1,4 @@
-"""Merge methods (wiseft.merging): each against its paper's formula, written here again in
+"""Merge methods (wiseft.merge): each against its paper's formula, written here again in
 float64 numpy; registry-wide contracts (reference, parameters, dtype rules, no aliasing,
 chunking of elementwise methods); DARE's seeding; linear's per-layer alpha; layer_depths.
 
@@ -24,13 +24,21 @@ from conftest import same_bits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wiseft.merge import average_tensor, interpolate_tensor
-from wiseft.merging import MergeError, MergeMethod, MergeParams, TensorInputs, apply, get_method, layer_depths
-from wiseft.merging import list_methods
-from wiseft.merging.dare import keep_mask, mask_seed
-from wiseft.merging.linear import LinearParams, alpha_for
-from wiseft.merging.ops import REDUCE_BLOCK, dot64
-from wiseft.registry import MERGE_METHODS
+from wiseft.core import MERGE_METHODS
+from wiseft.merge import (
+    MergeError,
+    MergeMethod,
+    MergeParams,
+    TensorInputs,
+    apply,
+    get_method,
+    layer_depths,
+    list_methods,
+)
+from wiseft.merge.methods.dare import keep_mask, mask_seed
+from wiseft.merge.methods.linear import LinearParams, alpha_for
+from wiseft.merge.methods.ops import REDUCE_BLOCK, dot64
+from wiseft.merge.plan import average_tensor, interpolate_tensor
 
 EPS32 = 2.0 ** -23
 METHODS = list_methods()  # registry-wide tests cover a new method as soon as it is registered
@@ -436,7 +444,7 @@ def test_dare_gives_the_same_bits_in_another_process():
     x = inputs_for("dare", np.random.default_rng(9), n_models=2)
     here = apply("dare", x, {"seed": 3})
     code = ("import sys, numpy as np, torch; sys.path.insert(0, 'tests'); "
-            "from test_merge_methods import inputs_for; from wiseft.merging import apply; "
+            "from test_merge_methods import inputs_for; from wiseft.merge import apply; "
             "x = inputs_for('dare', np.random.default_rng(9), n_models=2); "
             "sys.stdout.write(apply('dare', x, {'seed': 3}).double().numpy().tobytes().hex())")
     env = {"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
@@ -584,10 +592,10 @@ def test_greedy_soup_is_a_procedure_whose_final_step_is_the_uniform_soup():
     assert method.needs == ("evaluate",) and method.procedure.__name__ == "greedy_soup"
     models = tuple(tensors(*np.random.default_rng(0).standard_normal((3, 4, 6))))
     assert same_bits(apply("greedy_soup", TensorInputs("w", 0.5, None, models)), average_tensor(models, [1.0] * 3))
-    from wiseft.merging import merge_states
+    from wiseft.merge import merge_states
 
     with pytest.raises(MergeError, match="'greedy_soup' needs evaluate beyond the weights; run it with "
-                                         "wiseft.merging.greedy_soup.greedy_soup"):
+                                         "wiseft.merge.methods.greedy_soup.greedy_soup"):
         merge_states("greedy_soup", None, [{"w": models[0]}])
 
 

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from wiseft.cli import main
-from wiseft.merge import MergeError, alpha_destinations, alpha_label, check_alpha
-from wiseft.merge_files import write_interpolations
+from wiseft.merge import MergeError, alpha_destinations, alpha_label, check_alpha, write_interpolations
 
 alphas_01 = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 any_alpha = st.floats(allow_nan=False, allow_infinity=False)

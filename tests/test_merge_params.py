@@ -7,17 +7,15 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import run_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_config
 from wiseft.cli import main
+from wiseft.cli.merge import MergeJob, run_merge
 from wiseft.config import ConfigError, parse_config
-from wiseft.merge import MergeError
-from wiseft.merging import get_method, list_methods, merge_states
-from wiseft.merging.base import allowed_range
-from wiseft.merging.command import MergeJob, run_merge
-from wiseft.soup import weighted_average
+from wiseft.merge import MergeError, get_method, list_methods, merge_states, weighted_average
+from wiseft.merge.method import allowed_range
 
 METHODS = list_methods()
 PLAIN = [n for n in METHODS if not get_method(n).needs]  # a procedure (greedy soup) is refused as a plain merge

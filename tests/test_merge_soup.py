@@ -5,10 +5,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
-
 from test_merging_engine import same_bits
-from wiseft.merge import MergeError, interpolate
-from wiseft.soup import estimate_fisher, fisher_merge, greedy_soup, uniform_soup, weighted_average
+
+from wiseft.merge import (
+    MergeError,
+    estimate_fisher,
+    fisher_merge,
+    greedy_soup,
+    interpolate,
+    uniform_soup,
+    weighted_average,
+)
 
 
 def _net(seed: int) -> torch.nn.Module:
@@ -107,7 +114,15 @@ def test_estimate_fisher_is_a_mean_of_squared_per_example_gradients():
 
 def _fisher_merge_before_issue_15(thetas, fishers, weights, fisher_floor=1e-8):
     """``soup.fisher_merge`` as it was before it ran the registered method ``fisher``."""
-    from wiseft.merge import _acc_dtype, allocate, average_tensor, make_selection, plan_merge, specs_of, tie_map
+    from wiseft.merge.plan import (
+        accumulation_dtype,
+        allocate,
+        average_tensor,
+        make_selection,
+        plan_merge,
+        specs_of,
+        tie_map,
+    )
 
     thetas = [{k: v.detach() for k, v in t.items()} for t in thetas]
     steps = plan_merge([specs_of(t) for t in thetas], make_selection(keep=0))
@@ -122,7 +137,7 @@ def _fisher_merge_before_issue_15(thetas, fishers, weights, fisher_floor=1e-8):
         if s.op != "mix" or not any(have) or len(live) == 1:
             average_tensor(xs, weights, out=o) if s.op == "mix" else o.copy_(xs[s.source])
             continue
-        acc = _acc_dtype(s.spec.dtype)
+        acc = accumulation_dtype(s.spec.dtype)
         num = torch.zeros(s.spec.shape, dtype=acc, device=o.device)
         den = torch.zeros(s.spec.shape, dtype=acc, device=o.device)
         for i in live:

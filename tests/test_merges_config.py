@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_config
+
 from wiseft.config import ConfigError, MergeSpec, load_config, parse_config
 
 SPEC = {"family": "open_clip", "name": "tiny", "pretrained": "/weights/tiny.safetensors"}
@@ -59,8 +59,8 @@ def test_a_bad_entry_is_an_error_naming_the_file_and_field(merges, message):
 
 
 def test_a_procedure_is_no_plain_merge(monkeypatch):
-    from wiseft.merging import get_method
-    from wiseft.registry import MERGE_METHODS
+    from wiseft.core import MERGE_METHODS
+    from wiseft.merge import get_method
 
     soup = get_method("soup")
     MERGE_METHODS.names()  # loaded, so the entry below is not replaced by a later load

@@ -1,23 +1,24 @@
 """evaluate.search_merge: a ``merges:`` entry's grid scored on the validation split only,
 then its best point on the test sets; choose_point's rule; reuse_sweep's relabelled copies."""
 
+import importlib
 from dataclasses import replace
 from pathlib import Path
 
-import importlib
-
 import pytest
 import torch
-
 from conftest import run_config
+
 from wiseft.backbones import load_backbone
 from wiseft.config import parse_config
-from wiseft.evaluate import EvalSettings, choose_point, reuse_sweep, search_merge
-from wiseft.merging import merge_states
-from wiseft.pipeline import build_zeroshot_model, prepare_data
-from wiseft.results import Record
+from wiseft.core import Record
+from wiseft.evaluation import EvalSettings, reuse_sweep, search_merge
+from wiseft.evaluation.alpha_sweep import choose_point
+from wiseft.merge import merge_states
+from wiseft.pipeline import prepare_data
+from wiseft.pipeline.main import build_zeroshot_model
 
-evaluate = importlib.import_module("wiseft.evaluate")  # the module: ``wiseft.evaluate`` is also a function
+evaluate = importlib.import_module("wiseft.evaluation.alpha_sweep")  # the module: ``wiseft.evaluation.alpha_sweep`` is also a function
 
 
 def test_choose_point_takes_the_best_and_breaks_ties_by_the_grid_or_toward_alpha_half():

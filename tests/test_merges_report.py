@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wiseft.plots import plot_scatter, plot_search, plotted_data
-from wiseft.report import build_report, method_comparison, search_tables
-from wiseft.results import Record, append_records, read_records
-from wiseft.robustness import AVG, build_baselines, clopper_pearson, logit, merge_robustness_rows, robustness_rows
+from wiseft.config.report import ReportConfig
+from wiseft.core import Record
+from wiseft.io import append_records, read_records
+from wiseft.report import build_report, clopper_pearson
+from wiseft.report.build import method_comparison, search_tables
+from wiseft.report.plots import plot_scatter, plot_search, plotted_data
+from wiseft.report.robustness import AVG, build_baselines, logit, merge_robustness_rows, robustness_rows
 
 N = {"ref": 400, "s1": 300, "s2": 200, "val": 100}
 ROLES = {"ref": "reference", "s1": "shift", "s2": "shift", "val": "validation"}
@@ -62,8 +65,8 @@ def runs(tmp_path) -> tuple[Path, Path, Path]:
 @pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_the_reports_other_outputs_do_not_change(runs):
     plain, merged, csv = runs
-    build_report(plain, baselines=csv)
-    build_report(merged, baselines=csv)
+    build_report(plain, settings=ReportConfig(baselines=csv))
+    build_report(merged, settings=ReportConfig(baselines=csv))
     for name in ("table.md", "table.csv", "table.tex", "robustness.md", "robustness.csv", "calibration.md"):
         assert (merged / "report" / name).read_text() == (plain / "report" / name).read_text(), name
     assert not (plain / "report" / "methods.md").exists()
@@ -102,7 +105,7 @@ def test_method_comparison_rows_and_intervals(runs):
 
 def test_methods_files_and_the_search_table(runs):
     _, merged, csv = runs
-    page = build_report(merged, baselines=csv).read_text()
+    page = build_report(merged, settings=ReportConfig(baselines=csv)).read_text()
     md = (merged / "report" / "methods.md").read_text()
     lo, hi = clopper_pearson(340, 400)
     assert f"| ties | ties | density=0.5 | finetuned, slow | 85.00 [{100 * lo:.1f}, {100 * hi:.1f}] |" in md

@@ -4,17 +4,18 @@ scored on the reference and shift sets, and the report compares the methods."""
 
 import pytest
 import yaml
-
 from conftest import run_config
+
 from wiseft import read_records
 from wiseft.backbones import load_backbone
-from wiseft.checkpoint import load_state
 from wiseft.cli import main
 from wiseft.config import parse_config
-from wiseft.evaluate import predict_logits
-from wiseft.merging import merge_states
-from wiseft.pipeline import build_zeroshot_model, prepare_data
-from wiseft.robustness import select_alpha
+from wiseft.evaluation import predict_logits
+from wiseft.io import load_state
+from wiseft.merge import merge_states
+from wiseft.pipeline import prepare_data
+from wiseft.pipeline.main import build_zeroshot_model
+from wiseft.report import select_alpha
 
 MERGES = [
     {"method": "linear", "name": "per-layer", "search": {"ramp": [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]}},

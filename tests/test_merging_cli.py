@@ -9,15 +9,16 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from test_merging_engine import WEIGHT_SPACE, assert_same_states
-from test_merging_files import checkpoints  # noqa: F401 - the fixture
-from test_merging_files import _inputs
+from test_merging_files import (
+    _inputs,
+    checkpoints,  # noqa: F401 - the fixture
+)
+
 from wiseft.cli import main
+from wiseft.cli.merge import parse_pairs
 from wiseft.config import MergeConfig
-from wiseft.merge_files import open_checkpoint
-from wiseft.merging import get_method, merge_states
-from wiseft.merging.command import parse_pairs
+from wiseft.merge import get_method, merge_states, open_checkpoint
 
 PARAMS = {"dare": ["drop_rate=0.5", "seed=3"], "fisher": ["fisher_floor=0.001"], "linear": ["ramp=[0.2, 0.8]"],
           "slerp": ["t=0.3"], "task_arithmetic": ["scale=0.7"], "ties": ["density=0.5", "normalize=false"]}
@@ -80,7 +81,7 @@ def test_pt_inputs_are_merged_in_memory_into_safetensors(checkpoints, tmp_path):
 
 def test_dry_run_prints_the_plan_and_the_parameters_without_reading_weights(checkpoints, tmp_path, capsys,
                                                                            monkeypatch):  # noqa: F811
-    import wiseft.merge_files as mf
+    import wiseft.merge.files as mf
 
     _, paths, _ = checkpoints
     monkeypatch.setattr(mf._Reader, "read", lambda *a: pytest.fail("a weight was read"))
@@ -100,8 +101,7 @@ def test_dry_run_prints_the_plan_and_the_parameters_without_reading_weights(chec
 
 def test_a_wiseft_model_directory_stays_one_with_its_metadata(open_clip_spec, tmp_path, capsys):
     from wiseft.backbones import load_backbone
-    from wiseft.checkpoint import export_model, load_model
-    from wiseft.heads import Classifier, zeroshot_head
+    from wiseft.heads import Classifier, export_model, load_model, zeroshot_head
 
     bb = load_backbone(open_clip_spec)
     model = Classifier(bb.encoder, zeroshot_head(bb, ["red", "green"], ["a {} photo."], cache=False))
@@ -130,7 +130,7 @@ def test_a_wiseft_model_directory_stays_one_with_its_metadata(open_clip_spec, tm
     (["--method", "soup", "--base", "b"], "merge method 'soup' takes no base model"),
     (["--method", "fisher"], "merge method 'fisher' needs one 'fisher' input per model (2), got 0"),
     (["--method", "greedy_soup"], "'greedy_soup' needs evaluate beyond the weights; run it with "
-                                  "wiseft.merging.greedy_soup.greedy_soup"),
+                                  "wiseft.merge.methods.greedy_soup.greedy_soup"),
 ])
 def test_bad_calls_are_one_line_errors_before_any_file_is_read(args, message, tmp_path, capsys):
     missing = [str(tmp_path / "nowhere_a.safetensors"), str(tmp_path / "nowhere_b.safetensors")]

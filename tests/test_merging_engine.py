@@ -1,4 +1,4 @@
-"""The in-memory engine, ``wiseft.merging.merge_states``: any registered method over whole
+"""The in-memory engine, ``wiseft.merge.merge_states``: any registered method over whole
 state dicts, bit-identical to today's engines for the methods they had (linear and soups),
 with the plan, tied weights, selection, aliasing and call checks of every merge."""
 
@@ -9,12 +9,17 @@ import torch
 from conftest import same_bits
 
 from wiseft.config import MergeConfig
-from wiseft.merge import MergeError, interpolate
-from wiseft.merging import TensorInputs, apply, get_method, layer_depths, list_methods, merge_states
-from wiseft.soup import weighted_average
-
-
-
+from wiseft.merge import (
+    MergeError,
+    TensorInputs,
+    apply,
+    get_method,
+    interpolate,
+    layer_depths,
+    list_methods,
+    merge_states,
+    weighted_average,
+)
 
 
 def assert_same_states(got: dict, want: dict) -> None:
@@ -153,4 +158,4 @@ def test_bad_calls_are_merge_errors_naming_the_problem(call, message):
 def test_settings_allow_extrapolation_reaches_linear():
     a, b = tiny_state(0), tiny_state(1)
     got = merge_states("linear", a, [b], {"alpha": 1.5}, settings=MergeConfig(allow_extrapolation=True))
-    assert_same_states(got, interpolate(a, b, 1.5, allow_extrapolation=True))
+    assert_same_states(got, interpolate(a, b, 1.5, MergeConfig(allow_extrapolation=True)))

@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from test_merging_engine import WEIGHT_SPACE, assert_same_states, tiny_state
+
 from wiseft.config import MergeConfig
-from wiseft.merge import MergeError
-from wiseft.merge_files import merge_files, open_checkpoint, write_merges
-from wiseft.merging import get_method, merge_states
+from wiseft.merge import MergeError, get_method, merge_files, merge_states, open_checkpoint, write_merges
 
 
 def disk_state(seed: int) -> dict[str, torch.Tensor]:
@@ -85,7 +83,7 @@ def test_every_method_out_of_core_is_merge_states_bit_for_bit(name, chunk_bytes,
 
 
 def test_elementwise_methods_are_read_in_chunks(checkpoints, tmp_path, monkeypatch):
-    import wiseft.merge_files as mf
+    import wiseft.merge.files as mf
 
     reads = []
     real = mf._read_elements
@@ -126,7 +124,7 @@ def test_calls_are_checked_before_any_file_is_read(tmp_path):
 def test_todays_file_merges_are_the_registered_methods_bit_for_bit(checkpoints, tmp_path):
     """interpolate_files and average_files keep their fast paths: the same bits as
     ``linear`` and ``soup`` through the out-of-core method engine."""
-    from wiseft.merge_files import average_files, interpolate_files
+    from wiseft.merge import average_files, interpolate_files
 
     _, paths, _ = checkpoints
     settings = MergeConfig(chunk_bytes=4096, exclude=["visual.conv1.*"])
@@ -143,7 +141,7 @@ def test_todays_file_merges_are_the_registered_methods_bit_for_bit(checkpoints, 
 
 
 def test_fisher_out_of_core_is_fisher_merge(checkpoints, tmp_path):
-    from wiseft.soup import fisher_merge
+    from wiseft.merge import fisher_merge
 
     states, paths, extras = checkpoints
     out = merge_files("fisher", None, paths[1:3], tmp_path / "f.safetensors", {"fisher_floor": 1e-3},

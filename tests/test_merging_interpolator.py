@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_merging_engine import assert_same_states, same_bits, tiny_state
-from wiseft.merge import SMALL_NUMEL, Interpolator, interpolate
-from wiseft.merging import MergeError, merge_states
-from wiseft.merging.linear import LinearParams
+
+from wiseft.merge import Interpolator, MergeError, interpolate, merge_states
+from wiseft.merge.methods.linear import LinearParams
+from wiseft.merge.plan import SMALL_NUMEL
 
 SCHEDULES = [
     LinearParams(ramp=(0.2, 0.8)),

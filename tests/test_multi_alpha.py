@@ -1,4 +1,4 @@
-"""Several alphas per pass (wiseft.multi_alpha): every alpha's logits from one read of a
+"""Several alphas per pass (wiseft.merge.stacked): every alpha's logits from one read of a
 batch equal those of one alpha at a time (merge.interpolate, then the model)."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from wiseft.backbones import load_backbone
-from wiseft.config.merge import MergeConfig
+from wiseft.config import MergeConfig
 from wiseft.heads import Classifier, PromptClassifier
-from wiseft.merge import MergeError, interpolate
-from wiseft.multi_alpha import (MultiAlpha, MultiAlphaError, MultiAlphaSettings, multi_alpha_logits,
-                                split_alphas, stacked_bytes)
+from wiseft.merge import MergeError, MultiAlpha, MultiAlphaSettings, interpolate, split_alphas
+from wiseft.merge.stacked import MultiAlphaError, multi_alpha_logits, stacked_bytes
 
 ALPHAS = [0.0, 0.25, 0.5, 0.8, 1.0]
 # vmap runs each layer as one batched kernel (bmm instead of mm, a grouped convolution):
@@ -236,7 +235,7 @@ def test_a_prompt_classifier_is_refused():
 def test_vmap_friendly_hands_attention_sequence_major_memory_and_restores_everything():
     """vmap's linear rule copies a batched weight once per position when the input is not
     contiguous, which nn.MultiheadAttention(batch_first=True) makes it by transposing."""
-    from wiseft.multi_alpha import vmap_friendly
+    from wiseft.merge.stacked import vmap_friendly
 
     attn = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
     x = torch.randn(3, 5, 8)  # (batch, sequence, dim)

@@ -5,14 +5,15 @@ import json
 import pytest
 import torch
 import yaml
-
 from conftest import COLORS, run_config
+
 from wiseft import load_model, read_records, run
 from wiseft.cli import main
 from wiseft.config import parse_config
-from wiseft.evaluate import predict_logits
+from wiseft.evaluation import predict_logits
 from wiseft.merge import Interpolator
-from wiseft.pipeline import build_zeroshot_model, prepare_data
+from wiseft.pipeline import prepare_data
+from wiseft.pipeline.main import build_zeroshot_model
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_wiseft_env_reports_versions_devices_precisions_and_caches(capsys, monke
 
 def test_alpha_ends_reproduce_zeroshot_and_finetuned_outputs(oc_run, open_clip_spec, image_data):
     from wiseft.backbones import load_backbone
-    from wiseft.checkpoint import load_state
+    from wiseft.io import load_state
 
     cfg = parse_config(run_config(open_clip_spec, image_data, oc_run))
     data = prepare_data(cfg)
@@ -118,7 +119,7 @@ def test_linear_mode_logits_mix_in_output_space(open_clip_spec, image_data, tmp_
                                             "warmup_steps": 0}))
     result = run(cfg, progress=False)
     from wiseft.backbones import load_backbone
-    from wiseft.checkpoint import load_state
+    from wiseft.io import load_state
 
     theta_1 = load_state(tmp_path / "lin" / "checkpoints" / "finetuned.safetensors")
     data = prepare_data(cfg)
@@ -169,7 +170,7 @@ def test_evaluate_and_interpolate_commands(oc_run, open_clip_spec, image_data, t
 
     ckpts = oc_run / "checkpoints"
     zs = tmp_path / "zs.safetensors"
-    from wiseft.checkpoint import load_state, save_state
+    from wiseft.io import load_state, save_state
 
     theta_1 = load_state(ckpts / "finetuned.safetensors")
     model, _, _ = load_model(oc_run / "export")
@@ -192,7 +193,7 @@ def test_bad_inputs_give_clear_errors(open_clip_spec, image_data, tmp_path, caps
 
     a = tmp_path / "a.safetensors"
     b = tmp_path / "b.safetensors"
-    from wiseft.checkpoint import save_state
+    from wiseft.io import save_state
 
     save_state(a, {"w": torch.zeros(2, 3), "b": torch.zeros(2)})
     save_state(b, {"w": torch.zeros(2, 4), "b": torch.zeros(2)})
@@ -243,8 +244,8 @@ def test_quick_run_is_the_same_pipeline_on_a_slice_marked_as_such(open_clip_spec
 
 
 def test_quick_slice_takes_classes_in_turn():
-    from wiseft.data.base import LabeledDataset
-    from wiseft.pipeline import quick_slice
+    from wiseft.data import LabeledDataset
+    from wiseft.pipeline.main import quick_slice
 
     ds = LabeledDataset([(i, i % 5) for i in range(500)], list("abcde"))
     sliced = quick_slice(ds, 48)
@@ -255,8 +256,8 @@ def test_quick_slice_takes_classes_in_turn():
 
 
 def test_predict_uses_the_temperature_fitted_on_validation(oc_run, image_data, capsys):
-    from wiseft.checkpoint import load_model
-    from wiseft.data.folders import load_image
+    from wiseft.data import load_image
+    from wiseft.heads import load_model
 
     meta = json.loads((oc_run / "export" / "wiseft.json").read_text())
     fitted = [r.value for r in read_records(oc_run)
@@ -299,8 +300,8 @@ def test_evaluate_command_skips_and_counts_unreadable_images(oc_run, open_clip_s
 
 
 def test_a_variant_runs_end_to_end_beside_the_main_fine_tune(open_clip_spec, image_data, tmp_path):
-    from wiseft.checkpoint import load_state, read_meta
-    from wiseft.train.checkpoints import CheckpointDir
+    from wiseft.io import load_state, read_meta
+    from wiseft.train import CheckpointDir
 
     cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run", export=False, alphas=[0.0, 0.5, 1.0],
                                   variants={"low_lr": {"lr": 1e-4, "epochs": 1}}))

@@ -8,10 +8,10 @@ import logging
 import pytest
 import torch
 
-from wiseft import runtime
-from wiseft.config import parse_config
-from wiseft.config.finetune import FinetuneConfig
-from wiseft.runtime import choose_precision, compute_info, cpu_has_bf16, describe_compute, parse_cpuinfo
+from wiseft.config import FinetuneConfig, parse_config
+from wiseft.runtime import choose_precision, compute_info, describe_compute
+from wiseft.runtime import device as runtime
+from wiseft.runtime.device import cpu_has_bf16, parse_cpuinfo
 
 # the flags line of the two CPUs this project runs on (trimmed): a 2-core Ice Lake Xeon without
 # native bf16, and a 2-core AMD EPYC with AVX512-BF16; and an Arm Neoverse V1 (Graviton 3)
@@ -114,7 +114,8 @@ def test_a_deterministic_recipe_resolves_auto_to_fp32(cpu):
 
 
 def test_a_run_resolves_auto_once_and_its_train_key_says_what_ran(cpu, monkeypatch):
-    from wiseft.pipeline import precision_text, resolve_precisions
+    from wiseft.pipeline import resolve_precisions
+    from wiseft.pipeline.main import precision_text
 
     cfg = parse_config({"backbone": {"family": "open_clip", "name": "ViT-B-32"},
                         "data": {"train": {"kind": "bbc_news"}, "test": {"kind": "bbc_news", "split": "test"}},
@@ -137,7 +138,7 @@ def test_a_run_resolves_auto_once_and_its_train_key_says_what_ran(cpu, monkeypat
 
 def test_autocast_takes_a_resolved_precision_and_a_trainer_resolves_auto_once(cpu):
     from wiseft.runtime import autocast
-    from wiseft.train.loop import Stage, Trainer
+    from wiseft.train import Stage, Trainer
 
     with pytest.raises(ValueError, match="resolve 'auto' with choose_precision first"):
         autocast(CPU, "auto")

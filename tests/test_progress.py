@@ -7,7 +7,8 @@ import io
 import pytest
 from tqdm.std import tqdm
 
-from wiseft.progress import INTERVAL_ENV, KIND_ENV, LogProgress, progress_bar
+from wiseft.core import progress_bar
+from wiseft.core.progress import INTERVAL_ENV, KIND_ENV, LogProgress
 
 
 class Terminal(io.StringIO):

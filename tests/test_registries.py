@@ -11,10 +11,14 @@ import typing
 
 import pytest
 
-from wiseft.backbones.base import BACKBONES, BackboneSpec, exported_spec
+from wiseft.backbones import exported_spec
+from wiseft.backbones.base import BACKBONES, BackboneSpec
+from wiseft.config import check_dataset_spec, dataset_options
 from wiseft.config.backbone import FAMILY_SETTINGS
-from wiseft.data.base import DATASETS, DataError, build_dataset, check_dataset_spec, dataset_options
-from wiseft.templates import fill, get_templates, list_templates, template_problem
+from wiseft.core import get_templates, list_templates, template_problem
+from wiseft.core.templates import fill
+from wiseft.data import DataError, build_dataset
+from wiseft.data.base import DATASETS
 
 # every registry fully loaded here first, so a set registered as a side effect of
 # importing some module is listed too (and must still resolve in a fresh interpreter)
@@ -39,7 +43,7 @@ def config(backbone="open_clip", templates=None, spec=None):
 
 def resolve(name):
     if registry == "templates":
-        from wiseft.templates import get_templates
+        from wiseft.core.templates import get_templates
         assert get_templates(name)
     elif registry == "datasets":
         from wiseft.data.base import DATASETS
@@ -107,7 +111,7 @@ def test_unknown_names_suggest_the_closest(registry, bad, hint):
 
 
 def test_did_you_mean():
-    from wiseft.registry import did_you_mean
+    from wiseft.core import did_you_mean
 
     assert did_you_mean("learning_rate", ["lr", "epochs"]) == "lr"
     assert did_you_mean("Open_CLIP", ["open_clip"]) == "open_clip"

@@ -10,14 +10,16 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-
 from scipy import special, stats
 
-from wiseft.ensemble import OUTPUT_ENSEMBLE, output_ensemble_name
-from wiseft.plots import plot_alpha_curves, plot_scatter, plotted_data
-from wiseft.report import build_report, build_tables, reference_dataset, table_markdown
-from wiseft.results import Record, append_records, read_records, summary_table
-from wiseft.robustness import AVG, build_baselines, logit, robustness_rows, select_alpha
+from wiseft.config.report import ReportConfig
+from wiseft.core import Record, summary_table
+from wiseft.evaluation.ensemble import OUTPUT_ENSEMBLE, output_ensemble_name
+from wiseft.io import append_records, read_records
+from wiseft.report import build_report, select_alpha
+from wiseft.report.build import build_tables, reference_dataset, table_markdown
+from wiseft.report.plots import plot_alpha_curves, plot_scatter, plotted_data
+from wiseft.report.robustness import AVG, build_baselines, logit, robustness_rows
 
 TESTBED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-testbed" / "robustness_top1s.csv"
 
@@ -139,7 +141,7 @@ def test_table_rows(tmp_path):
 @pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_fixed_alpha_and_no_validation(tmp_path):
     run = make_run(tmp_path / "a", validation=False)
-    build_report(run, alpha=0.3)
+    build_report(run, settings=ReportConfig(alpha=0.3))
     assert "alpha = <b>0.3</b> (fixed by the user)" in (run / "report" / "index.html").read_text()
     build_report(run, out_dir=tmp_path / "b")
     assert "alpha = <b>0.5</b> (default 0.5" in (tmp_path / "b" / "index.html").read_text()
@@ -207,7 +209,7 @@ def test_two_models_and_objectnet_baseline_from_records(tmp_path):
     for name, ref, obj in [("resnet50", 0.76, 0.30), ("resnet101", 0.78, 0.35)]:
         extra += [Record(name, None, "imagenet", "reference", "top1", ref), Record(name, None, "objectnet", "shift", "top1", obj)]
     append_records(run / "results.jsonl", extra)
-    build_report(run, alpha=0.35, use_default_baselines=False)
+    build_report(run, settings=ReportConfig(alpha=0.35, use_default_baselines=False))
     page = (run / "report" / "index.html").read_text()
     assert "objectnet: 2 baseline models, x = imagenet" in page and "No baseline for: imagenet-v2" in page
     assert page.count("not evaluated in this run") == 2
@@ -315,9 +317,9 @@ def test_each_dataset_uses_its_primary_metric(tmp_path, capsys):
     assert header[3:5] == ["fmow-id", "fmow-ood"] and float(by_label["fine-tuned (alpha=1)"][4]) == pytest.approx(55.0)
     assert "WiSE-FT, selected alpha=1" in by_label
     with pytest.raises(ValueError, match="not an accuracy"):
-        build_report(tmp_path, metric="ece")
+        build_report(tmp_path, settings=ReportConfig(metric="ece"))
     with pytest.raises(ValueError, match="no records of metric 'top5'.*worst_region_acc"):
-        build_report(tmp_path, metric="top5")
+        build_report(tmp_path, settings=ReportConfig(metric="top5"))
     # The run's summary table follows the same rule.
     assert "fmow-ood (worst_region_acc)" in summary_table(read_records(tmp_path))
 

@@ -13,20 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
-from wiseft.results import Record
-from wiseft.robustness import (
+from wiseft.core import Record
+from wiseft.report import clopper_pearson, effective_robustness, fit_baseline, select_alpha
+from wiseft.report.robustness import (
     AVG,
     BaselineFit,
     build_baselines,
-    clopper_pearson,
-    effective_robustness,
-    fit_baseline,
     fit_baselines,
     load_baseline_table,
     logit,
     record_interval,
     robustness_rows,
-    select_alpha,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-baselines"  # shared/ beside the checkout

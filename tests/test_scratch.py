@@ -12,16 +12,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
-from wiseft.files import _HOST, _TEMP, release_scratch, scratch_dir, scratch_file
+from wiseft.io import release_scratch, scratch_dir, scratch_file
+from wiseft.io.atomic import _HOST, _TEMP
 
 # decodes a set into a memory-mapped cache, one input at a time, slowly (so a signal lands mid-decode)
 DECODE = textwrap.dedent("""
     import sys, time, torch
     from types import SimpleNamespace
     from wiseft.data import LabeledDataset
-    from wiseft.evaluate import build_input_cache
+    from wiseft.evaluation.alpha_sweep import build_input_cache
 
     def slow(x):
         print("decoding", flush=True)

@@ -43,7 +43,7 @@ def test_import_wiseft_is_light():
 
 
 def test_build_parser_is_light():
-    r = python("import wiseft.cli; wiseft.cli.build_parser()")
+    r = python("import wiseft.cli.app; wiseft.cli.app.build_parser()")
     assert r.returncode == 0, r.stderr[-2000:]
     assert heavy(r.stderr) == []
 
@@ -51,7 +51,7 @@ def test_build_parser_is_light():
 def test_every_help_is_light():
     r = python("""
         import argparse
-        from wiseft.cli import build_parser, main
+        from wiseft.cli.app import build_parser, main
 
         sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
         for argv in [["--help"]] + [[name, "--help"] for name in sub.choices]:
@@ -70,23 +70,23 @@ def test_every_help_is_light():
 
 
 def test_help_as_a_module_is_light():
-    r = python("import runpy, sys; sys.argv = ['wiseft', '--help']; runpy.run_module('wiseft.cli', run_name='__main__')")
+    r = python("import runpy, sys; sys.argv = ['wiseft', '--help']; runpy.run_module('wiseft.cli.app', run_name='__main__')")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage: wiseft" in r.stdout
     assert heavy(r.stderr) == []
 
 
 def test_every_public_name_imports_in_a_fresh_process():
-    """``from wiseft import X`` for each X in ``__all__``; ``wiseft.evaluate`` and
-    ``wiseft.finetune`` stay the functions even when their submodules load first."""
+    """``from wiseft import X`` for each X in ``__all__``; ``wiseft.evaluation.alpha_sweep`` and
+    ``wiseft.train.engine`` stay the functions even when their submodules load first."""
     r = python("""
         import types
-        import wiseft.evaluate
-        import wiseft.finetune as ft
+        import wiseft.evaluation.alpha_sweep
+        import wiseft.train.engine as ft
         import wiseft
 
-        assert isinstance(ft, types.FunctionType) and ft is wiseft.finetune, ft
-        assert isinstance(wiseft.evaluate, types.FunctionType), wiseft.evaluate
+        assert isinstance(ft, types.FunctionType) and ft is wiseft.train.engine, ft
+        assert isinstance(wiseft.evaluation.alpha_sweep, types.FunctionType), wiseft.evaluation.alpha_sweep
         for name in wiseft.__all__:
             exec(f"from wiseft import {name}")
         ns = {}
@@ -106,7 +106,7 @@ def test_lazy_names(tmp_path):
         assert getattr(wiseft, name) is not None
     from wiseft import Interpolator, load_config, sweep  # noqa: F401
 
-    assert wiseft.plots.__name__ == "wiseft.plots"  # submodules still reachable as attributes
+    assert wiseft.report.plots.__name__ == "wiseft.report.plots"  # submodules still reachable as attributes
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         wiseft.not_a_name  # noqa: B018
     with pytest.raises(ImportError):
@@ -131,8 +131,8 @@ def test_plots_leave_the_backend_alone(tmp_path):
         import matplotlib
 
         before = matplotlib.get_backend()
-        import wiseft.plots, wiseft.report
-        from wiseft.results import Record, append_records
+        import wiseft.report.plots, wiseft.report.build
+        from wiseft.core.records import Record, append_records
 
         run = Path(sys.argv[1])
         rows = []
@@ -143,7 +143,7 @@ def test_plots_leave_the_backend_alone(tmp_path):
                 k = round(1000 * ((1 - a) * lo + a * hi + 0.1 * a * (1 - a)))
                 rows.append(Record("finetuned", a, ds, role, "top1", k / 1000, k, 1000))
         append_records(run / "results.jsonl", rows)
-        wiseft.report.build_report(run)
+        wiseft.report.build.build_report(run)
         assert "matplotlib.pyplot" not in sys.modules
         print(before, matplotlib.get_backend())
     """, str(tmp_path / "run"), env={"MPLBACKEND": "svg"})

@@ -9,16 +9,15 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import COLORS, write_image_folder
+
 from wiseft.backbones import load_backbone
 from wiseft.config import EvalConfig
 from wiseft.data import build_dataset
-from wiseft.evaluate import EvalSet, SweepSettings, sweep
+from wiseft.evaluation import EvalSet, SweepSettings, sweep
 from wiseft.heads import Classifier, zeroshot_head
-from wiseft.merge import Interpolator
-from wiseft.multi_alpha import MultiAlphaSettings
-from wiseft.train.lora import LORA_A, LORA_B
+from wiseft.merge import Interpolator, MultiAlphaSettings
+from wiseft.train import LORA_A, LORA_B
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]  # groups of 3 and 2 at alphas_per_pass=3
 QUIET = SweepSettings(progress=False)
@@ -26,7 +25,7 @@ QUIET = SweepSettings(progress=False)
 
 def _count_passes(monkeypatch) -> list:
     """The function of each pass over a set's cached inputs (``_cached_outputs``' first argument)."""
-    ev = sys.modules["wiseft.evaluate"]
+    ev = sys.modules["wiseft.evaluation.alpha_sweep"]
     passes = []
     forward = ev._cached_outputs
     monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(a[0]) or forward(*a, **k))
@@ -102,7 +101,7 @@ def test_three_alphas_per_pass_give_the_records_of_one_at_a_time(bb, folders, mo
 def test_the_loop_fallback_gives_the_same_records_bit_for_bit(bb, folders, monkeypatch):
     """Where vmap cannot run, MultiAlpha loops over the alphas on the batch read once: the
     same kernels on the same weights, so the records are equal and say nothing more."""
-    ev = sys.modules["wiseft.evaluate"]
+    ev = sys.modules["wiseft.evaluation.alpha_sweep"]
     model, theta_0, theta_1 = _model_and_thetas(bb)
     one = sweep(model, theta_0, theta_1, _sets(folders), ALPHAS, bb, settings=QUIET)
     monkeypatch.setattr(ev, "_multi_settings", lambda s: MultiAlphaSettings(mode="loop"))
@@ -188,7 +187,7 @@ def test_a_lora_sweep_goes_one_alpha_at_a_time_and_says_why(bb, folders, caplog)
 
 def test_a_flyp_sweep_goes_one_alpha_at_a_time_and_says_why(bb, folders, caplog):
     """FLYP's head is re-derived from each alpha's mixed text tower, not mixed."""
-    from wiseft.train.flyp import flyp_model
+    from wiseft.train import flyp_model
 
     model = flyp_model(bb, list(COLORS), ["a {} photo."])
     theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
@@ -206,7 +205,7 @@ def test_a_flyp_sweep_goes_one_alpha_at_a_time_and_says_why(bb, folders, caplog)
 
 
 def test_the_group_size_and_its_order(bb):
-    ev = sys.modules["wiseft.evaluate"]
+    ev = sys.modules["wiseft.evaluation.alpha_sweep"]
     model, theta_0, theta_1 = _model_and_thetas(bb)
     interp = Interpolator(theta_0, theta_1)
     alphas = [round(0.1 * i, 1) for i in range(11)]
@@ -256,9 +255,9 @@ def test_the_benchmark_times_the_sweep_both_ways_and_compares_the_records(tmp_pa
 
 def test_auto_on_a_gpu_takes_as_many_alphas_as_half_the_free_memory_holds(bb, monkeypatch):
     # the CUDA branch's arithmetic, on this CPU: the device and its free memory stand in
-    from wiseft.multi_alpha import stacked_bytes
+    from wiseft.merge.stacked import stacked_bytes
 
-    ev = sys.modules["wiseft.evaluate"]
+    ev = sys.modules["wiseft.evaluation.alpha_sweep"]
     model, theta_0, theta_1 = _model_and_thetas(bb)
     interp = Interpolator(theta_0, theta_1)
     per_alpha = stacked_bytes(theta_0, theta_1)

@@ -8,9 +8,18 @@ import math
 import pytest
 import torch
 
-from wiseft.data.base import DataError
-from wiseft.finetune import FinetuneConfig, compute_features, finetune
-from wiseft.train import BatchPlan, CheckpointDir, ResumeError, kshot_subset, resolve_batch
+from wiseft.config import FinetuneConfig
+from wiseft.data import DataError
+from wiseft.train import (
+    BatchPlan,
+    CheckpointDir,
+    ResumeError,
+    TrainRun,
+    compute_features,
+    finetune,
+    kshot_subset,
+    resolve_batch,
+)
 from wiseft.train.checkpoints import atomic_save
 from wiseft.train.methods import decays, param_groups
 
@@ -25,7 +34,7 @@ def setup(zeroshot_setup):
 def _tune(setup, **kw):
     model, train, backbone = setup
     opts = {k: kw.pop(k) for k in ("log_path", "checkpoint_dir", "resume") if k in kw}
-    return finetune(model, train, backbone, FinetuneConfig(**{**BASE, **kw}), progress=False, **opts)
+    return finetune(model, train, backbone, FinetuneConfig(**{**BASE, **kw}), TrainRun(progress=False, **opts))
 
 
 def _without_key_bias(k: str, v: torch.Tensor) -> torch.Tensor:

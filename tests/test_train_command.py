@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import run_config
-from wiseft.checkpoint import load_state
+
+from wiseft.cli.launch import train_from_config
 from wiseft.config import parse_config
-from wiseft.launch import train_from_config
+from wiseft.io import load_state
 from wiseft.pipeline import run
 
 pytestmark = pytest.mark.slow  # two fine-tunes per recipe

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wiseft.config.finetune import FinetuneConfig
+from wiseft.config import FinetuneConfig
+from wiseft.train import TrainRun
 from wiseft.train.probe import COARSE_GRID, fit_logistic, holdout_indices, search_linear_probe
 
 
@@ -69,11 +70,11 @@ def setup(zeroshot_setup):
 
 
 def test_finetune_mode_linear_installs_the_searched_probe(setup):
-    from wiseft.finetune import compute_features, finetune
+    from wiseft.train import compute_features, finetune
 
     model, train, backbone = setup
     cfg = dict(mode="linear", batch_size=8, epochs=2, lr=1e-2, warmup_steps=1, save_every_steps=None)
-    tuned = finetune(model, train, backbone, FinetuneConfig(**cfg), progress=False)
+    tuned = finetune(model, train, backbone, FinetuneConfig(**cfg), TrainRun(progress=False))
     feats, labels = compute_features(model.encoder, train, backbone, 8, progress=False)
     expected = search_linear_probe(feats, labels, len(model.classnames) if hasattr(model, "classnames")
                                    else model.head.out_features, seed=0)
@@ -81,14 +82,16 @@ def test_finetune_mode_linear_installs_the_searched_probe(setup):
     assert tuned.linear_probe["C"] == expected.C
     enc = model.encoder.state_dict()
     assert all(torch.equal(v, enc[k]) for k, v in tuned.encoder.state_dict().items())  # frozen encoder
-    sgd = finetune(model, train, backbone, FinetuneConfig(**cfg, linear_probe="sgd"), progress=False)
+    sgd = finetune(model, train, backbone, FinetuneConfig(**cfg, linear_probe="sgd"), TrainRun(progress=False))
     assert not hasattr(sgd, "linear_probe") and not torch.equal(sgd.head.weight, tuned.head.weight)
 
 
 def test_the_plan_names_the_probe_not_epochs_of_steps(open_clip_spec, image_data, tmp_path):
     from conftest import run_config
+
     from wiseft.config import parse_config
-    from wiseft.pipeline import plan_text, prepare_data
+    from wiseft.pipeline import prepare_data
+    from wiseft.pipeline.main import plan_text
 
     cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run",
                                   finetune={"mode": "linear", "precision": "fp32"},

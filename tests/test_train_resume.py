@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
-from wiseft.checkpoint import load_state
+
+from wiseft.cli.launch import train_from_config
 from wiseft.config import parse_config
-from wiseft.launch import train_from_config
+from wiseft.io import load_state
 from wiseft.pipeline import checkpoint_paths
 from wiseft.train.loop import KILL_ENV
 
@@ -45,7 +45,7 @@ def _entry(tmp_path):
     script = tmp_path / "train_entry.py"
     script.write_text("import sys, open_clip\n"
                       f"open_clip.add_model_config({str(tmp_path / 'oc')!r})\n"
-                      "from wiseft.launch import main\n"
+                      "from wiseft.cli.launch import main\n"
                       "sys.exit(main())\n")
     return str(script)
 

@@ -15,10 +15,20 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .backbones.base import Backbone
-from .files import write_with
-from .runtime import device_of, to_device
-from .templates import check_prompts, templates_hash
+from wiseft.backbones import Backbone, exported_spec, load_backbone
+from wiseft.core import check_prompts, templates_hash
+from wiseft.io import (
+    META_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    atomic_path,
+    atomic_write,
+    check_finite,
+    load_state,
+    save_state,
+    write_with,
+)
+from wiseft.runtime import device_of, to_device
 
 log = logging.getLogger("wiseft")
 
@@ -178,3 +188,38 @@ def rederive_head(model: Classifier) -> None:
     were mixed or loaded); any other classifier's head is a weight of its own: no-op."""
     if isinstance(model, PromptClassifier):
         model.rederive_head()
+
+
+def export_model(model: Classifier, backbone: Backbone, meta: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write a self-contained model directory: the classifier (``model.safetensors``),
+    its metadata (``wiseft.json``) and the full pretrained model with these encoder
+    weights in the family's own format (open_clip file, HF or sentence-transformers
+    directory). ``backbone.encoder`` is set to ``model.encoder``'s weights."""
+    out_dir = Path(out_dir)
+    check_finite(model.state_dict(), f"model to export to {out_dir}")  # before anything is written
+    if model.encoder is not backbone.encoder:
+        backbone.encoder.load_state_dict(model.encoder.state_dict())
+    with atomic_path(out_dir, directory=True) as tmp:  # an old export is replaced in one step
+        native = backbone.export(tmp)
+        spec = backbone.spec.model_dump()
+        if backbone.extras.get("quick_gelu") is not None:  # the activation the weights were built with,
+            spec["quick_gelu"] = backbone.extras["quick_gelu"]  # which a reload from a file cannot look up by tag
+        meta = {**meta, "backbone": spec, "native": native.name, "logit_scale": backbone.logit_scale}
+        save_state(tmp / MODEL_FILE, model.state_dict(), meta)
+        atomic_write(tmp / META_FILE, json.dumps(meta, indent=2))
+    return out_dir
+
+
+def load_model(path: str | Path) -> tuple[Classifier, Backbone, dict[str, Any]]:
+    """Load an exported model directory back: (classifier, backbone, metadata)."""
+    path = Path(path)
+    if not (path / META_FILE).exists():
+        raise CheckpointError(f"{path} is not a wiseft model directory (no {META_FILE})")
+    meta = json.loads((path / META_FILE).read_text())
+    backbone = load_backbone(exported_spec(meta["backbone"], path / meta["native"]))  # the family knows the field
+    state = load_state(path / MODEL_FILE)
+    head = torch.nn.Linear(state["head.weight"].shape[1], state["head.weight"].shape[0])
+    model = Classifier(backbone.encoder, head)
+    model.load_state_dict(state)
+    model.eval()
+    return model, backbone, meta

@@ -1,5 +1,11 @@
 """Adapters from pretrained models to the encoders WiSE-FT needs; one file per family."""
 
-from .base import Backbone, BackboneSpec, list_backbones, load_backbone, register_backbone
+from __future__ import annotations
 
-__all__ = ["Backbone", "BackboneSpec", "list_backbones", "load_backbone", "register_backbone"]
+from wiseft.core import front_door
+
+# submodule -> the names it defines that this package exports
+_SOURCES = {
+    "base": ["Backbone", "exported_spec", "list_backbones", "load_backbone", "register_backbone", "require", "shareless"],
+}
+__all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -10,9 +10,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
-from ..config.backbone import BackboneSpec
-from ..errors import WiseftError
-from ..registry import BACKBONES
+from wiseft.config import BackboneSpec
+from wiseft.core import BACKBONES, WiseftError
 
 
 @dataclass
@@ -115,13 +114,3 @@ def image_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
 
 
-def shareless(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict safetensors can write: contiguous, and no two entries sharing storage."""
-    seen: set[int] = set()
-    out = {}
-    for k, v in state.items():
-        v = v.detach().contiguous()
-        key = v.untyped_storage().data_ptr() if v.numel() else id(v)
-        out[k] = v.clone() if key in seen else v
-        seen.add(key)
-    return out

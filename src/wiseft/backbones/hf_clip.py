@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Backbone, BackboneSpec, image_collate, register_backbone, require
+from wiseft.backbones.base import Backbone, BackboneSpec, image_collate, register_backbone, require
 
 EXPORT_DIR = "hf_model"
 

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .base import Backbone, BackboneSpec, image_collate, register_backbone, require, shareless
+from wiseft.backbones.base import Backbone, BackboneSpec, image_collate, register_backbone, require
+from wiseft.io import shareless
 
 EXPORT_FILE = "open_clip_model.safetensors"
 
@@ -25,8 +26,8 @@ def load_open_clip(spec: BackboneSpec) -> Backbone:
     """open_clip ``create_model_and_transforms(name, pretrained)``; the image tower is
     the encoder. ``pretrained`` may be a tag, a local .safetensors/.pt/.bin file, or an
     open_clip training checkpoint (``state_dict`` entry, ``module.`` prefixes)."""
-    from ..files import check_torch_file
-    from .base import BackboneError
+    from wiseft.backbones.base import BackboneError
+    from wiseft.io import check_torch_file
 
     check_torch_file(spec.pretrained, BackboneError)  # a pickle that would run code: a named error first
     open_clip = require("open_clip", "openclip")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Backbone, BackboneSpec, register_backbone, require
+from wiseft.backbones.base import Backbone, BackboneSpec, register_backbone, require
 
 EXPORT_DIR = "sentence_transformer"
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's learned value; sentence encoders carry none

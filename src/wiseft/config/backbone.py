@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, model_validator
 
-from ..registry import BACKBONES
+from wiseft.core import BACKBONES
 
 # Spec fields that only some families read: a family reads one only if it declares it
 # (``register_backbone(family, settings=(...))``); a family that declares no settings

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 from pydantic import GetCoreSchemaHandler, TypeAdapter, ValidationError
 from pydantic_core import CoreSchema, core_schema
 
-from ..registry import DATASETS, did_you_mean
-from .errors import FieldError
+from wiseft.config.errors import FieldError
+from wiseft.core import DATASETS, did_you_mean
 
 _CLASS_MAP = dict[str, str | int | list[str | int]]  # dataset class -> reference class name(s) or index(es)
 # keys of a spec that the run reads (projecting a set onto the reference classes), not the builder

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import WiseftError
+from wiseft.core import WiseftError
 
 
 class ConfigError(WiseftError):

@@ -7,8 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from .options import with_options
-
 DEFAULT_CHUNK_BYTES = 16 << 20
 
 
@@ -56,9 +54,3 @@ class MergeConfig(BaseModel):
         """``max_shard_bytes`` in bytes, or None when unset (ValueError when it is no size)."""
         return None if self.max_shard_bytes is None else parse_size(self.max_shard_bytes)
 
-
-def merge_config(settings: MergeConfig | None = None, **options: Any) -> MergeConfig:
-    """``settings`` (default ``MergeConfig()``) with ``options`` applied: MergeConfig
-    fields given as loose keyword arguments, the form merge functions took before they
-    took one settings object; the options win over ``settings``."""
-    return with_options(MergeConfig, settings, **options)

@@ -16,8 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..registry import MERGE_METHODS, did_you_mean
-from .errors import FieldError
+from wiseft.config.errors import FieldError
+from wiseft.core import MERGE_METHODS, did_you_mean
 
 
 class MergeSpec(BaseModel):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..results import PRIMARY
-from .options import with_options
+from wiseft.core import PRIMARY
 
 DEFAULT_BASELINES = "testbed"  # the packaged baseline set of ImageNet runs (robustness.PACKAGED_BASELINES)
 
@@ -35,9 +33,3 @@ class ReportConfig(BaseModel):
     use_default_baselines: bool = True
     default_baselines: str = DEFAULT_BASELINES
 
-
-def report_config(settings: ReportConfig | None = None, **options: Any) -> ReportConfig:
-    """``settings`` (default ``ReportConfig()``) with ``options`` applied: ReportConfig
-    fields given as loose keyword arguments, the form ``build_report`` took before it
-    took one settings object; the options win over ``settings``."""
-    return with_options(ReportConfig, settings, **options)

@@ -12,18 +12,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from ..registry import deferred_plugins, did_you_mean
-from ..templates import TEMPLATES, classnames_problem, template_problem
-from .backbone import BackboneSpec
-from .datasets import DatasetSpec, describe_type
-from .errors import ConfigError, FieldError
-from .evaluation import EvalConfig
-from .finetune import FinetuneConfig
-from .merges import MergeRun, MergeSpec, check_merges, resolve_merge
-
+from wiseft.config.backbone import BackboneSpec
+from wiseft.config.datasets import DatasetSpec, describe_type
+from wiseft.config.errors import ConfigError, FieldError
+from wiseft.config.evaluation import EvalConfig
+from wiseft.config.finetune import FinetuneConfig
+from wiseft.config.merges import MergeRun, MergeSpec, check_merges, resolve_merge
+from wiseft.core import TEMPLATES, classnames_problem, deferred_plugins, did_you_mean, template_problem
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 

@@ -1,7 +1,13 @@
-"""Dataset registry and loaders."""
+"""Datasets: one module per family registers its builders; LabeledDataset, projections onto the reference classes, seeded hold-outs, and the run's data preparation."""
 
-from .base import (DataError, LabeledDataset, Projection, build_dataset, build_projection,
-                   list_datasets, register_dataset, split_holdout)
+from __future__ import annotations
 
-__all__ = ["DataError", "LabeledDataset", "Projection", "build_dataset", "build_projection",
-           "list_datasets", "register_dataset", "split_holdout"]
+from wiseft.core import front_door
+
+# submodule -> the names it defines that this package exports
+_SOURCES = {
+    "base": ["DataError", "LabeledDataset", "Projection", "build_dataset", "build_projection", "list_datasets",
+             "per_class_permutations", "read_classnames", "register_dataset", "split_holdout"],
+    "folders": ["check_unreadable", "load_image"],
+}
+__all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -11,12 +11,8 @@ from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import WiseftError
-from ..metrics import Score, accuracy
-from ..config.datasets import (DatasetSpec, check_dataset_spec, dataset_options,  # noqa: F401 (re-exported)
-                               describe_type)
-from ..config.errors import FieldError
-from ..registry import DATASETS
+from wiseft.config import DatasetSpec, FieldError
+from wiseft.core import DATASETS, Score, WiseftError, accuracy
 
 
 class DataError(WiseftError):

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from .base import DataError, LabeledDataset, TrainOrTest, per_class_permutations, register_dataset, resolve
+from wiseft.data.base import DataError, LabeledDataset, TrainOrTest, per_class_permutations, register_dataset, resolve
 
 TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 CLASSNAMES = ("business", "entertainment", "politics", "sports", "technology")

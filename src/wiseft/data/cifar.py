@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..templates import CIFAR_TEMPLATES  # noqa: F401  (CLIP's 'cifar' set; kept importable from here)
-from .base import DataError, LabeledDataset, TrainOrTest, find_root, register_dataset
+from wiseft.data.base import DataError, LabeledDataset, TrainOrTest, find_root, register_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

@@ -12,7 +12,7 @@ from typing import IO, Sequence
 import numpy as np
 from PIL import Image
 
-from .base import DataError, LabeledDataset, read_classnames, register_dataset, resolve
+from wiseft.data.base import DataError, LabeledDataset, read_classnames, register_dataset, resolve
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 

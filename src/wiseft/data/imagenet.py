@@ -14,8 +14,8 @@ from typing import Literal
 
 from PIL import Image
 
-from .base import DataError, LabeledDataset, Projection, find_root, register_dataset, resource
-from .folders import IMAGE_EXTENSIONS, load_image
+from wiseft.data.base import DataError, LabeledDataset, Projection, find_root, register_dataset, resource
+from wiseft.data.folders import IMAGE_EXTENSIONS, load_image
 
 
 @lru_cache(maxsize=None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from .base import DataError, LabeledDataset, TrainOrTest, find_root, register_dataset
-from .folders import load_image
+from wiseft.data.base import DataError, LabeledDataset, TrainOrTest, find_root, register_dataset
+from wiseft.data.folders import load_image
 
 
 def _list_file(path: Path, what: str) -> list[str]:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..metrics import Score, pm_k_accuracy
-from .base import DataError, LabeledDataset, Projection, find_root, register_dataset, resource
-from .folders import load_image
-from .imagenet import imagenet_wnids
+from wiseft.core import Score, pm_k_accuracy
+from wiseft.data.base import DataError, LabeledDataset, Projection, find_root, register_dataset, resource
+from wiseft.data.folders import load_image
+from wiseft.data.imagenet import imagenet_wnids
 
 PMK_PROBLEMS = {"dissimilar", "problematic", "incorrect", "dont know", "deformation", "background-change",
                 "occlusion-increased", "blur-increase", "bad-anchor"}

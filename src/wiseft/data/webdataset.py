@@ -29,9 +29,9 @@ from typing import Any, Literal, NamedTuple, Sequence
 
 from PIL import Image
 
-from ..files import atomic_write
-from .base import DataError, LabeledDataset, read_classnames, register_dataset, resolve
-from .folders import UnreadableImage, decode_image
+from wiseft.data.base import DataError, LabeledDataset, read_classnames, register_dataset, resolve
+from wiseft.data.folders import UnreadableImage, decode_image
+from wiseft.io import atomic_write
 
 log = logging.getLogger("wiseft")
 

@@ -13,9 +13,9 @@ from typing import Literal
 
 import torch
 
-from ..metrics import Score, accuracy, macro_f1, worst_group_accuracy
-from .base import DataError, LabeledDataset, find_root, register_dataset, resource
-from .folders import load_image
+from wiseft.core import Score, accuracy, macro_f1, worst_group_accuracy
+from wiseft.data.base import DataError, LabeledDataset, find_root, register_dataset, resource
+from wiseft.data.folders import load_image
 
 FMOW_CATEGORIES = (
     "airport", "airport_hangar", "airport_terminal", "amusement_park", "aquaculture", "archaeological_site",

@@ -1,42 +1,20 @@
-"""The training engine: DDP/FSDP under torchrun, mixed precision, accumulation,
-exact resume, metrics, and the paper's alternative fine-tuning methods.
-
-The library (heads, merge, evaluation) never imports this package; ``wiseft.finetune``
-is the entry point that does. It imports nothing above itself: the launcher that
-fine-tunes from a run config (``python -m wiseft.train``) is :mod:`wiseft.launch`.
-Names load on first use (PEP 562), so ``import wiseft.train`` does not import torch.
-"""
+"""The training engine: DDP/FSDP under torchrun, mixed precision, accumulation, exact resume, metrics, and the paper's alternative fine-tuning methods."""
 
 from __future__ import annotations
 
-import importlib
+from wiseft.core import front_door
 
-# public name -> submodule that defines it
+# submodule -> the names it defines that this package exports
 _SOURCES = {
-    "checkpoints": ["CheckpointDir", "ResumeError", "load_checkpoint", "load_training_state"],
+    "checkpoints": ["CheckpointDir", "ResumeError", "check_resumable", "load_training_state"],
     "data": ["BatchPlan", "kshot_subset", "resolve_batch"],
-    "distributed": ["DistInfo", "init_distributed"],
-    "engine": ["TrainRun", "enable_grad_checkpointing", "run_finetune", "sharded_features"],
+    "engine": ["TrainRun", "finetune", "enable_grad_checkpointing", "sharded_features"],
     "features": ["compute_features"],
+    "flyp": ["flyp_model"],
     "logs": ["MetricLog"],
-    "loop": ["Stage", "Trainer"],
+    "loop": ["Stage", "Trainer", "finetune_precision"],
+    "lora": ["LORA_A", "LORA_B", "finetuned_state"],
+    "methods": ["adamw"],
     "schedule": ["cosine_lr"],
 }
-_LAZY = {name: module for module, names in _SOURCES.items() for name in names}
-
-__all__ = ["BatchPlan", "CheckpointDir", "DistInfo", "MetricLog", "ResumeError", "Stage", "Trainer", "TrainRun",
-           "compute_features", "cosine_lr", "enable_grad_checkpointing", "init_distributed", "kshot_subset",
-           "load_checkpoint", "load_training_state", "resolve_batch", "run_finetune", "sharded_features"]
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

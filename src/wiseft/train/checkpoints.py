@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import WiseftError
-from ..files import read_torch, resolve_checkpoint, write_with
+from wiseft.core import WiseftError
+from wiseft.io import read_torch, resolve_checkpoint, write_with
 
 FORMAT = "wiseft-train-1"
 _NAME = re.compile(r"^(?:epoch_(\d+)_)?step_(\d+)\.pt$")
@@ -113,7 +113,6 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-load_checkpoint = load_training_state  # the name before issue 14 (public in wiseft.train), same function
 
 
 def check_resumable(root: str | Path) -> None:

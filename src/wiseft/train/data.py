@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.base import DataError, LabeledDataset, per_class_permutations
+from wiseft.data import DataError, LabeledDataset, per_class_permutations
 
 log = logging.getLogger("wiseft")
 

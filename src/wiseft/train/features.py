@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..backbones.base import Backbone
-from ..data.base import LabeledDataset
-from ..data.folders import check_unreadable
-from ..progress import progress_bar
-from ..runtime import autocast, device_of, to_device
+from wiseft.backbones import Backbone
+from wiseft.core import progress_bar
+from wiseft.data import LabeledDataset, check_unreadable
+from wiseft.runtime import autocast, device_of, to_device
 
 log = logging.getLogger("wiseft")
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..backbones.base import Backbone, require
-from ..errors import WiseftError
-from ..heads import Classifier, PromptClassifier
+from wiseft.backbones import Backbone, require
+from wiseft.core import WiseftError
+from wiseft.heads import Classifier, PromptClassifier
 
 Tokenize = Callable[[list[str]], Any]
 

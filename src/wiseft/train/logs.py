@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write, open_append
+from wiseft.io import atomic_write, open_append
 
 FIELDS = ("stage", "step", "epoch", "loss", "lr", "samples_per_s", "elapsed_s")
 

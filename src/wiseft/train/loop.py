@@ -16,23 +16,51 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.utils.data import DataLoader, Dataset
 
-from ..config.finetune import FinetuneConfig
-from ..data.folders import check_unreadable
-from ..errors import WiseftError
-from ..progress import progress_bar
-from ..runtime import PrecisionChoice, autocast, choose_precision, device_of, to_device
-from .checkpoints import FORMAT, CheckpointDir, ResumeError, check_same_trajectory, load_training_state, \
-    rng_state, set_rng_state
-from .data import (BatchPlan, MicroBatch, PlanSampler, SeededSamples, SkipUnreadable, draws_random_numbers,
-                   micro_batch_seed, resolve_batch)
-from .distributed import all_gather_objects, all_reduce_sum, current, freeze_unreached, wrap_model
-from .logs import MetricLog
-from .methods import EMA, ZeroShotL2, adamw, param_groups
-from .schedule import cosine_lr
+from wiseft.config import FinetuneConfig
+from wiseft.core import WiseftError, progress_bar
+from wiseft.data import check_unreadable
+from wiseft.runtime import (
+    PrecisionChoice,
+    all_gather_objects,
+    all_reduce_sum,
+    autocast,
+    choose_precision,
+    current,
+    device_of,
+    freeze_unreached,
+    to_device,
+    wrap_model,
+)
+from wiseft.train.checkpoints import (
+    FORMAT,
+    CheckpointDir,
+    ResumeError,
+    check_same_trajectory,
+    load_training_state,
+    rng_state,
+    set_rng_state,
+)
+from wiseft.train.data import (
+    BatchPlan,
+    MicroBatch,
+    PlanSampler,
+    SeededSamples,
+    SkipUnreadable,
+    draws_random_numbers,
+    micro_batch_seed,
+    resolve_batch,
+)
+from wiseft.train.logs import MetricLog
+from wiseft.train.methods import EMA, ZeroShotL2, adamw, param_groups
+from wiseft.train.schedule import cosine_lr
 
 log = logging.getLogger("wiseft")
 # test hook: SIGKILL this process right after the given optimizer step (fault-tolerance tests)

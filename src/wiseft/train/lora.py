@@ -18,9 +18,9 @@ import sys
 
 import torch
 
-from ..backbones.base import require
-from ..config.finetune import LoraConfig
-from ..errors import WiseftError
+from wiseft.backbones import require
+from wiseft.config import LoraConfig
+from wiseft.core import WiseftError
 
 log = logging.getLogger("wiseft")
 

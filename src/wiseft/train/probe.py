@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..data.base import per_class_permutations
+from wiseft.data import per_class_permutations
 
 COARSE_GRID = tuple(10.0 ** e for e in range(-6, 7))  # 1e-6 .. 1e6, one per decade
 

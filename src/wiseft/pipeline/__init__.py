@@ -1,0 +1,12 @@
+"""The main job (wiseft.run): plan and estimate, data, head, fine-tunes, sweeps, selection, export, report."""
+
+from __future__ import annotations
+
+from wiseft.core import front_door
+
+# submodule -> the names it defines that this package exports
+_SOURCES = {
+    "main": ["RunResult", "ZeroShotModels", "checkpoint_paths", "prepare_data", "resolve_precisions", "run",
+             "train_and_save"],
+}
+__all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)
