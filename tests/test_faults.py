@@ -22,8 +22,8 @@ from wiseft.config import load_config
 from wiseft.io import CheckpointError, check_torch_file, hold, load_state, read_records
 from wiseft.io.atomic import KILL_ENV, LOCK_NAME, LockError
 from wiseft.pipeline import checkpoint_paths
-from wiseft.train import ResumeError
-from wiseft.train.checkpoints import FORMAT, load_training_state
+from wiseft.train import ResumeError, load_training_state
+from wiseft.train.checkpoints import FORMAT
 
 pytestmark = pytest.mark.slow  # subprocesses killed mid-write, concurrent runs
 

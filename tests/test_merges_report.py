@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wiseft.config.report import ReportConfig
+from wiseft.config import ReportConfig
 from wiseft.core import Record
 from wiseft.io import append_records, read_records
 from wiseft.report import build_report, clopper_pearson

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from wiseft.config.report import ReportConfig
+from wiseft.config import ReportConfig
 from wiseft.core import Record, summary_table
 from wiseft.evaluation.ensemble import OUTPUT_ENSEMBLE, output_ensemble_name
 from wiseft.io import append_records, read_records

@@ -10,7 +10,7 @@ _SOURCES = {
     "metrics": ["Score", "accuracy", "expected_calibration_error", "fit_temperature", "macro_f1", "pm_k_accuracy",
                 "worst_group_accuracy"],
     "progress": ["configure_logging", "duration", "progress_bar"],
-    "records": ["MERGE", "NOT_PRIMARY", "OUTPUT_ENSEMBLE", "PRIMARY", "QUICK_BANNER", "Record", "SEARCH", "TEST",
+    "records": ["DEFAULT_ALPHA", "MERGE", "alpha_rank", "best_alpha", "NOT_PRIMARY", "OUTPUT_ENSEMBLE", "PRIMARY", "QUICK_BANNER", "Record", "SEARCH", "TEST",
                 "column_name", "is_quick", "merge_names", "merge_of", "merge_stage", "output_ensemble_name",
                 "package_versions", "restricted_metric", "select_metric", "summary_table"],
     "registry": ["BACKBONES", "DATASETS", "MERGE_METHODS", "deferred_plugins", "did_you_mean"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 ROLES = ("reference", "shift", "validation")
 # Metric selector: each dataset's primary metric (the record flagged ``provenance["primary"]``).
@@ -18,6 +18,27 @@ PRIMARY = "primary"
 NOT_PRIMARY = ("ece", "temperature")
 QUICK_BANNER = ("QUICK RUN (--quick): a few dozen examples per set and a few steps per fine-tune, to check "
                 "the config end to end. These numbers are not results.")
+# The paper's default mixing coefficient: the answer when nothing was measured to choose
+# by, and where ties between equally good alphas go.
+DEFAULT_ALPHA = 0.5
+
+
+def alpha_rank(value: float, alpha: float) -> tuple[float, float, float]:
+    """The sort key of the one rule that picks an alpha (smallest first): the highest
+    ``value``, ties to the alpha closest to 0.5, then to the smaller alpha. Rounding keeps
+    float noise (0.6 - 0.5 against 0.5 - 0.4) from deciding a tie.
+
+    Example:
+        >>> min([(0.9, 0.4), (0.9, 0.6), (0.8, 0.5)], key=lambda t: alpha_rank(*t))
+        (0.9, 0.4)
+    """
+    return (-round(value, 12), round(abs(alpha - DEFAULT_ALPHA), 9), alpha)
+
+
+def best_alpha(scores: Mapping[float, float]) -> float:
+    """The alpha of ``scores`` (alpha -> value) that :func:`alpha_rank` puts first."""
+    return min(scores, key=lambda a: alpha_rank(scores[a], a))
+
 
 
 @dataclass(frozen=True)

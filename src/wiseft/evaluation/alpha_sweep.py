@@ -38,6 +38,7 @@ from wiseft.core import (
     TEST,
     Record,
     Score,
+    alpha_rank,
     expected_calibration_error,
     fit_temperature,
     output_ensemble_name,
@@ -982,8 +983,7 @@ def choose_point(values: Sequence[float], points: Sequence[Mapping[str, Any]]) -
     alphas = all(list(p) == ["alpha"] for p in points)
 
     def key(i: int) -> tuple:
-        tie = (round(abs(float(points[i]["alpha"]) - 0.5), 9), float(points[i]["alpha"])) if alphas else (i,)
-        return (-round(values[i], 12), *tie)
+        return alpha_rank(values[i], float(points[i]["alpha"])) if alphas else (-round(values[i], 12), i)
 
     return min(range(len(values)), key=key)
 

@@ -24,11 +24,13 @@ from typing import Iterable
 
 from wiseft.config import ReportConfig
 from wiseft.core import (
+    DEFAULT_ALPHA,
     NOT_PRIMARY,
     PRIMARY,
     QUICK_BANNER,
     SEARCH,
     Record,
+    alpha_rank,
     column_name,
     is_quick,
     merge_names,
@@ -49,7 +51,6 @@ from wiseft.report.plots import (
 )
 from wiseft.report.robustness import (
     AVG,
-    DEFAULT_ALPHA,
     PACKAGED_BASELINES,
     BaselineFit,
     RobustnessRow,
@@ -155,8 +156,7 @@ def _table_rows(model: str, selected: dict[str, float], columns: list[str],
 
     def oracle(col: str) -> Cell:
         have = [(v[col], a) for a, v in vals.items() if col in v]
-        # Highest value; ties toward alpha 0.5, as in select_alpha.
-        return max(have, key=lambda t: (t[0], -abs(t[1] - DEFAULT_ALPHA))) if have else (None, None)
+        return min(have, key=lambda t: alpha_rank(*t)) if have else (None, None)  # select_alpha's rule
 
     sel = selected[model]
     rows = [

@@ -26,9 +26,18 @@ import numpy as np
 from scipy import stats
 
 from wiseft.config import DEFAULT_BASELINES
-from wiseft.core import PRIMARY, TEST, Record, merge_of, merge_stage, restricted_metric, select_metric
+from wiseft.core import (
+    DEFAULT_ALPHA,
+    PRIMARY,
+    TEST,
+    Record,
+    best_alpha,
+    merge_of,
+    merge_stage,
+    restricted_metric,
+    select_metric,
+)
 
-DEFAULT_ALPHA = 0.5
 # Accuracies are clipped this far from 0 and 1 before taking logits, so a perfect or
 # zero score still has a finite place on the axis (99.99% is the largest shown).
 EPS = 1e-4
@@ -385,5 +394,4 @@ def select_alpha(
         return DEFAULT_ALPHA
     # Several validation sets for one alpha are averaged, so each alpha has one score.
     mean = {a: sum(v) / len(v) for a, v in scores.items()}
-    # Rounding keeps float noise (0.6 - 0.5 vs 0.5 - 0.4) from deciding ties.
-    return min(mean, key=lambda a: (-round(mean[a], 12), round(abs(a - DEFAULT_ALPHA), 9), a))
+    return best_alpha(mean)
