@@ -186,8 +186,8 @@ def zeroshot_setup(open_clip_spec, image_data, tmp_path_factory):
     """(zero-shot model, training set, backbone) of the tiny open_clip run, for training tests."""
     from wiseft.backbones import load_backbone
     from wiseft.config import parse_config
+    from wiseft.heads import build_zeroshot_model
     from wiseft.pipeline import prepare_data
-    from wiseft.pipeline.main import build_zeroshot_model
 
     cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path_factory.mktemp("run")))
     data = prepare_data(cfg)

@@ -8,7 +8,7 @@ import yaml
 from conftest import run_config
 
 from wiseft.config import RunConfig, load_config, parse_config
-from wiseft.pipeline.main import quick_config
+from wiseft.pipeline.plan import quick_config
 
 SPEC = {"family": "open_clip", "name": "tiny", "pretrained": "/weights/tiny.safetensors"}
 

@@ -254,7 +254,7 @@ def test_an_unreadable_image_is_named_by_its_shard_and_member(tmp_path):
     pattern, _ = _shards_with_a_corrupt_image(tmp_path)
     ds = webdataset(pattern, SORTED)
     bad = next(r for r, _ in ds.samples if r.name == "red/zz_bad0.png")
-    with pytest.raises(UnreadableImage, match=rf"cannot read image .*imgs-000002.tar\[red/zz_bad0.png\]: "):
+    with pytest.raises(UnreadableImage, match=r"cannot read image .*imgs-000002.tar\[red/zz_bad0.png\]: "):
         ds.load(bad)
     truncated = TarMember(bad.shard, "red/000.png", (tmp_path / "shards" / "imgs-000002.tar").stat().st_size - 10, 50)
     with pytest.raises(UnreadableImage, match=r"the shard ends after 10 of its 50 bytes"):

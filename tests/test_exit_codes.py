@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import save_file
 
 from wiseft.cli import main
-from wiseft.cli.launch import EXIT_INTERRUPTED, EXIT_IOERR, EXIT_NOPERM, EXIT_TERMINATED
+from wiseft.cli.errors import EXIT_INTERRUPTED, EXIT_IOERR, EXIT_NOPERM, EXIT_TERMINATED
 from wiseft.io import atomic_path, write_with
 from wiseft.io.atomic import named_io_error
 

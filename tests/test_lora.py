@@ -13,9 +13,9 @@ from PIL import Image
 from wiseft.backbones import load_backbone
 from wiseft.config import FinetuneConfig, LoraConfig, parse_config
 from wiseft.data import LabeledDataset
+from wiseft.heads import build_zeroshot_model
 from wiseft.merge import AdapterInterpolator, interpolate, interpolator_for, merged_adapter_state
 from wiseft.merge.lora import is_adapter_state
-from wiseft.pipeline.main import build_zeroshot_model
 from wiseft.train import TrainRun, finetune, finetuned_state
 from wiseft.train.lora import DEFAULT_TARGETS, LoraError, lora_layers, merged_state
 

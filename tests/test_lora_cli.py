@@ -12,9 +12,8 @@ from conftest import run_config
 from wiseft.backbones import load_backbone
 from wiseft.cli import main
 from wiseft.config import parse_config
-from wiseft.heads import export_model, load_model
+from wiseft.heads import build_zeroshot_model, export_model, load_model
 from wiseft.pipeline import prepare_data
-from wiseft.pipeline.main import build_zeroshot_model
 
 peft = pytest.importorskip("peft")
 Q = "vision_model.encoder.layers.0.self_attn.q_proj.weight"

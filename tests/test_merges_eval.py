@@ -14,9 +14,9 @@ from wiseft.config import parse_config
 from wiseft.core import Record
 from wiseft.evaluation import EvalSettings, reuse_sweep, search_merge
 from wiseft.evaluation.alpha_sweep import choose_point
+from wiseft.heads import build_zeroshot_model
 from wiseft.merge import merge_states
 from wiseft.pipeline import prepare_data
-from wiseft.pipeline.main import build_zeroshot_model
 
 evaluate = importlib.import_module("wiseft.evaluation.alpha_sweep")  # the module: ``wiseft.evaluation.alpha_sweep`` is also a function
 

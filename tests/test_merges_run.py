@@ -11,10 +11,10 @@ from wiseft.backbones import load_backbone
 from wiseft.cli import main
 from wiseft.config import parse_config
 from wiseft.evaluation import predict_logits
+from wiseft.heads import build_zeroshot_model
 from wiseft.io import load_state
 from wiseft.merge import merge_states
 from wiseft.pipeline import prepare_data
-from wiseft.pipeline.main import build_zeroshot_model
 from wiseft.report import select_alpha
 
 MERGES = [

@@ -11,9 +11,9 @@ from wiseft import load_model, read_records, run
 from wiseft.cli import main
 from wiseft.config import parse_config
 from wiseft.evaluation import predict_logits
+from wiseft.heads import build_zeroshot_model
 from wiseft.merge import Interpolator
 from wiseft.pipeline import prepare_data
-from wiseft.pipeline.main import build_zeroshot_model
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_quick_run_is_the_same_pipeline_on_a_slice_marked_as_such(open_clip_spec
 
 def test_quick_slice_takes_classes_in_turn():
     from wiseft.data import LabeledDataset
-    from wiseft.pipeline.main import quick_slice
+    from wiseft.pipeline.prepare import quick_slice
 
     ds = LabeledDataset([(i, i % 5) for i in range(500)], list("abcde"))
     sliced = quick_slice(ds, 48)

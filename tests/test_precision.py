@@ -115,7 +115,7 @@ def test_a_deterministic_recipe_resolves_auto_to_fp32(cpu):
 
 def test_a_run_resolves_auto_once_and_its_train_key_says_what_ran(cpu, monkeypatch):
     from wiseft.pipeline import resolve_precisions
-    from wiseft.pipeline.main import precision_text
+    from wiseft.pipeline.plan import precision_text
 
     cfg = parse_config({"backbone": {"family": "open_clip", "name": "ViT-B-32"},
                         "data": {"train": {"kind": "bbc_news"}, "test": {"kind": "bbc_news", "split": "test"}},

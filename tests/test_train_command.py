@@ -8,10 +8,9 @@ import pytest
 import torch
 from conftest import run_config
 
-from wiseft.cli.launch import train_from_config
 from wiseft.config import parse_config
 from wiseft.io import load_state
-from wiseft.pipeline import run
+from wiseft.pipeline import run, train_from_config
 
 pytestmark = pytest.mark.slow  # two fine-tunes per recipe
 

@@ -91,7 +91,7 @@ def test_the_plan_names_the_probe_not_epochs_of_steps(open_clip_spec, image_data
 
     from wiseft.config import parse_config
     from wiseft.pipeline import prepare_data
-    from wiseft.pipeline.main import plan_text
+    from wiseft.pipeline.plan import plan_text
 
     cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run",
                                   finetune={"mode": "linear", "precision": "fp32"},

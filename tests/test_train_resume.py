@@ -13,10 +13,9 @@ import torch
 import yaml
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
 
-from wiseft.cli.launch import train_from_config
 from wiseft.config import parse_config
 from wiseft.io import load_state
-from wiseft.pipeline import checkpoint_paths
+from wiseft.pipeline import checkpoint_paths, train_from_config
 from wiseft.train.loop import KILL_ENV
 
 # 27 training images (36 minus the validation hold-out), batch 4: 7 steps per epoch, 14 in all
@@ -38,15 +37,15 @@ def _env(tmp_path):
 
 
 def _entry(tmp_path):
-    """``python -m wiseft.train``'s main, in a script that first registers the tiny open_clip
+    """``wiseft train``, in a script that first registers the tiny open_clip
     architecture (the test process registered it in memory only)."""
     (tmp_path / "oc").mkdir(exist_ok=True)
     (tmp_path / "oc" / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(TINY_CONFIG))
     script = tmp_path / "train_entry.py"
     script.write_text("import sys, open_clip\n"
                       f"open_clip.add_model_config({str(tmp_path / 'oc')!r})\n"
-                      "from wiseft.cli.launch import main\n"
-                      "sys.exit(main())\n")
+                      "from wiseft.cli import main\n"
+                      "sys.exit(main(['train', *sys.argv[1:]]))\n")
     return str(script)
 
 

@@ -223,3 +223,8 @@ def load_model(path: str | Path) -> tuple[Classifier, Backbone, dict[str, Any]]:
     model.load_state_dict(state)
     model.eval()
     return model, backbone, meta
+
+
+def build_zeroshot_model(backbone: Backbone, classnames, templates, *, cache: bool = True) -> Classifier:
+    """Classifier(encoder, zero-shot head) for the given classes and prompts."""
+    return Classifier(backbone.encoder, zeroshot_head(backbone, classnames, templates, cache=cache))

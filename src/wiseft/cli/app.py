@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from wiseft.cli.launch import (
+from wiseft.cli.errors import call_command
+from wiseft.cli.train import (
     add_config_arguments,
     add_train_arguments,
-    call_command,
     cmd_train,
     config_overrides,
     shutdown,

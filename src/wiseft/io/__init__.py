@@ -6,8 +6,9 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "atomic": ["Terminated", "atomic_path", "atomic_write", "check_free", "clear_dir", "hold", "on_main_thread",
-               "open_append", "raise_terminated", "release_scratch", "scratch_dir", "scratch_file", "write_with", "writing"],
+    "scratch": ["Terminated", "on_main_thread", "raise_terminated", "release_scratch", "scratch_dir", "scratch_file"],
+    "atomic": ["atomic_path", "atomic_write", "check_free", "clear_dir", "hold", 
+               "open_append", "write_with", "writing"],
     "checkpoint": ["CheckpointError", "INDEX_SUFFIX", "META_FILE", "MODEL_FILE", "SAFETENSORS_SINGLE_NAMES", "StateDict",
                    "all_finite", "check_finite", "shareless", "check_torch_file", "load_state", "read_meta", "read_torch",
                    "resolve_checkpoint", "safetensors_files", "save_state"],

@@ -6,7 +6,9 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "main": ["RunResult", "ZeroShotModels", "checkpoint_paths", "prepare_data", "resolve_precisions", "run",
-             "train_and_save"],
+    "main": ["RunResult", "run"],
+    "plan": ["resolve_precisions"],
+    "prepare": ["prepare_data"],
+    "training": ["checkpoint_paths", "train_from_config"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)
