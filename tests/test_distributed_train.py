@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
 
-from wiseft.runtime import freeze_unreached
+from wiseft.train import freeze_unreached
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 needs_torchrun = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")

@@ -9,6 +9,6 @@ _SOURCES = {
     "device": ["PrecisionChoice", "autocast", "choose_precision", "compute_info", "describe_compute",
                "deterministic_numerics", "device_of", "to_device"],
     "distributed": ["all_gather_objects", "all_gather_rows", "all_reduce_sum", "barrier", "check_same", "current",
-                    "freeze_unreached", "init_distributed", "processes_here", "wrap_model"],
+                    "init_distributed", "processes_here"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

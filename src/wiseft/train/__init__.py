@@ -6,6 +6,7 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
+    "parallel": ["freeze_unreached", "wrap_model"],
     "checkpoints": ["CheckpointDir", "ResumeError", "check_resumable", "load_training_state"],
     "data": ["BatchPlan", "kshot_subset", "resolve_batch"],
     "engine": ["TrainRun", "finetune", "enable_grad_checkpointing", "sharded_features"],

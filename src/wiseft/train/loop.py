@@ -35,9 +35,7 @@ from wiseft.runtime import (
     choose_precision,
     current,
     device_of,
-    freeze_unreached,
     to_device,
-    wrap_model,
 )
 from wiseft.train.checkpoints import (
     FORMAT,
@@ -60,6 +58,7 @@ from wiseft.train.data import (
 )
 from wiseft.train.logs import MetricLog
 from wiseft.train.methods import EMA, ZeroShotL2, adamw, param_groups
+from wiseft.train.parallel import freeze_unreached, wrap_model
 from wiseft.train.schedule import cosine_lr
 
 log = logging.getLogger("wiseft")
