@@ -1,4 +1,5 @@
-"""The command line: one subcommand per library call, and the one place errors become exit codes."""
+"""The command line: one subcommand per library call, and the one place errors become
+exit codes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The typed config tree: one pydantic model per section, validated at load with errors that name the file and the field. Importing it needs no torch; validating a dataset or backbone looks its kind up in the registries, which load their modules on first use."""
+"""The typed config tree: one pydantic model per section, validated at load with errors
+that name the file and the field. Importing it needs no torch; validating a dataset
+or backbone looks its kind up in the registries, which load their modules on first
+use."""
 
 from __future__ import annotations
 
@@ -7,13 +10,13 @@ from wiseft.core import front_door
 # submodule -> the names it defines that this package exports
 _SOURCES = {
     "backbone": ["BackboneSpec"],
-    "datasets": ["DatasetSpec", "check_dataset_spec", "dataset_options", "describe_type"],
+    "datasets": ["check_dataset_spec", "dataset_options", "DatasetSpec", "describe_type"],
     "errors": ["ConfigError", "FieldError"],
     "evaluation": ["EvalConfig"],
     "finetune": ["FinetuneConfig", "LoraConfig"],
     "merge": ["DEFAULT_CHUNK_BYTES", "MergeConfig", "parse_size"],
     "merges": ["MergeRun", "MergeSpec"],
     "report": ["DEFAULT_BASELINES", "ReportConfig"],
-    "run": ["DEFAULT_ALPHAS", "DataConfig", "RunConfig", "load_config", "parse_config"],
+    "run": ["DataConfig", "DEFAULT_ALPHAS", "load_config", "parse_config", "RunConfig"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -1,4 +1,5 @@
-"""The ground floor, no torch at import: the one error base, the registries, records, metrics, prompt templates, progress."""
+"""The ground floor, no torch at import: the one error base, the registries, records,
+metrics, prompt templates, progress."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Datasets: one module per family registers its builders; LabeledDataset, projections onto the reference classes, seeded hold-outs, and the run's data preparation."""
+"""Datasets: one module per family registers its builders; LabeledDataset, projections
+onto the reference classes, seeded hold-outs, and the run's data preparation."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "base": ["DataError", "LabeledDataset", "Projection", "build_dataset", "build_projection", "list_datasets",
-             "per_class_permutations", "read_classnames", "register_dataset", "split_holdout"],
+    "base": ["build_dataset", "build_projection", "DataError", "LabeledDataset", "list_datasets",
+             "per_class_permutations", "Projection", "read_classnames", "register_dataset", "split_holdout"],
     "folders": ["check_unreadable", "load_image"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -1,4 +1,5 @@
-"""Scoring models: the input cache, evaluation sets, alpha sweeps, the merge search, the output-space ensemble."""
+"""Scoring models: the input cache, evaluation sets, alpha sweeps, the merge search, the
+output-space ensemble."""
 
 from __future__ import annotations
 

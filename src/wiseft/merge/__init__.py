@@ -1,4 +1,6 @@
-"""Weight-space merging, one front door: the plan, the kernels, in memory and out of core, several alphas at once, LoRA adapters, and the merge methods (one file each in methods/)."""
+"""Weight-space merging, one front door: the plan, the kernels, in memory and out of
+core, several alphas at once, LoRA adapters, and the merge methods (one file each in
+methods/)."""
 
 from __future__ import annotations
 

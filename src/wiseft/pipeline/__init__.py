@@ -1,4 +1,5 @@
-"""The main job (wiseft.run): plan and estimate, data, head, fine-tunes, sweeps, selection, export, report."""
+"""The main job (wiseft.run): plan and estimate, data, head, fine-tunes, sweeps,
+selection, export, report."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "main": ["RunResult", "run"],
+    "main": ["run", "RunResult"],
     "plan": ["resolve_precisions"],
     "prepare": ["prepare_data"],
     "training": ["checkpoint_paths", "train_from_config"],

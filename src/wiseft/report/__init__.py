@@ -1,4 +1,5 @@
-"""From records to a report: effective robustness, plots, tables and one offline HTML page."""
+"""From records to a report: effective robustness, plots, tables and one offline HTML
+page."""
 
 from __future__ import annotations
 

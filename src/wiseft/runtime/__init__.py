@@ -1,4 +1,5 @@
-"""Where and how tensors compute: devices and the precision decision, numeric flags, the memory budget, torchrun process plumbing."""
+"""Where and how tensors compute: devices and the precision decision, numeric flags, the
+memory budget, torchrun process plumbing."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "device": ["PrecisionChoice", "autocast", "choose_precision", "compute_info", "describe_compute",
-               "deterministic_numerics", "device_of", "to_device"],
+    "device": ["autocast", "choose_precision", "compute_info", "describe_compute", "deterministic_numerics",
+               "device_of", "PrecisionChoice", "to_device"],
     "distributed": ["all_gather_objects", "all_gather_rows", "all_reduce_sum", "barrier", "check_same", "current",
                     "init_distributed", "processes_here"],
 }

@@ -1,4 +1,5 @@
-"""The training engine: DDP/FSDP under torchrun, mixed precision, accumulation, exact resume, metrics, and the paper's alternative fine-tuning methods."""
+"""The training engine: DDP/FSDP under torchrun, mixed precision, accumulation, exact
+resume, metrics, and the paper's alternative fine-tuning methods."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "parallel": ["freeze_unreached", "wrap_model"],
-    "checkpoints": ["CheckpointDir", "ResumeError", "check_resumable", "load_training_state"],
+    "checkpoints": ["check_resumable", "CheckpointDir", "load_training_state", "ResumeError"],
     "data": ["BatchPlan", "kshot_subset", "resolve_batch"],
-    "engine": ["TrainRun", "finetune", "enable_grad_checkpointing", "sharded_features"],
+    "engine": ["enable_grad_checkpointing", "finetune", "sharded_features", "TrainRun"],
     "features": ["compute_features"],
     "flyp": ["flyp_model"],
     "logs": ["MetricLog"],
-    "loop": ["Stage", "Trainer", "finetune_precision"],
-    "lora": ["LORA_A", "LORA_B", "finetuned_state"],
+    "loop": ["finetune_precision", "Stage", "Trainer"],
+    "lora": ["finetuned_state", "LORA_A", "LORA_B"],
     "methods": ["adamw"],
+    "parallel": ["freeze_unreached", "wrap_model"],
     "schedule": ["cosine_lr"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)
