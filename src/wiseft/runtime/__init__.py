@@ -10,5 +10,7 @@ _SOURCES = {
                "deterministic_numerics", "device_of", "to_device"],
     "distributed": ["all_gather_objects", "all_gather_rows", "all_reduce_sum", "barrier", "check_same", "current",
                     "freeze_unreached", "init_distributed", "processes_here", "wrap_model"],
+    "memory": ["available_memory"],
+    "precision": ["numerics", "resolve_precision"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)
