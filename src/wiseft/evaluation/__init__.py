@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from wiseft.core import front_door
 
-# submodule -> the names it defines that this package exports
+# submodule -> the names it defines that this package exports (``numerics`` is the runtime's,
+# exported here too for the callers that score with it: ``wiseft.runtime.numerics``)
 _SOURCES = {
-    "alpha_sweep": ["EvalSet", "EvalSettings", "InputCache", "SweepSettings", "build_input_cache", "evaluate", "evaluate_records",
-                    "numerics", "predict_logits", "reuse_sweep", "search_merge", "sweep"],
+    "alpha_sweep": ["sweep"],
+    "cache": ["InputCache", "build_input_cache"],
+    "search": ["reuse_sweep", "search_merge"],
+    "sets": ["EvalSet", "evaluate", "evaluate_records", "numerics", "predict_logits"],
+    "settings": ["EvalSettings", "SweepSettings"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)
