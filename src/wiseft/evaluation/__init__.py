@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from wiseft.core import front_door
 
-# submodule -> the names it defines that this package exports (``numerics`` is the runtime's,
-# exported here too for the callers that score with it: ``wiseft.runtime.numerics``)
+# submodule -> the names it defines that this package exports; ``numerics`` is the one
+# exception: defined in runtime (``from wiseft.runtime import numerics``), read here from
+# ``sets``, which imports it, for the callers that score under it
 _SOURCES = {
     "alpha_sweep": ["sweep"],
     "cache": ["InputCache", "build_input_cache"],
