@@ -17,7 +17,7 @@ import yaml
 from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
 
 from wiseft.evaluation import InputCache, build_input_cache
-from wiseft.evaluation.alpha_sweep import Shard, _cached_outputs
+from wiseft.evaluation.cache import Shard
 from wiseft.runtime import all_gather_rows
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -33,7 +33,7 @@ if os.environ.get("OC_DIR"):
     open_clip.add_model_config(os.environ["OC_DIR"])
 from wiseft.backbones import load_backbone
 from wiseft.config import load_config
-from wiseft.evaluation.alpha_sweep import SweepSettings, _cached_outputs, sweep
+from wiseft.evaluation import SweepSettings, sweep
 from wiseft.pipeline.main import build_zeroshot_model, prepare_data
 from wiseft.runtime.distributed import all_gather_objects, current, init_distributed
 
@@ -55,7 +55,7 @@ for name, theta, settings in [("cached", theta_1, {}), ("naive", theta_1, {"cach
                                                       backbone, settings=s)]
 model.load_state_dict(theta_0)
 reference = data.evalsets[0]
-out["first_rows"] = _cached_outputs(model, reference._cache, 4, device, "fp32", limit=7).tolist()
+out["first_rows"] = reference._cache.outputs(model, 4, device, "fp32", limit=7).tolist()
 out["skipped"] = {es.name: es.skipped for es in data.evalsets}
 out["world"] = current().world
 out["held"] = all_gather_objects([k for k, *_ in reference._cache.pieces(4)])  # the chunks each process read
@@ -167,9 +167,9 @@ def test_a_one_process_cache_reads_in_chunks_of_the_set(open_clip_spec, image_da
     assert [rows for _, _, rows, _ in cache.pieces(6)] == [len([i for i in cache.index.tolist() if k * 6 <= i < k * 6 + 6])
                                                              for k in range(4)]
     encode = backbone.encoder.eval()
-    whole = _cached_outputs(encode, cache, 4, torch.device("cpu"), "fp32")
+    whole = cache.outputs(encode, 4, torch.device("cpu"), "fp32")
     assert whole.shape[0] == 18
-    assert torch.equal(_cached_outputs(encode, cache, 4, torch.device("cpu"), "fp32", limit=5), whole[:5])
+    assert torch.equal(cache.outputs(encode, 4, torch.device("cpu"), "fp32", limit=5), whole[:5])
     labels = torch.cat([y for _, y in cache.batches(4)])
     assert torch.equal(labels, cache.labels)
 
@@ -229,7 +229,7 @@ MIXED = r'''
 import sys
 import torch
 from wiseft.data.base import LabeledDataset
-from wiseft.evaluation.alpha_sweep import EvalSet, sweep
+from wiseft.evaluation import EvalSet, sweep
 from wiseft.heads import Classifier
 from wiseft.runtime.distributed import DistributedError, init_distributed
 
@@ -265,23 +265,22 @@ def test_processes_that_hold_different_weights_or_data_stop_with_a_named_error(t
 def test_processes_on_one_machine_share_its_memory_budget_and_cores(monkeypatch):
     # under torchrun, 'auto' caches in memory within half the available memory shared by the
     # launch's processes on this machine, and the default loader workers share its cores
+    from wiseft.evaluation import cache as ev
     from wiseft.runtime.distributed import DistInfo
 
-    ev = sys.modules["wiseft.evaluation.alpha_sweep"]  # the module (wiseft.evaluation.alpha_sweep is also the function's name)
-
-    monkeypatch.setattr(ev, "_available_memory", lambda: 800)
+    monkeypatch.setattr(ev, "available_memory", lambda: 800)
     monkeypatch.setattr(ev, "current", lambda: DistInfo(0, 8, 0))
     monkeypatch.setattr("wiseft.runtime.distributed.current", lambda: DistInfo(0, 8, 0))
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     example = torch.zeros(10, dtype=torch.uint8)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert ev._allocate(example, 40, "auto", None, None, "x")[1] is None  # 400 bytes: in memory within 400
-    assert ev._workers(None, 1000) == 8
+    assert ev.loader_workers(None, 1000) == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     data, path = ev._allocate(example, 40, "auto", None, None, "x")  # 400 bytes over 100: a file
     assert path is not None and data.shape == (40, 10)
     path.unlink()
-    assert ev._workers(None, 1000) == 4 and ev._workers(3, 1000) == 3
+    assert ev.loader_workers(None, 1000) == 4 and ev.loader_workers(3, 1000) == 3
 
 
 def test_text_batches_are_read_in_the_chunks_they_were_collated_in():

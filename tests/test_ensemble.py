@@ -9,7 +9,6 @@ import torch
 from wiseft.core import Score
 from wiseft.data import LabeledDataset, Projection
 from wiseft.evaluation import EvalSet
-from wiseft.evaluation.alpha_sweep import _records
 from wiseft.evaluation.ensemble import (
     OUTPUT_ENSEMBLE,
     class_restricted_score,
@@ -17,6 +16,7 @@ from wiseft.evaluation.ensemble import (
     output_ensemble_name,
     output_ensemble_scores,
 )
+from wiseft.evaluation.sets import to_records
 
 
 def _set(name, role, labels, n_classes=3, projection=None):
@@ -115,7 +115,7 @@ def test_class_restricted_scores_only_for_subset_shifts():
 def test_records_flag_the_primary_metric_and_name_the_ensemble():
     fmow = _set("fmow", "shift", [0, 1])
     scores = {0.5: {"fmow": {"ece": Score(0.1), "worst_region_acc": Score(0.4, 4, 10), "top1": Score(0.6, 6, 10)}}}
-    recs = _records(scores, [fmow], [0.5], output_ensemble_name("finetuned"), {"method": OUTPUT_ENSEMBLE}, {})
+    recs = to_records(scores, [fmow], [0.5], output_ensemble_name("finetuned"), {"method": OUTPUT_ENSEMBLE}, {})
     primary = [r.metric for r in recs if r.provenance.get("primary")]
     assert primary == ["worst_region_acc"]  # the first declared, calibration aside
     assert {r.model for r in recs} == {"finetuned (output ensemble)"}

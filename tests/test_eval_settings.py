@@ -4,7 +4,7 @@ uncached path, in the library and in ``wiseft evaluate``."""
 
 from __future__ import annotations
 
-import sys
+import importlib
 
 import pytest
 import torch
@@ -59,15 +59,17 @@ def _sets(image_data):
 
 @pytest.fixture
 def loaders(monkeypatch):
-    """The ``num_workers`` of every DataLoader the evaluation engine builds."""
-    ev = sys.modules["wiseft.evaluation.alpha_sweep"]
-    built, real = [], ev.DataLoader
+    """The ``num_workers`` of every DataLoader the evaluation engine builds (the input cache's
+    decoding loader, and an evaluation set's uncached one)."""
+    modules = [importlib.import_module(f"wiseft.evaluation.{name}") for name in ("cache", "sets")]
+    built, real = [], modules[0].DataLoader
 
     def spy(*args, **kwargs):
         built.append(kwargs.get("num_workers", 0))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "DataLoader", spy)
+    for module in modules:
+        monkeypatch.setattr(module, "DataLoader", spy)
     return built
 
 

@@ -12,8 +12,8 @@ from dataset_fixtures import write_corrupt
 from wiseft.backbones import load_backbone
 from wiseft.core import Score
 from wiseft.data import DataError, build_dataset
-from wiseft.evaluation import EvalSet, SweepSettings, build_input_cache, evaluate, predict_logits, sweep
-from wiseft.evaluation.alpha_sweep import split_transform
+from wiseft.evaluation import EvalSet, InputCache, SweepSettings, build_input_cache, evaluate, predict_logits, sweep
+from wiseft.evaluation.cache import split_transform
 from wiseft.heads import Classifier, zeroshot_head
 
 ALPHAS = [0.0, 0.5, 1.0]
@@ -187,7 +187,7 @@ def test_auto_evaluates_in_fp32_without_native_bf16_and_an_explicit_bf16_warns_o
 def test_text_inputs_need_no_torchvision():
     """The demo's install (`.[demo]`, a text model) has no torchvision: evaluating must not import it."""
     code = ("import sys; sys.modules['torchvision'] = None\n"
-            "from wiseft.evaluation.alpha_sweep import split_transform\n"
+            "from wiseft.evaluation.cache import split_transform\n"
             "identity = lambda x: x\n"
             "assert split_transform(identity) == (identity, None)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -196,8 +196,6 @@ def test_text_inputs_need_no_torchvision():
 
 @pytest.mark.parametrize("linear", [False, True])
 def test_alpha_zero_is_scored_once_for_every_fine_tune(bb, folders, monkeypatch, linear):
-    ev = sys.modules["wiseft.evaluation.alpha_sweep"]  # the package exports a function of the same name
-
     model = _model(bb)
     theta_0, theta_1 = _thetas(model, end_to_end=not linear)
     theta_2 = {k: v * 1.01 if v.is_floating_point() and (not linear or k.startswith("head.")) else v
@@ -207,8 +205,8 @@ def test_alpha_zero_is_scored_once_for_every_fine_tune(bb, folders, monkeypatch,
     alone = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, settings=settings))
              for t in (theta_1, theta_2)]
     passes = []
-    forward = ev._cached_outputs
-    monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(1) or forward(*a, **k))
+    forward = InputCache.outputs
+    monkeypatch.setattr(InputCache, "outputs", lambda *a, **k: passes.append(1) or forward(*a, **k))
     memo: dict = {}
     shared = [_key(sweep(model, theta_0, t, sets, ALPHAS, bb, settings=settings, zeroshot=memo))
               for t in (theta_1, theta_2)]

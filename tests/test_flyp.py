@@ -161,9 +161,9 @@ def test_a_sweep_scores_each_alpha_with_the_head_of_the_mixed_text_tower(oc_back
     tuned = finetune(model, _images(), oc_backbone, FinetuneConfig(**{**RECIPE, "lr": 1e-2}), TrainRun(progress=False))
     theta_1 = {k: v.clone() for k, v in tuned.state_dict().items()}
     heads_scored = []  # the head each set is scored with
-    evaluate = importlib.import_module("wiseft.evaluation.alpha_sweep")  # the module (wiseft.evaluation.alpha_sweep is also a function)
-    score = evaluate._evaluate_set
-    monkeypatch.setattr(evaluate, "_evaluate_set", lambda m, *a: heads_scored.append(m.head.weight.clone()) or
+    alpha_sweep = importlib.import_module("wiseft.evaluation.alpha_sweep")  # the module that scores each alpha
+    score = alpha_sweep.evaluate_set
+    monkeypatch.setattr(alpha_sweep, "evaluate_set", lambda m, *a: heads_scored.append(m.head.weight.clone()) or
                         score(m, *a))
     records = sweep(model, theta_0, theta_1, [EvalSet("colors", "reference", _images(9))], [0.5], oc_backbone,
                     settings=SweepSettings(progress=False))

@@ -12,13 +12,13 @@ from conftest import run_config
 from wiseft.backbones import load_backbone
 from wiseft.config import parse_config
 from wiseft.core import Record
-from wiseft.evaluation import EvalSettings, reuse_sweep, search_merge
-from wiseft.evaluation.alpha_sweep import choose_point
+from wiseft.evaluation import EvalSettings, predict_logits, reuse_sweep, search_merge
+from wiseft.evaluation.search import choose_point
 from wiseft.heads import build_zeroshot_model
 from wiseft.merge import merge_states
 from wiseft.pipeline import prepare_data
 
-evaluate = importlib.import_module("wiseft.evaluation.alpha_sweep")  # the module: ``wiseft.evaluation.alpha_sweep`` is also a function
+merge_search = importlib.import_module("wiseft.evaluation.search")  # the module that scores a merge search
 
 
 def test_choose_point_takes_the_best_and_breaks_ties_by_the_grid_or_toward_alpha_half():
@@ -52,13 +52,13 @@ def tiny(open_clip_spec, image_data, tmp_path_factory):
 def test_the_search_reads_only_validation_before_the_choice(tiny, monkeypatch):
     cfg, data, backbone, model, theta_0, finetuned = tiny
     seen = []
-    real = evaluate._evaluate_set
+    real = merge_search.evaluate_set
 
     def spy(model, es, backbone, settings):
         seen.append(es.name)
         return real(model, es, backbone, settings)
 
-    monkeypatch.setattr(evaluate, "_evaluate_set", spy)
+    monkeypatch.setattr(merge_search, "evaluate_set", spy)
     ties = cfg.merge_runs()[0]
     records = search_merge(model, theta_0, finetuned, data.evalsets, backbone, ties,
                            settings=EvalSettings(batch_size=16, progress=False))
@@ -75,7 +75,7 @@ def test_the_search_reads_only_validation_before_the_choice(tiny, monkeypatch):
     # the test records score the merged weights of the chosen point
     model.load_state_dict(merge_states("ties", theta_0, list(finetuned.values()), {"density": (0.1, 0.5, 1.0)[best]}))
     noise = next(es for es in data.evalsets if es.name == "noise")
-    logits, labels = evaluate.predict_logits(model, noise.batches(backbone, 16))
+    logits, labels = predict_logits(model, noise.batches(backbone, 16))
     assert next(r.correct for r in test if r.dataset == "noise" and r.metric == "top1") == \
         noise.scores(logits, labels)["top1"].correct
 

@@ -21,7 +21,7 @@ DECODE = textwrap.dedent("""
     import sys, time, torch
     from types import SimpleNamespace
     from wiseft.data import LabeledDataset
-    from wiseft.evaluation.alpha_sweep import build_input_cache
+    from wiseft.evaluation import build_input_cache
 
     def slow(x):
         print("decoding", flush=True)

@@ -14,7 +14,7 @@ from conftest import COLORS, write_image_folder
 from wiseft.backbones import load_backbone
 from wiseft.config import EvalConfig
 from wiseft.data import build_dataset
-from wiseft.evaluation import EvalSet, SweepSettings, sweep
+from wiseft.evaluation import EvalSet, InputCache, SweepSettings, sweep
 from wiseft.heads import Classifier, zeroshot_head
 from wiseft.merge import Interpolator, MultiAlphaSettings
 from wiseft.train import LORA_A, LORA_B
@@ -24,11 +24,10 @@ QUIET = SweepSettings(progress=False)
 
 
 def _count_passes(monkeypatch) -> list:
-    """The function of each pass over a set's cached inputs (``_cached_outputs``' first argument)."""
-    ev = sys.modules["wiseft.evaluation.alpha_sweep"]
+    """The function of each pass over a set's cached inputs (``InputCache.outputs``' first argument)."""
     passes = []
-    forward = ev._cached_outputs
-    monkeypatch.setattr(ev, "_cached_outputs", lambda *a, **k: passes.append(a[0]) or forward(*a, **k))
+    forward = InputCache.outputs
+    monkeypatch.setattr(InputCache, "outputs", lambda *a, **k: passes.append(a[1]) or forward(*a, **k))
     return passes
 
 

@@ -34,7 +34,7 @@ Scores = dict[float, dict[str, dict[str, Score]]]  # alpha -> set name -> metric
 
 
 class ScoredSet(Protocol):
-    """What these functions read of an evaluation set (``wiseft.evaluation.alpha_sweep.EvalSet`` is one;
+    """What these functions read of an evaluation set (``wiseft.evaluation.sets.EvalSet`` is one;
     the sweep engine imports this module, never the other way round)."""
 
     name: str
@@ -62,7 +62,7 @@ def output_ensemble_scores(
     takes them) line up with them. Each set scores with its own ``scores()``, so the
     metrics are the ones it declares; the reference set also gets its class-restricted
     accuracies (``class_restricted_scores``), the x axes of the ensemble's effective
-    robustness. The result has the shape ``_records`` takes.
+    robustness. The result has the shape ``sets.to_records`` takes.
 
     Example:
         >>> scores = output_ensemble_scores(sets, {"test": z0}, {"test": z1}, {"test": y}, [0, 0.5, 1])

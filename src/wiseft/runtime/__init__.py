@@ -11,5 +11,7 @@ _SOURCES = {
                "device_of", "PrecisionChoice", "to_device"],
     "distributed": ["all_gather_objects", "all_gather_rows", "all_reduce_sum", "barrier", "check_same", "current",
                     "init_distributed", "processes_here"],
+    "memory": ["available_memory"],
+    "precision": ["numerics", "resolve_precision"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)
