@@ -13,7 +13,6 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from wiseft.pipeline import train_from_config
 
 if TYPE_CHECKING:
     pass
@@ -73,6 +72,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``train`` from parsed arguments; rank 0 prints each run's weights file."""
     from wiseft.config import load_config
+    from wiseft.pipeline import train_from_config
     from wiseft.runtime import current
 
     cfg = load_config(args.config, config_overrides(args))
