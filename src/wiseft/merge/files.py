@@ -4,7 +4,7 @@ Inputs are read from their headers and then with plain reads into a few fixed
 buffers (no mmap, no whole tensor), so peak memory is a few chunks whatever the
 model size; outputs are written as (sharded) safetensors, each file to a temporary
 name and then renamed. An alpha sweep reads the inputs once and writes every alpha.
-The arithmetic is ``merge.interpolate_tensor``/``average_tensor`` on chunks, so the
+The arithmetic is ``kernels.interpolate_tensor``/``average_tensor`` on chunks, so the
 results are bit-identical to the in-memory engine.
 """
 
@@ -25,17 +25,8 @@ from wiseft.io import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path, check
 from wiseft.io import safetensors_files as _resolve_safetensors
 from wiseft.merge import MergeMethod, MergeParams, TensorInputs, apply, layer_depths
 from wiseft.merge.engine import MergeCall, check_call, extras_for, plan_call
-from wiseft.merge.plan import (
-    MergeError,
-    Step,
-    TensorSpec,
-    average_tensor,
-    check_alpha,
-    check_weights,
-    interpolate_many,
-    plan_merge,
-    selection_of,
-)
+from wiseft.merge.kernels import average_tensor, interpolate_many
+from wiseft.merge.plan import MergeError, Step, TensorSpec, check_alpha, check_weights, plan_merge, selection_of
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -40,7 +40,8 @@ from wiseft.config import MergeConfig
 from wiseft.core import WiseftError
 from wiseft.heads import PromptClassifier
 from wiseft.io import StateDict
-from wiseft.merge.plan import Interpolator, MergeError
+from wiseft.merge.interpolator import Interpolator
+from wiseft.merge.plan import MergeError
 from wiseft.runtime import device_of, to_device
 
 log = logging.getLogger("wiseft")

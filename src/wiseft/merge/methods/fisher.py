@@ -7,8 +7,8 @@ import torch
 from pydantic import Field
 
 from wiseft.core import MERGE_METHODS
+from wiseft.merge.kernels import average_tensor
 from wiseft.merge.method import MergeMethod, MergeParams, TensorInputs
-from wiseft.merge.plan import average_tensor
 
 
 class FisherParams(MergeParams):

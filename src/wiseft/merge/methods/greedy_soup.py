@@ -13,9 +13,11 @@ import torch
 
 from wiseft.core import MERGE_METHODS
 from wiseft.io import StateDict, load_state
+from wiseft.merge.interpolator import allocate
+from wiseft.merge.kernels import accumulation_dtype
 from wiseft.merge.method import MergeMethod, MergeParams
 from wiseft.merge.methods.soup import merge_soup
-from wiseft.merge.plan import MergeError, Step, accumulation_dtype, allocate, make_selection, plan_merge, specs_of
+from wiseft.merge.plan import MergeError, Step, make_selection, plan_merge, specs_of
 
 Ingredient = StateDict | str | Path  # loaded with ``checkpoint.load_state``
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from wiseft.core import MERGE_METHODS
+from wiseft.merge.kernels import average_tensor
 from wiseft.merge.method import MergeMethod, MergeParams, TensorInputs
-from wiseft.merge.plan import average_tensor
 
 
 class SoupParams(MergeParams):
