@@ -17,10 +17,11 @@ _SOURCES = {
     "lora": ["AdapterInterpolator", "adapter_provenance", "interpolator_for", "is_peft_adapter", "merged_adapter_state",
              "model_base", "read_peft_adapter", "state_base", "write_peft_adapter"],
     "method": ["MergeMethod", "MergeParams", "TensorInputs", "apply", "get_method", "list_methods"],
-    "methods.greedy_soup": ["greedy_soup"],
+    "methods.fisher": ["estimate_fisher", "fisher_merge"],
+    "methods.greedy_soup": ["GreedySoup", "greedy_soup"],
+    "methods.soup": ["uniform_soup", "weighted_average"],
     "plan": ["MergeError", "alpha_destinations", "alpha_label", "check_alpha", "check_weights", "plan_merge"],
     "safetensors": ["SafetensorsCheckpoint", "is_safetensors_checkpoint", "open_checkpoint"],
-    "soups": ["estimate_fisher", "fisher_merge", "uniform_soup", "weighted_average"],
     "stacked": ["MultiAlpha", "MultiAlphaSettings", "split_alphas"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

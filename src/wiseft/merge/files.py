@@ -31,7 +31,7 @@ from wiseft.merge.plan import (
     Step,
     TensorSpec,
     check_alpha,
-    check_weights,
+    check_average_weights,
     plan_merge,
     selection_of,
 )
@@ -189,7 +189,7 @@ def average_files(paths: Sequence[str | Path], out: str | Path, weights: Sequenc
     checkpoints, out of core; same arithmetic as ``weighted_average``. Tensors not
     selected by ``settings`` come from input ``keep``, default 0."""
     settings = settings if settings is not None else MergeConfig()
-    weights = _check_weights(weights, len(paths))
+    weights = check_average_weights(weights, len(paths))
     ckpts = [open_checkpoint(p) for p in paths]
     steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=0))
     needs = [i for i, w in enumerate(weights) if w != 0]
@@ -208,12 +208,6 @@ def _average_kernel(weights: list[float], needs: list[int], n: int, chunk_bytes:
         average_tensor([ins.get(i, ins[needs[0]]) for i in range(n)], weights, out=out_t,
                        scratch=scratch[0] if scratch else None)
     return kernel
-
-
-def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    if n < 1:
-        raise MergeError("no models to average")
-    return check_weights(weights, n, average=True)
 
 
 # --- dry run -----------------------------------------------------------------------

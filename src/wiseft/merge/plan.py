@@ -179,6 +179,14 @@ def check_weights(weights: Sequence[float] | None, n: int, *, average: bool = Tr
     return weights
 
 
+def check_average_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """The weights of an average of ``n`` models (``check_weights`` with ``average``):
+    uniform when None; MergeError when there are no models."""
+    if n < 1:
+        raise MergeError("no models to average")
+    return check_weights(weights, n, average=True)
+
+
 def alpha_label(alpha: float) -> str:
     """``alpha`` as output names write it: two decimals (``0.50``), more where two decimals
     would name another float (``0.501``), so ``float(alpha_label(a)) == a`` for every

@@ -1,7 +1,7 @@
 """``greedy_soup``: a procedure, not a plain merge. Ingredients are sorted by held-out
 score and each is added to the soup when the uniform average with it scores no lower;
 the result is the uniform soup of the chosen ones. It needs an ``evaluate`` callback, so
-the engines refuse it and point to ``greedy_soup`` here (also ``wiseft.merge.soups.greedy_soup``)."""
+the engines refuse it and point to ``greedy_soup`` here (exported as ``wiseft.merge.greedy_soup``)."""
 
 from __future__ import annotations
 
@@ -97,4 +97,4 @@ MERGE_METHODS.add("greedy_soup", MergeMethod(
     reference="Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models improves "
               "accuracy without increasing inference time, arXiv:2203.05482",
     description="ingredients in order of held-out score, each kept when the uniform soup with it scores no lower "
-                "(a procedure: needs an evaluate callback; run wiseft.merge.soups.greedy_soup)"))
+                "(a procedure: needs an evaluate callback; run wiseft.merge.greedy_soup)"))
