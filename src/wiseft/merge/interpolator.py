@@ -50,8 +50,12 @@ def tie_map(steps: Sequence[Step], thetas: Sequence[StateDict]) -> dict[str, str
     return ties
 
 
-def allocate(steps: Sequence[Step], thetas: Sequence[StateDict], ties: Mapping[str, str]) -> dict[str, torch.Tensor]:
-    """Fresh output tensors for ``steps`` (tied names share one tensor)."""
+def allocate(steps: Sequence[Step], thetas: Sequence[StateDict], ties: Mapping[str, str], *,
+             rows: int | None = None, devices: Mapping[str, torch.device] | None = None) -> dict[str, torch.Tensor]:
+    """Fresh output tensors for ``steps`` (tied names share one tensor), each on the device
+    of the input it comes from, or on ``devices[name]`` when ``devices`` is given. With
+    ``rows``, every mixed tensor gets a leading dimension of that size, ``(rows, *shape)``:
+    one row per alpha of a stacked sweep (``wiseft.merge.stacked``)."""
     out: dict[str, torch.Tensor] = {}
     for s in steps:
         if s.op == "drop":
@@ -59,8 +63,9 @@ def allocate(steps: Sequence[Step], thetas: Sequence[StateDict], ties: Mapping[s
         if s.name in ties:
             out[s.name] = out[ties[s.name]]
             continue
-        src = thetas[0 if s.op == "mix" else s.source][s.name]
-        out[s.name] = torch.empty(s.spec.shape, dtype=s.spec.dtype, device=src.device)
+        device = devices[s.name] if devices is not None else thetas[0 if s.op == "mix" else s.source][s.name].device
+        shape = (rows, *s.spec.shape) if rows is not None and s.op == "mix" else s.spec.shape
+        out[s.name] = torch.empty(shape, dtype=s.spec.dtype, device=device)
     return out
 
 
