@@ -39,7 +39,7 @@ def _leftovers(root: Path) -> list[str]:
 
 def _fail_writes(monkeypatch, err: OSError) -> None:
     """Every write of a merged tensor fails with ``err`` (as a full disk fails a write: no file name)."""
-    from wiseft.merge import files as merge_files
+    import wiseft.merge.safetensors as merge_safetensors
 
     class Full:
         def __init__(self, handle):
@@ -51,13 +51,13 @@ def _fail_writes(monkeypatch, err: OSError) -> None:
         def close(self):
             self.handle.close()
 
-    start = merge_files._Output.start_shard
+    start = merge_safetensors.CheckpointWriter.start_shard
 
     def start_shard(self, i):
         start(self, i)
         self.handle = Full(self.handle)
 
-    monkeypatch.setattr(merge_files._Output, "start_shard", start_shard)
+    monkeypatch.setattr(merge_safetensors.CheckpointWriter, "start_shard", start_shard)
 
 
 @pytest.mark.parametrize("alphas", [["0.5"], ["0.5", "0.7"]])

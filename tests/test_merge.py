@@ -117,7 +117,8 @@ def test_interpolator_refuses_a_model_that_aliases_its_inputs():
 
 # --- engine properties (hypothesis) -----------------------------------------------------
 
-from wiseft.merge.plan import SMALL_NUMEL, interpolate_tensor  # noqa: E402
+from wiseft.merge import interpolate_tensor  # noqa: E402
+from wiseft.merge.interpolator import SMALL_NUMEL  # noqa: E402
 
 _FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -234,7 +235,7 @@ def test_load_into_checks_the_target():
 @settings(max_examples=10, deadline=None)
 @given(alpha=st.floats(0.0, 1.0), dtype=st.sampled_from([torch.float32, torch.bfloat16]))
 def test_pieces_on_worker_threads_give_the_same_bits(alpha, dtype):
-    import wiseft.merge.plan as m
+    import wiseft.merge.kernels as m
 
     a, b = _pair(5, dtype, 10_007)
     whole = interpolate_tensor(a, b, alpha)

@@ -31,14 +31,15 @@ from wiseft.merge import (
     MergeParams,
     TensorInputs,
     apply,
+    average_tensor,
     get_method,
+    interpolate_tensor,
     layer_depths,
     list_methods,
 )
 from wiseft.merge.methods.dare import keep_mask, mask_seed
 from wiseft.merge.methods.linear import LinearParams, alpha_for
 from wiseft.merge.methods.ops import REDUCE_BLOCK, dot64
-from wiseft.merge.plan import average_tensor, interpolate_tensor
 
 EPS32 = 2.0 ** -23
 METHODS = list_methods()  # registry-wide tests cover a new method as soon as it is registered

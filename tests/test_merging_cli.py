@@ -81,10 +81,10 @@ def test_pt_inputs_are_merged_in_memory_into_safetensors(checkpoints, tmp_path):
 
 def test_dry_run_prints_the_plan_and_the_parameters_without_reading_weights(checkpoints, tmp_path, capsys,
                                                                            monkeypatch):  # noqa: F811
-    import wiseft.merge.files as mf
+    import wiseft.merge.safetensors as st
 
     _, paths, _ = checkpoints
-    monkeypatch.setattr(mf._Reader, "read", lambda *a: pytest.fail("a weight was read"))
+    monkeypatch.setattr(st.TensorReader, "read", lambda *a: pytest.fail("a weight was read"))
     args = ["merge", "--method", "ties", str(paths[1]), str(paths[2]), "--base", str(paths[0]), "--out",
             str(tmp_path / "o"), "--param", "density=0.3", "--exclude", "head.*", "--max-shard-size", "2kB",
             "--dry-run"]

@@ -9,8 +9,8 @@ import torch
 from test_merging_engine import assert_same_states, same_bits, tiny_state
 
 from wiseft.merge import Interpolator, MergeError, interpolate, merge_states
+from wiseft.merge.interpolator import SMALL_NUMEL
 from wiseft.merge.methods.linear import LinearParams
-from wiseft.merge.plan import SMALL_NUMEL
 
 SCHEDULES = [
     LinearParams(ramp=(0.2, 0.8)),

@@ -14,8 +14,7 @@ _SOURCES = {
     "errors": ["ConfigError", "FieldError"],
     "evaluation": ["EvalConfig"],
     "finetune": ["FinetuneConfig", "LoraConfig"],
-    "merge": ["DEFAULT_CHUNK_BYTES", "MergeConfig", "parse_size"],
-    "merges": ["MergeRun", "MergeSpec"],
+    "merge": ["DEFAULT_CHUNK_BYTES", "MergeConfig", "MergeRun", "MergeSpec", "parse_size"],
     "report": ["DEFAULT_BASELINES", "ReportConfig"],
     "run": ["DataConfig", "DEFAULT_ALPHAS", "load_config", "parse_config", "RunConfig"],
 }

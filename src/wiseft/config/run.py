@@ -28,7 +28,7 @@ from wiseft.config.datasets import DatasetSpec, describe_type
 from wiseft.config.errors import ConfigError, FieldError
 from wiseft.config.evaluation import EvalConfig
 from wiseft.config.finetune import FinetuneConfig
-from wiseft.config.merges import MergeRun, MergeSpec, check_merges, resolve_merge
+from wiseft.config.merge import MergeRun, MergeSpec, check_merges, resolve_merge
 from wiseft.core import TEMPLATES, classnames_problem, deferred_plugins, did_you_mean, template_problem
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -92,7 +92,7 @@ class RunConfig(BaseModel):
     allow_extrapolation: bool = False
     select_alpha: float | None = None
     evaluation: EvalConfig = EvalConfig()
-    # merge methods scored over the same sets (config/merges.py); left out of the dump when
+    # merge methods scored over the same sets (config/merge.py); left out of the dump when
     # empty, so configs written before it keep their hash
     merges: list[MergeSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
     output_dir: str = "runs/wiseft"

@@ -16,8 +16,9 @@ import torch
 from wiseft.config import MergeConfig
 from wiseft.io import StateDict
 from wiseft.merge.depth import layer_depths
+from wiseft.merge.interpolator import tie_map
 from wiseft.merge.method import MergeMethod, MergeParams, TensorInputs, apply, get_method
-from wiseft.merge.plan import MergeError, Step, TensorSpec, check_weights, plan_merge, selection_of, specs_of, tie_map
+from wiseft.merge.plan import MergeError, Step, TensorSpec, check_weights, plan_merge, selection_of, specs_of
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,17 @@
 Inputs are read from their headers and then with plain reads into a few fixed
 buffers (no mmap, no whole tensor), so peak memory is a few chunks whatever the
 model size; outputs are written as (sharded) safetensors, each file to a temporary
-name and then renamed. An alpha sweep reads the inputs once and writes every alpha.
-The arithmetic is ``merge.interpolate_tensor``/``average_tensor`` on chunks, so the
-results are bit-identical to the in-memory engine.
+name and then renamed (``wiseft.merge.safetensors``). An alpha sweep reads the inputs
+once and writes every alpha. The arithmetic is ``interpolate_tensor``/``average_tensor``
+(``wiseft.merge.kernels``) on chunks, or a registered method's ``apply``, so the results
+are bit-identical to the in-memory engines. ``plan_files`` and ``plan_method_files``
+describe a merge from the headers alone (``--dry-run``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -21,112 +21,29 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from wiseft.config import MergeConfig
-from wiseft.io import INDEX_SUFFIX, SAFETENSORS_SINGLE_NAMES, atomic_path, check_finite, writing
-from wiseft.io import safetensors_files as _resolve_safetensors
-from wiseft.merge import MergeMethod, MergeParams, TensorInputs, apply, layer_depths
+from wiseft.io import check_finite
+from wiseft.merge.depth import layer_depths
 from wiseft.merge.engine import MergeCall, check_call, extras_for, plan_call
+from wiseft.merge.kernels import average_tensor, interpolate_many
+from wiseft.merge.method import MergeMethod, MergeParams, TensorInputs, apply
 from wiseft.merge.plan import (
     MergeError,
     Step,
     TensorSpec,
-    average_tensor,
     check_alpha,
-    check_weights,
-    interpolate_many,
+    check_average_weights,
     plan_merge,
     selection_of,
 )
+from wiseft.merge.safetensors import (
+    DEFAULT_SHARD_BYTES,
+    CheckpointWriter,
+    SafetensorsCheckpoint,
+    TensorReader,
+    open_checkpoint,
+    shard_steps,
+)
 
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
-}
-CODES = {v: k for k, v in DTYPES.items()}
-DEFAULT_SHARD_BYTES = 5 << 30
-_SINGLE_NAMES = SAFETENSORS_SINGLE_NAMES
-
-
-@dataclass(frozen=True)
-class Location:
-    file: Path
-    offset: int  # absolute byte offset of the tensor in ``file``
-
-
-@dataclass
-class SafetensorsCheckpoint:
-    """The headers of a safetensors checkpoint: one file or a Hugging Face sharded set."""
-
-    path: Path
-    specs: dict[str, TensorSpec]
-    locations: dict[str, Location]
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(s.nbytes for s in self.specs.values())
-
-
-def _files_of(path: Path) -> tuple[list[Path], Path]:
-    """The safetensors files of ``path`` and the path that names the checkpoint (the
-    one resolver in ``files.py``; MergeError when there is none)."""
-    return _resolve_safetensors(path, MergeError)
-
-
-def safetensors_files(path: str | Path) -> list[Path]:
-    """The files of a safetensors checkpoint: one file, a shard index, or a directory
-    holding either (MergeError when there is none)."""
-    return _files_of(Path(path))[0]
-
-
-def is_safetensors_checkpoint(path: str | Path) -> bool:
-    try:
-        _files_of(Path(path))
-        return True
-    except MergeError:
-        return False
-
-
-def _read_header(file: Path) -> tuple[dict, int]:
-    try:
-        with open(file, "rb") as f:
-            raw = f.read(8)
-            (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
-            if n is None or n > 100_000_000:
-                raise MergeError(f"{file} is not a safetensors file (bad header length)")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise MergeError(f"cannot read the safetensors header of {file}: {e}") from None
-    return header, 8 + n
-
-
-def open_checkpoint(path: str | Path) -> SafetensorsCheckpoint:
-    """Read only the headers of a safetensors checkpoint (file, index or directory)."""
-    files, name = _files_of(Path(path))
-    specs, locations, metadata = {}, {}, {}
-    for file in files:
-        header, start = _read_header(file)
-        size = file.stat().st_size
-        if not metadata:
-            metadata = dict(header.get("__metadata__") or {})
-        for k, v in header.items():
-            if k == "__metadata__":
-                continue
-            if k in specs:
-                raise MergeError(f"tensor {k!r} appears twice in {name} (second time in {file.name})")
-            if v.get("dtype") not in DTYPES:
-                raise MergeError(f"tensor {k!r} in {file} has unsupported dtype {v.get('dtype')!r}")
-            spec = TensorSpec(tuple(int(s) for s in v["shape"]), DTYPES[v["dtype"]])
-            begin, end = v["data_offsets"]
-            if end - begin != spec.nbytes or start + end > size:
-                raise MergeError(f"tensor {k!r} in {file} has offsets {begin}..{end} that do not match "
-                                 f"its shape {spec.shape} {v['dtype']} or the file size")
-            specs[k], locations[k] = spec, Location(file, start + begin)
-    return SafetensorsCheckpoint(Path(path), specs, locations, metadata)
-
-
-# --- output layout and writing -------------------------------------------------------
 
 def _disk_order(steps: Sequence[Step], ckpts: Sequence[SafetensorsCheckpoint]) -> list[Step]:
     """Output order: widest dtype first (keeps every tensor aligned, as safetensors
@@ -138,118 +55,10 @@ def _disk_order(steps: Sequence[Step], ckpts: Sequence[SafetensorsCheckpoint]) -
     return sorted((s for s in steps if s.op != "drop"), key=key)
 
 
-def _shards(steps: Sequence[Step], max_shard_bytes: int) -> list[list[Step]]:
-    shards: list[list[Step]] = [[]]
-    size = 0
-    for s in steps:
-        if shards[-1] and size + s.spec.nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(s)
-        size += s.spec.nbytes
-    return shards
-
-
-def _header_bytes(steps: Sequence[Step], metadata: Mapping[str, str]) -> bytes:
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    for s in steps:
-        header[s.name] = {"dtype": CODES[s.spec.dtype], "shape": list(s.spec.shape),
-                          "data_offsets": [offset, offset + s.spec.nbytes]}
-        offset += s.spec.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw
-
-
-class _Output:
-    """One merged checkpoint being written: a single file, or a directory of shards
-    with a Hugging Face index. Files go to a temporary place and are renamed at the end."""
-
-    def __init__(self, dest: Path, shards: list[list[Step]], metadata: Mapping[str, str], single_file: bool):
-        self.dest, self.shards, self.metadata = dest, shards, metadata
-        if single_file and len(shards) > 1:
-            raise MergeError(f"{dest} would need {len(shards)} shards; give a directory to write shards")
-        # the I/O layer's temporary (a file, or a folder of shards): fsynced and renamed by commit()
-        self._atomic = atomic_path(dest, directory=not single_file)
-        self.tmp = self._atomic.__enter__()
-        if single_file:
-            self.files = [self.tmp]
-        else:
-            n = len(shards)
-            names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-                                                          for i in range(n)]
-            self.files = [self.tmp / nm for nm in names]
-        self.single_file = single_file
-        self.handle = None
-        self.shard = -1
-
-    def start_shard(self, i: int) -> None:
-        self.close_shard()
-        self.shard = i
-        with writing(self.dest):  # disk full here is an error naming the output, not its temporary
-            self.handle = open(self.files[i], "wb")
-            header = _header_bytes(self.shards[i], self.metadata)
-            try:  # reserving the blocks up front makes writing several times faster on ext4
-                os.posix_fallocate(self.handle.fileno(), 0, len(header) + sum(s.spec.nbytes for s in self.shards[i]))
-            except (AttributeError, OSError):
-                pass
-            self.handle.write(header)
-
-    def write(self, data: torch.Tensor) -> None:
-        with writing(self.dest):
-            self.handle.write(memoryview(data.numpy()))
-
-    def close_shard(self) -> None:
-        if self.handle is not None:
-            handle, self.handle = self.handle, None
-            with writing(self.dest):
-                handle.close()
-
-    def commit(self) -> Path:
-        self.close_shard()
-        if not self.single_file and len(self.files) > 1:
-            weight_map = {s.name: f.name for f, shard in zip(self.files, self.shards) for s in shard}
-            total = sum(s.spec.nbytes for shard in self.shards for s in shard)
-            (self.tmp / ("model" + INDEX_SUFFIX)).write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        self._atomic.__exit__(None, None, None)  # fsync, rename over dest (an old directory in one step)
-        return self.dest
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):  # a full disk fails the close too: the temporary goes anyway
-            self.close_shard()
-        with contextlib.suppress(MergeError):
-            self._atomic.__exit__(MergeError, MergeError("aborted"), None)  # removes the temporary
-
-
-class _Reader:
-    """Reads byte ranges of tensors into caller buffers with plain ``readinto``."""
-
-    def __init__(self):
-        self.handles: dict[Path, object] = {}
-
-    def read(self, loc: Location, start: int, buf: torch.Tensor) -> None:
-        f = self.handles.get(loc.file)
-        if f is None:
-            f = self.handles[loc.file] = open(loc.file, "rb", buffering=0)
-        f.seek(loc.offset + start)
-        view, done = memoryview(buf.numpy()), 0
-        while done < len(view):
-            n = f.readinto(view[done:])
-            if not n:
-                raise MergeError(f"{loc.file} ended early")
-            done += n
-
-    def close(self) -> None:
-        for f in self.handles.values():
-            f.close()
-
-
 Kernel = Callable[[Mapping[int, torch.Tensor], torch.Tensor], None]
 
 
-WriteStep = Callable[[Step, Sequence["_Output"], "_Reader"], None]
+WriteStep = Callable[[Step, Sequence["CheckpointWriter"], "TensorReader"], None]
 
 
 def _chunk_buffer(chunk_bytes: int) -> torch.Tensor:
@@ -265,7 +74,7 @@ def _kernel_steps(ckpts: Sequence[SafetensorsCheckpoint], kernels: Sequence[Kern
     bufs = {i: _chunk_buffer(chunk_bytes) for i in range(len(ckpts))}
     out_buf = _chunk_buffer(chunk_bytes)
 
-    def write(s: Step, outputs: Sequence[_Output], reader: _Reader) -> None:
+    def write(s: Step, outputs: Sequence[CheckpointWriter], reader: TensorReader) -> None:
         if s.op != "mix":
             _copy_step(ckpts[s.source], s, outputs, reader, bufs[s.source])
             return
@@ -286,12 +95,12 @@ def _kernel_steps(ckpts: Sequence[SafetensorsCheckpoint], kernels: Sequence[Kern
 
 
 def _open_outputs(dests: Sequence[Path], steps: list[Step], max_shard_bytes: int | None,
-                  metadata: Sequence[Mapping[str, str]]) -> list[_Output]:
+                  metadata: Sequence[Mapping[str, str]]) -> list[CheckpointWriter]:
     outs = []
     for dest, meta in zip(dests, metadata):
         single = dest.suffix == ".safetensors"
-        shards = _shards(steps, max_shard_bytes or DEFAULT_SHARD_BYTES) if not single else [steps]
-        outs.append(_Output(dest, shards, meta, single))
+        shards = shard_steps(steps, max_shard_bytes or DEFAULT_SHARD_BYTES) if not single else [steps]
+        outs.append(CheckpointWriter(dest, shards, meta, single))
     if len({len(o.shards) for o in outs}) > 1:  # all outputs advance in lockstep
         for o in reversed(outs):  # the last opened first: the first one made their folder
             o.abort()
@@ -306,7 +115,7 @@ def _run(ckpts: Sequence[SafetensorsCheckpoint], steps: list[Step], dests: Seque
     all committed, or all aborted."""
     ordered = _disk_order(steps, ckpts)
     outs = _open_outputs([Path(d) for d in dests], ordered, settings.shard_bytes, metadata)
-    reader = _Reader()
+    reader = TensorReader()
     try:
         for si in range(len(outs[0].shards)):
             for o in outs:
@@ -368,8 +177,6 @@ def _check_distinct(outputs: Mapping[float, str | Path]) -> None:
         seen[where] = a
 
 
-
-
 def interpolate_files(path_0: str | Path, path_1: str | Path, out: str | Path, alpha: float,
                       settings: MergeConfig | None = None, *, metadata: Metadata = None) -> Path:
     """One theta_alpha from two safetensors checkpoints, out of core (see write_interpolations)."""
@@ -379,10 +186,10 @@ def interpolate_files(path_0: str | Path, path_1: str | Path, out: str | Path, a
 def average_files(paths: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None,
                   settings: MergeConfig | None = None, *, metadata: Mapping[str, str] | None = None) -> Path:
     """A weighted average (uniform soup when ``weights`` is None) of N safetensors
-    checkpoints, out of core; same arithmetic as ``soup.weighted_average``. Tensors not
+    checkpoints, out of core; same arithmetic as ``weighted_average``. Tensors not
     selected by ``settings`` come from input ``keep``, default 0."""
     settings = settings if settings is not None else MergeConfig()
-    weights = _check_weights(weights, len(paths))
+    weights = check_average_weights(weights, len(paths))
     ckpts = [open_checkpoint(p) for p in paths]
     steps = plan_merge([c.specs for c in ckpts], selection_of(settings, default_keep=0))
     needs = [i for i, w in enumerate(weights) if w != 0]
@@ -401,12 +208,6 @@ def _average_kernel(weights: list[float], needs: list[int], n: int, chunk_bytes:
         average_tensor([ins.get(i, ins[needs[0]]) for i in range(n)], weights, out=out_t,
                        scratch=scratch[0] if scratch else None)
     return kernel
-
-
-def _check_weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    if n < 1:
-        raise MergeError("no models to average")
-    return check_weights(weights, n, average=True)
 
 
 # --- dry run -----------------------------------------------------------------------
@@ -465,7 +266,7 @@ class MergePlan:
         if dropped:
             lines.append(f"dropped: {len(dropped)} tensors (excluded, absent from the kept input): "
                          + ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
-        shards = len(_shards([s for s in self.steps if s.op != "drop"], self.max_shard_bytes))
+        shards = len(shard_steps([s for s in self.steps if s.op != "drop"], self.max_shard_bytes))
         lines += [f"output:  {self.outputs} x {gb(self.output_bytes)} ({shards} shard(s) per sharded output)",
                   f"memory:  out of core ~{gb(self.out_of_core_bytes)} of buffers (+ the interpreter); "
                   f"in memory (all inputs + one output) {gb(self.in_memory_bytes)}"]
@@ -508,7 +309,6 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-
 # --- any registered merge method, out of core -------------------------------------------
 
 @dataclass(frozen=True)
@@ -524,7 +324,8 @@ class _Sources:
         return {e: [c.specs for c in cs] for e, cs in self.extras.items()}
 
 
-def _read_elements(reader: _Reader, ckpt: SafetensorsCheckpoint, name: str, start: int, count: int) -> torch.Tensor:
+def _read_elements(reader: TensorReader, ckpt: SafetensorsCheckpoint, name: str, start: int,
+                   count: int) -> torch.Tensor:
     """Elements ``start`` .. ``start + count`` of tensor ``name``, flat, in a new tensor."""
     spec = ckpt.specs[name]
     t = torch.empty(count, dtype=spec.dtype)
@@ -542,10 +343,10 @@ def _pieces(spec: TensorSpec, elementwise: bool, itemsize: int, chunk_bytes: int
     return [(i, min(step, spec.numel - i)) for i in range(0, spec.numel, step)]
 
 
-def _mix_step(src: _Sources, s: Step, depth: float, calls: Sequence[MergeCall], outputs: Sequence[_Output],
-              reader: _Reader, chunk_bytes: int) -> None:
+def _mix_step(src: _Sources, s: Step, depth: float, calls: Sequence[MergeCall],
+              outputs: Sequence[CheckpointWriter], reader: TensorReader, chunk_bytes: int) -> None:
     """Merge tensor ``s`` for every output: chunk by chunk for an elementwise method,
-    whole otherwise; each piece through ``merging.apply``, as the in-memory engine does."""
+    whole otherwise; each piece through ``apply``, as the in-memory engine does."""
     method = calls[0].method
     extras = extras_for(src.extra_specs(), s.name, lambda e, i: src.extras[e][i])
     widest = max([s.spec.dtype.itemsize] + [c.specs[s.name].dtype.itemsize for cs in extras.values() for c in cs])
@@ -565,7 +366,7 @@ def _mix_step(src: _Sources, s: Step, depth: float, calls: Sequence[MergeCall], 
             o.write(out.reshape(-1).view(torch.uint8))
 
 
-def _copy_step(ckpt: SafetensorsCheckpoint, s: Step, outputs: Sequence[_Output], reader: _Reader,
+def _copy_step(ckpt: SafetensorsCheckpoint, s: Step, outputs: Sequence[CheckpointWriter], reader: TensorReader,
                buf: torch.Tensor) -> None:
     """Tensor ``s`` copied from ``ckpt`` into every output, ``buf`` at a time."""
     for start in range(0, s.spec.nbytes, buf.numel()):
@@ -631,8 +432,8 @@ def write_merges(method: str | MergeMethod, base: str | Path | None, models: Seq
     checkpoints of the per-model tensors the method declares (``{"fisher": [f_1, f_2]}``).
 
     Elementwise methods are read chunk by chunk (``settings.chunk_bytes``), the others
-    tensor by tensor, whole; every piece goes through ``merging.apply``, so the result is
-    ``merging.merge_states`` on the same weights, bit for bit. Destinations, shards and
+    tensor by tensor, whole; every piece goes through ``apply``, so the result is
+    ``merge_states`` on the same weights, bit for bit. Destinations, shards and
     ``metadata`` as for ``write_interpolations``.
 
     Example:
@@ -645,7 +446,7 @@ def write_merges(method: str | MergeMethod, base: str | Path | None, models: Seq
     depths = layer_depths(s.name for s in steps)
     buf = _chunk_buffer(settings.chunk_bytes)
 
-    def write(s: Step, outs: Sequence[_Output], reader: _Reader) -> None:
+    def write(s: Step, outs: Sequence[CheckpointWriter], reader: TensorReader) -> None:
         if s.op == "mix":
             _mix_step(src, s, depths[s.name], calls, outs, reader, settings.chunk_bytes)
         else:
@@ -659,7 +460,7 @@ def merge_files(method: str | MergeMethod, base: str | Path | None, models: Sequ
                 extras: Mapping[str, Sequence[str | Path]] | None = None,
                 settings: MergeConfig | None = None) -> Path:
     """One merge of safetensors checkpoints by any registered method, out of core (see
-    ``write_merges``; the files' counterpart of ``merging.merge_states``).
+    ``write_merges``; the files' counterpart of ``merge_states``).
 
     Example:
         >>> merge_files("dare", "zs.safetensors", ["ft_a.safetensors"], "out/", {"drop_rate": 0.9})

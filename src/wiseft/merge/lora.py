@@ -15,7 +15,8 @@ import torch
 
 from wiseft.config import MergeConfig
 from wiseft.io import StateDict
-from wiseft.merge.plan import Interpolator, MergeError, check_alpha
+from wiseft.merge.interpolator import Interpolator
+from wiseft.merge.plan import MergeError, check_alpha
 from wiseft.train import LORA_A, LORA_B
 
 

@@ -1,6 +1,6 @@
 """The merge-method interface: a method is a name, a typed parameter model, a reference
 and a pure per-tensor function; ``apply`` runs any of them under the dtype rules of
-``wiseft.merge.plan`` (../../../docs/merge-methods.md)."""
+``wiseft.merge.kernels`` (../../../docs/merge-methods.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from pydantic.fields import FieldInfo
 
 from wiseft.core import MERGE_METHODS
-from wiseft.merge.plan import MergeError, check_weights, keep_equal
+from wiseft.merge.kernels import keep_equal
+from wiseft.merge.plan import MergeError, check_weights
 
 
 class MergeParams(BaseModel):
@@ -239,7 +240,7 @@ def _shares_storage(out: torch.Tensor, inputs: list[torch.Tensor]) -> bool:
 
 def apply(method: MergeMethod | str, inputs: TensorInputs,
           params: MergeParams | Mapping[str, Any] | None = None) -> torch.Tensor:
-    """``method`` on one parameter under the dtype rules of ``wiseft.merge.plan``: a new tensor
+    """``method`` on one parameter under the dtype rules of ``wiseft.merge.kernels``: a new tensor
     of the inputs' shape and dtype, never aliasing them.
 
     Non-floating tensors (integer, bool buffers) are copied from the base (from the first

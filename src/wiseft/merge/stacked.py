@@ -40,7 +40,8 @@ from wiseft.config import MergeConfig
 from wiseft.core import WiseftError
 from wiseft.heads import PromptClassifier
 from wiseft.io import StateDict
-from wiseft.merge.plan import Interpolator, MergeError
+from wiseft.merge.interpolator import Interpolator, allocate
+from wiseft.merge.plan import MergeError
 from wiseft.runtime import device_of, to_device
 
 log = logging.getLogger("wiseft")
@@ -210,20 +211,14 @@ def _stack_weights(model: torch.nn.Module, interp: Interpolator,
     holding theta_alpha_i's (tied weights share one); one tensor per weight that is not
     mixed. Each on the device where ``model`` holds that weight."""
     own = model.state_dict()
-    steps = [s for s in interp.steps if s.op != "drop"]
-    differ = {s.name for s in steps} ^ set(own)
+    differ = {s.name for s in interp.steps if s.op != "drop"} ^ set(own)
     if differ:
         raise MergeError(f"model and merge output differ at key {sorted(differ)[0]!r}")
-    stacked: dict[str, torch.Tensor] = {}
-    fixed: dict[str, torch.Tensor] = {}
-    for s in steps:
-        tied = interp.ties.get(s.name)
-        if s.op == "mix":
-            stacked[s.name] = stacked[tied] if tied in stacked else torch.empty(
-                (len(alphas), *s.spec.shape), dtype=s.spec.dtype, device=own[s.name].device)
-        else:
-            fixed[s.name] = fixed[tied] if tied in fixed else torch.empty(
-                s.spec.shape, dtype=s.spec.dtype, device=own[s.name].device)
+    out = allocate(interp.steps, (interp.theta_0, interp.theta_1), interp.ties, rows=len(alphas),
+                   devices={k: v.device for k, v in own.items()})
+    mixed = {s.name for s in interp.steps if s.op == "mix"}
+    stacked = {k: v for k, v in out.items() if k in mixed}
+    fixed = {k: v for k, v in out.items() if k not in mixed}
     for i, alpha in enumerate(alphas):
         interp.merge(alpha, out={**{k: v[i] for k, v in stacked.items()}, **fixed})
     return stacked, fixed

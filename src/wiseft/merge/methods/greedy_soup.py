@@ -1,7 +1,7 @@
 """``greedy_soup``: a procedure, not a plain merge. Ingredients are sorted by held-out
 score and each is added to the soup when the uniform average with it scores no lower;
 the result is the uniform soup of the chosen ones. It needs an ``evaluate`` callback, so
-the engines refuse it and point to ``greedy_soup`` here (also ``wiseft.merge.soups.greedy_soup``)."""
+the engines refuse it and point to ``greedy_soup`` here (exported as ``wiseft.merge.greedy_soup``)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 
 from wiseft.core import MERGE_METHODS
 from wiseft.io import StateDict, load_state
+from wiseft.merge.interpolator import allocate
+from wiseft.merge.kernels import accumulation_dtype
 from wiseft.merge.method import MergeMethod, MergeParams
 from wiseft.merge.methods.soup import merge_soup
-from wiseft.merge.plan import MergeError, Step, accumulation_dtype, allocate, make_selection, plan_merge, specs_of
+from wiseft.merge.plan import MergeError, Step, make_selection, plan_merge, specs_of
 
 Ingredient = StateDict | str | Path  # loaded with ``checkpoint.load_state``
 
@@ -95,4 +97,4 @@ MERGE_METHODS.add("greedy_soup", MergeMethod(
     reference="Wortsman et al. 2022, Model soups: averaging weights of multiple fine-tuned models improves "
               "accuracy without increasing inference time, arXiv:2203.05482",
     description="ingredients in order of held-out score, each kept when the uniform soup with it scores no lower "
-                "(a procedure: needs an evaluate callback; run wiseft.merge.soups.greedy_soup)"))
+                "(a procedure: needs an evaluate callback; run wiseft.merge.greedy_soup)"))

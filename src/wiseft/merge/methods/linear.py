@@ -11,8 +11,8 @@ from pydantic import Field, model_validator
 
 from wiseft.core import MERGE_METHODS
 from wiseft.merge.depth import layer_depths
+from wiseft.merge.kernels import interpolate_tensor
 from wiseft.merge.method import MergeMethod, MergeParams, TensorInputs
-from wiseft.merge.plan import interpolate_tensor
 
 IN_01 = "a finite number in [0, 1] (outside it with allow_extrapolation)"
 

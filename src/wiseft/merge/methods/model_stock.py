@@ -8,9 +8,9 @@ import math
 import torch
 
 from wiseft.core import MERGE_METHODS
+from wiseft.merge.kernels import average_tensor, interpolate_tensor
 from wiseft.merge.method import MergeMethod, MergeParams, TensorInputs
 from wiseft.merge.methods.ops import dot64, task_vectors
-from wiseft.merge.plan import average_tensor, interpolate_tensor
 
 
 class ModelStockParams(MergeParams):

@@ -8,9 +8,9 @@ import torch
 from pydantic import Field
 
 from wiseft.core import MERGE_METHODS
+from wiseft.merge.kernels import interpolate_tensor
 from wiseft.merge.method import MergeMethod, MergeParams, TensorInputs
 from wiseft.merge.methods.ops import dot64
-from wiseft.merge.plan import interpolate_tensor
 
 # above this |cos| the tensors are taken as colinear and mixed linearly (mergekit's value)
 DOT_THRESHOLD = 0.9995
