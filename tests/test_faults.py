@@ -46,7 +46,7 @@ WRITERS = {
         lambda d: int((d / "table.md").read_text())),
     "records (append)": (
         "results.jsonl",
-        "from wiseft.core.records import Record, append_records\n"
+        "from wiseft.core import Record\nfrom wiseft.io import append_records\n"
         "append_records(folder / 'results.jsonl', [Record('m', 0.5, 'd', 'reference', 'top1', float(v))])",
         lambda d: [r.value for r in read_records(d / "results.jsonl")]),
     "weights (save_state)": (
