@@ -18,14 +18,15 @@ from wiseft.runtime.distributed import DistInfo
 
 @pytest.fixture
 def setup(open_clip_spec, image_data, tmp_path):
-    import wiseft.pipeline.main as pipeline
+    from wiseft.heads import build_zeroshot_model
+    from wiseft.pipeline import prepare_data, resolve_precisions
 
     def make(**overrides):
         cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path / "run", **overrides))
-        cfg, _ = pipeline.resolve_precisions(cfg, torch.device("cpu"))
-        data = pipeline.prepare_data(cfg)
+        cfg, _ = resolve_precisions(cfg, torch.device("cpu"))
+        data = prepare_data(cfg)
         backbone = load_backbone(cfg.backbone)
-        model = pipeline.build_zeroshot_model(backbone, data.classnames, data.templates, cache=False)
+        model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=False)
         theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
         return cfg, data, backbone, model, theta_0
     return make
