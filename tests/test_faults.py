@@ -42,7 +42,8 @@ WRITERS = {
         "config.yaml", "from wiseft.io.atomic import atomic_write\natomic_write(folder / 'config.yaml', f'v: {v}')",
         lambda d: yaml.safe_load((d / "config.yaml").read_text())["v"]),
     "report table": (
-        "table.md", "from wiseft.report.build import _write\n_write(folder / 'table.md', str(v))",
+        "table.md", "from wiseft.io import atomic_write  # the report writes every file through it\n"
+        "atomic_write(folder / 'table.md', str(v))",
         lambda d: int((d / "table.md").read_text())),
     "records (append)": (
         "results.jsonl",

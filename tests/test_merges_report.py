@@ -2,16 +2,17 @@
 each merge's search, its point on the scatter plots and its effective robustness; the
 report's other outputs are those of the same run without merges."""
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from wiseft.config import ReportConfig
-from wiseft.core import Record
+from wiseft.core import Record, record_view
 from wiseft.io import append_records, read_records
 from wiseft.report import build_report, clopper_pearson
-from wiseft.report.build import method_comparison, search_tables
+from wiseft.report.comparison import method_comparison, search_tables
 from wiseft.report.plots import plot_scatter, plot_search, plotted_data
 from wiseft.report.robustness import AVG, build_baselines, logit, merge_robustness_rows, robustness_rows
 
@@ -75,18 +76,18 @@ def test_the_reports_other_outputs_do_not_change(runs):
 
 def test_merge_records_are_not_baseline_models(runs):
     plain, merged, csv = runs
-    fits = build_baselines(read_records(merged), "ref", ["s1", "s2"], extra=csv)
+    fits = build_baselines(record_view(read_records(merged)), extra=csv)
     assert {s: f.n for s, f in fits.items()} == {"s1": 3, "s2": 3, AVG: 3}
-    assert fits == build_baselines(read_records(plain), "ref", ["s1", "s2"], extra=csv)
+    assert fits == build_baselines(record_view(read_records(plain)), extra=csv)
 
 
 def test_method_comparison_rows_and_intervals(runs):
     _, merged, csv = runs
-    records = read_records(merged)
-    fits = build_baselines(records, "ref", ["s1", "s2"], extra=csv)
-    rho = robustness_rows(records, fits, "ref") + merge_robustness_rows(records, fits, "ref")
+    view = record_view(read_records(merged))
+    fits = build_baselines(view, extra=csv)
+    rho = robustness_rows(view, fits) + merge_robustness_rows(view, fits)
     selected = {"finetuned": 1.0, "finetuned (output ensemble)": 0.5}
-    columns, rows = method_comparison(records, selected, rho)
+    columns, rows = method_comparison(view, selected, rho)
     assert columns == ["ref", "s1", "s2", "avg shifts", "avg rho", "val"]
     assert [(r.label, r.method, r.setting, r.models) for r in rows] == [
         ("zero-shot", "zero-shot", "alpha=0", ""), ("fine-tuned", "fine-tuned", "alpha=1", "finetuned"),
@@ -112,23 +113,26 @@ def test_methods_files_and_the_search_table(runs):
     header = (merged / "report" / "methods.csv").read_text().splitlines()[0]
     assert header.startswith("label,method,setting,models,ref,ref ci_low,ref ci_high,s1,")
     assert ",avg shifts,avg rho,val,val ci_low,val ci_high" in header
-    (name, line, curve), = search_tables(read_records(merged))
+    (name, line, curve), = search_tables(record_view(read_records(merged)))
     assert name == "ties" and line == ("ties of finetuned, slow; search: density in [0.1, 0.5]; chosen on "
                                        "validation: density=0.5")
     assert [row[0] for row in curve] == ["density=0.1", "density=0.5 (chosen)"]
     assert curve[0][1].startswith("70.00 [")
     assert "<h2>Method comparison</h2>" in page and (merged / "report" / "search_ties.svg").exists()
+    # the page's sections, in order: the comparison before effective robustness, calibration before the plots
+    assert re.findall(r"<h2>([^<]+)</h2>", page) == ["Alpha selection", "Table", "Method comparison",
+                                                     "Effective robustness", "Calibration", "Plots"]
 
 
 def test_each_merge_is_a_labelled_point_on_the_scatter_and_has_a_validation_curve(runs):
     _, merged, _ = runs
-    records = read_records(merged)
-    data = plotted_data(plot_scatter(records, "s1", "ref"))
+    view = record_view(read_records(merged))
+    data = plotted_data(plot_scatter(view, "s1"))
     x, y = data["merge: ties"]
     assert (x[0], y[0]) == pytest.approx((logit(0.85), logit(190 / 300)))
-    avg = plotted_data(plot_scatter(records, AVG, "ref"))["merge: ties"]
+    avg = plotted_data(plot_scatter(view, AVG))["merge: ties"]
     assert avg[1][0] == pytest.approx(logit((190 / 300 + 120 / 200) / 2))
-    curve = plotted_data(plot_search(records, "ties"))
+    curve = plotted_data(plot_search(view, "ties"))
     assert np.allclose(curve["val (validation)"][0], [0.1, 0.5]) and np.allclose(curve["val (validation)"][1],
                                                                                  [70, 90])
     assert np.allclose(curve["chosen"][0], [0.5])

@@ -13,13 +13,12 @@ import pytest
 from scipy import special, stats
 
 from wiseft.config import ReportConfig
-from wiseft.core import Record, summary_table
-from wiseft.evaluation.ensemble import OUTPUT_ENSEMBLE, output_ensemble_name
+from wiseft.core import OUTPUT_ENSEMBLE, Record, is_restricted_metric, output_ensemble_name, record_view, summary_table
 from wiseft.io import append_records, read_records
 from wiseft.report import build_report, select_alpha
-from wiseft.report.build import build_tables, reference_dataset, table_markdown
 from wiseft.report.plots import plot_alpha_curves, plot_scatter, plotted_data
 from wiseft.report.robustness import AVG, build_baselines, logit, robustness_rows
+from wiseft.report.tables import build_tables, table_markdown
 
 TESTBED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-testbed" / "robustness_top1s.csv"
 
@@ -70,7 +69,7 @@ def test_fixture_selects_alpha_on_validation(tmp_path):
     records = read_records(make_run(tmp_path))
     # validation peaks where d/da[(1-a)0.69 + 0.82a + 0.16a(1-a)] = 0: a = 0.906 -> grid 0.9
     assert select_alpha(records, "finetuned") == 0.9
-    assert reference_dataset(records) == "imagenet"
+    assert record_view(records).reference == "imagenet"
 
 
 @pytest.mark.slow  # over 2 s: the quick tier stays under a minute
@@ -149,8 +148,9 @@ def test_fixed_alpha_and_no_validation(tmp_path):
 
 def test_scatter_plot_data(tmp_path):
     records = read_records(make_run(tmp_path))
-    fits = build_baselines(records, "imagenet", ["imagenet-v2", "imagenet-a"])
-    fig = plot_scatter(records, "imagenet-v2", "imagenet", fits, {"finetuned": 0.9})
+    view = record_view(records)
+    fits = build_baselines(view, ["imagenet-v2", "imagenet-a"])
+    fig = plot_scatter(view, "imagenet-v2", fits, {"finetuned": 0.9})
     lines = plotted_data(fig)
     x, y = lines["WiSE-FT finetuned"]
     by = {(r.alpha, r.dataset): r.value for r in records if r.metric == "top1"}
@@ -177,14 +177,14 @@ def test_logit_axes_near_one(tmp_path):
     for a, (ref, sh) in zip([0.0, 0.5, 1.0], [(0.95, 0.9), (0.99, 0.97), (0.999, 1.0)]):
         recs += [Record("m", a, "ref", "reference", "top1", ref, round(ref * 10000), 10000),
                  Record("m", a, "shift1", "shift", "top1", sh, round(sh * 10000), 10000)]
-    fig = plot_scatter(recs, "shift1", "ref")
+    fig = plot_scatter(record_view(recs), "shift1")
     ax = fig.axes[0]
     x, y = plotted_data(fig)["WiSE-FT m"]
     assert np.all(np.isfinite(x)) and np.all(np.isfinite(y))
     assert ax.get_xlim()[1] > logit(0.999)
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert "99.9%" in labels or "99.99%" in labels
-    fig2 = plot_alpha_curves(recs, "m", selected=1.0)
+    fig2 = plot_alpha_curves(record_view(recs), "m", selected=1.0)
     assert len(fig2.axes[0].get_lines()) >= 3
 
 
@@ -194,10 +194,11 @@ def test_rows_for_user_baselines(tmp_path):
     recs += [Record("m", a, "tweets", "shift", "top1", v) for a, v in [(0.0, 0.5), (1.0, 0.55)]]
     for i, (x, y) in enumerate([(0.6, 0.4), (0.7, 0.45), (0.8, 0.52), (0.9, 0.6)]):
         recs += [Record(f"b{i}", None, "news", "reference", "top1", x), Record(f"b{i}", None, "tweets", "shift", "top1", y)]
-    fits = build_baselines(recs, "news", ["tweets"])
-    rows = robustness_rows(recs, fits, "news")
+    view = record_view(recs)
+    fits = build_baselines(view)
+    rows = robustness_rows(view, fits)
     assert {r.alpha for r in rows if r.shift == "tweets"} == {0.0, 1.0}
-    tables = build_tables(recs, {"m": 0.5}, rows)
+    tables = build_tables(view, {"m": 0.5}, rows)
     assert "avg rho" in tables[0].columns and "oracle" in table_markdown(tables)
 
 
@@ -215,7 +216,8 @@ def test_two_models_and_objectnet_baseline_from_records(tmp_path):
     assert page.count("not evaluated in this run") == 2
     rows = list(csv.reader((run / "report" / "table.csv").open()))
     assert {r[0] for r in rows[1:]} == {"aggressive", "finetuned"}
-    fig = plot_scatter(read_records(run), "avg", "imagenet", build_baselines(read_records(run), "imagenet", [
+    view = record_view(read_records(run))
+    fig = plot_scatter(view, "avg", build_baselines(view, [
         "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet"]))
     data = plotted_data(fig)
     assert {"WiSE-FT aggressive", "WiSE-FT finetuned", "zero-shot", "baseline fit"} <= set(data)
@@ -227,10 +229,11 @@ def test_effective_robustness_as_the_paper_computes_it(tmp_path):
     """rho on ImageNet-R uses the measured ImageNet accuracy on its classes; the average
     uses one line fitted on the testbed models' averaged accuracies: both by hand."""
     records = read_records(make_run(tmp_path))
+    view = record_view(records)
     with TESTBED.open() as f:
         raw = [r for r in csv.DictReader(f) if r["model_type"] == "STANDARD"]
-    rows = {(r.alpha, r.shift): r for r in robustness_rows(records, build_baselines(
-        records, "imagenet", [d for d, role, _ in CURVES if role == "shift"]), "imagenet")}
+    rows = {(r.alpha, r.shift): r for r in robustness_rows(view, build_baselines(
+        view, [d for d, role, _ in CURVES if role == "shift"]))}
 
     def line(xcol, ycols):
         keep = [r for r in raw if r[xcol] and all(r[c] for c in ycols)]
@@ -251,11 +254,11 @@ def test_effective_robustness_as_the_paper_computes_it(tmp_path):
     expect = np.mean(ys) - special.expit(fit.slope * special.logit(ref) + fit.intercept)
     assert rows[a, AVG].rho == pytest.approx(expect)
     # Without the class-restricted records a shift on a class subset gets no rho (never estimated).
-    plain = [r for r in records if not r.metric.startswith("top1_on_")]
-    shifts = {r.shift for r in robustness_rows(plain, build_baselines(plain, "imagenet", ["imagenet-r"]), "imagenet")}
+    plain = record_view([r for r in records if not is_restricted_metric(r.metric)])
+    shifts = {r.shift for r in robustness_rows(plain, build_baselines(plain, ["imagenet-r"]))}
     assert "imagenet-r" not in shifts
     # The scatter's x axis is the class-restricted accuracy.
-    fig = plot_scatter(records, "imagenet-r", "imagenet", build_baselines(records, "imagenet", ["imagenet-r"]))
+    fig = plot_scatter(view, "imagenet-r", build_baselines(view, ["imagenet-r"]))
     x, _ = plotted_data(fig)["WiSE-FT finetuned"]
     assert x[5] == pytest.approx(logit(x_r)) and "classes" in fig.axes[0].get_xlabel()
 
@@ -274,11 +277,11 @@ def test_output_space_ensemble_in_tables_and_plots(tmp_path):
     # Its own alpha, chosen on its own validation records: argmax of curve(a, .69, .82, .02) on the grid.
     best = max(ALPHAS, key=lambda a: round(10000 * curve(a, 0.69, 0.82, 0.02)))
     assert f"output-space ensemble, selected alpha={best:g}" in by_label
-    records = read_records(run)
-    fig = plot_scatter(records, "imagenet-v2", "imagenet", {}, {"finetuned": 0.9})
+    view = record_view(read_records(run))
+    fig = plot_scatter(view, "imagenet-v2", {}, {"finetuned": 0.9})
     x, y = plotted_data(fig)["finetuned (output ensemble)"]
     assert y[5] == pytest.approx(logit(round(10000 * curve(0.5, 0.62, 0.70, 0.02)) / 10000))
-    fig = plot_alpha_curves(records, "finetuned", 0.9, ensemble=output_ensemble_name("finetuned"))
+    fig = plot_alpha_curves(view, "finetuned", 0.9, ensemble=output_ensemble_name("finetuned"))
     a, v = plotted_data(fig)["avg shifts (output ensemble)"]
     assert len(a) == len(ALPHAS)
     assert "output ensemble" in (run / "report" / "robustness.md").read_text()
@@ -347,3 +350,64 @@ def test_report_command_default_baselines_choice(tmp_path, capsys):
     assert main(["report", str(run), "--default-baselines", "timm"]) == 0
     page = (run / "report" / "index.html").read_text()
     assert "timm results/" in page and "robustness testbed" not in page and "No baseline for: objectnet" in page
+
+
+def _merge(stage: str, index: int) -> dict:
+    return {"merge": {"name": "ties", "method": "ties", "models": ["m"], "params": {}, "point": {"d": index},
+                      "point_index": index, "search": {"d": [0, 1]}, "stage": stage, "chosen": index == 1}}
+
+
+def test_one_view_of_the_records():
+    """record_view groups a run once for every stage: the curves, the baseline models, each
+    merge's chosen point and search, each dataset under one metric for all of them, and the
+    reference set's class-restricted accuracies beside the points."""
+    flag = {"primary": True}
+    recs = [
+        Record("m", 0.0, "ref", "reference", "top1", 0.6, provenance=flag),
+        Record("m", 0.0, "ref", "reference", "top1_on_s_classes", 0.8),
+        Record("m", 0.0, "ref-clean", "reference", "top1", 0.7),
+        Record("m", 0.0, "ref-clean", "reference", "top1_on_s_classes", 0.1),  # not the reference set: no x axis
+        Record("m", 0.0, "s", "shift", "worst", 0.3, provenance=flag),
+        Record("m", 0.0, "s", "shift", "top1", 0.5),
+        Record("m", 0.0, "val", "validation", "top1", 0.6),
+        Record("m (output ensemble)", 0.0, "ref", "reference", "top1", 0.6, provenance={"method": OUTPUT_ENSEMBLE}),
+        Record("b", None, "ref", "reference", "top1", 0.5),
+        Record("b", None, "s", "shift", "top1", 0.4),  # not s's metric in this run
+        Record("b", None, "s", "shift", "worst", 0.2),
+        Record("ties", None, "val", "validation", "top1", 0.6, provenance=_merge("search", 0)),
+        Record("ties", None, "val", "validation", "top1", 0.7, provenance=_merge("search", 1)),
+        Record("ties", None, "ref", "reference", "top1", 0.65, provenance=_merge("test", 1)),
+        Record("ties", None, "ref", "reference", "top1_on_s_classes", 0.85, provenance=_merge("test", 1)),
+    ]
+    view = record_view(recs)
+    assert (view.reference, view.shifts, view.validation) == ("ref", ["s"], ["val"])
+    assert view.models == ["m", "m (output ensemble)"] and view.is_output_ensemble("m (output ensemble)")
+    assert not view.is_output_ensemble("m")
+
+    def values(points):
+        return {k: r.value for k, r in points.items()}
+
+    assert values(view.curves["m"][0.0]) == {"ref": 0.6, "ref-clean": 0.7, "s": 0.3, "val": 0.6,
+                                             "top1_on_s_classes": 0.8}
+    assert values(view.baselines["b"]) == {"ref": 0.5, "s": 0.2}
+    assert view.merge_names == ["ties"] and values(view.merges["ties"]) == {"ref": 0.65, "top1_on_s_classes": 0.85}
+    assert {i: [r.value for r in rs] for i, rs in view.searches["ties"].items()} == {0: [0.6], 1: [0.7]}
+    top1 = record_view(recs, "top1")  # one metric named: every dataset that has it
+    assert top1.curves["m"][0.0]["s"].value == 0.5 and top1.baselines["b"]["s"].value == 0.4
+    assert record_view([]).reference is None
+
+
+def test_a_shift_only_the_baseline_models_have_is_not_averaged():
+    """The average over shifts is over the run's own shifts: a shift that only baseline
+    models were scored on used to empty the average's scatter plot (a ValueError)."""
+    recs = [Record("m", a, d, role, "top1", v) for a in (0.0, 1.0)
+            for d, role, v in (("news", "reference", 0.6 + 0.3 * a), ("tweets", "shift", 0.5 + 0.05 * a))]
+    recs += [Record(f"b{i}", None, d, role, "top1", v) for i in range(3)
+             for d, role, v in (("news", "reference", 0.6 + 0.1 * i), ("tweets", "shift", 0.4 + 0.05 * i),
+                                ("other", "shift", 0.3 + 0.05 * i))]
+    view = record_view(recs)
+    assert view.shifts == ["tweets"] and set(view.baselines["b0"]) == {"news", "tweets", "other"}
+    fits = build_baselines(view)
+    assert set(fits) == {"tweets", AVG} and fits[AVG].parts == ("tweets",)
+    _, y = plotted_data(plot_scatter(view, AVG, fits))["WiSE-FT m"]
+    np.testing.assert_allclose(y, logit(np.array([0.5, 0.55])))

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
-from wiseft.core import Record
+from wiseft.core import Record, RecordView, record_view
 from wiseft.report import clopper_pearson, effective_robustness, fit_baseline, select_alpha
 from wiseft.report.robustness import (
     AVG,
@@ -29,6 +29,11 @@ from wiseft.report.robustness import (
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-baselines"  # shared/ beside the checkout
 TESTBED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-testbed" / "robustness_top1s.csv"
 FIVE = ["imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "objectnet"]
+
+
+def _view(reference: str) -> RecordView:
+    """A run whose only record is a zero-shot point on ``reference``: no baseline models of its own."""
+    return record_view([Record("m", 0.0, reference, "reference", "top1", 0.5)])
 
 
 # --- the baseline fit and rho -------------------------------------------------------
@@ -121,16 +126,16 @@ def test_timm_baseline_is_imagenet_1k_only():
     for name in table:
         tag = name.split("@")[0].split(".", 1)[1]
         assert "in1k" in tag and not any(w in name for w in ("in21k", "in22k", "in12k", "laion", "jft", "clip", "dist"))
-    fits = build_baselines([], "imagenet", FIVE, default="timm")
+    fits = build_baselines(_view("imagenet"), FIVE, default="timm")
     # No objectnet in timm, so no fit for it and none for the average over all five.
     assert set(fits) == {"imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a"}
     assert fits["imagenet-v2"].x_dataset == "imagenet"
     # timm's imagenet-r-clean column is ImageNet val on ImageNet-R's classes: the x axis.
     assert fits["imagenet-r"].x_dataset == "top1_on_imagenet-r_classes"
     # Other reference sets get no ImageNet default.
-    assert build_baselines([], "cifar10", ["cifar10.1"]) == {}
+    assert build_baselines(_view("cifar10"), ["cifar10.1"]) == {}
     with pytest.raises(ValueError, match="unknown default baselines"):
-        build_baselines([], "imagenet", FIVE, default="timmm")
+        build_baselines(_view("imagenet"), FIVE, default="timmm")
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="raw timm results not present")
@@ -145,7 +150,7 @@ def test_timm_baseline_matches_raw_timm_files():
     pairs = [(ref[tuple(k.split("@"))], v2[tuple(k.split("@"))]) for k in keys]
     x, y = np.array(pairs).T
     line = stats.linregress(special.logit(x), special.logit(y))
-    fit = build_baselines([], "imagenet", ["imagenet-v2"], default="timm")["imagenet-v2"]
+    fit = build_baselines(_view("imagenet"), ["imagenet-v2"], default="timm")["imagenet-v2"]
     assert fit.slope == pytest.approx(line.slope, rel=1e-9) and fit.intercept == pytest.approx(line.intercept, rel=1e-9)
 
 
@@ -165,7 +170,7 @@ def test_default_baseline_is_the_testbed_standard_models():
     src = next(r for r in raw if r["model"] == "resnet50")
     assert row["imagenet"] == pytest.approx(float(src["val"]) / 100)
     assert row["top1_on_objectnet_classes"] == pytest.approx(float(src["val-on-objectnet-classes"]) / 100)
-    fits = build_baselines([], "imagenet", FIVE)
+    fits = build_baselines(_view("imagenet"), FIVE)
     assert set(fits) == {*FIVE, AVG}
     assert fits["imagenet-sketch"].x_dataset == "imagenet"
     for shift, col, x_col in [("objectnet", "objectnet-1.0-beta", "val-on-objectnet-classes"),
@@ -188,7 +193,7 @@ def test_default_baseline_is_the_testbed_standard_models():
     assert avg.n == len(full) == 82 and avg.parts == tuple(FIVE) and avg.x_dataset == "imagenet"
     assert avg.slope == pytest.approx(line.slope, rel=1e-9) and avg.intercept == pytest.approx(line.intercept, rel=1e-9)
     # Fitted over only the shifts a run has.
-    three = build_baselines([], "imagenet", FIVE[:3])[AVG]
+    three = build_baselines(_view("imagenet"), FIVE[:3])[AVG]
     assert three.parts == tuple(FIVE[:3]) and three.slope != pytest.approx(avg.slope)
 
 
@@ -226,7 +231,7 @@ def test_robustness_rows_by_hand():
     fit_avg = BaselineFit(AVG, 1.0, -0.5, (0.5, 0.6), (0.5, 0.6), "ref", parts=("s", "t"))
     fits = {"s": fit_s, "t": fit_t, AVG: fit_avg}
     recs = [_rec("m", 0.0, "ref", "reference", 0.7), _rec("m", 0.0, "s", "shift", 0.75), _rec("m", 0.0, "t", "shift", 0.4)]
-    rows = {r.shift: r for r in robustness_rows(recs, fits, "ref")}
+    rows = {r.shift: r for r in robustness_rows(record_view(recs), fits)}
     assert rows["s"].rho == pytest.approx(0.05)
     # No class-restricted reference accuracy measured: no rho on t (never estimated).
     assert "t" not in rows
@@ -235,7 +240,7 @@ def test_robustness_rows_by_hand():
     assert rows[AVG].rho == pytest.approx(0.575 - special.expit(special.logit(0.7) - 0.5))
     # The measured class-restricted accuracy is t's x.
     recs.append(_rec("m", 0.0, "ref", "reference", 0.9, metric="top1_on_t_classes"))
-    rows = {r.shift: r for r in robustness_rows(recs, fits, "ref")}
+    rows = {r.shift: r for r in robustness_rows(record_view(recs), fits)}
     assert rows["t"].acc_x == 0.9 and rows["t"].rho == pytest.approx(0.4 - special.expit(special.logit(0.9) - 1))
     assert rows[AVG].rho == pytest.approx(0.575 - special.expit(special.logit(0.7) - 0.5))  # unchanged
 
@@ -246,8 +251,8 @@ def test_robustness_rows_use_each_datasets_primary_metric():
     recs = [Record("m", 0.0, "ref", "reference", "top1", 0.7, provenance=primary),
             Record("m", 0.0, "s", "shift", "top1", 0.75),
             Record("m", 0.0, "s", "shift", "worst_region_acc", 0.55, provenance=primary)]
-    assert robustness_rows(recs, {"s": fit}, "ref")[0].rho == pytest.approx(0.55 - 0.7)
-    assert robustness_rows(recs, {"s": fit}, "ref", metric="top1")[0].rho == pytest.approx(0.75 - 0.7)
+    assert robustness_rows(record_view(recs), {"s": fit})[0].rho == pytest.approx(0.55 - 0.7)
+    assert robustness_rows(record_view(recs, "top1"), {"s": fit})[0].rho == pytest.approx(0.75 - 0.7)
 
 
 # --- alpha selection ----------------------------------------------------------------

@@ -111,10 +111,25 @@ def merge_names(records: Iterable[Record]) -> list[str]:
     return list(dict.fromkeys(r.model for r in records if merge_of(r) is not None))
 
 
+# The name of the reference-set metric for accuracy on one shift's classes only.
+_RESTRICTED_PREFIX, _RESTRICTED_SUFFIX = "top1_on_", "_classes"
+
+
 def restricted_metric(shift: str) -> str:
     """The reference-set metric for accuracy on ``shift``'s classes only:
     ``top1_on_imagenet-r_classes`` (the x axis of ImageNet-R's effective robustness)."""
-    return f"top1_on_{shift}_classes"
+    return f"{_RESTRICTED_PREFIX}{shift}{_RESTRICTED_SUFFIX}"
+
+
+def is_restricted_metric(metric: str) -> bool:
+    """Whether ``metric`` is a :func:`restricted_metric` name (an x axis, never a dataset's score).
+
+    Example:
+        >>> is_restricted_metric(restricted_metric("imagenet-r")), is_restricted_metric("top1")
+        (True, False)
+    """
+    return (metric.startswith(_RESTRICTED_PREFIX) and metric.endswith(_RESTRICTED_SUFFIX)
+            and len(metric) > len(_RESTRICTED_PREFIX) + len(_RESTRICTED_SUFFIX))
 
 
 def primary_metrics(records: Iterable[Record]) -> dict[str, str]:
@@ -176,3 +191,88 @@ def column_name(dataset: str, metric: str) -> str:
 def is_quick(records: Iterable[Record]) -> bool:
     """Whether the records come from a quick check (``wiseft run --quick``), not a real run."""
     return any(r.provenance.get("quick") for r in records)
+
+
+# dataset (or the reference set's class-restricted metric, ``top1_on_<shift>_classes``) -> its record
+Points = dict[str, Record]
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """A run's records as every stage of the report reads them: one metric per dataset
+    (:func:`select_metric` of ``metric``), grouped once by :func:`record_view`.
+
+    The three kinds of point (``curves``, ``merges``, ``baselines``) map each dataset to
+    its record, plus the reference set's class-restricted accuracies under their metric
+    name (``top1_on_imagenet-r_classes``: x axes, never a column).
+    """
+
+    records: list[Record]  # every record of the run, in file order
+    metric: str  # PRIMARY, or the one metric named for every dataset that has it
+    chosen: list[Record]  # select_metric(records, metric)
+    reference: str | None  # the reference test set: the first not named *-clean; None when there is none
+    shifts: list[str]  # the shift test sets the models with an alpha were scored on, in run order
+    validation: list[str]  # every validation set (the sweeps' and the merges' searches'), in run order
+    models: list[str]  # every model with an alpha, in run order (output ensembles included)
+    output_ensembles: frozenset[str]  # the models that are output-space ensembles (provenance["method"])
+    curves: dict[str, dict[float, Points]]  # model -> alpha -> points (validation sets included)
+    merge_names: list[str]  # the labels of the run's merges: entries, in run order
+    merges: dict[str, Points]  # label -> its chosen point on the test sets (stage TEST)
+    searches: dict[str, dict[int, list[Record]]]  # label -> grid point index -> its validation records (SEARCH)
+    baselines: dict[str, Points]  # other models scored on the test sets (alpha None, no merge)
+
+    def is_output_ensemble(self, model: str) -> bool:
+        """Whether ``model``'s records are an output-space ensemble's."""
+        return model in self.output_ensembles
+
+
+def record_view(records: Iterable[Record], metric: str = PRIMARY) -> RecordView:
+    """Group ``records`` once for the report (see :class:`RecordView`); never raises.
+
+    Example:
+        >>> view = record_view(read_records("runs/demo"))
+        >>> view.reference, view.shifts, sorted(view.curves["finetuned"])[:3]
+        ('bbc-articles', ['bbc-headlines'], [0.0, 0.1, 0.2])
+    """
+    records = list(records)
+    chosen = select_metric(records, metric)
+    with_alpha = [r for r in chosen if r.alpha is not None]
+    reference = _reference(with_alpha)
+    curves: dict[str, dict[float, Points]] = {}
+    merges: dict[str, Points] = {}
+    baselines: dict[str, Points] = {}
+
+    def points(r: Record) -> Points | None:
+        """The points ``r`` belongs to, or None (a merge's search, a baseline's validation)."""
+        if r.alpha is not None:
+            return curves.setdefault(r.model, {}).setdefault(float(r.alpha), {})
+        if merge_stage(r) == TEST:
+            return merges.setdefault(r.model, {})
+        return baselines.setdefault(r.model, {}) if merge_of(r) is None and r.role != "validation" else None
+
+    for r in chosen:
+        if (into := points(r)) is not None:
+            into[r.dataset] = r
+    for r in records:  # the reference set's class-restricted accuracies, under their metric name
+        restricted = r.role == "reference" and r.dataset == reference and is_restricted_metric(r.metric)
+        if restricted and (into := points(r)) is not None:
+            into[r.metric] = r
+    searches: dict[str, dict[int, list[Record]]] = {}
+    for r in chosen:
+        if merge_stage(r) == SEARCH:
+            searches.setdefault(r.model, {}).setdefault(merge_of(r)["point_index"], []).append(r)
+    return RecordView(
+        records, metric, chosen, reference,
+        shifts=list(dict.fromkeys(r.dataset for r in with_alpha if r.role == "shift")),
+        validation=list(dict.fromkeys(r.dataset for r in chosen if r.role == "validation")),
+        models=list(dict.fromkeys(r.model for r in with_alpha)),
+        output_ensembles=frozenset(r.model for r in records if r.provenance.get("method") == OUTPUT_ENSEMBLE),
+        curves=curves, merge_names=merge_names(records), merges=merges, searches=searches, baselines=baselines)
+
+
+def _reference(records: list[Record]) -> str | None:
+    """The first ``reference`` dataset with an alpha not named ``*-clean`` (or the first
+    of any name), or None."""
+    names = list(dict.fromkeys(r.dataset for r in records if r.role == "reference" and r.alpha is not None))
+    main = [d for d in names if not d.endswith("-clean")] or names
+    return main[0] if main else None

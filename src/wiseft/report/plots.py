@@ -1,4 +1,5 @@
-"""Scatter plots on logit axes and accuracy-vs-alpha curves, drawn from records only.
+"""Scatter plots on logit axes and accuracy-vs-alpha curves, drawn from a run's
+:class:`~wiseft.core.RecordView` (its records only).
 
 Every function returns a matplotlib ``Figure`` built without pyplot, so it is never shown
 and matplotlib's backend stays as the user set it; ``save_figure`` writes it as PNG and
@@ -11,16 +12,17 @@ Each artist carries a label (``"zero-shot"``, ``"WiSE-FT finetuned"``, ``"baseli
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
-from wiseft.core import OUTPUT_ENSEMBLE, PRIMARY, SEARCH, TEST, Record, merge_of, merge_stage, select_metric
+from wiseft.core import PRIMARY, Record, RecordView, merge_of
 from wiseft.io import write_with
 from wiseft.report.robustness import AVG, BaselineFit, logit, record_interval, sigmoid
+from wiseft.report.tables import finetuned_label, point_text
 
 # Candidate tick positions (percent), roundest first; ``set_logit_ticks`` takes them in
 # this order, skipping any that would crowd one already taken.
@@ -28,31 +30,6 @@ TICKS = (
     50, 10, 90, 1, 99, 99.9, 0.1, 20, 80, 30, 70, 5, 95, 40, 60, 2, 98, 99.5, 0.5, 99.99,
     99.8, 25, 75, 15, 85, 35, 65, 45, 55,
 )
-
-
-def curves(records: Iterable[Record], metric: str = PRIMARY) -> dict[str, dict[float, dict[str, Record]]]:
-    """model -> alpha -> dataset -> record, for the WiSE-FT curves (alpha not None), each
-    dataset under its primary metric (or ``metric``). The reference set's class-restricted
-    accuracies are added under their metric name (``top1_on_imagenet-r_classes``)."""
-    records = list(records)
-    out: dict[str, dict[float, dict[str, Record]]] = {}
-    for r in select_metric(records, metric):
-        if r.alpha is not None:
-            out.setdefault(r.model, {}).setdefault(float(r.alpha), {})[r.dataset] = r
-    for r in records:
-        if r.alpha is not None and r.role == "reference" and r.metric.startswith("top1_on_"):
-            out.setdefault(r.model, {}).setdefault(float(r.alpha), {})[r.metric] = r
-    return out
-
-
-def is_output_ensemble(records: Iterable[Record], model: str) -> bool:
-    """Whether ``model``'s records are an output-space ensemble (``provenance.method``)."""
-    return any(r.model == model and r.provenance.get("method") == OUTPUT_ENSEMBLE for r in records)
-
-
-def finetuned_label(model: str) -> str:
-    """'fine-tuned' for the main run, 'fine-tuned (NAME)' for a variant."""
-    return "fine-tuned" if model == "finetuned" else f"fine-tuned ({model})"
 
 
 def set_logit_ticks(ax, axis: str, lo: float, hi: float, max_ticks: int = 9) -> None:
@@ -99,12 +76,10 @@ def _errorbar(ax, pts, **kw):
 
 
 def plot_scatter(
-    records: Iterable[Record],
+    view: RecordView,
     shift: str,
-    reference: str,
     fits: Mapping[str, BaselineFit] | None = None,
     selected: Mapping[str, float] | None = None,
-    metric: str = PRIMARY,
 ) -> Figure:
     """Reference vs shift accuracy on logit axes: zero-shot, fine-tuned, the WiSE-FT curve
     over alpha for each model (and the output-space ensemble's, dashed, where the run has
@@ -112,14 +87,14 @@ def plot_scatter(
 
     The x axis is the fit's: for ImageNet-R, -A and ObjectNet the reference accuracy on
     the shift's classes (when the run measured it; otherwise the reference accuracy, with
-    no baseline drawn). ``shift`` may be ``"avg"``: the mean over every shift dataset (no
+    no baseline drawn). ``shift`` may be ``"avg"``: the mean over the view's shifts (no
     error bars; the baseline is the fit on the baseline models' averaged accuracies).
-    ``selected`` marks the chosen alpha of each model.
+    ``selected`` marks the chosen alpha of each model; each ``merges:`` entry's chosen
+    point is a labelled marker of its own.
     """
-    records = list(records)
     fits = dict(fits or {})
-    shifts = sorted({r.dataset for r in records if r.role == "shift"})
-    data = curves(records, metric)
+    reference, data = view.reference, view.curves
+    shifts = sorted(view.shifts)  # the average is taken in name order
     fig = Figure(figsize=(5.5, 4.5), dpi=120)
     ax = fig.subplots()
     # x axis: the fit's own x (e.g. top1_on_imagenet-r_classes) when the run measured it, else the reference.
@@ -127,10 +102,9 @@ def plot_scatter(
     present = {d for m in data.values() for v in m.values() for d in v}
     x_ds = fit.x_dataset if fit is not None and fit.x_dataset in present else reference
     y_ds: str | list[str] = shifts if shift == AVG else shift
-    xs, ys = _draw_curves(ax, records, data, x_ds, y_ds, selected)
-    merges = merge_points(records, metric)
-    if merges:  # one labelled point per merges: entry, at its chosen setting
-        mx, my = _draw_merges(ax, merges, x_ds, y_ds, len(data))
+    xs, ys = _draw_curves(ax, view, x_ds, y_ds, selected)
+    if view.merges:  # one labelled point per merges: entry, at its chosen setting
+        mx, my = _draw_merges(ax, view.merges, x_ds, y_ds, len(data))
         xs, ys = xs + mx, ys + my
     if not xs:
         raise ValueError(f"no (model, alpha) has both {x_ds!r} and {y_ds!r} records to plot")
@@ -147,21 +121,21 @@ def plot_scatter(
     return fig
 
 
-def _draw_curves(ax, records: list[Record], data: dict[str, dict[float, dict[str, Record]]], x_ds: str,
-                 y_ds: str | list[str], selected: Mapping[str, float] | None) -> tuple[list[float], list[float]]:
+def _draw_curves(ax, view: RecordView, x_ds: str, y_ds: str | list[str],
+                 selected: Mapping[str, float] | None) -> tuple[list[float], list[float]]:
     """Each model's curve over alpha (an output-space ensemble's dashed), its end points
     and its alpha 0.5 and selected alpha; returns the x and y values drawn (fractions)."""
     xs: list[float] = []
     ys: list[float] = []
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (model, by_alpha) in enumerate(sorted(data.items())):
+    for i, (model, by_alpha) in enumerate(sorted(view.curves.items())):
         pts = [(a, _point(by_alpha[a], x_ds, y_ds)) for a in sorted(by_alpha)]
         pts = [(a, p) for a, p in pts if p is not None]
         if not pts:
             continue
         c = colors[(i + 2) % len(colors)]
         curve = [p for _, p in pts]
-        if is_output_ensemble(records, model):  # same end points as its WiSE-FT curve
+        if view.is_output_ensemble(model):  # same end points as its WiSE-FT curve
             _errorbar(ax, curve, fmt="--^", ms=3, color=c, label=model, zorder=3)
         else:
             _errorbar(ax, curve, fmt="-o", ms=3, color=c, label=f"WiSE-FT {model}", zorder=3)
@@ -172,20 +146,6 @@ def _draw_curves(ax, records: list[Record], data: dict[str, dict[float, dict[str
 
 
 MERGE_MARKERS = ("P", "X", "v", "^", "<", ">", "p", "h", "8")
-
-
-def merge_points(records: Iterable[Record], metric: str = PRIMARY) -> dict[str, dict[str, Record]]:
-    """label -> dataset -> record of the chosen point of each ``merges:`` entry (its
-    records of stage ``test``), each dataset under its primary metric (or ``metric``), with
-    the reference set's class-restricted accuracies under their metric name."""
-    records = [r for r in records if merge_stage(r) == TEST]
-    out: dict[str, dict[str, Record]] = {}
-    for r in select_metric(records, metric):
-        out.setdefault(r.model, {})[r.dataset] = r
-    for r in records:
-        if r.role == "reference" and r.metric.startswith("top1_on_"):
-            out.setdefault(r.model, {})[r.metric] = r
-    return out
 
 
 def _draw_merges(ax, merges: dict[str, dict[str, Record]], x_ds: str, y_ds: str | list[str],
@@ -260,16 +220,13 @@ def _draw_baseline(ax, fit: BaselineFit | None, x_ds: str, grid) -> tuple[str, n
     return f" (baseline slope {fit.slope:.2f})", line
 
 
-def plot_alpha_curves(
-    records: Iterable[Record], model: str, selected: float | None = None, metric: str = PRIMARY,
-    ensemble: str | None = None,
-) -> Figure:
+def plot_alpha_curves(view: RecordView, model: str, selected: float | None = None,
+                      ensemble: str | None = None) -> Figure:
     """Accuracy (percent) vs alpha for the reference, each shift, their average and the
     validation set (dashed), with 95% Clopper-Pearson bands; alpha 0.5 and the
     selected alpha are marked. ``ensemble`` names the output-space ensemble of ``model``,
     whose reference and average-over-shifts curves are drawn dotted for comparison."""
-    records = list(records)
-    by_alpha = curves(records, metric).get(model)
+    by_alpha = view.curves.get(model)
     if not by_alpha:
         raise ValueError(f"no records with an alpha for model {model!r}")
     roles = {r.dataset: r.role for v in by_alpha.values() for r in v.values()}
@@ -291,7 +248,7 @@ def plot_alpha_curves(
     avg = [(a, np.mean([by_alpha[a][d].value for d in shifts])) for a in alphas if shifts and all(d in by_alpha[a] for d in shifts)]
     if avg:
         ax.plot([p[0] for p in avg], [p[1] * 100 for p in avg], "-", color="k", lw=2, label="avg shifts")
-    ens = curves(records, metric).get(ensemble) if ensemble else None
+    ens = view.curves.get(ensemble) if ensemble else None
     if ens:
         ref = next((d for d in datasets if roles[d] == "reference"), None)
         e_alphas = sorted(ens)
@@ -308,7 +265,7 @@ def plot_alpha_curves(
     if selected is not None:
         ax.axvline(selected, color="k", lw=1, ls="-.", label=f"selected alpha={selected:g}")
     ax.set_xlabel("alpha (0 = zero-shot, 1 = fine-tuned)")
-    ax.set_ylabel("accuracy (%)" if metric == PRIMARY else f"accuracy (%, {metric})")
+    ax.set_ylabel("accuracy (%)" if view.metric == PRIMARY else f"accuracy (%, {view.metric})")
     ax.set_title(f"Accuracy vs alpha: {model}", fontsize=10)
     ax.set_xlim(min(alphas), max(alphas))
     ax.grid(True, lw=0.3, alpha=0.5)
@@ -317,18 +274,14 @@ def plot_alpha_curves(
     return fig
 
 
-def plot_search(records: Iterable[Record], name: str, metric: str = PRIMARY) -> Figure:
+def plot_search(view: RecordView, name: str) -> Figure:
     """The validation curve of a ``merges:`` entry: each grid point's validation value
     (percent; the mean over validation sets, with its 95% Clopper-Pearson band when there
     is one set), the chosen point marked. The x axis is the searched parameter when one
     number is searched, else the grid points in order, labelled."""
-    found = [r for r in select_metric(records, metric)
-             if r.model == name and merge_stage(r) == SEARCH]
-    if not found:
+    points = view.searches.get(name)
+    if not points:
         raise ValueError(f"no search records for merge {name!r}")
-    points: dict[int, list[Record]] = {}
-    for r in found:
-        points.setdefault(merge_of(r)["point_index"], []).append(r)
     order = sorted(points)
     first = {i: merge_of(points[i][0]) for i in order}
     keys = list(first[order[0]]["point"])
@@ -337,7 +290,7 @@ def plot_search(records: Iterable[Record], name: str, metric: str = PRIMARY) -> 
     y = np.array([np.mean([r.value for r in points[i]]) * 100 for i in order])
     fig = Figure(figsize=(6, 4.2), dpi=120)
     ax = fig.subplots()
-    (line,) = ax.plot(x, y, "-o", ms=4, label=f"{found[0].dataset} (validation)")
+    (line,) = ax.plot(x, y, "-o", ms=4, label=f"{next(iter(points.values()))[0].dataset} (validation)")
     ci = [record_interval(points[i][0]) if len(points[i]) == 1 else None for i in order]
     if all(ci):
         ax.fill_between(x, [c[0] * 100 for c in ci], [c[1] * 100 for c in ci], color=line.get_color(), alpha=0.15, lw=0)
@@ -346,17 +299,12 @@ def plot_search(records: Iterable[Record], name: str, metric: str = PRIMARY) -> 
     if not numeric:
         ax.set_xticks(x, [point_text(first[i]["point"]) for i in order], rotation=30, ha="right", fontsize=7)
     ax.set_xlabel(keys[0] if numeric else "grid point")
-    ax.set_ylabel("validation accuracy (%)" if metric == PRIMARY else f"validation accuracy (%, {metric})")
+    ax.set_ylabel("validation accuracy (%)" if view.metric == PRIMARY else f"validation accuracy (%, {view.metric})")
     ax.set_title(f"Search on validation: {name} ({first[order[0]]['method']})", fontsize=10)
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
-
-
-def point_text(point: Mapping) -> str:
-    """A grid point as a tick or a table shows it: ``density=0.2, scale=1``."""
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()) or "(defaults)"
 
 
 def plotted_data(fig: Figure) -> dict[str, tuple[np.ndarray, np.ndarray]]:

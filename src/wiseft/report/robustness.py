@@ -26,17 +26,7 @@ import numpy as np
 from scipy import stats
 
 from wiseft.config import DEFAULT_BASELINES
-from wiseft.core import (
-    DEFAULT_ALPHA,
-    PRIMARY,
-    TEST,
-    Record,
-    best_alpha,
-    merge_of,
-    merge_stage,
-    restricted_metric,
-    select_metric,
-)
+from wiseft.core import DEFAULT_ALPHA, PRIMARY, Record, RecordView, best_alpha, restricted_metric, select_metric
 
 # Accuracies are clipped this far from 0 and 1 before taking logits, so a perfect or
 # zero score still has a finite place on the axis (99.99% is the largest shown).
@@ -200,24 +190,6 @@ def load_baseline_table(path: str | Path | None = None, *, packaged: str = DEFAU
     return table
 
 
-def baseline_table_from_records(records: Iterable[Record], metric: str = PRIMARY) -> BaselineTable:
-    """Baseline models found in a results file: records with ``alpha`` None.
-
-    Such records are other models evaluated on the same test sets (a user's own
-    baselines); they are not part of any WiSE-FT curve. The records of a run's
-    ``merges:`` entries (``provenance["merge"]``) have no alpha either and are no baselines. Their class-restricted
-    reference accuracies (``top1_on_<shift>_classes``) are read too.
-    """
-    records = [r for r in records if r.alpha is None and r.role != "validation" and merge_of(r) is None]
-    table: BaselineTable = {}
-    for r in select_metric(records, metric):
-        table.setdefault(r.model, {})[r.dataset] = r.value
-    for r in records:
-        if r.role == "reference" and r.metric.startswith("top1_on_"):
-            table.setdefault(r.model, {})[r.metric] = r.value
-    return table
-
-
 def fit_baselines(
     table: Mapping[str, Mapping[str, float]], reference: str, shifts: Iterable[str], source: str = ""
 ) -> dict[str, BaselineFit]:
@@ -247,27 +219,28 @@ def fit_baselines(
 
 
 def build_baselines(
-    records: Iterable[Record],
-    reference: str,
-    shifts: Iterable[str],
+    view: RecordView,
+    shifts: Iterable[str] | None = None,
     extra: str | Path | None = None,
     use_default: bool = True,
-    metric: str = PRIMARY,
     default: str = DEFAULT_BASELINES,
 ) -> dict[str, BaselineFit]:
-    """Fit the baseline for each shift, and the average over shifts, from every source that applies.
+    """Fit the baseline for each of ``shifts`` (default: the view's), and the average
+    over them, on the view's reference set, from every source that applies.
 
-    Sources, pooled: records with ``alpha`` None in ``records``; the CSV ``extra``;
-    and, when ``use_default`` and ``reference`` is ``imagenet``, the packaged set
-    ``default``: ``"testbed"`` (the robustness testbed's standard ImageNet models, on
-    all five shifts, with class-restricted ImageNet accuracies) or ``"timm"`` (timm's
-    ImageNet-1k models; no ObjectNet).
+    Sources, pooled: the view's ``baselines`` (records with ``alpha`` None that belong
+    to no ``merges:`` entry: other models scored on the same test sets, under the same
+    metric); the CSV ``extra``; and, when ``use_default`` and the reference is
+    ``imagenet``, the packaged set ``default``: ``"testbed"`` (the robustness testbed's
+    standard ImageNet models, on all five shifts, with class-restricted ImageNet
+    accuracies) or ``"timm"`` (timm's ImageNet-1k models; no ObjectNet).
     """
     if default not in PACKAGED_BASELINES:
         raise ValueError(f"unknown default baselines {default!r}; choose from {sorted(PACKAGED_BASELINES)}")
+    reference, shifts = view.reference, list(view.shifts if shifts is None else shifts)
     table: BaselineTable = {}
     sources = []
-    own = baseline_table_from_records(records, metric)
+    own = {model: {name: r.value for name, r in points.items()} for model, points in view.baselines.items()}
     if own:
         table.update({f"results:{k}": v for k, v in own.items()})
         sources.append(f"{len(own)} baseline models from results.jsonl")
@@ -278,7 +251,7 @@ def build_baselines(
     if use_default and reference == DEFAULT_BASELINE_REFERENCE:
         table.update({f"{default}:{k}": v for k, v in load_baseline_table(packaged=default).items()})
         sources.append(PACKAGED_BASELINES[default].source)
-    return fit_baselines(table, reference, list(shifts), source="; ".join(sources))
+    return fit_baselines(table, reference, shifts, source="; ".join(sources))
 
 
 @dataclass(frozen=True)
@@ -296,52 +269,36 @@ class RobustnessRow:
     x_dataset: str
 
 
-def robustness_rows(
-    records: Iterable[Record], fits: Mapping[str, BaselineFit], reference: str, metric: str = PRIMARY
-) -> list[RobustnessRow]:
-    """rho for every (model, alpha) and every shift with a baseline, plus the average.
+def robustness_rows(view: RecordView, fits: Mapping[str, BaselineFit]) -> list[RobustnessRow]:
+    """rho for every (model, alpha) of the view's curves and every shift with a baseline,
+    plus the average.
 
-    The x accuracy is the record of the fit's ``x_dataset``: the reference set's value,
-    or its class-restricted accuracy (metric ``top1_on_<shift>_classes`` on the reference
-    set); a (model, alpha) without that record gets no rho on that shift. The ``"avg"``
-    row compares the mean accuracy over the average fit's shifts with that fit's
-    prediction at the reference accuracy, and appears only when every one was measured.
+    The x accuracy is the point of the fit's ``x_dataset``: the reference set's value,
+    or its class-restricted accuracy (metric ``restricted_metric(shift)`` on the
+    reference set); a (model, alpha) without that record gets no rho on that shift. The
+    ``"avg"`` row compares the mean accuracy over the average fit's shifts with that
+    fit's prediction at the reference accuracy, and appears only when every one was measured.
     """
-    acc = _test_values(records, reference, metric, lambda r: None if r.alpha is None else (r.model, float(r.alpha)))
     rows = []
-    for (model, alpha), vals in sorted(acc.items()):
-        rows += point_robustness(model, alpha, vals, fits, reference)
+    for model, alpha in sorted((m, a) for m, by_alpha in view.curves.items() for a in by_alpha):
+        rows += point_robustness(model, alpha, point_values(view.curves[model][alpha]), fits, view.reference)
     return rows
 
 
-def merge_robustness_rows(
-    records: Iterable[Record], fits: Mapping[str, BaselineFit], reference: str, metric: str = PRIMARY
-) -> list[RobustnessRow]:
-    """rho of the chosen point of each ``merges:`` entry (records of stage ``test``; alpha
+def merge_robustness_rows(view: RecordView, fits: Mapping[str, BaselineFit]) -> list[RobustnessRow]:
+    """rho of the chosen point of each ``merges:`` entry (the view's ``merges``; alpha
     None in the rows), on every shift with a baseline and the average, as ``robustness_rows``."""
-    def key(r: Record) -> tuple[str, None] | None:
-        return (r.model, None) if merge_stage(r) == TEST else None
-
-    acc = _test_values(records, reference, metric, key)
-    return [row for (model, _), vals in acc.items() for row in point_robustness(model, None, vals, fits, reference)]
+    return [row for model, points in view.merges.items()
+            for row in point_robustness(model, None, point_values(points), fits, view.reference)]
 
 
-def _test_values(records: Iterable[Record], reference: str, metric: str, key) -> dict[tuple, dict[str, float]]:
-    """key(record) -> dataset -> value of the test-set records ``key`` groups (None: left
-    out), with the reference set's class-restricted accuracies under their metric name."""
-    records = list(records)
-    acc: dict[tuple, dict[str, float]] = {}
-    for r in select_metric(records, metric):
-        if r.role != "validation" and key(r) is not None:
-            acc.setdefault(key(r), {})[r.dataset] = r.value
-    for r in records:  # class-restricted reference accuracies: x axes, never a column
-        if r.role == "reference" and r.dataset == reference and r.metric.startswith("top1_on_") and key(r) is not None:
-            acc.setdefault(key(r), {})[r.metric] = r.value
-    return acc
+def point_values(points: Mapping[str, Record]) -> dict[str, float]:
+    """dataset (or class-restricted metric) -> value of a point's test-set records."""
+    return {name: r.value for name, r in points.items() if r.role != "validation"}
 
 
 def point_robustness(model: str, alpha: float | None, vals: Mapping[str, float], fits: Mapping[str, BaselineFit],
-                     reference: str) -> list[RobustnessRow]:
+                     reference: str | None) -> list[RobustnessRow]:
     """The rows of one model point: rho on each shift whose fit's x the point has, and on
     the average when every one of its shifts was measured; none without ``reference``."""
     if reference not in vals:
