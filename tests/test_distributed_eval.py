@@ -34,7 +34,8 @@ if os.environ.get("OC_DIR"):
 from wiseft.backbones import load_backbone
 from wiseft.config import load_config
 from wiseft.evaluation import SweepSettings, sweep
-from wiseft.pipeline.main import build_zeroshot_model, prepare_data
+from wiseft.heads import build_zeroshot_model
+from wiseft.pipeline import prepare_data
 from wiseft.runtime.distributed import all_gather_objects, current, init_distributed
 
 cfg = load_config(sys.argv[1])

@@ -46,7 +46,7 @@ def resolve(name):
         from wiseft.core.templates import get_templates
         assert get_templates(name)
     elif registry == "datasets":
-        from wiseft.data.base import DATASETS
+        from wiseft.core import DATASETS
         assert callable(DATASETS.get(name))
     else:
         from wiseft.backbones.base import BACKBONES
@@ -57,7 +57,7 @@ def validate(name):
         cfg = C.parse_config(config(templates=name))
         assert cfg.data.templates == name
     elif registry == "datasets":
-        from wiseft.data.base import check_dataset_spec, dataset_options
+        from wiseft.config import check_dataset_spec, dataset_options
         spec = {"kind": name, **{o: "x" for o, p in dataset_options(name).items() if p.default is p.empty}}
         assert check_dataset_spec(spec) is None, check_dataset_spec(spec)
         C.parse_config(config(spec=spec))
