@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from wiseft.backbones import Backbone
-from wiseft.core import NOT_PRIMARY, Record, Score, expected_calibration_error, fit_temperature
+from wiseft.core import NOT_PRIMARY, Record, Score, expected_calibration_error, fit_temperature, is_restricted_metric
 from wiseft.data import LabeledDataset, Projection
 from wiseft.evaluation.cache import InputCache, Shard, build_input_cache, loader_workers
 from wiseft.evaluation.ensemble import class_restricted_scores
@@ -201,4 +201,4 @@ def to_records(scores, evalsets, alphas, model_name, provenance, checks) -> list
 
 def primary_metric(scores: Mapping[str, Score]) -> str | None:
     """A set's primary metric: the first it declares, calibration and x axes aside."""
-    return next((m for m in scores if m not in NOT_PRIMARY and not m.startswith("top1_on_")), None)
+    return next((m for m in scores if m not in NOT_PRIMARY and not is_restricted_metric(m)), None)
