@@ -10,7 +10,7 @@ from wiseft.core import front_door
 # ``sets``, which imports it, for the callers that score under it
 _SOURCES = {
     "alpha_sweep": ["sweep"],
-    "cache": ["InputCache", "build_input_cache"],
+    "cache": ["build_input_cache", "InputCache"],
     "search": ["reuse_sweep", "search_merge"],
     "sets": ["EvalSet", "evaluate", "evaluate_records", "numerics", "predict_logits"],
     "settings": ["EvalSettings", "SweepSettings"],
