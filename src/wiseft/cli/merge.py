@@ -2,7 +2,7 @@
 what ``wiseft interpolate`` and ``wiseft soup`` read and write.
 
 Safetensors inputs (files, shard indexes, directories) are merged out of core
-(``merge_files.write_merges``); any other input (a ``.pt`` file) is loaded and merged in
+(``merge.write_merges``); any other input (a ``.pt`` file) is loaded and merged in
 memory (``merge_states``). When the first input (the base, or the first model without
 one) is a wiseft model directory, the output is one too, its metadata kept, as
 ``wiseft interpolate`` does.

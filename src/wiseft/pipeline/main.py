@@ -171,9 +171,9 @@ def _merge_records(cfg: RunConfig, merges: list[MergeRun], weights: tuple, data:
                    records: list[Record], results_path: Path, progress: bool,
                    provenance: dict[str, Any]) -> list[Record]:
     """The records of each ``merges:`` entry, appended to the results as each is done:
-    searched on validation and scored at its chosen point (``evaluate.search_merge``), or,
+    searched on validation and scored at its chosen point (``evaluation.search_merge``), or,
     for WiSE-FT itself (linear, a global alpha), copied from its fine-tune's sweep
-    (``evaluate.reuse_sweep``). ``weights``: (model, backbone, theta_0, fine-tunes by name)."""
+    (``evaluation.reuse_sweep``). ``weights``: (model, backbone, theta_0, fine-tunes by name)."""
     model, backbone, theta_0, finetuned = weights
     finetuned = {name: merged_adapter_state(theta_0, t) for name, t in finetuned.items()}  # LoRA: full weights
     out: list[Record] = []

@@ -4,7 +4,7 @@ A checkpoint holds the model, optimizer, EMA and grad-scaler state, every rank's
 states, the data position (optimizer steps done) and the config. Files are
 ``step_00001000.pt`` (the last ``keep_last`` kept) and ``epoch_003_step_00003000.pt`` (all kept),
 read back with ``torch.load(weights_only=True)`` by ``load_training_state``. That is a torch
-file of format ``FORMAT``, not weights: weights (any format) are read by ``checkpoint.load_state``.
+file of format ``FORMAT``, not weights: weights (any format) are read by ``io.load_state``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from wiseft.merge.method import MergeMethod, MergeParams
 from wiseft.merge.methods.soup import merge_soup
 from wiseft.merge.plan import MergeError, Step, make_selection, plan_merge, specs_of
 
-Ingredient = StateDict | str | Path  # loaded with ``checkpoint.load_state``
+Ingredient = StateDict | str | Path  # loaded with ``io.load_state``
 
 
 class GreedySoupParams(MergeParams):
