@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,11 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype in BITS:
         return torch.equal(a.contiguous().view(BITS[a.dtype]), b.contiguous().view(BITS[b.dtype]))
     return torch.equal(a, b)
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` of a child a test interrupts with SIGINT: Ctrl-C's default action. A
+    background job of a shell without job control (``cmd &`` in a script, as CI may run)
+    starts with SIGINT ignored, its children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so the signal would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

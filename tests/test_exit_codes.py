@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import sigint_default
 from safetensors.torch import save_file
 
 from wiseft.cli import main
@@ -156,7 +157,7 @@ def test_a_stopped_run_prints_one_line_and_the_rerun_completes(tiny_bert_dir, tm
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WISEFT_CACHE": str(tmp_path / "cache"),
            "WISEFT_SCRATCH": str(tmp_path / "scratch")}
     proc = subprocess.Popen([sys.executable, "-m", "wiseft", "run", str(cfg), "--no-progress"], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     lines = []
     for line in proc.stderr:  # stop it once it trains
         lines.append(line)

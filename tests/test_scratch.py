@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import sigint_default
 
 from wiseft.io import release_scratch, scratch_dir, scratch_file
 from wiseft.io.atomic import _HOST, _TEMP
@@ -41,7 +42,8 @@ DECODE = textwrap.dedent("""
 def _decode(tmp_path: Path, delay: float, n: int, then: str = "") -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", DECODE, str(tmp_path / "scratch"), str(delay), str(n), then or "-"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
 
 
 def test_a_scratch_file_names_its_process_and_goes_when_released(tmp_path):
