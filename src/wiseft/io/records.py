@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""A run's records file, ``results.jsonl``: records appended as JSON lines (the old lines and
+the new written to a temporary that replaces the file), and read back as ``Record``s
+(docs/results-format.md)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,12 @@ from pathlib import Path
 from typing import Iterable
 
 from wiseft.core import Record
+from wiseft.io.atomic import append_text
 
 
 def append_records(path: str | Path, records: Iterable[Record]) -> None:
     """Append records to a JSON-lines file (created if missing) atomically: the old lines
     plus the new go to a temporary that replaces the file, so a kill leaves it whole."""
-    from wiseft.io.atomic import append_text
-
     append_text(path, "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records))
 
 
