@@ -25,8 +25,9 @@ from PIL import Image
 
 from wiseft.backbones import load_backbone
 from wiseft.data import build_dataset
-from wiseft.evaluation import EvalSet, SweepSettings, build_input_cache, evaluate, numerics, sweep
+from wiseft.evaluation import EvalSet, SweepSettings, build_input_cache, evaluate, sweep
 from wiseft.heads import Classifier, zeroshot_head
+from wiseft.runtime import numerics
 from wiseft.runtime.device import cpu_has_bf16
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]

@@ -272,3 +272,31 @@ def test_architecture_doc_worked_example_runs(tmp_path):
         assert str(e.value) == "c.yaml: data.train.split: Input should be 'train' or 'test', got 'tran'"
     finally:
         DATASETS._entries.pop("tsv", None)
+
+
+def _defined(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) else [])
+        for t in targets:
+            names.update([t.id] if isinstance(t, ast.Name) else [e.id for e in getattr(t, "elts", [])])
+    return names
+
+
+def test_each_exported_name_has_one_home():
+    """A package's front door names the submodule that defines each export, never one that
+    only imports it: a name is reached through one package (the top-level ``wiseft`` names
+    packages, whose front doors follow this rule)."""
+    modules, elsewhere = module_files(), []
+    for package, path in sorted(modules.items()):
+        if path.name != "__init__.py" or package == "wiseft":
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_SOURCES":
+                for sub, names in ast.literal_eval(node.value).items():
+                    defined = _defined(modules[f"{package}.{sub}"])
+                    elsewhere += [f"{package}: {n} (listed under {sub})" for n in names if n not in defined]
+    assert not elsewhere, "exports not defined where the front door says:\n" + "\n".join(elsewhere)

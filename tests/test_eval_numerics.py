@@ -10,8 +10,7 @@ import os
 import pytest
 import torch
 
-from wiseft.evaluation import numerics
-from wiseft.runtime import deterministic_numerics
+from wiseft.runtime import deterministic_numerics, numerics
 from wiseft.train.engine import deterministic
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"

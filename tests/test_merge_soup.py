@@ -114,11 +114,10 @@ def test_estimate_fisher_is_a_mean_of_squared_per_example_gradients():
 
 def _fisher_merge_before_issue_15(thetas, fishers, weights, fisher_floor=1e-8):
     """``soup.fisher_merge`` as it was before it ran the registered method ``fisher``."""
+    from wiseft.merge import average_tensor, plan_merge
     from wiseft.merge.interpolator import allocate, tie_map
     from wiseft.merge.kernels import accumulation_dtype
-    from wiseft.merge import average_tensor
     from wiseft.merge.plan import make_selection, specs_of
-    from wiseft.merge import plan_merge
 
     thetas = [{k: v.detach() for k, v in t.items()} for t in thetas]
     steps = plan_merge([specs_of(t) for t in thetas], make_selection(keep=0))

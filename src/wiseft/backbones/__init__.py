@@ -6,7 +6,6 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "base": ["Backbone", "exported_spec", "list_backbones", "load_backbone", "register_backbone", "require",
-             "shareless"],
+    "base": ["Backbone", "exported_spec", "list_backbones", "load_backbone", "register_backbone", "require"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from wiseft.core import front_door
 
-# submodule -> the names it defines that this package exports; ``numerics`` is the one
-# exception: defined in runtime (``from wiseft.runtime import numerics``), read here from
-# ``sets``, which imports it, for the callers that score under it
+# submodule -> the names it defines that this package exports
 _SOURCES = {
     "alpha_sweep": ["sweep"],
     "cache": ["build_input_cache", "InputCache"],
     "search": ["reuse_sweep", "search_merge"],
-    "sets": ["EvalSet", "evaluate", "evaluate_records", "numerics", "predict_logits"],
+    "sets": ["EvalSet", "evaluate", "evaluate_records", "predict_logits"],
     "settings": ["EvalSettings", "SweepSettings"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -19,9 +19,8 @@ from wiseft.backbones import Backbone
 from wiseft.config import MergeRun, RunConfig
 from wiseft.core import duration
 from wiseft.data import LabeledDataset
-from wiseft.evaluation import numerics
 from wiseft.heads import Classifier
-from wiseft.runtime import autocast, current, to_device
+from wiseft.runtime import autocast, current, numerics, to_device
 from wiseft.train import adamw, kshot_subset
 
 log = logging.getLogger("wiseft")
