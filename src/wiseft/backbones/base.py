@@ -112,5 +112,3 @@ def image_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (tensor, label) pairs."""
     xs, ys = zip(*batch)
     return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
-
-

@@ -10,10 +10,6 @@ not for ``--help``.
 from __future__ import annotations
 
 import argparse
-import logging
-
-log = logging.getLogger("wiseft")
-
 
 
 def shutdown() -> None:

@@ -32,4 +32,3 @@ class ReportConfig(BaseModel):
     baselines: str | Path | None = None
     use_default_baselines: bool = True
     default_baselines: str = DEFAULT_BASELINES
-

@@ -40,7 +40,6 @@ def best_alpha(scores: Mapping[float, float]) -> float:
     return min(scores, key=lambda a: alpha_rank(scores[a], a))
 
 
-
 @dataclass(frozen=True)
 class Record:
     """One measured number.
@@ -77,7 +76,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
-
 
 
 # provenance["method"] of output-space-ensemble records (WiSE-FT's own carry no method).

@@ -302,6 +302,7 @@ def _decode_into(loader, backbone: Backbone, dataset: LabeledDataset, batch_size
         raise
     return data, path
 
+
 def _shared(kept: list[tuple[int, int]], skipped: list[tuple[int, str]],
             shard: Shard) -> tuple[list[tuple[int, int]], list[str]]:
     """The whole set's kept (index, label) pairs in order and its skipped inputs in chunk

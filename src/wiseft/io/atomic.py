@@ -424,7 +424,6 @@ def clear_dir(folder: str | Path) -> None:
 # the checkpoint resolver
 
 
-
 def write_with(dest: str | Path, writer: Callable[[Path], Any]) -> Path:
     """``writer(tmp)`` writes the file at a temporary path; then it is renamed to ``dest``."""
     with atomic_path(dest) as tmp:

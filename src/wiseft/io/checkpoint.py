@@ -95,7 +95,6 @@ def _strip(key: str) -> str:
     return key
 
 
-
 INDEX_SUFFIX = ".safetensors.index.json"
 
 

@@ -147,7 +147,6 @@ class Interpolator:
         for a in alphas:
             yield a, self.merge(a, out=target)
 
-
     @torch.no_grad()
     def load_into(self, model: torch.nn.Module, alpha: Alpha) -> torch.nn.Module:
         """Set ``model``'s weights to theta_alpha (a float or a schedule) in place and return it."""

@@ -40,7 +40,6 @@ from wiseft.train import check_resumable
 log = logging.getLogger("wiseft")
 
 
-
 @dataclass
 class RunResult:
     run_dir: Path
@@ -49,10 +48,6 @@ class RunResult:
     export_dir: Path | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     estimate: dict[str, float] = field(default_factory=dict)  # the seconds estimated per stage (progress runs)
-
-
-
-
 
 
 def _sweep_provenance(provenance: dict[str, Any], ft_cfg: FinetuneConfig, cfg: RunConfig, name: str,
@@ -69,7 +64,6 @@ def _sweep_provenance(provenance: dict[str, Any], ft_cfg: FinetuneConfig, cfg: R
         searched = read_meta(ckpt).get("linear_probe") if ckpt.exists() else None
         out["linear_probe"] = searched or {"method": ft_cfg.linear_probe}
     return out
-
 
 
 def run(cfg: RunConfig | str | Path, *, progress: bool = True, quick: bool = False) -> RunResult:
@@ -246,7 +240,6 @@ def _write_summary(cfg: RunConfig, records: list[Record], selected: dict[str, fl
                  f"{cfg.data.name}-val): " + json.dumps(selected) + "\n" + merges + "\n" + compute.strip() + "\n")
 
 
-
 def _temperature(records: list[Record], model: str, alpha: float) -> float | None:
     """The temperature fitted on validation for ``model`` at ``alpha`` (None if not fitted)."""
     found = [r.value for r in records if r.model == model and r.metric == "temperature" and r.alpha is not None
@@ -257,5 +250,3 @@ def _temperature(records: list[Record], model: str, alpha: float) -> float | Non
 def _meta(cfg: RunConfig, data: PreparedData, alpha: float) -> dict[str, Any]:
     return {"classnames": data.classnames, "templates": list(data.templates), "alpha": alpha,
             "config_hash": cfg.config_hash(), "finetune": cfg.finetune.model_dump()}
-
-

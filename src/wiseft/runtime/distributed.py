@@ -122,5 +122,3 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if current().enabled:
         dist.all_reduce(t)
     return t
-
-

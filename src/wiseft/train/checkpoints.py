@@ -113,8 +113,6 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-
-
 def check_resumable(root: str | Path) -> None:
     """Check, before anything is written, that the checkpoint each stage under ``root``
     would resume from (its latest) reads with ``weights_only=True`` (memory-mapped, so
