@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from wiseft.core import did_you_mean
 from wiseft.data.base import DataError, LabeledDataset, read_classnames, register_dataset, resolve
@@ -386,7 +387,7 @@ def _to_index(value: int | str, classnames: list[str], ref: HFRow, column: str) 
         return value
     if value not in classnames:
         hint = did_you_mean(value, classnames)
-        raise DataError(f"hf_dataset {ref}: label {value!r} ({column}) is not one of the {len(classnames)} "
+        raise DataError(f"hf_dataset {ref}: label {value!r} (column {column!r}) is not one of the {len(classnames)} "
                         "class names" + (f"; did you mean {hint!r}?" if hint else "")
                         + f" classnames: {', '.join(classnames[:20])}{', ...' if len(classnames) > 20 else ''}")
     return classnames.index(value)
