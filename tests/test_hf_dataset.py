@@ -76,7 +76,9 @@ def test_a_saved_dataset_reads_images_and_classlabel_names(tmp_path):
     imgs, labels = _images(6)
     assert isinstance(ds, LabeledDataset) and ds.classnames == NAMES and ds.labels == labels
     assert ds.samples[0][0] == HFRow(str(tmp_path / "set"), 0) and str(ds.samples[4][0]).endswith("set[row 4]")
-    assert _same_images(ds, imgs)
+    assert _same_images(ds, imgs) and ds.name == "set"
+    again = build_dataset({"kind": "hf_dataset", "path": tmp_path / "set", "image_column": "image"})  # a Path
+    assert again.samples == ds.samples
 
 
 def test_a_dataset_dict_gives_the_split_asked_for_and_names_the_others(tmp_path):
@@ -154,7 +156,19 @@ def test_image_paths_in_a_csv_are_relative_to_its_folder_and_a_glob_reads_severa
         (tmp_path / f"part-{part}.csv").write_text("\n".join(lines) + "\n")
     ds = build_dataset({"kind": "hf_dataset", "path": "part-*.csv", "image_column": "file", "classnames": NAMES},
                        base_dir=tmp_path)
-    assert ds.labels == labels and _same_images(ds, imgs)
+    assert ds.labels == labels and _same_images(ds, imgs) and ds.name == "part-0-train"
+
+
+def test_a_relative_image_path_not_under_the_data_is_opened_as_datasets_opens_it(tmp_path, monkeypatch):
+    """datasets opens a relative path from the working folder; wiseft looks beside the data first."""
+    imgs, _ = _images(2)
+    (tmp_path / "data").mkdir()
+    imgs[0].save(tmp_path / "data" / "0.png")  # beside the data
+    imgs[1].save(tmp_path / "1.png")  # only in the working folder
+    (tmp_path / "data" / "rows.jsonl").write_text('{"file": "0.png", "label": "red"}\n{"file": "1.png", "label": "red"}\n')
+    monkeypatch.chdir(tmp_path)
+    ds = build_dataset({"kind": "hf_dataset", "path": "data/rows.jsonl", "image_column": "file", "streaming": True})
+    assert _same_images(ds, imgs)
 
 
 def test_files_given_per_split(tmp_path):

@@ -179,6 +179,7 @@ class _Table:
     rows, a whole column in memory (``column``), and a row reader per column (``rows``)."""
 
     where: str
+    name: str
     folder: Path
     column_names: list[str]
     features: Any
@@ -187,8 +188,8 @@ class _Table:
     rows: Callable[[str], Callable[[int], Any]]
 
 
-def _from_dataset(dataset, where: str, folder: Path) -> _Table:
-    return _Table(where, folder, list(dataset.column_names), dataset.features, dataset.num_rows,
+def _from_dataset(dataset, where: str, name: str, folder: Path) -> _Table:
+    return _Table(where, name, folder, list(dataset.column_names), dataset.features, dataset.num_rows,
                   lambda c: dataset.select_columns([c]).with_format("arrow")[c].to_pylist(),
                   lambda c: _DatasetRows(dataset, c))
 
@@ -212,11 +213,11 @@ def _from_disk(folder: Path, split: str | None) -> _Table:
     data = datasets.load_from_disk(str(folder))
     if isinstance(data, datasets.DatasetDict):
         name = _choose_split(split, list(data), f"folder {folder}")
-        return _from_dataset(data[name], f"{folder} ({name})", folder)
+        return _from_dataset(data[name], f"{folder} ({name})", f"{folder.name}-{name}", folder)
     if split is not None:
         raise DataError(f"hf_dataset folder {folder} holds one Dataset, not a DatasetDict with splits; "
                         f"remove split: {split!r}")
-    return _from_dataset(data, str(folder), folder)
+    return _from_dataset(data, str(folder), folder.name, folder)
 
 
 def _expand(item: str | Path, base_dir) -> list[str]:
@@ -256,20 +257,20 @@ def _files_of(path: str | Sequence[str] | Mapping[str, Any], split: str | None,
 
 def _from_files(files: list[str], builder: str, split: str, streaming: bool) -> _Table:
     datasets = _datasets()
-    where, folder = f"{files[0]}{f' (+{len(files) - 1} files)' if len(files) > 1 else ''} ({split})", \
-        Path(files[0]).parent
+    where = f"{files[0]}{f' (+{len(files) - 1} files)' if len(files) > 1 else ''} ({split})"
+    name, folder = f"{Path(files[0]).stem}-{split}", Path(files[0]).parent
     if not streaming:
         data = datasets.load_dataset(builder, data_files={split: files}, split=split)
-        return _from_dataset(data, where, folder)
+        return _from_dataset(data, where, name, folder)
     if builder in ("arrow", "parquet"):
-        return _streamed_columnar(files, builder, where, folder)
+        return _streamed_columnar(files, builder, where, name)
     rows = list(datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True))
     names = list(rows[0]) if rows else []
-    return _Table(where, folder, names, None, len(rows), lambda c: [r[c] for r in rows],
+    return _Table(where, name, folder, names, None, len(rows), lambda c: [r[c] for r in rows],
                   lambda c: _ListRows([r[c] for r in rows]))
 
 
-def _streamed_columnar(files: list[str], builder: str, where: str, folder: Path) -> _Table:
+def _streamed_columnar(files: list[str], builder: str, where: str, name: str) -> _Table:
     """Arrow or parquet files read in place: schema and row counts from their metadata."""
     import pyarrow.parquet as pq
 
@@ -286,8 +287,9 @@ def _streamed_columnar(files: list[str], builder: str, where: str, folder: Path)
             return [v for f in files for v in read_arrow(f).column(c).to_pylist()]
         return [v for f in files for v in pq.read_table(f, columns=[c]).column(0).to_pylist()]
 
-    return _Table(where, folder, list(schema.names), datasets.Features.from_arrow_schema(schema), sum(counts),
-                  column, lambda c: reader(files, c))
+    features = datasets.Features.from_arrow_schema(schema)  # a ClassLabel or Image from datasets' schema metadata
+    return _Table(where, name, Path(files[0]).parent, list(schema.names), features, sum(counts), column,
+                  lambda c: reader(files, c))
 
 
 def open_table(path, split: str | None, streaming: bool, base_dir) -> _Table:
@@ -334,7 +336,8 @@ class ImageLoader:
         if isinstance(value, (bytes, bytearray)):
             return decode_image(bytes(value), ref)
         if isinstance(value, str) and value:
-            return load_image(resolve(value, self.folder))
+            path = resolve(value, self.folder)  # relative to the data; else as datasets opens it (the working folder)
+            return load_image(path if path.exists() or not Path(value).exists() else value)
         raise UnreadableImage(f"cannot read image {ref}: the row holds no image ({type(value).__name__})")
 
 
@@ -411,7 +414,7 @@ def _queries(table: _Table, image_column: str | None, text_column: str | None) -
 
 
 @register_dataset("hf_dataset", declared_classes=True)
-def hf_dataset(path: str | Sequence[str] | Mapping[str, str | Sequence[str]], split: str | None = None, *,
+def hf_dataset(path: str | Path | Sequence[str] | Mapping[str, str | Sequence[str]], split: str | None = None, *,
                image_column: str | None = None, text_column: str | None = None, label_column: str | None = None,
                caption_column: str | None = None, classnames: Sequence[str] | str | None = None,
                streaming: bool = False, base_dir=None) -> LabeledDataset | PairDataset:
@@ -443,13 +446,12 @@ def hf_dataset(path: str | Sequence[str] | Mapping[str, str | Sequence[str]], sp
     table = open_table(path, split, streaming, base_dir)
     queries, load = _queries(table, image_column, text_column)
     modality = "image" if image_column is not None else "text"
-    name = Path(table.where.split(" (")[0]).stem or "hf_dataset"
     if caption_column is not None:
         if label_column is not None:
             raise DataError("hf_dataset: caption_column makes a set of (input, caption) pairs, which has no "
                             f"labels; remove label_column: {label_column!r}")
         captions = table.column(_check_column(table, "caption_column", caption_column))
-        return PairDataset(list(zip(queries, captions)), load=load, name=name, modality=modality)
+        return PairDataset(list(zip(queries, captions)), load=load, name=table.name, modality=modality)
     labels, names = _labels(table, _check_column(table, "label_column", label_column or "label"),
                             read_classnames(classnames, base_dir))
-    return LabeledDataset(list(zip(queries, labels)), names, load=load, name=name)
+    return LabeledDataset(list(zip(queries, labels)), names, load=load, name=table.name)
