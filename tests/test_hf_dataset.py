@@ -325,6 +325,17 @@ def test_errors_name_the_problem(tmp_path):
         build_dataset({**spec, "image_column": "label"})
     with pytest.raises(DataError, match=r"label 'red' \(column 'label'\) is not one of the 2 class names"):
         build_dataset({**spec, "classnames": ["green", "blue"]})
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": \n')
+    for streaming in (False, True):
+        with pytest.raises(DataError, match=r"cannot read .*bad.jsonl \(json\): "):
+            build_dataset({"kind": "hf_dataset", "path": str(tmp_path / "bad.jsonl"), "text_column": "text",
+                           "streaming": streaming})
+    datasets.Dataset.from_dict({"text": [], "label": []}).to_parquet(tmp_path / "empty.parquet")
+    empty = {"kind": "hf_dataset", "path": str(tmp_path / "empty.parquet"), "text_column": "text"}
+    with pytest.raises(DataError, match=r"cannot read .*empty.parquet \(parquet\): .* corresponds to no data"):
+        build_dataset(empty)
+    with pytest.raises(DataError, match=r"empty.parquet \(train\) has no rows"):
+        build_dataset({**empty, "streaming": True})
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(DataError, match=r"share one format \(.arrow, .csv, .json, .jsonl, .parquet\); got .*x.txt"):
         build_dataset({**spec, "path": str(tmp_path / "x.txt")})

@@ -292,16 +292,29 @@ def _streamed_columnar(files: list[str], builder: str, where: str, name: str) ->
                   lambda c: reader(files, c))
 
 
-def open_table(path, split: str | None, streaming: bool, base_dir) -> _Table:
-    """The split of the data ``path`` names (see :func:`hf_dataset`)."""
+def _open_table(path, split: str | None, streaming: bool, base_dir) -> _Table:
+    """The split of the data ``path`` names (see :func:`hf_dataset`); data that datasets or
+    pyarrow cannot read is a DataError naming it."""
     datasets = _datasets()
     with _quiet(datasets):
         if isinstance(path, (str, Path)) and not any(c in str(path) for c in "*?["):
             p = resolve(path, base_dir)
             if p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
-                return _from_disk(p, split)
+                return _read(lambda: _from_disk(p, split), str(p))
         name, files, builder = _files_of(path, split, base_dir)
-        return _from_files(files, builder, name, streaming)
+        table = _read(lambda: _from_files(files, builder, name, streaming), f"{files[0]} ({builder})")
+    if table.num_rows == 0:
+        raise DataError(f"hf_dataset {table.where} has no rows")
+    return table
+
+
+def _read(fn: Callable[[], _Table], what: str) -> _Table:
+    try:
+        return fn()
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets and pyarrow raise many types for data they cannot parse
+        raise DataError(f"hf_dataset: cannot read {what}: {type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -443,7 +456,7 @@ def hf_dataset(path: str | Path | Sequence[str] | Mapping[str, str | Sequence[st
         >>> test = build_dataset({"kind": "hf_dataset", "path": "data/pets", "split": "test",
         ...                       "image_column": "image", "label_column": "label"})
     """
-    table = open_table(path, split, streaming, base_dir)
+    table = _open_table(path, split, streaming, base_dir)
     queries, load = _queries(table, image_column, text_column)
     modality = "image" if image_column is not None else "text"
     if caption_column is not None:
