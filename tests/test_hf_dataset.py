@@ -249,7 +249,18 @@ def test_streaming_gives_the_same_samples_and_writes_nothing_to_the_cache(tmp_pa
     assert streamed.labels == read.labels == _images(7)[1] and streamed.classnames == read.classnames
     for i in reversed(range(7)):  # out of order: rows come from their file (and row group) on demand
         assert torch.equal(_pixels(streamed[i][0]), _pixels(read[i][0]))
-    assert _same_images(pickle.loads(pickle.dumps(streamed)), _images(7)[0])  # a loader worker reopens the files
+    for ds in (streamed, read):  # a spawned loader worker gets the set pickled: files, not their data
+        assert _same_images(pickle.loads(pickle.dumps(ds)), _images(7)[0])
+
+
+def test_a_forked_loader_worker_reads_streamed_rows_itself(tmp_path):
+    from torch.utils.data import DataLoader
+
+    ds = build_dataset({"kind": "hf_dataset", "path": _every_format(tmp_path)["parquet"], "image_column": "image",
+                        "classnames": NAMES, "streaming": True}).with_transform(_pixels)
+    first = ds[0][0]  # the parent has the file open now
+    batches = list(DataLoader(ds, batch_size=7, num_workers=1, multiprocessing_context="fork"))
+    assert torch.equal(batches[0][0][0], first) and batches[0][1].tolist() == _images(7)[1]
 
 
 def test_streaming_parquet_reads_across_row_groups(tmp_path):
