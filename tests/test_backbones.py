@@ -91,6 +91,7 @@ def test_hf_clip_run_and_export_loads_in_transformers(tiny_hf_clip_dir, image_da
     card = ModelCard.load(result.export_dir / "README.md")
     assert (card.data.library_name, card.data.base_model) == ("transformers", None)
     assert "alpha = 0.5: fixed by the user." in card.text
+    assert "Command: `wiseft.run(cfg)`" in card.text  # a RunConfig built in Python
     assert "transformers.AutoModel.from_pretrained('hf_model')" in card.text
     assert "transformers.AutoProcessor.from_pretrained('hf_model')" in card.text
     assert AutoProcessor.from_pretrained(result.export_dir / meta["native"]).image_processor is not None

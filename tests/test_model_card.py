@@ -135,6 +135,7 @@ def test_card_shows_the_plots_the_alpha_choice_temperature_loading_and_the_comma
     assert f"open_clip.create_model_and_transforms({meta['backbone']['name']!r}, " \
            f"pretrained='open_clip_model.safetensors')" in text
     assert f"Command: `wiseft run {cfg_path} --no-progress --no-report`" in text
+    assert "the resolved config: `config.yaml` in the run directory" in text
     assert argv[1] == str(cfg_path)
 
 

@@ -87,9 +87,10 @@ class CardSettings:
     @classmethod
     def from_config(cls, cfg: RunConfig, records: Sequence[Record] = (), **overrides: Any) -> CardSettings:
         """The settings of a ``wiseft run``'s card: its command line (set by the ``wiseft``
-        command), else the Python call (``wiseft.run('cfg.yaml')``, with ``quick=True``
-        when the records are a quick run's), and whether its alpha was fixed."""
-        source = repr(cfg.source) if cfg.source else "config"
+        command), else the Python call (``wiseft.run('cfg.yaml')`` for a config read from
+        a file, else ``wiseft.run(cfg)``; with ``quick=True`` when the records are a quick
+        run's), and whether its alpha was fixed."""
+        source = repr(cfg.source) if cfg.source and Path(cfg.source).is_file() else "cfg"
         call = f"wiseft.run({source}{', quick=True' if is_quick(records) else ''})"
         return replace(cls(command=current_command() or call, fixed_alpha=cfg.select_alpha is not None), **overrides)
 
@@ -325,6 +326,8 @@ class _Card:
         compute = first.get("compute") or {}
         where = " ".join(str(compute[k]) for k in ("device", "cpu", "device_name") if compute.get(k))
         lines = ["## How it was made", "", f"Command: {made}", ""]
+        if (self.export_dir.parent / "config.yaml").is_file():  # an export inside a run directory
+            lines += ["- the resolved config: `config.yaml` in the run directory (beside this folder)"]
         if first.get("config_hash"):
             lines += [f"- config hash: `{first['config_hash']}`"]
         if versions:
