@@ -29,7 +29,9 @@ def card_run(open_clip_spec, image_data, tmp_path_factory):
     """A tiny open_clip run through the ``wiseft`` command: (run dir, config path, argv)."""
     out = tmp_path_factory.mktemp("card_run")
     cfg_path = out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(run_config(open_clip_spec, image_data, out / "run")))
+    cfg = run_config(open_clip_spec, image_data, out / "run", alphas=[0.0, 0.3, 0.5, 1.0],
+                     finetune={"mode": "e2e", "lr": 1e-3, "batch_size": 8, "epochs": 1, "warmup_steps": 1})
+    cfg_path.write_text(yaml.safe_dump(cfg))
     argv = ["run", str(cfg_path), "--no-progress", "--no-report"]
     assert main(argv) == 0
     return out / "run", cfg_path, argv
