@@ -83,6 +83,18 @@ def test_hf_clip_run_and_export_loads_in_transformers(tiny_hf_clip_dir, image_da
     k = "encoder.layers.0.mlp.fc1.weight"
     assert not torch.equal(tuned[f"encoder.vision_model.{k}"], zs[k])  # fine-tuning moved it
     torch.testing.assert_close(native.vision_model.state_dict()[k], (zs[k] + tuned[f"encoder.vision_model.{k}"]) / 2)
+    # its model card: transformers' library, no Hub id for a local directory, the alpha the config fixed, and
+    # transformers' own calls that load the folder (they do)
+    from huggingface_hub import ModelCard
+    from transformers import AutoProcessor
+
+    card = ModelCard.load(result.export_dir / "README.md")
+    assert (card.data.library_name, card.data.base_model) == ("transformers", None)
+    assert "alpha = 0.5: fixed by the user." in card.text
+    assert "Command: `wiseft.run(cfg)`" in card.text  # a RunConfig built in Python
+    assert "transformers.AutoModel.from_pretrained('hf_model')" in card.text
+    assert "transformers.AutoProcessor.from_pretrained('hf_model')" in card.text
+    assert AutoProcessor.from_pretrained(result.export_dir / meta["native"]).image_processor is not None
 
 
 def test_sentence_transformer_on_tiny_bert(tiny_bert_dir, tmp_path):
@@ -131,6 +143,11 @@ def test_text_pipeline_with_manifest(tiny_bert_dir, tmp_path):
     assert {r.dataset for r in recs} == {"news", "last-word", "news-val"}
     model, bb, meta = load_model(tmp_path / "run" / "export")
     assert bb.modality == "text" and meta["classnames"][0] == "business"
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "run" / "export" / "README.md")
+    assert card.data.library_name == "sentence-transformers" and "text-classification" in card.data.tags
+    assert "sentence_transformers.SentenceTransformer('sentence_transformer')" in card.text
 
 
 def test_unknown_family_is_a_clear_error():

@@ -6,6 +6,7 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "base": ["Backbone", "exported_spec", "list_backbones", "load_backbone", "register_backbone", "require"],
+    "base": ["Backbone", "card_facts", "CardFacts", "exported_spec", "list_backbones", "load_backbone",
+             "looks_like_hub_id", "Origin", "register_backbone", "require"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

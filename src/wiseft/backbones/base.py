@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -49,20 +50,65 @@ class Backbone:
 list_backbones = BACKBONES.names
 
 
+class Origin(NamedTuple):
+    """Where a spec's pretrained weights come from, as far as is known without a network:
+    ``hub_id``, the Hugging Face Hub model they are (None when unknown: a local file, an
+    open_clip tag the library names no Hub repository for), and ``local_dir``, the model
+    directory they are read from (whose own README.md may say their license), or None."""
+
+    hub_id: str | None = None
+    local_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a family declares for the model card of an export: ``library``, the Hub's
+    ``library_name`` of the folder its ``Backbone.export`` writes (``open_clip``,
+    ``transformers``, ``sentence-transformers``); ``modality`` of its inputs; ``tags``
+    for the Hub; ``origin(spec)``, where a spec's weights come from; ``loading(spec,
+    native)``, the library's own calls that load the exported ``native`` folder or file,
+    imports included (``spec`` as the export's metadata holds it)."""
+
+    library: str | None = None
+    modality: Literal["image", "text"] | None = None
+    tags: tuple[str, ...] = ()
+    origin: Callable[[BackboneSpec], Origin] | None = None
+    loading: Callable[[Mapping[str, Any], str], str] | None = None
+
+
 def register_backbone(family: str, *, settings: Sequence[str] | None = None,
-                      export_field: Literal["name", "pretrained"] = "name") -> Callable[[Callable], Callable]:
+                      export_field: Literal["name", "pretrained"] = "name",
+                      card: CardFacts | None = None) -> Callable[[Callable], Callable]:
     """Decorator: a loader ``fn(spec) -> Backbone`` for ``family``, with what the family
     declares: ``settings``, the family-specific spec fields it reads (``quick_gelu``; a
     config setting one the family does not declare is an error; None, the default, reads
-    them all), and ``export_field``, the spec field that takes the path ``Backbone.export``
-    returns when an exported model is loaded back.
+    them all), ``export_field``, the spec field that takes the path ``Backbone.export``
+    returns when an exported model is loaded back, and ``card``, what an export's model
+    card says of the family (:class:`CardFacts`; None: nothing beyond the records).
 
     Example:
         >>> @register_backbone("my_clip", settings=())
         ... def load_my_clip(spec: BackboneSpec) -> Backbone: ...
     """
     return BACKBONES.register(family, settings=None if settings is None else tuple(settings),
-                              export_field=export_field)
+                              export_field=export_field, card=card or CardFacts())
+
+
+def card_facts(family: str) -> CardFacts:
+    """What ``family`` declared for model cards (:class:`CardFacts`; empty for a family
+    that declared nothing or is not registered)."""
+    if family not in BACKBONES:
+        return CardFacts()
+    return BACKBONES.info(family).get("card") or CardFacts()
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether ``name`` has the shape of a Hugging Face Hub model id (``org/model``, or a
+    legacy ``model``) and is no local path that exists."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and "--" not in name and not Path(name).exists()
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
 
 
 def exported_spec(spec: Mapping[str, Any], native: str | Path) -> BackboneSpec:

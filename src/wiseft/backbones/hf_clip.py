@@ -6,7 +6,16 @@ from pathlib import Path
 
 import torch
 
-from wiseft.backbones.base import Backbone, BackboneSpec, image_collate, register_backbone, require
+from wiseft.backbones.base import (
+    Backbone,
+    BackboneSpec,
+    CardFacts,
+    Origin,
+    image_collate,
+    looks_like_hub_id,
+    register_backbone,
+    require,
+)
 
 EXPORT_DIR = "hf_model"
 
@@ -25,7 +34,21 @@ class HFImageEncoder(torch.nn.Module):
         return self.projection(pooled) if self.projection is not None else pooled
 
 
-@register_backbone("hf_clip", settings=())
+def hf_origin(spec: BackboneSpec) -> Origin:
+    """A Hub id as given, or a local model directory (whose README.md may carry its license)."""
+    if Path(spec.name).is_dir():
+        return Origin(local_dir=Path(spec.name))
+    return Origin(spec.name if looks_like_hub_id(spec.name) else None)
+
+
+def hf_loading(spec: dict, native: str) -> str:
+    """transformers' own calls that load an exported directory (with their import)."""
+    return (f"import transformers\n\nmodel = transformers.AutoModel.from_pretrained({native!r})\n"
+            f"processor = transformers.AutoProcessor.from_pretrained({native!r})")
+
+
+@register_backbone("hf_clip", settings=(),
+                   card=CardFacts(library="transformers", modality="image", origin=hf_origin, loading=hf_loading))
 def load_hf_clip(spec: BackboneSpec) -> Backbone:
     """``AutoModel.from_pretrained(name)`` for a CLIP or SigLIP checkpoint."""
     transformers = require("transformers", "hf")

@@ -15,13 +15,56 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from wiseft.backbones.base import Backbone, BackboneSpec, image_collate, register_backbone, require
+from wiseft.backbones.base import (
+    Backbone,
+    BackboneSpec,
+    CardFacts,
+    Origin,
+    image_collate,
+    looks_like_hub_id,
+    register_backbone,
+    require,
+)
 from wiseft.io import shareless
 
 EXPORT_FILE = "open_clip_model.safetensors"
 
 
-@register_backbone("open_clip", settings=("quick_gelu",), export_field="pretrained")
+HUB_PREFIX = "hf-hub:"
+
+
+def open_clip_origin(spec: BackboneSpec) -> Origin:
+    """The Hub repository of an ``hf-hub:`` name, or the one open_clip's own pretrained
+    config names for an architecture and tag (``get_pretrained_cfg(...)["hf_hub"]``:
+    ``ViT-B-32`` / ``openai`` is ``timm/vit_base_patch32_clip_224.openai``); nothing for a
+    local file or ``local-dir:``."""
+    if spec.name.startswith(HUB_PREFIX):
+        repo = spec.name[len(HUB_PREFIX):]
+        return Origin(repo if looks_like_hub_id(repo) else None)
+    if ":" in spec.name or not spec.pretrained:
+        return Origin()
+    try:
+        open_clip = require("open_clip", "openclip")
+    except ImportError:
+        return Origin()
+    hub = (open_clip.get_pretrained_cfg(spec.name.replace("/", "-"), spec.pretrained) or {}).get("hf_hub") or ""
+    repo = "/".join(hub.strip("/").split("/")[:2])  # some entries name a file in the repository
+    return Origin(repo if repo and looks_like_hub_id(repo) else None)
+
+
+def open_clip_loading(spec: dict[str, Any], native: str) -> str:
+    """open_clip's own calls that load an exported file (with their imports)."""
+    gelu = ", force_quick_gelu=True" if spec.get("quick_gelu") else ""
+    create = f"model, _, preprocess = open_clip.create_model_and_transforms({spec['name']!r}"
+    if ":" in spec["name"]:  # an hf-hub: or local-dir: name ignores ``pretrained``: its weights are loaded after
+        return ("import open_clip\nimport safetensors.torch\n\n"
+                f"{create}, load_weights=False)\nmodel.load_state_dict(safetensors.torch.load_file({native!r}))")
+    return f"import open_clip\n\n{create}, pretrained={native!r}{gelu})"
+
+
+@register_backbone("open_clip", settings=("quick_gelu",), export_field="pretrained",
+                   card=CardFacts(library="open_clip", modality="image", tags=("open_clip", "clip"),
+                                  origin=open_clip_origin, loading=open_clip_loading))
 def load_open_clip(spec: BackboneSpec) -> Backbone:
     """open_clip ``create_model_and_transforms(name, pretrained)``; the image tower is
     the encoder. ``pretrained`` may be a tag, a local .safetensors/.pt/.bin file, or an

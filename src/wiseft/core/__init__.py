@@ -1,5 +1,5 @@
 """The ground floor, no torch at import: the one error base, the registries, records,
-metrics, prompt templates, progress."""
+metrics, prompt templates, progress, and the command line a run was started with."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from wiseft.core.lazy import front_door
 # submodule -> the names it defines that this package exports
 _SOURCES = {
     "errors": ["WiseftError"],
+    "invocation": ["current_command", "invoked_as"],
     "metrics": ["accuracy", "expected_calibration_error", "fit_temperature", "macro_f1", "pm_k_accuracy", "Score",
                 "worst_group_accuracy"],
     "progress": ["configure_logging", "duration", "progress_bar"],

@@ -152,13 +152,18 @@ def _append(results_path: Path, records: list[Record]) -> None:
 
 def _export(cfg: RunConfig, data: PreparedData, weights: tuple, alpha: float, records: list[Record]) -> Path:
     """Export the main fine-tune's WiSE-FT model at ``alpha``, with its validation
-    temperature; ``weights``: (model, backbone, theta_0, theta_1)."""
+    temperature, and write its model card (``README.md``, ``report.write_model_card``);
+    ``weights``: (model, backbone, theta_0, theta_1)."""
     model, backbone, theta_0, theta_1 = weights
     interpolator_for(theta_0, theta_1, allow_extrapolation=cfg.allow_extrapolation).load_into(model, alpha)
     rederive_head(model)  # FLYP: the head of the mixed text tower
     model = plain_classifier(model)
     meta = {**_meta(cfg, data, alpha), "temperature": _temperature(records, "finetuned", alpha)}
-    return export_model(model, backbone, meta, Path(cfg.output_dir) / "export")
+    export_dir = export_model(model, backbone, meta, Path(cfg.output_dir) / "export")
+    from wiseft.report import CardSettings, write_model_card  # as select_alpha above: the report loads on use
+
+    write_model_card(export_dir, records, settings=CardSettings.from_config(cfg, records, modality=backbone.modality))
+    return export_dir
 
 
 def _merge_records(cfg: RunConfig, merges: list[MergeRun], weights: tuple, data: PreparedData,
