@@ -11,9 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / ".ci" / "run"
 # Extras that add no code path of their own to run: the test and everything bundles,
-# and tensorboard (an optional logger, its missing-import error is tested in the suite),
-# and lora (peft adapters on a backbone family's extra; it has no model of its own to run alone).
-NOT_ALONE = {"test", "all", "tensorboard", "lora"}
+# tensorboard and mlflow (optional trackers), lora (peft adapters), datasets (a dataset
+# kind), trainer and lightning (callbacks in the user's own loop): each goes on top of a
+# backbone family's extra and has no model of its own to run alone; each one's
+# missing-import error, naming the extra, is tested in the suite.
+NOT_ALONE = {"test", "all", "tensorboard", "mlflow", "lora", "datasets", "trainer", "lightning"}
 
 
 def _extras() -> dict[str, list[str]]:
