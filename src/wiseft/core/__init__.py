@@ -8,7 +8,8 @@ from wiseft.core.lazy import front_door
 # submodule -> the names it defines that this package exports
 _SOURCES = {
     "errors": ["WiseftError"],
-    "metrics": ["accuracy", "expected_calibration_error", "fit_temperature", "macro_f1", "pm_k_accuracy", "Score",
+    "metrics": ["accuracy", "expected_calibration_error", "fit_temperature", "is_retrieval_metric", "macro_f1",
+                "pm_k_accuracy", "recall_at_k", "RETRIEVAL_PRIMARY", "retrieval_metrics", "Score",
                 "worst_group_accuracy"],
     "progress": ["configure_logging", "duration", "progress_bar"],
     "records": ["alpha_rank", "best_alpha", "column_name", "DEFAULT_ALPHA", "is_quick", "is_restricted_metric",
