@@ -32,6 +32,7 @@ def pair_run_records() -> list[Record]:
     return out
 
 
+@pytest.mark.slow  # over 2 s (draws every plot): the quick tier stays under a minute
 def test_report_shows_retrieval_against_zero_shot_accuracy(tmp_path):
     append_records(tmp_path / "results.jsonl", pair_run_records())
     page = build_report(tmp_path).read_text()
@@ -58,6 +59,7 @@ def test_tradeoff_points_one_per_alpha():
     assert list(xs) == pytest.approx([30, 50, 70]) and list(ys) == pytest.approx([75, 65, 35])
 
 
+@pytest.mark.slow  # over 2 s (draws every plot): the quick tier stays under a minute
 def test_no_pair_sets_no_retrieval_part(tmp_path):
     records = [r for r in pair_run_records() if not r.metric.startswith("r@")]
     records = [Record(r.model, r.alpha, r.dataset, "reference" if r.dataset == "topics" else r.role, r.metric,
