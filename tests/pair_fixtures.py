@@ -8,9 +8,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import COLORS
+from PIL import Image
 
 SHADES = {"red": "crimson", "green": "grassy", "blue": "navy"}
 

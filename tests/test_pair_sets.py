@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from pair_fixtures import png_bytes, square, write_pair_manifest, write_pair_shard, write_text_pairs
 from PIL import Image
 
-from pair_fixtures import png_bytes, square, write_pair_manifest, write_pair_shard, write_text_pairs
 from wiseft.config import load_config
 from wiseft.data import DataError, PairDataset, build_dataset
 from wiseft.data.folders import UnreadableImage

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import write_image_folder
 from pair_fixtures import write_pair_manifest
+
 from wiseft.config import ConfigError, RunConfig
 from wiseft.data import PairDataset
 from wiseft.pipeline.prepare import prepare_data, quick_data

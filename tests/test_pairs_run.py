@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 from conftest import run_config
+from pair_fixtures import write_pair_manifest
 
 import wiseft
-from pair_fixtures import write_pair_manifest
 from wiseft.config import parse_config
 from wiseft.report import build_report
 

@@ -96,7 +96,7 @@ def test_both_directions_and_primary():
     scores = torch.tensor([[0.9, 0.1, 0.3], [0.8, 0.2, 0.7]])
     relevant = torch.tensor([[True, True, False], [False, False, True]])
     m = retrieval_metrics(scores, relevant)
-    assert list(m)[0] == "r@1"
+    assert next(iter(m)) == "r@1"
     assert m["r@1_i2t"].value == pytest.approx(1 / 2)  # image 1 ranks caption 0 first
     # caption 0 -> image 0 (hit); caption 1 -> image 1 first (miss); caption 2 -> image 1 (hit)
     assert m["r@1_t2i"].value == pytest.approx(2 / 3)

@@ -48,8 +48,8 @@ def test_report_shows_retrieval_against_zero_shot_accuracy(tmp_path):
 
 
 def test_tradeoff_points_one_per_alpha():
-    from wiseft.report.retrieval import plot_tradeoff, tradeoff_points
     from wiseft.report.plots import plotted_data
+    from wiseft.report.retrieval import plot_tradeoff, tradeoff_points
 
     points = tradeoff_points(pair_run_records(), "finetuned")
     # x: the pair test set's r@1 (not the held-out pairs'); y: the mean of the labelled sets' accuracy

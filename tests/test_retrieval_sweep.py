@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import write_image_folder
 from pair_fixtures import write_pair_manifest, write_text_pairs
+
 from wiseft.backbones import load_backbone
 from wiseft.core import recall_at_k
 from wiseft.data import PairDataset, build_dataset, load_image

@@ -149,7 +149,7 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] 
                            torch.zeros_like(g))
         hit = torch.where(j == 0, torch.zeros_like(g), 1.0 - miss)
         total = float(hit.sum())
-        out[int(k)] = Score(total / n if n else 0.0, int(round(total)), n)
+        out[int(k)] = Score(total / n if n else 0.0, round(total), n)
     return out
 
 

@@ -7,8 +7,9 @@ where they are scored or trained on, decompression bombs refused)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from wiseft.data.base import DataError, register_dataset, resolve
 from wiseft.data.folders import load_image, read_rows

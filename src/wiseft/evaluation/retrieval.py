@@ -13,8 +13,9 @@ Captions are tokenised and embedded per batch at every alpha, by the mixed text 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -11,9 +11,9 @@ from wiseft.core import DATASETS, get_templates
 from wiseft.data import (
     DataError,
     LabeledDataset,
+    PairDataset,
     build_dataset,
     build_projection,
-    PairDataset,
     per_class_permutations,
     read_classnames,
     split_holdout,
