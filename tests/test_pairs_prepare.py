@@ -78,3 +78,9 @@ def test_labelled_train_with_pair_test_and_shift(files):
 def test_data_classnames_win_over_the_labelled_sets(files):
     data = prepare_data(contrastive(config(files, PAIRS_TRAIN, IMAGES, classnames=["red", "green", "blue"])))
     assert data.classnames == ["red", "green", "blue"] and data.evalsets[0].projection is not None
+
+
+def test_class_map_on_a_pair_set_is_an_error_naming_it(files):
+    cfg = config(files, IMAGES, IMAGES, {"captions": {**PAIRS_TEST, "subset": True}})
+    with pytest.raises(ConfigError, match=r"data.shifts.captions: 'captions' is a pair set.*class_map and subset"):
+        prepare_data(cfg)

@@ -62,6 +62,10 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     shifts = {name: build(spec, name, f"data.shifts.{name}") for name, spec in d.shifts.items()}
     sets = [(d.name, "reference", test, d.test, "data.test")]
     sets += [(name, "shift", shifts[name], spec, f"data.shifts.{name}") for name, spec in d.shifts.items()]
+    for _, _, ds, spec, where in sets:
+        if isinstance(ds, PairDataset) and ("class_map" in spec or "subset" in spec):
+            raise cfg.error(where, f"{ds.name!r} is a pair set, scored by retrieval over its captions: "
+                            "class_map and subset apply to labelled sets only; remove them")
     try:
         classnames = classnames or _reference_classes(train, [s[2] for s in sets])
         train = train if isinstance(train, PairDataset) else _relabel(train, classnames)
