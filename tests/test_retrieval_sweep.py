@@ -157,3 +157,26 @@ def test_unreadable_queries_are_skipped_and_counted(open_clip_spec, sets, tmp_pa
     t2i = next(r for r in records if r.metric == "r@1_t2i")
     assert i2t.total == 3 and t2i.total == 3  # the broken image and its caption left both sides
     assert i2t.provenance["skipped_inputs"] == 1
+
+
+@pytest.mark.slow  # over 2 s: the quick tier stays under a minute
+def test_merge_search_chooses_on_held_out_pairs(open_clip_spec, image_data, sets, tmp_path):
+    from conftest import run_config
+    from wiseft.config import parse_config
+    from wiseft.evaluation import EvalSettings, search_merge
+
+    cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path, variants={"b": {"lr": 1e-4}},
+                                  merges=[{"method": "ties", "search": {"density": [0.2, 1.0]}}]))
+    backbone = load_backbone(open_clip_spec)
+    model = flyp_model(backbone, CLASSES, TEMPLATES)
+    theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+    finetuned = {"finetuned": perturbed(theta_0, 1), "b": perturbed(theta_0, 2)}
+    records = search_merge(model, theta_0, finetuned, evalsets(sets), backbone, cfg.merge_runs()[0],
+                           settings=EvalSettings(batch_size=4, progress=False, precision="fp32"))
+    search = [r for r in records if r.provenance["merge"]["stage"] == "search"]
+    assert {r.dataset for r in search} == {"captions-val"}
+    val = {r.provenance["merge"]["point_index"]: r.value for r in search if r.metric == "r@1"}
+    test = [r for r in records if r.provenance["merge"]["stage"] == "test"]
+    chosen = test[0].provenance["merge"]["point_index"]
+    assert val[chosen] == max(val.values())
+    assert {(r.dataset, r.metric) for r in test} >= {("captions", "r@1_i2t"), ("colours", "top1")}
