@@ -4,16 +4,19 @@ HF CLIP and sentence-transformer models between theta_0 and a perturbed theta_1.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_image_folder
+from conftest import run_config, write_image_folder
 from pair_fixtures import write_pair_manifest, write_text_pairs
 
 from wiseft.backbones import load_backbone
+from wiseft.config import parse_config
 from wiseft.core import recall_at_k
 from wiseft.data import PairDataset, build_dataset, load_image
-from wiseft.evaluation import EvalSet, SweepSettings, sweep
+from wiseft.evaluation import EvalSet, EvalSettings, SweepSettings, search_merge, sweep
 from wiseft.heads import Classifier, zeroshot_head
 from wiseft.merge import Interpolator
 from wiseft.report import select_alpha
@@ -105,7 +108,6 @@ def test_alpha_is_chosen_on_the_held_out_pairs_only(open_clip_spec, sets):
     chosen = select_alpha(records, "finetuned")
     assert val[chosen] == best
     # test-set records say nothing: changing them all leaves the choice
-    from dataclasses import replace
     shuffled = [replace(r, value=1.0 - r.value) if r.role != "validation" else r for r in records]
     assert select_alpha(shuffled, "finetuned") == chosen
 
@@ -135,7 +137,6 @@ def test_linear_sweep_scores_pairs_once_for_every_alpha(open_clip_spec, sets):
     model = Classifier(backbone.encoder, zeroshot_head(backbone, CLASSES, TEMPLATES, cache=False))
     theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
     theta_1 = {k: (v + 0.1 if k.startswith("head.") else v.clone()) for k, v in theta_0.items()}
-    from dataclasses import replace
     records = sweep(model, theta_0, theta_1, evalsets(sets), [0.0, 0.5, 1.0], backbone,
                     settings=replace(SETTINGS, linear=True))
     r1 = {r.alpha: r.value for r in records if r.dataset == "captions" and r.metric == "r@1"}
@@ -161,10 +162,6 @@ def test_unreadable_queries_are_skipped_and_counted(open_clip_spec, sets, tmp_pa
 
 @pytest.mark.slow  # over 2 s: the quick tier stays under a minute
 def test_merge_search_chooses_on_held_out_pairs(open_clip_spec, image_data, sets, tmp_path):
-    from conftest import run_config
-    from wiseft.config import parse_config
-    from wiseft.evaluation import EvalSettings, search_merge
-
     cfg = parse_config(run_config(open_clip_spec, image_data, tmp_path, variants={"b": {"lr": 1e-4}},
                                   merges=[{"method": "ties", "search": {"density": [0.2, 1.0]}}]))
     backbone = load_backbone(open_clip_spec)
