@@ -69,3 +69,19 @@ def test_no_pair_sets_no_retrieval_part(tmp_path):
     assert not (tmp_path / "report" / "retrieval.md").exists()
     assert not list((tmp_path / "report").glob("tradeoff_*"))
     assert "Retrieval" not in page and "robustness.csv, points.csv." in page
+
+
+def test_a_pair_shift_stays_out_of_the_accuracy_averages():
+    from wiseft.core import record_view, summary_table
+    from wiseft.report.tables import AVG_SHIFTS, build_tables
+
+    # topics is the labelled reference here; headlines a labelled shift; caps a pair shift
+    records = [Record(r.model, r.alpha, r.dataset, "reference" if r.dataset == "topics" else
+                      "shift" if r.role == "reference" else r.role, r.metric, r.value, r.correct, r.total,
+                      r.provenance) for r in pair_run_records()]
+    text = summary_table(records)
+    assert text.splitlines()[0] == "| model | alpha | topics | caps (r@1) | headlines | caps-val (r@1) | avg shifts |"
+    assert text.splitlines()[2].endswith("| 70.00 |")  # alpha 0: headlines alone, not (30 + 70) / 2
+    table = build_tables(record_view(records, "primary"), {"finetuned": 0.5}, [])[0]
+    assert table.columns == ["topics", "caps (r@1)", "headlines", AVG_SHIFTS, "avg ref., shifts"]
+    assert table.rows[0][1][3] == (pytest.approx(0.7), 0.0)

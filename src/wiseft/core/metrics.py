@@ -11,6 +11,8 @@ from typing import Collection, Hashable, Mapping, Sequence
 
 import torch
 
+from wiseft.core.records import RETRIEVAL_PRIMARY
+
 
 @dataclass(frozen=True)
 class Score:
@@ -157,7 +159,6 @@ RETRIEVAL_KS = (1, 5, 10)
 # retrieval directions by query modality: image->text and text->image for image-caption
 # pairs, query->document and document->query for text pairs (a query text and its caption)
 DIRECTIONS = {"image": ("i2t", "t2i"), "text": ("q2d", "d2q")}
-RETRIEVAL_PRIMARY = "r@1"
 
 
 def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, modality: str = "image",
@@ -178,8 +179,3 @@ def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, modality: st
     out.update({f"r@{k}_{forward}": there[k] for k in ks})
     out.update({f"r@{k}_{backward}": back[k] for k in ks})
     return out
-
-
-def is_retrieval_metric(metric: str) -> bool:
-    """Whether a metric name is a recall@k of retrieval (``r@1``, ``r@5_t2i``, ...)."""
-    return metric.startswith("r@")
