@@ -84,3 +84,11 @@ def test_class_map_on_a_pair_set_is_an_error_naming_it(files):
     cfg = config(files, IMAGES, IMAGES, {"captions": {**PAIRS_TEST, "subset": True}})
     with pytest.raises(ConfigError, match=r"data.shifts.captions: 'captions' is a pair set.*class_map and subset"):
         prepare_data(cfg)
+
+
+@pytest.mark.parametrize("name", ["caps", "caps-val"])
+def test_a_shift_named_as_the_reference_or_validation_set_is_an_error(files, name):
+    # the sweep keys scores by set name: the shift would silently overwrite the reference set's records
+    cfg = config(files, IMAGES, PAIRS_TEST, {name: IMAGES})
+    with pytest.raises(ConfigError, match=rf"data.shifts.{name}: a shift may not be named '{name}'"):
+        prepare_data(cfg)

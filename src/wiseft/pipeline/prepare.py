@@ -56,6 +56,11 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         classnames = read_classnames(d.classnames, cfg.base_dir)
     except DataError as e:
         raise cfg.error("data.classnames", e) from None
+    for name in d.shifts:  # records are keyed by set name: two sets of one name would overwrite each other
+        if name in (d.name, f"{d.name}-val"):
+            raise cfg.error(f"data.shifts.{name}", f"a shift may not be named {name!r}, the name of the "
+                            f"{'reference test set' if name == d.name else 'validation split'} (data.name); "
+                            "rename it")
     train = build(d.train, f"{d.name}-train", "data.train")
     _check_objective(cfg, train)
     test = build(d.test, d.name, "data.test")
