@@ -114,6 +114,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
     return float(math.exp(best.x))
 
 
+ROWS_AT_ONCE = 1024
+
+
 def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, Score]:
     """Recall@k of ranking every item (columns of ``scores``) for every query (rows),
     exact on ties: the expected hit rate under a uniformly random order among items with
@@ -135,12 +138,13 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] 
     relevant = relevant.bool()
     if not bool(relevant.any(dim=1).all()):
         raise ValueError("every query needs at least one correct item")
-    s = scores.double()
-    best = torch.where(relevant, s, torch.full_like(s, float("-inf"))).amax(dim=1, keepdim=True)
-    above = (s > best).sum(dim=1).double()
-    tied = s == best
-    g = tied.sum(dim=1).double()
-    c = (tied & relevant).sum(dim=1).double()
+    counts = []  # per query: items above its best correct one, items tied with it, correct ones among those
+    for lo in range(0, scores.shape[0], ROWS_AT_ONCE):  # in row blocks: a 5k x 25k matrix needs no copies of itself
+        s, rel = scores[lo:lo + ROWS_AT_ONCE], relevant[lo:lo + ROWS_AT_ONCE]
+        best = s.masked_fill(~rel, float("-inf")).amax(dim=1, keepdim=True)
+        tied = s == best
+        counts.append(torch.stack([(s > best).sum(dim=1), tied.sum(dim=1), (tied & rel).sum(dim=1)]))
+    above, g, c = torch.cat(counts, dim=1).double() if counts else torch.zeros(3, 0, dtype=torch.float64)
     n = int(scores.shape[0])
     out = {}
     for k in ks:
@@ -171,7 +175,7 @@ def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, modality: st
     have as many queries (then the mean is the pooled proportion)."""
     forward, backward = DIRECTIONS[modality]
     there = recall_at_k(scores, relevant, ks)
-    back = recall_at_k(scores.t(), relevant.t(), ks)
+    back = recall_at_k(scores.t().contiguous(), relevant.t().contiguous(), ks)  # rows read in blocks: laid out so
     a, b = there[1], back[1]
     pooled = a.total == b.total
     out = {RETRIEVAL_PRIMARY: Score((a.value + b.value) / 2, (a.correct + b.correct) if pooled else None,
