@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_config, write_image_folder
-from pair_fixtures import write_pair_manifest, write_text_pairs
+from pair_fixtures import png_bytes, square, write_pair_manifest, write_pair_shard, write_text_pairs
 
 from wiseft.backbones import load_backbone
 from wiseft.config import parse_config
@@ -177,3 +177,18 @@ def test_merge_search_chooses_on_held_out_pairs(open_clip_spec, image_data, sets
     chosen = test[0].provenance["merge"]["point_index"]
     assert val[chosen] == max(val.values())
     assert {(r.dataset, r.metric) for r in test} >= {("captions", "r@1_i2t"), ("colours", "top1")}
+
+
+def test_webdataset_pairs_through_the_sweep(open_clip_spec, tmp_path):
+    members = []
+    for i, c in enumerate(["red", "green", "blue", "red"]):  # two red squares share their caption
+        members += [(f"{i}.png", png_bytes(square(c, i))), (f"{i}.txt", f"a {c} square".encode())]
+    pairs = build_dataset({"kind": "webdataset_pairs", "urls": str(write_pair_shard(tmp_path / "s.tar", members))})
+    backbone = load_backbone(open_clip_spec)
+    model = flyp_model(backbone, CLASSES, TEMPLATES)
+    theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+    records = sweep(model, theta_0, theta_0, [EvalSet("shards", "reference", pairs)], [0.0], backbone,
+                    settings=SETTINGS)
+    by = {r.metric: r for r in records}
+    assert by["r@1_i2t"].total == 4 and by["r@1_t2i"].total == 3  # three distinct captions
+    assert by["r@10_i2t"].value == 1.0 and by["r@10_t2i"].value == 1.0
