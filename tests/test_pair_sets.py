@@ -8,7 +8,7 @@ import pytest
 from pair_fixtures import png_bytes, square, write_pair_manifest, write_pair_shard, write_text_pairs
 from PIL import Image
 
-from wiseft.config import load_config
+from wiseft.config import ConfigError, load_config
 from wiseft.data import DataError, PairDataset, build_dataset
 from wiseft.data.folders import UnreadableImage
 
@@ -84,6 +84,7 @@ def test_webdataset_pairs_damaged_member_is_unreadable(tmp_path):
 def test_config_checks_pair_kind_options(tmp_path):
     (tmp_path / "c.yaml").write_text(
         "backbone: {family: open_clip, name: x}\n"
-        "data: {train: {kind: pair_manifest, path: p.jsonl, captoin: x}, test: {kind: pair_manifest, path: p.jsonl}}\n")
-    with pytest.raises(Exception, match="captoin"):
+        "data: {train: {kind: pair_manifest, path: p.jsonl, captoin: x},\n"
+        "       test: {kind: pair_manifest, path: p.jsonl}}\n")
+    with pytest.raises(ConfigError, match="data.train.captoin: unknown option 'captoin' for dataset kind 'pair_manifest'"):
         load_config(tmp_path / "c.yaml")

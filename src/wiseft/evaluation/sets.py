@@ -68,7 +68,8 @@ class EvalSet:
                progress: bool = False) -> InputCache:
         """The set's input cache, built on first use."""
         if self._cache is None:
-            self._cache = build_input_cache(self.pairs.queries if self.is_pairs else self.dataset, backbone, batch_size=batch_size,
+            inputs = self.pairs.queries if self.is_pairs else self.dataset
+            self._cache = build_input_cache(inputs, backbone, batch_size=batch_size,
                                             num_workers=num_workers, mode=mode, cache_dir=cache_dir,
                                             max_memory=max_memory, progress=progress)
             if self._cache.skipped and current().main:
