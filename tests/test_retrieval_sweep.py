@@ -16,7 +16,7 @@ from wiseft.backbones import load_backbone
 from wiseft.config import parse_config
 from wiseft.core import recall_at_k
 from wiseft.data import PairDataset, build_dataset, load_image
-from wiseft.evaluation import EvalSet, EvalSettings, SweepSettings, search_merge, sweep
+from wiseft.evaluation import EvalSet, EvalSettings, SweepSettings, evaluate, search_merge, sweep
 from wiseft.heads import Classifier, zeroshot_head
 from wiseft.merge import Interpolator
 from wiseft.report import select_alpha
@@ -192,3 +192,13 @@ def test_webdataset_pairs_through_the_sweep(open_clip_spec, tmp_path):
     by = {r.metric: r for r in records}
     assert by["r@1_i2t"].total == 4 and by["r@1_t2i"].total == 3  # three distinct captions
     assert by["r@10_i2t"].value == 1.0 and by["r@10_t2i"].value == 1.0
+
+
+def test_evaluate_counts_a_pair_sets_forward_r1(open_clip_spec, sets):
+    backbone = load_backbone(open_clip_spec)
+    model = flyp_model(backbone, CLASSES, TEMPLATES)
+    counts = evaluate(model, evalsets(sets), backbone, batch_size=4)
+    records = sweep(model, *[{k: v.clone() for k, v in model.state_dict().items()}] * 2, evalsets(sets), [0.0],
+                    backbone, settings=SETTINGS)
+    want = next(r for r in records if r.dataset == "captions" and r.metric == "r@1_i2t")
+    assert counts["captions"] == (want.correct, 6) and counts["colours"][1] == 6

@@ -126,13 +126,15 @@ def predict_logits(model: Classifier, batches: Iterable, precision: str = "fp32"
 def evaluate(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone, *, batch_size: int = 256,
              precision: str = "fp32", cache: bool | CacheMode = True, num_workers: int | None = None,
              progress: bool = False) -> dict[str, tuple[int, int]]:
-    """(correct, total) top-1 counts per evaluation set for one model (``evaluate_records``
-    gives every metric, its options as one ``EvalSettings``)."""
+    """(correct, total) top-1 counts per evaluation set for one model; of a pair set, its
+    image-to-text (query-to-document) R@1 counts (``evaluate_records`` gives every metric,
+    its options as one ``EvalSettings``)."""
     settings = EvalSettings(batch_size=batch_size, precision=precision, cache=cache, num_workers=num_workers,
                             progress=progress).resolved(device_of(model))
     counts = {}
     for es in evalsets:
-        top1 = evaluate_set(model, es, backbone, settings)[0]["top1"]
+        scores = evaluate_set(model, es, backbone, settings)[0]
+        top1 = scores["top1"] if not es.is_pairs else next(s for m, s in scores.items() if m.startswith("r@1_"))
         counts[es.name] = (top1.correct, top1.total)
     return counts
 
