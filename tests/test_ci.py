@@ -11,9 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / ".ci" / "run"
 # Extras that add no code path of their own to run: the test and everything bundles,
-# and tensorboard (an optional logger, its missing-import error is tested in the suite),
-# and lora (peft adapters on a backbone family's extra; it has no model of its own to run alone).
-NOT_ALONE = {"test", "all", "tensorboard", "lora"}
+# tensorboard and mlflow (optional loggers, their missing-import errors are tested in the suite,
+# tests/test_trackers.py), and lora (peft adapters on a backbone family's extra; it has no model of
+# its own to run alone).
+NOT_ALONE = {"test", "all", "tensorboard", "mlflow", "lora"}
 
 
 def _extras() -> dict[str, list[str]]:
