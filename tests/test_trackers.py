@@ -56,10 +56,10 @@ class Recorder(Tracker):
 
 @pytest.fixture(scope="module")
 def tracked_run(open_clip_spec, image_data, tmp_path_factory):
-    """A tiny run with MLflow (its own SQLite store) and TensorBoard on, and a variant."""
+    """A tiny run with MLflow (its own SQLite store) and TensorBoard on, a variant and a merge."""
     out = tmp_path_factory.mktemp("tracked") / "run"
     cfg = run_config(open_clip_spec, image_data, out, export=False, alphas=[0.0, 0.25, 0.5, 1.0],
-                     variants={"slow": {"lr": 1e-4}},
+                     variants={"slow": {"lr": 1e-4}}, merges=[{"method": "linear"}],
                      tracking={"tensorboard": True, "mlflow": {"experiment": "colors", "run_name": "tiny"}})
     result = run(parse_config(cfg), progress=False)
     return out, result
@@ -73,6 +73,7 @@ def _mlflow_run(out):
     return client, found
 
 
+@pytest.mark.slow  # a whole run with two fine-tunes: over 2 s
 def test_mlflow_gets_params_training_sweep_selection_and_artifacts(tracked_run):
     out, result = tracked_run
     client, found = _mlflow_run(out)
@@ -90,13 +91,16 @@ def test_mlflow_gets_params_training_sweep_selection_and_artifacts(tracked_run):
             history = client.get_metric_history(rid, f"train/{name}/e2e/{key}")
             assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r[key])) for r in rows]
 
-    # the sweep: every record, at step alpha * 100, with the alpha beside it
+    # the sweep: every record, at step alpha * 100, with the alpha beside it; a merge's at its point's index
     records = read_records(out)
-    assert records == result.records
+    assert records == result.records and any(r.alpha is None for r in records)
     for r in records:
-        key = metric_key("sweep", r.model, r.dataset, r.metric)
+        if r.alpha is None:
+            key, step = metric_key("merge", r.model, r.dataset, r.metric), r.provenance["merge"]["point_index"]
+        else:
+            key, step = metric_key("sweep", r.model, r.dataset, r.metric), round(r.alpha * 100)
         values = {m.step: m.value for m in client.get_metric_history(rid, key)}
-        assert values[round(r.alpha * 100)] == pytest.approx(r.value), key
+        assert values[step] == pytest.approx(r.value), key
     assert [(m.step, m.value) for m in client.get_metric_history(rid, "sweep/finetuned/alpha")] == \
         [(0, 0.0), (25, 0.25), (50, 0.5), (100, 1.0)]
     for name, alpha in result.selected_alpha.items():
@@ -107,6 +111,7 @@ def test_mlflow_gets_params_training_sweep_selection_and_artifacts(tracked_run):
     assert (next(artifacts.rglob("results.jsonl"))).read_text() == (out / "results.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_same_scalars(tracked_run):
     out, result = tracked_run
     scalars = _scalars(out / "tensorboard")
@@ -120,6 +125,7 @@ def test_tensorboard_gets_the_same_scalars(tracked_run):
     assert scalars["selected_alpha/finetuned"] == [(0, pytest.approx(result.selected_alpha["finetuned"]))]
 
 
+@pytest.mark.slow
 def test_a_rerun_starts_tensorboard_over_and_opens_a_new_mlflow_run(open_clip_spec, image_data, tmp_path):
     out = tmp_path / "run"
     cfg = parse_config(run_config(open_clip_spec, image_data, out, export=False, alphas=[0.0, 1.0],
@@ -138,6 +144,7 @@ def test_a_rerun_starts_tensorboard_over_and_opens_a_new_mlflow_run(open_clip_sp
     assert len(runs) == 2 and {r.info.run_name for r in runs} == {"run"}
 
 
+@pytest.mark.slow
 def test_finetune_tensorboard_keeps_its_meaning(open_clip_spec, image_data, tmp_path):
     """``finetune.tensorboard: true``: event files beside the log (train_NAME/), tags STAGE/loss."""
     out = tmp_path / "run"
@@ -245,6 +252,7 @@ def test_the_config_section_validates_without_torch():
     assert RunConfig.model_fields["tracking"].default_factory() == TrackingConfig()
 
 
+@pytest.mark.slow  # a fine-tune
 def test_wiseft_train_logs_through_the_same_trackers(open_clip_spec, image_data, tmp_path):
     from wiseft.pipeline import train_from_config
 
@@ -263,3 +271,31 @@ def test_alphas_closer_than_a_hundredth_share_a_step_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="wiseft"):
         assert list(record_metrics(recs)) == [50]
     assert "share step 50" in caplog.text
+
+
+def test_mlflow_and_tensorboard_read_back_what_the_interface_logged(tmp_path):
+    """The quick tier's read-back: one tracker of both kinds, without a pipeline."""
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "summary.md").write_text("| a | b |\n")
+    settings = TrackingConfig(tensorboard=True, mlflow={"experiment": "x", "run_name": "r"})
+    with open_tracker(settings, tmp_path, params={"finetune": {"lr": 0.001}, "alphas": [0.0, 1.0]}) as t:
+        assert isinstance(t, FanOut)
+        for step in range(3):
+            t.log_metrics({"train/finetuned/e2e/loss": 1.0 / (step + 1)}, step)
+        t.log_artifact(tmp_path / "summary.md")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path.resolve() / 'mlflow' / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+    assert found.info.run_name == "r" and found.info.status == "FINISHED"
+    assert found.data.params == {"finetune.lr": "0.001", "alphas": "[0.0, 1.0]"}
+    history = client.get_metric_history(found.info.run_id, "train/finetuned/e2e/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert [f.path for f in client.list_artifacts(found.info.run_id)] == ["summary.md"]
+    assert _scalars(tmp_path / "tensorboard")["train/finetuned/e2e/loss"] == \
+        [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+
+    with pytest.raises(RuntimeError):  # a block that raises marks its run failed
+        with open_tracker(TrackingConfig(mlflow={"experiment": "x"}), tmp_path):
+            raise RuntimeError("diverged")
+    runs = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("r", "FINISHED"), (tmp_path.name, "FAILED")]
