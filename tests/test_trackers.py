@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_config
+from conftest import TINY_CONFIG, TINY_OPEN_CLIP, run_config
 
 from wiseft import read_records, run
 from wiseft.config import ConfigError, RunConfig, TrackingConfig, load_config, parse_config
@@ -65,11 +69,11 @@ def tracked_run(open_clip_spec, image_data, tmp_path_factory):
     return out, result
 
 
-def _mlflow_run(out):
+def _mlflow_run(out, experiment="colors"):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow' / 'mlflow.db'}")
-    (found,) = client.search_runs([client.get_experiment_by_name("colors").experiment_id])
+    (found,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return client, found
 
 
@@ -299,3 +303,33 @@ def test_mlflow_and_tensorboard_read_back_what_the_interface_logged(tmp_path):
             raise RuntimeError("diverged")
     runs = client.search_runs([client.get_experiment_by_name("x").experiment_id])
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [("r", "FINISHED"), (tmp_path.name, "FAILED")]
+
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.mark.slow  # a torchrun launch of two processes
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_under_torchrun_only_rank_0_logs(open_clip_spec, image_data, tmp_path):
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(TINY_CONFIG))
+    entry = tmp_path / "entry.py"
+    entry.write_text("import os, sys, open_clip\nopen_clip.add_model_config(os.environ['OC_DIR'])\n"
+                     "from wiseft.cli.app import main\nsys.exit(main())\n")
+    out = tmp_path / "run"
+    cfg = run_config(open_clip_spec, image_data, out, export=False, alphas=[0.0, 1.0],
+                     finetune={"mode": "e2e", "lr": 1e-3, "batch_size": 8, "epochs": 1},
+                     tracking={"tensorboard": True, "mlflow": True})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WISEFT_CACHE": str(tmp_path / "cache"),
+           "OC_DIR": str(tmp_path / "oc")}
+    env.pop("RANK", None)
+    proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(entry), "run",
+                           str(tmp_path / "config.yaml"), "--no-progress", "--no-report"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    client, found = _mlflow_run(out, "wiseft")  # one MLflow run, not one per process
+    rows = [json.loads(line) for line in (out / "train_finetuned.jsonl").read_text().splitlines()]
+    history = client.get_metric_history(found.info.run_id, "train/finetuned/e2e/loss")
+    assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r["loss"])) for r in rows]
