@@ -283,19 +283,20 @@ def _readme_config_block() -> str:
 
 def test_readme_config_reference_covers_every_field():
     from wiseft.backbones.base import BackboneSpec
-    from wiseft.config import DataConfig, EvalConfig, RunConfig
+    from wiseft.config import DataConfig, EvalConfig, RunConfig, TrackingConfig
     from wiseft.train.engine import FinetuneConfig
 
     ref = yaml.safe_load(_readme_config_block())
     sections = {"": (RunConfig, ref), "backbone": (BackboneSpec, ref["backbone"]), "data": (DataConfig, ref["data"]),
-                "evaluation": (EvalConfig, ref["evaluation"]), "finetune": (FinetuneConfig, ref["finetune"])}
+                "evaluation": (EvalConfig, ref["evaluation"]), "finetune": (FinetuneConfig, ref["finetune"]),
+                "tracking": (TrackingConfig, ref["tracking"])}
     for where, (model, block) in sections.items():
         fields = {n for n, f in model.model_fields.items() if not f.exclude}
         assert fields - set(block) == set(), f"README config reference lacks {where or 'top-level'} fields"
         assert set(block) - fields == set(), f"README config reference shows {where or 'top-level'} keys that do not exist"
     # and it is a valid config, with each section's defaults where it shows them
     cfg = parse_config(ref)
-    assert cfg.finetune == FinetuneConfig() and cfg.evaluation == EvalConfig()
+    assert cfg.finetune == FinetuneConfig() and cfg.evaluation == EvalConfig() and cfg.tracking == TrackingConfig()
     assert (cfg.alphas, cfg.device, cfg.head_cache, cfg.export) == ([round(0.1 * i, 1) for i in range(11)], "auto",
                                                                     True, True)
 

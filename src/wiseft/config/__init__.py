@@ -17,5 +17,6 @@ _SOURCES = {
     "merge": ["DEFAULT_CHUNK_BYTES", "MergeConfig", "MergeRun", "MergeSpec", "parse_size"],
     "report": ["DEFAULT_BASELINES", "ReportConfig"],
     "run": ["DataConfig", "DEFAULT_ALPHAS", "load_config", "parse_config", "RunConfig"],
+    "tracking": ["MlflowConfig", "TrackingConfig"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -29,6 +29,7 @@ from wiseft.config.errors import ConfigError, FieldError
 from wiseft.config.evaluation import EvalConfig
 from wiseft.config.finetune import FinetuneConfig
 from wiseft.config.merge import MergeRun, MergeSpec, check_merges, resolve_merge
+from wiseft.config.tracking import TrackingConfig
 from wiseft.core import TEMPLATES, classnames_problem, deferred_plugins, did_you_mean, template_problem
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -96,6 +97,10 @@ class RunConfig(BaseModel):
     # empty, so configs written before it keep their hash
     merges: list[MergeSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
     output_dir: str = "runs/wiseft"
+    # experiment trackers (config/tracking.py); left out of the dump at its default, so configs
+    # written before it keep their hash, and out of the config hash always (where metrics are
+    # also sent changes no result)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, exclude_if=lambda v: v == TrackingConfig())
     device: str = "auto"
     head_cache: bool = True
     export: bool = True
@@ -193,7 +198,9 @@ class RunConfig(BaseModel):
         return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """What the run's results depend on; ``tracking`` (where metrics are also sent) is left out."""
+        dump = self.model_dump(mode="json", exclude={"tracking"})
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -1,5 +1,5 @@
 """Files: atomic writes and folder locks, checkpoint formats (resolve, load, save),
-records files."""
+records files, experiment trackers (TensorBoard, MLflow) behind one interface."""
 
 from __future__ import annotations
 
@@ -14,5 +14,8 @@ _SOURCES = {
                    "SAFETENSORS_SINGLE_NAMES", "save_state", "shareless", "StateDict"],
     "records": ["append_records", "read_records"],
     "scratch": ["on_main_thread", "raise_terminated", "release_scratch", "scratch_dir", "scratch_file", "Terminated"],
+    "trackers": ["FanOut", "flatten_params", "local_mlflow_store", "log_outputs", "log_records", "log_run_end", "log_selection",
+                 "metric_key", "MlflowTracker", "open_tracker", "record_metrics", "Scoped", "TensorBoardTracker",
+                 "Tracker", "TrackerError"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

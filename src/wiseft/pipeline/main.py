@@ -23,7 +23,17 @@ from wiseft.core import (
 )
 from wiseft.evaluation import SweepSettings, reuse_sweep, search_merge, sweep
 from wiseft.heads import export_model, plain_classifier, rederive_head
-from wiseft.io import append_records, atomic_write, check_free, hold, read_meta
+from wiseft.io import (
+    Tracker,
+    append_records,
+    atomic_write,
+    check_free,
+    hold,
+    log_records,
+    log_run_end,
+    open_tracker,
+    read_meta,
+)
 from wiseft.merge import adapter_provenance, interpolator_for, merged_adapter_state
 from wiseft.pipeline.estimate import estimate_run
 from wiseft.pipeline.plan import StageClock, plan_text, precision_text, quick_config, resolve_precisions
@@ -95,26 +105,26 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
     reused = {name for name in runs if reusable(cfg, name)}
     computed = precision_text(precisions, device)  # the plan's and summary.md's lines
     log.info("%s\n%s", plan_text(cfg, data, runs, reused, quick), computed)
-
     with clock("model load"):
         backbone = load_backbone(cfg.backbone)
     # inputs are valid and the model loaded: now the run directory is this process's, and written to
     if main_process:
         held.enter_context(hold(run_dir, "run directory"))
     results_path = _start_run_dir(cfg, runs, reused, main_process)
+    tracker = held.enter_context(_open_tracker(cfg, quick))  # closed however the run ends
     with clock("zero-shot head"):
         zs = ZeroShotModels(backbone, data, cfg, device)
         model, theta_0 = zs.of(cfg.finetune)
     estimate = estimate_run(model, theta_0, backbone, data, cfg, runs, reused) if main_process else {}
     provenance = _provenance(cfg, data, quick, device, precisions)
-
     records: list[Record] = []
     zeroshot: dict = {}  # alpha = 0 is theta_0 for every fine-tune: scored once, reused by every sweep
     merges = cfg.merge_runs()
     kept: dict[str, dict[str, torch.Tensor]] = {}  # the fine-tunes the merges read
     for name, ft_cfg in runs.items():
         with clock(f"fine-tune {name}"):
-            theta_1 = finetuned_weights(cfg, name, (*zs.of(ft_cfg), backbone), data.train, progress=progress)
+            theta_1 = finetuned_weights(cfg, name, (*zs.of(ft_cfg), backbone), data.train, progress=progress,
+                                        tracker=tracker)
         if name == "finetuned" or any(name in m.models for m in merges):
             kept[name] = theta_1  # the main one is exported below; others are dropped after their sweep
         with clock(f"sweep {name}"):
@@ -124,13 +134,12 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
                                                  provenance=_sweep_provenance(provenance, ft_cfg, cfg, name, theta_1))
             new = sweep(*zs.of(ft_cfg), theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
                         zeroshot=zeroshot)
-        _append(results_path, new)
+        _append(results_path, new, tracker)
         records += new
     if merges:
         with clock("merges"):
             records += _merge_records(cfg, merges, (model, backbone, theta_0, kept), data, records, results_path,
-                                      progress, provenance)
-
+                                      progress, provenance, tracker)
     from wiseft.report import select_alpha
 
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
@@ -141,13 +150,23 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
             with clock("export"):
                 export_dir = _export(cfg, data, (zs.main, backbone, theta_0, kept["finetuned"]),
                                      selected["finetuned"], records)
+    log_run_end(tracker, selected, run_dir)  # the selected alphas, summary.md, results.jsonl
     return RunResult(run_dir, records, selected, export_dir, clock.times, estimate)
 
 
-def _append(results_path: Path, records: list[Record]) -> None:
-    """Append records to the run's results (under torchrun: by rank 0, which every process's equal)."""
+def _append(results_path: Path, records: list[Record], tracker: Tracker) -> None:
+    """Append records to the run's results (under torchrun: by rank 0, which every process's equal)
+    and log them through the run's tracker (``io.log_records``)."""
     if current().main:
         append_records(results_path, records)
+    log_records(tracker, records)
+
+
+def _open_tracker(cfg: RunConfig, quick: bool) -> Tracker:
+    """The run's experiment trackers (``tracking:``; ``io.open_tracker``), its parameters logged:
+    the config as it runs (precisions resolved). A rerun starts them over, as its records."""
+    return open_tracker(cfg.tracking, cfg.output_dir, params=cfg.model_dump(mode="json"), fresh=True,
+                        tags={"config_hash": cfg.config_hash(), "quick": str(quick).lower()})
 
 
 def _export(cfg: RunConfig, data: PreparedData, weights: tuple, alpha: float, records: list[Record]) -> Path:
@@ -168,11 +187,12 @@ def _export(cfg: RunConfig, data: PreparedData, weights: tuple, alpha: float, re
 
 def _merge_records(cfg: RunConfig, merges: list[MergeRun], weights: tuple, data: PreparedData,
                    records: list[Record], results_path: Path, progress: bool,
-                   provenance: dict[str, Any]) -> list[Record]:
+                   provenance: dict[str, Any], tracker: Tracker) -> list[Record]:
     """The records of each ``merges:`` entry, appended to the results as each is done:
     searched on validation and scored at its chosen point (``evaluation.search_merge``), or,
     for WiSE-FT itself (linear, a global alpha), copied from its fine-tune's sweep
-    (``evaluation.reuse_sweep``). ``weights``: (model, backbone, theta_0, fine-tunes by name)."""
+    (``evaluation.reuse_sweep``), and logged through ``tracker``. ``weights``: (model, backbone,
+    theta_0, fine-tunes by name)."""
     model, backbone, theta_0, finetuned = weights
     finetuned = {name: merged_adapter_state(theta_0, t) for name, t in finetuned.items()}  # LoRA: full weights
     out: list[Record] = []
@@ -184,7 +204,7 @@ def _merge_records(cfg: RunConfig, merges: list[MergeRun], weights: tuple, data:
             new = search_merge(model, theta_0, finetuned, data.evalsets, backbone, merge, settings=settings)
         chosen = next(r.provenance[MERGE]["point"] for r in new if r.provenance[MERGE]["chosen"])
         log.info("merge %s: the point used: %s", merge.name, json.dumps(chosen))
-        _append(results_path, new)
+        _append(results_path, new, tracker)
         out += new
     return out
 

@@ -13,7 +13,7 @@ from wiseft.backbones import Backbone
 from wiseft.config import FinetuneConfig, RunConfig
 from wiseft.data import LabeledDataset
 from wiseft.heads import Classifier, build_zeroshot_model
-from wiseft.io import load_state, read_meta, save_state
+from wiseft.io import Tracker, load_state, open_tracker, read_meta, save_state
 from wiseft.pipeline.plan import resolve_precisions
 from wiseft.pipeline.prepare import PreparedData
 from wiseft.runtime import barrier, current
@@ -81,19 +81,19 @@ def reusable(cfg: RunConfig, name: str) -> bool:
 
 
 def finetuned_weights(cfg: RunConfig, name: str, start: tuple, train: LabeledDataset, *,
-                      progress: bool = True) -> dict[str, torch.Tensor]:
+                      progress: bool = True, tracker: Tracker | None = None) -> dict[str, torch.Tensor]:
     """Fine-tune run ``name`` from ``start`` = (zero-shot model, its theta_0, backbone),
     resuming an interrupted run, or reuse the weights a previous run with the same
-    settings wrote."""
+    settings wrote. ``tracker`` also gets the training metrics (``TrainRun.tracker``)."""
     ckpt, _ = checkpoint_paths(cfg, name)
     if reusable(cfg, name):
         log.info("%s: reusing %s", name, ckpt)
         return load_state(ckpt)
-    return train_and_save(cfg, name, start, train, resume=True, progress=progress)
+    return train_and_save(cfg, name, start, train, resume=True, progress=progress, tracker=tracker)
 
 
 def train_and_save(cfg: RunConfig, name: str, start: tuple, train: LabeledDataset, *, resume: bool | str | Path,
-                   progress: bool = True) -> dict[str, torch.Tensor]:
+                   progress: bool = True, tracker: Tracker | None = None) -> dict[str, torch.Tensor]:
     """Fine-tune run ``name`` of ``cfg`` from ``start`` = (zero-shot model, its theta_0,
     backbone) and write its weights with the run's train key to
     ``OUTPUT_DIR/checkpoints/NAME.safetensors`` (rank 0 under torchrun); ``wiseft run`` and
@@ -104,7 +104,7 @@ def train_and_save(cfg: RunConfig, name: str, start: tuple, train: LabeledDatase
     model.load_state_dict(theta_0)
     tuned = finetune(model, train, backbone, cfg.finetune_runs()[name],
                      TrainRun(log_path=Path(cfg.output_dir) / f"train_{name}.jsonl", progress=progress,
-                              checkpoint_dir=train_dir, resume=resume, name=name))
+                              checkpoint_dir=train_dir, resume=resume, name=name, tracker=tracker))
     state = {k: v.detach().clone() for k, v in finetuned_state(tuned).items()}  # LoRA: head and adapter factors
     if current().main:  # under torchrun every process holds the same weights; one writes them
         searched = getattr(tuned, "linear_probe", None)  # mode linear's L-BFGS search: C, validation accuracy
@@ -139,15 +139,18 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     backbone = load_backbone(cfg.backbone)
     zs = ZeroShotModels(backbone, data, cfg, device)  # FLYP: the model with its text tower
     out = {}
-    for name in names or list(runs):
-        final, ckpt_dir = checkpoint_paths(cfg, name)
-        if fresh and info.main and ckpt_dir.exists():
-            with hold(ckpt_dir, "training-checkpoint folder"):  # never under a process training there now
-                clear_dir(ckpt_dir)
-            (run_dir / f"train_{name}.jsonl").unlink(missing_ok=True)
-        barrier()
-        train_and_save(cfg, name, (*zs.of(runs[name]), backbone), data.train, resume=resume, progress=progress)
-        out[name] = final
-        if info.main:
-            log.info("%s: weights in %s", name, final)
+    # the config's trackers (rank 0's) get each fine-tune's metrics, as in wiseft run
+    with open_tracker(cfg.tracking, run_dir, params=cfg.model_dump(mode="json")) as tracker:
+        for name in names or list(runs):
+            final, ckpt_dir = checkpoint_paths(cfg, name)
+            if fresh and info.main and ckpt_dir.exists():
+                with hold(ckpt_dir, "training-checkpoint folder"):  # never under a process training there now
+                    clear_dir(ckpt_dir)
+                (run_dir / f"train_{name}.jsonl").unlink(missing_ok=True)
+            barrier()
+            train_and_save(cfg, name, (*zs.of(runs[name]), backbone), data.train, resume=resume, progress=progress,
+                           tracker=tracker)
+            out[name] = final
+            if info.main:
+                log.info("%s: weights in %s", name, final)
     return out

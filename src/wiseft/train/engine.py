@@ -15,7 +15,7 @@ from wiseft.backbones import Backbone
 from wiseft.config import FinetuneConfig
 from wiseft.data import LabeledDataset
 from wiseft.heads import Classifier, PromptClassifier
-from wiseft.io import hold
+from wiseft.io import FanOut, Scoped, TensorBoardTracker, Tracker, hold, metric_key
 from wiseft.runtime import all_gather_rows, current, deterministic_numerics, device_of
 from wiseft.train.checkpoints import CheckpointDir, ResumeError, load_training_state
 from wiseft.train.data import TensorSamples, kshot_subset, resolve_batch, stack_collate
@@ -37,7 +37,9 @@ class TrainRun:
     ``log_path``: the metrics log (JSON lines, or CSV for a ``.csv`` name);
     ``checkpoint_dir``: where resumable checkpoints go (none: no checkpoints);
     ``resume``: continue from the latest checkpoint there (``True``) or from a given
-    checkpoint file; ``name``: labels the run in logs and progress (e.g. a variant's name).
+    checkpoint file; ``name``: labels the run in logs and progress (e.g. a variant's name);
+    ``tracker``: an experiment tracker (``io.open_tracker``) that also gets the metrics, as
+    ``train/NAME/STAGE/loss`` (and ``lr``, ``samples_per_s``); the caller closes it.
 
     Example:
         >>> TrainRun(log_path="runs/x/train.jsonl", checkpoint_dir="runs/x/ckpt", resume=True)
@@ -48,6 +50,7 @@ class TrainRun:
     checkpoint_dir: str | Path | None = None
     resume: bool | str | Path = False
     name: str | None = None
+    tracker: Tracker | None = None
 
 
 def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig,
@@ -79,10 +82,8 @@ def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: 
     with held:
         if root is not None and not run.resume and any(root.glob("*/*.pt")):
             raise ResumeError(f"{root} already holds training checkpoints: resume, or choose an empty folder")
-        tb = None
-        if cfg.tensorboard and info.main:
-            tb = (Path(run.log_path).with_suffix("") if run.log_path else (root or Path("runs")) / "tensorboard")
-        metrics = MetricLog(run.log_path if info.main else None, tensorboard_dir=tb)
+        main = info.main  # under torchrun, rank 0 logs
+        metrics = MetricLog(run.log_path if main else None, tracker=_tracker(cfg, run, root) if main else None)
         ctx = _Context(cfg, backbone, root, run, metrics)
         try:
             with deterministic(cfg.deterministic):
@@ -98,6 +99,19 @@ def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: 
             metrics.close()
     tuned.eval()
     return tuned
+
+
+def _tracker(cfg: FinetuneConfig, run: TrainRun, root: Path | None) -> Tracker:
+    """Where the metrics go besides the log: the run's tracker (``train/NAME/STAGE/...``) and,
+    with ``finetune.tensorboard``, TensorBoard event files beside the log (``STAGE/...``; in
+    a folder named as the log without its suffix)."""
+    out: list[Tracker] = []
+    if run.tracker is not None:
+        out.append(Scoped(run.tracker, f"train/{metric_key(run.name)}/" if run.name else "train/"))
+    if cfg.tensorboard:
+        out.append(TensorBoardTracker(Path(run.log_path).with_suffix("") if run.log_path
+                                      else (root or Path("runs")) / "tensorboard"))
+    return FanOut(out)
 
 
 class _Context:

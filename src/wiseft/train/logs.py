@@ -1,4 +1,5 @@
-"""Training metrics: JSON lines or CSV (by file suffix), optionally TensorBoard."""
+"""Training metrics: JSON lines or CSV (by file suffix), and through an experiment
+tracker (``io.Tracker``: TensorBoard, MLflow) when one is given."""
 
 from __future__ import annotations
 
@@ -8,28 +9,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wiseft.io import atomic_write, open_append
+from wiseft.io import Tracker, atomic_write, open_append
 
 FIELDS = ("stage", "step", "epoch", "loss", "lr", "samples_per_s", "elapsed_s")
+TRACKED = ("loss", "lr", "samples_per_s")  # what a tracker gets of each row, as STAGE/NAME at the row's step
 
 
 class MetricLog:
     """Appends one row per logged step to ``path`` (``.csv`` or JSON lines). On resume,
     rows of steps at or after the resume point are dropped first, so a resumed run's
-    log reads like an uninterrupted one."""
+    log reads like an uninterrupted one. ``tracker`` also gets each row's loss, lr and
+    samples/s as ``STAGE/loss`` ... at the row's step; the log closes it."""
 
-    def __init__(self, path: str | Path | None, *, tensorboard_dir: str | Path | None = None):
+    def __init__(self, path: str | Path | None, *, tracker: Tracker | None = None):
         self.path = Path(path) if path else None
         self.csv = self.path is not None and self.path.suffix == ".csv"
         self.f = None
-        self.tb = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ImportError("tensorboard: true needs the tensorboard package: "
-                                  f"pip install 'wiseft[tensorboard]' ({e})") from e
-            self.tb = SummaryWriter(str(tensorboard_dir))
+        self.tracker = tracker if tracker is not None else Tracker()
 
     def truncate(self, stage: str, step: int) -> None:
         """Drop rows of ``stage`` with step >= ``step`` (atomically)."""
@@ -47,10 +43,10 @@ class MetricLog:
                 self.f = open_append(self.path, encoding="utf-8", newline="")  # drops a killed writer's torn line
             self.f.write(self._format([row], header=self.f.tell() == 0))
             self.f.flush()
-        if self.tb is not None:
-            for key in ("loss", "lr", "samples_per_s"):
-                if row.get(key) is not None:
-                    self.tb.add_scalar(f"{row.get('stage', 'train')}/{key}", row[key], row["step"])
+        stage = row.get("stage", "train")
+        tracked = {f"{stage}/{key}": row[key] for key in TRACKED if row.get(key) is not None}
+        if tracked:
+            self.tracker.log_metrics(tracked, row["step"])
 
     def _close_file(self) -> None:
         if self.f is not None:
@@ -59,8 +55,7 @@ class MetricLog:
 
     def close(self) -> None:
         self._close_file()
-        if self.tb is not None:
-            self.tb.close()
+        self.tracker.close()
 
     def _read(self) -> list[dict]:
         text = self.path.read_text(encoding="utf-8")
