@@ -6,6 +6,7 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "base": ["Backbone", "exported_spec", "list_backbones", "load_backbone", "register_backbone", "require"],
+    "base": ["Backbone", "BackboneError", "exported_spec", "list_backbones", "load_backbone", "register_backbone", "require",
+             "wrap_backbone", "wrapped_prefixes"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

@@ -25,12 +25,15 @@ class HFImageEncoder(torch.nn.Module):
         return self.projection(pooled) if self.projection is not None else pooled
 
 
-@register_backbone("hf_clip", settings=())
-def load_hf_clip(spec: BackboneSpec) -> Backbone:
-    """``AutoModel.from_pretrained(name)`` for a CLIP or SigLIP checkpoint."""
+@register_backbone("hf_clip", settings=(), wraps="transformers.")
+def load_hf_clip(spec: BackboneSpec, model: torch.nn.Module | None = None) -> Backbone:
+    """``AutoModel.from_pretrained(name)`` for a CLIP or SigLIP checkpoint; given ``model``
+    (a CLIPModel or SiglipModel in memory), that model seen as a backbone, its tokenizer
+    and image processor read from ``name``."""
     transformers = require("transformers", "hf")
-    model = transformers.AutoModel.from_pretrained(spec.name)
-    model.eval()
+    if model is None:
+        model = transformers.AutoModel.from_pretrained(spec.name)
+        model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec.name)
     processor = transformers.AutoImageProcessor.from_pretrained(spec.name)
     encoder = HFImageEncoder(model.vision_model, getattr(model, "visual_projection", None))
