@@ -274,7 +274,7 @@ def test_under_ddp_only_rank_0_writes(tiny_hf_clip_dir, image_data, tmp_path):
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]),
            "OMP_NUM_THREADS": "1", "WISEFT_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([TORCHRUN, "--nproc_per_node=2", "--master_port=0", str(script), str(tiny_hf_clip_dir),
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(tiny_hf_clip_dir),
                            str(tmp_path), str(ROOT / "tests"), str(image_data)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
