@@ -281,3 +281,48 @@ def test_under_ddp_only_rank_0_writes(tiny_hf_clip_dir, image_data, tmp_path):
     assert (tmp_path / "rank0" / "results.jsonl").exists() and (tmp_path / "rank0" / "report" / "index.html").exists()
     assert not (tmp_path / "rank1").exists()  # rank 1 swept its shard and wrote nothing
     assert "rank 1:" in proc.stdout and "rank 0:" in proc.stdout
+
+
+def _text_config(tiny_bert_dir: Path, tmp_path: Path) -> dict:
+    rows = [("the shares market profit", "business"), ("the film music", "entertainment"),
+            ("the election vote", "politics"), ("the match goal team", "sports"), ("the phone software", "technology")]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in rows * 4) + "\n")
+    (tmp_path / "heads.csv").write_text("text,label\n" + "\n".join(f"{t.split()[-1]},{y}" for t, y in rows) + "\n")
+    return {"backbone": {"family": "sentence_transformer", "name": str(tiny_bert_dir), "max_length": 16},
+            "data": {"name": "news", "templates": "news", "train": {"kind": "manifest", "path": str(tmp_path / "train.csv")},
+                     "test": {"kind": "manifest", "path": str(tmp_path / "train.csv")},
+                     "shifts": {"last-word": {"kind": "manifest", "path": str(tmp_path / "heads.csv")}},
+                     "validation_fraction": 0.25},
+            "alphas": [0.0, 0.5, 1.0], "output_dir": str(tmp_path / "run"), "device": "cpu"}
+
+
+@pytest.mark.parametrize("family", ["open_clip", "siglip", "sentence_transformer"])
+def test_each_family_in_memory_gives_the_records_of_wiseft_run(family, request, image_data, tmp_path):
+    """A family's model as its own library loads it, changed while tracked (a stand-in for
+    training), then swept: the records of ``wiseft run`` on the same weights."""
+    if family == "open_clip":
+        import open_clip
+
+        spec = request.getfixturevalue("open_clip_spec")
+        model = open_clip.create_model(spec["name"], pretrained=spec["pretrained"])
+        config = eval_config(spec, image_data, tmp_path / "run")
+    elif family == "siglip":
+        from transformers import SiglipModel
+
+        d = request.getfixturevalue("tiny_hf_siglip_dir")
+        model = SiglipModel.from_pretrained(d)
+        config = eval_config({"family": "hf_clip", "name": str(d)}, image_data, tmp_path / "run")
+    else:
+        from sentence_transformers import SentenceTransformer
+
+        d = request.getfixturevalue("tiny_bert_dir")
+        model = SentenceTransformer(str(d), device="cpu")
+        config = _text_config(d, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    with wiseft.track(model, config, export=False, report=False) as t:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
+        result = t.finish()
+    assert {r.model for r in result.records} >= {"finetuned"}
+    same_as_wiseft_run(tmp_path / "run", result.records, tmp_path)

@@ -148,7 +148,8 @@ from transformers import CLIPModel, CLIPProcessor
 _processor = CLIPProcessor.from_pretrained(MODEL_DIR)
 _files = sorted((IMAGES / "train").glob("*/*.png"))[::4][:8]
 pairs = [{k: v[0] for k, v in _processor(text=[f"a photo of a {f.parent.name}."], images=Image.open(f),
-                                          return_tensors="pt", padding="max_length", max_length=16).items()}
+                                          return_tensors="pt", padding="max_length", max_length=16,
+                                          truncation=True).items()}
          for f in _files]
 def collate(items):
     return {**{k: torch.stack([i[k] for i in items]) for k in items[0]}, "return_loss": True}

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from wiseft.backbones import Backbone, BackboneError, load_backbone, wrap_backbone
-from wiseft.config import RunConfig, load_config, parse_config
+from wiseft.config import RunConfig, parse_config
 from wiseft.core import WiseftError
 from wiseft.heads import Classifier, PromptClassifier, build_zeroshot_model
 from wiseft.integrations.plain import PlainRun
@@ -266,8 +266,11 @@ def track(model: torch.nn.Module, config: RunConfig | str | Path | Mapping[str, 
     """
     if evaluate is not None:
         return Tracker(model, None, pretrained=pretrained, plain=PlainRun.of(evaluate, settings), report=report)
-    data, base_dir = _config_mapping(config)
+    data, base_dir, source = _config_mapping(config)
     data.update(settings)
+    for key in ("variants", "merges"):  # one fine-tune is watched: the config's others are not run
+        if data.pop(key, None):
+            log.info("wiseft.track: the config's %s are left out (one fine-tune is watched)", key)
     if "data" not in data:
         raise IntegrationError("name the evaluation sets: a config with a data: section, or data={...}")
     if isinstance(model, Classifier):
@@ -284,14 +287,22 @@ def track(model: torch.nn.Module, config: RunConfig | str | Path | Mapping[str, 
     # re-derived from the text tower), ce's for a Classifier (its head is a weight of its own)
     objective = "ce" if isinstance(model, Classifier) and not isinstance(model, PromptClassifier) else "flyp"
     data["finetune"] = {**data.get("finetune", {}), "objective": objective, "mode": "e2e"}
-    cfg = parse_config(data, source="wiseft.track", base_dir=base_dir)
+    cfg = parse_config(data, source=source, base_dir=base_dir)
     return Tracker(model, cfg, backbone=backbone, pretrained=pretrained, report=report)
 
 
-def _config_mapping(config) -> tuple[dict[str, Any], Path | None]:
-    """(config as a mapping, the folder its relative paths resolve against)."""
-    if isinstance(config, (str, Path)):
-        config = load_config(config)
+def _config_mapping(config) -> tuple[dict[str, Any], Path | None, str]:
+    """(config as a mapping, the folder its relative paths resolve against, what errors name)."""
+    if isinstance(config, (str, Path)):  # read as a mapping: it may lack the backbone, which the model gives
+        import yaml
+
+        path = Path(config)
+        if not path.is_file():
+            raise IntegrationError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise IntegrationError(f"{path}: the top level must be a mapping of keys")
+        return loaded, path.resolve().parent, str(path)
     if isinstance(config, RunConfig):
-        return config.model_dump(mode="json"), config.base_dir
-    return dict(config or {}), None
+        return config.model_dump(mode="json"), config.base_dir, "wiseft.track"
+    return dict(config or {}), None, "wiseft.track"
