@@ -326,3 +326,20 @@ def test_each_family_in_memory_gives_the_records_of_wiseft_run(family, request, 
         result = t.finish()
     assert {r.model for r in result.records} >= {"finetuned"}
     same_as_wiseft_run(tmp_path / "run", result.records, tmp_path)
+
+
+def test_theta_0_from_a_named_pretrained_source(tiny_hf_clip_dir, image_data, tmp_path):
+    """``pretrained=``: theta_0 is the spec's model, not the model as tracking starts (here
+    already changed): the records are still ``wiseft run``'s, whose theta_0 is the spec's."""
+    from transformers import CLIPModel
+
+    spec = {"family": "hf_clip", "name": str(tiny_hf_clip_dir)}
+    model = CLIPModel.from_pretrained(tiny_hf_clip_dir)
+    with torch.no_grad():
+        model.vision_model.post_layernorm.weight.mul_(1.5)  # trained before tracking began
+    with wiseft.track(model, eval_config(spec, image_data, tmp_path / "run"), pretrained=spec, export=False,
+                      report=False) as t:
+        result = t.finish()
+    pretrained = CLIPModel.from_pretrained(tiny_hf_clip_dir).vision_model.post_layernorm.weight
+    assert torch.equal(t.theta_0["encoder.vision_model.post_layernorm.weight"], pretrained)
+    same_as_wiseft_run(tmp_path / "run", result.records, tmp_path)

@@ -95,7 +95,7 @@ class Tracker:
         name = f"finetuned-epoch{epoch}"
         with self._kept() as theta:
             if self.plain is not None:
-                new = self.plain.sweep(self.model, self.theta_0, theta, name)
+                new = self.plain.sweep(self.model, self._theta_0_here(), theta, name)
             else:
                 new = sweep_records(self._state(), name, self.cfg.finetune, theta)
                 if current().main:
@@ -116,7 +116,7 @@ class Tracker:
         try:
             with self._kept() as theta_1:
                 if self.plain is not None:
-                    self.result = self.plain.finish(self.model, self.theta_0, theta_1, self._epoch_records)
+                    self.result = self.plain.finish(self.model, self._theta_0_here(), theta_1, self._epoch_records)
                 else:
                     self._save_checkpoint(theta_1)
                     state = self._state()
@@ -171,9 +171,17 @@ class Tracker:
                                          cache=self.cfg.head_cache)
         return _cpu_copy(built.state_dict())
 
+    def _theta_0_here(self) -> dict[str, torch.Tensor]:
+        """theta_0 on the model's device (where the sweep mixes it with theta_1), the CPU
+        snapshot itself when the model is on the CPU."""
+        device = _device(self.mixed)
+        if device.type == "cpu":
+            return self.theta_0
+        return {k: v.to(device) for k, v in self.theta_0.items()}
+
     def _state(self):
         if self.state is None:
-            self.state = start_run(self.cfg, self.data, self.backbone, _Fixed(self.mixed, self.theta_0),
+            self.state = start_run(self.cfg, self.data, self.backbone, _Fixed(self.mixed, self._theta_0_here()),
                                    device=_device(self.mixed), progress=current().main)
             self.cfg = self.state.cfg  # precision resolved for the model's device
         return self.state
