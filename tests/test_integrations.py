@@ -17,6 +17,7 @@ import torch
 from conftest import run_config
 
 import wiseft
+from wiseft.integrations import IntegrationError
 from wiseft.io import load_state, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,16 +204,16 @@ def test_a_state_dict_not_matching_theta_0_names_the_key(tmp_path):
 
     save_state(other, {"0.weight": torch.zeros(2, 4), "0.bias": torch.zeros(3)})
     t = wiseft.track(model, evaluate=lambda m: {}, output_dir=tmp_path / "run", pretrained=other)
-    with pytest.raises(wiseft.integrations.IntegrationError, match=r"'0.bias' is \(2,\) in the model but \(3,\)"):
+    with pytest.raises(IntegrationError, match=r"'0.bias' is \(2,\) in the model but \(3,\)"):
         t.start()
     save_state(other, {"0.weight": torch.zeros(2, 4), "1.bias": torch.zeros(2)})
     t = wiseft.track(model, evaluate=lambda m: {}, output_dir=tmp_path / "run2", pretrained=other)
-    with pytest.raises(wiseft.integrations.IntegrationError, match="'0.bias'"):
+    with pytest.raises(IntegrationError, match="'0.bias'"):
         t.start()
 
 
 def test_a_model_wiseft_cannot_wrap_says_what_to_pass(tmp_path, image_data, open_clip_spec):
-    with pytest.raises(wiseft.integrations.IntegrationError, match="evaluate="):
+    with pytest.raises(IntegrationError, match="evaluate="):
         wiseft.track(torch.nn.Linear(2, 2), {"data": eval_config(open_clip_spec, image_data, tmp_path)["data"]})
 
 
@@ -343,3 +344,11 @@ def test_theta_0_from_a_named_pretrained_source(tiny_hf_clip_dir, image_data, tm
     pretrained = CLIPModel.from_pretrained(tiny_hf_clip_dir).vision_model.post_layernorm.weight
     assert torch.equal(t.theta_0["encoder.vision_model.post_layernorm.weight"], pretrained)
     same_as_wiseft_run(tmp_path / "run", result.records, tmp_path)
+
+
+def test_a_model_of_a_library_but_no_family_says_what_to_pass(tiny_bert_dir, image_data, tmp_path, open_clip_spec):
+    from transformers import BertModel
+
+    with pytest.raises(IntegrationError, match=r"BertModel as a hf_clip model.*evaluate="):
+        wiseft.track(BertModel.from_pretrained(tiny_bert_dir),
+                     {"data": eval_config(open_clip_spec, image_data, tmp_path)["data"]})

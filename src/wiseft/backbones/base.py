@@ -94,7 +94,12 @@ def wrap_backbone(model: torch.nn.Module, spec: BackboneSpec | dict | None = Non
             raise BackboneError(f"cannot tell which {family} model this {type(model).__name__} is; pass its spec, "
                                 f"e.g. {{'family': '{family}', 'name': ...}}")
         spec = BackboneSpec(family=family, name=name)
-    return BACKBONES.get(family)(spec, model)
+    try:
+        return BACKBONES.get(family)(spec, model)
+    except ImportError:
+        raise
+    except (AttributeError, RuntimeError, OSError, ValueError) as e:  # e.g. a text-only model handed to hf_clip
+        raise BackboneError(f"cannot see this {type(model).__name__} as a {family} model ({spec.name}): {e}") from e
 
 
 def wrapped_prefixes() -> tuple[str, ...]:
