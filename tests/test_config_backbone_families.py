@@ -57,4 +57,5 @@ def test_an_export_is_loaded_back_through_the_field_its_family_declares(families
 def test_registry_info_of_an_unknown_name_is_a_key_error():
     with pytest.raises(KeyError, match="unknown backbone family 'openclip'; did you mean 'open_clip'"):
         BACKBONES.info("openclip")
-    assert BACKBONES.info("open_clip") == {"settings": ("quick_gelu",), "export_field": "pretrained"}
+    assert BACKBONES.info("open_clip") == {"settings": ("quick_gelu",), "export_field": "pretrained",
+                                          "wraps": "open_clip."}
