@@ -194,9 +194,73 @@ def image_smoke(family: str, out: Path) -> None:
     check_predict(cli(["predict", str(run_dir / "export"), *inputs], in_process), inputs, list(COLORS))
 
 
+def framework_smoke(extra: str, out: Path) -> None:
+    """The extra's training framework fits a toy module with wiseft's callback (a plain module
+    with an evaluation function: no backbone extra needed); the run's files are there."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+
+    def evaluate(m):
+        acc = lambda a, b: (m(a)["logits"].argmax(1) == b).float().mean().item()  # noqa: E731
+        return {"toy": {"top1": acc(x[:32], y[:32])}, "toy-val": {"top1": acc(x[32:], y[32:])}}
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+
+        def forward(self, x, labels=None):
+            logits = self.linear(x)
+            return {"logits": logits, **({"loss": F.cross_entropy(logits, labels)} if labels is not None else {})}
+
+    settings = {"evaluate": evaluate, "output_dir": str(out), "alphas": [0.0, 0.5, 1.0]}
+    if extra == "trainer":
+        from transformers import Trainer, TrainingArguments
+
+        from wiseft.integrations.transformers import WiseftCallback
+
+        callback = WiseftCallback(**settings)
+        args = TrainingArguments(str(out / "hf"), max_steps=5, use_cpu=True, report_to=[], save_strategy="no",
+                                 remove_unused_columns=False, learning_rate=0.1)
+        Trainer(model=Toy(), args=args, train_dataset=[{"x": a, "labels": b} for a, b in zip(x, y)],
+                callbacks=[callback]).train()
+    else:
+        import lightning
+
+        from wiseft.integrations.lightning import WiseftCallback
+
+        class Lit(lightning.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.toy = Toy()
+
+            def forward(self, x):
+                return self.toy(x)
+
+            def training_step(self, batch, _):
+                return self.toy(*batch)["loss"]
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        callback = WiseftCallback(**settings)
+        loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=8)
+        lightning.Trainer(accelerator="cpu", max_steps=5, logger=False, enable_checkpointing=False,
+                          callbacks=[callback]).fit(Lit(), loader)
+    alphas = {r.alpha for r in callback.result.records}
+    if alphas != {0.0, 0.5, 1.0} or not (out / "summary.md").exists() or not (out / "export").is_dir():
+        fail(f"{extra}: the callback's run is incomplete (alphas {sorted(alphas)})")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) == 2 and argv[0] in ("openclip", "hf"):
         image_smoke(argv[0], Path(argv[1]).resolve())
+    elif len(argv) == 2 and argv[0] in ("trainer", "lightning"):
+        framework_smoke(argv[0], Path(argv[1]).resolve())
     elif len(argv) == 2 and argv[0] == "check-run":
         check_run(Path(argv[1]))
     elif len(argv) >= 2 and argv[0] == "check-predict":

@@ -3,7 +3,7 @@
 The stack, bottom to top (docs/architecture.md describes each package):
 
     core -> runtime -> io -> config -> data/backbones -> heads -> train -> merge
-         -> evaluation -> report -> pipeline -> cli
+         -> evaluation -> report -> pipeline -> integrations -> cli
 
 - the import graph (function-level imports included) has no cycle;
 - a module imports only from its own layer or the layers below it, never from above;
@@ -36,11 +36,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("wiseft.evaluation",)),
     ("report", ("wiseft.report",)),
     ("pipeline", ("wiseft.pipeline",)),
+    ("integrations", ("wiseft.integrations",)),
     ("cli", ("wiseft.cli", "wiseft.__main__", "wiseft")),
 ]
 # the packages above, each with one front door (wiseft.heads is one module)
 PACKAGES = ("core", "runtime", "io", "config", "data", "backbones", "train", "merge", "evaluation", "report",
-            "pipeline", "cli")
+            "pipeline", "integrations", "cli")
 MAX_MODULE_LINES = 500
 
 
@@ -193,7 +194,7 @@ def test_no_module_over_500_lines():
 def test_layers_are_in_stack_order():
     names = [name for name, _ in LAYERS]
     assert names == ["core", "runtime", "io", "config", "data/backbones", "heads", "train", "merge", "evaluation",
-                     "report", "pipeline", "cli"]
+                     "report", "pipeline", "integrations", "cli"]
     assert layer_of("wiseft.merge.methods.ties") == names.index("merge")
     assert layer_of("wiseft.heads") == names.index("heads")
     assert package_of("wiseft.merge.methods.ties") == "wiseft.merge" and package_of("wiseft.heads") is None

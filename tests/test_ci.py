@@ -11,11 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / ".ci" / "run"
 # Extras that add no code path of their own to run: the test and everything bundles,
-# tensorboard and mlflow (optional trackers), lora (peft adapters), datasets (a dataset
-# kind), trainer and lightning (callbacks in the user's own loop): each goes on top of a
-# backbone family's extra and has no model of its own to run alone; each one's
-# missing-import error, naming the extra, is tested in the suite.
-NOT_ALONE = {"test", "all", "tensorboard", "mlflow", "lora", "datasets", "trainer", "lightning"}
+# tensorboard and mlflow (optional trackers), lora (peft adapters) and datasets (a dataset
+# kind): each goes on top of a backbone family's extra and has no model of its own to run
+# alone; each one's missing-import error, naming the extra, is tested in the suite.
+NOT_ALONE = {"test", "all", "tensorboard", "mlflow", "lora", "datasets"}
 
 
 def _extras() -> dict[str, list[str]]:

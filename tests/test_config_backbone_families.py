@@ -58,6 +58,6 @@ def test_registry_info_of_an_unknown_name_is_a_key_error():
     with pytest.raises(KeyError, match="unknown backbone family 'openclip'; did you mean 'open_clip'"):
         BACKBONES.info("openclip")
     info = BACKBONES.info("open_clip")
-    assert {k: info[k] for k in ("settings", "export_field")} == {"settings": ("quick_gelu",),
-                                                                  "export_field": "pretrained"}
+    assert {k: info[k] for k in ("settings", "export_field", "wraps")} == {
+        "settings": ("quick_gelu",), "export_field": "pretrained", "wraps": "open_clip."}
     assert info["card"].library == "open_clip"  # what the model card of an export says (report.card)

@@ -43,10 +43,11 @@ def _blocks() -> list[tuple[str, str]]:
 
 
 def test_every_readme_code_block_is_run_by_a_test():
-    """bash: the two set-up commands (CI runs them); python: the API example (below);
-    yaml: the config reference (tests/test_config.py validates it against the schema)."""
+    """bash: the two set-up commands (CI runs them); python: the API example and the three
+    'Already have a training loop?' blocks (below); yaml: the config reference
+    (tests/test_config.py validates it against the schema)."""
     langs = [lang for lang, _ in _blocks()]
-    assert sorted(langs) == ["bash", "bash", "python", "yaml"], langs
+    assert sorted(langs) == ["bash", "bash", "python", "python", "python", "python", "yaml"], langs
     ci = (ROOT / ".ci" / "run").read_text()
     demo, _ = _commands()
     extra = re.search(r'pip install -e "(\.\[\w+\])"', demo).group(1)
@@ -130,3 +131,62 @@ def test_readme_lora_flyp_tables_are_the_reports_own(tmp_path):
     block = text.split("<!-- lora-flyp-table:start -->\n", 1)[1].split("\n<!-- lora-flyp-table:end -->", 1)[0]
     assert block.startswith("### lora") and "### flyp" in block
     assert block in (tmp_path / "report" / "table.md").read_text()
+
+
+def _training_loop_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Already have a training loop?", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+# what the three blocks take from the reader's own code: a CLIP model's training data
+PRELUDE = """
+import torch, lightning
+from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
+
+_processor = CLIPProcessor.from_pretrained(MODEL_DIR)
+_files = sorted((IMAGES / "train").glob("*/*.png"))[::4][:8]
+pairs = [{k: v[0] for k, v in _processor(text=[f"a photo of a {f.parent.name}."], images=Image.open(f),
+                                          return_tensors="pt", padding="max_length", max_length=16,
+                                          truncation=True).items()}
+         for f in _files]
+def collate(items):
+    return {**{k: torch.stack([i[k] for i in items]) for k in items[0]}, "return_loss": True}
+loader = torch.utils.data.DataLoader(pairs, batch_size=4, collate_fn=collate)
+model = CLIPModel.from_pretrained(MODEL_DIR)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+class Contrastive(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.clip = CLIPModel.from_pretrained(MODEL_DIR)
+    def training_step(self, batch, _):
+        return self.clip(**batch).loss
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+module = Contrastive()
+"""
+
+
+@pytest.mark.slow  # three short fine-tunes, each swept, reported and exported
+def test_readme_training_loop_blocks_run(tiny_hf_clip_dir, image_data, tmp_path, monkeypatch):
+    import yaml
+    from conftest import run_config
+
+    from wiseft.io import read_records
+
+    blocks = _training_loop_blocks()
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)  # the blocks' relative paths: eval.yaml, runs/, hf_out, lightning_logs
+    cfg = run_config({}, image_data, tmp_path)
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump({"data": cfg["data"], "alphas": [0.0, 0.5, 1.0],
+                                                        "evaluation": cfg["evaluation"], "device": "cpu"}))
+    for code, out in zip(blocks, ["clip", "lit", "loop"]):
+        assert code.count('"openai/clip-vit-base-patch32"') <= 1
+        code = code.replace('"openai/clip-vit-base-patch32"', "MODEL_DIR").replace("max_steps=100", "max_steps=2")
+        scope = {"MODEL_DIR": str(tiny_hf_clip_dir), "IMAGES": image_data}
+        exec(compile(PRELUDE, "prelude", "exec"), scope)
+        exec(compile(code, "README.md", "exec"), scope)
+        run = tmp_path / "runs" / out
+        assert "finetuned" in {r.model for r in read_records(run)}
+        assert (run / "summary.md").exists() and (run / "export").is_dir() and (run / "report" / "index.html").exists()

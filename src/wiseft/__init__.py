@@ -5,6 +5,7 @@ Public API::
     from wiseft import load_config, run                     # the whole pipeline
     from wiseft import load_backbone, zeroshot_head, Classifier, finetune
     from wiseft import interpolate, Interpolator, sweep, export_model, load_model
+    from wiseft import track                                # WiSE-FT for your own training loop
 
 Names load on first use (PEP 562), so ``import wiseft`` and the ``wiseft`` command's
 help do not import torch, matplotlib or scipy.
@@ -24,7 +25,9 @@ _SOURCES = {
     "core": ["get_templates", "list_templates", "Record", "register_templates", "summary_table", "WiseftError"],
     "data": ["build_dataset", "LabeledDataset", "list_datasets", "register_dataset", "split_holdout"],
     "evaluation": ["EvalSet", "EvalSettings", "evaluate", "sweep", "SweepSettings"],
-    "heads": ["Classifier", "export_model", "load_model", "zeroshot_head", "zeroshot_weights"],
+    "heads": ["build_zeroshot_model", "Classifier", "export_model", "load_model", "zeroshot_head",
+              "zeroshot_weights"],
+    "integrations": ["track"],
     "io": ["load_state", "read_records", "save_state"],
     "merge": ["average_files", "estimate_fisher", "fisher_merge", "greedy_soup", "interpolate", "interpolate_files",
               "Interpolator", "MergeError", "plan_files", "uniform_soup", "weighted_average", "write_interpolations"],

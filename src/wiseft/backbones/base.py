@@ -78,20 +78,23 @@ class CardFacts:
 
 def register_backbone(family: str, *, settings: Sequence[str] | None = None,
                       export_field: Literal["name", "pretrained"] = "name",
-                      card: CardFacts | None = None) -> Callable[[Callable], Callable]:
+                      card: CardFacts | None = None, wraps: str | None = None) -> Callable[[Callable], Callable]:
     """Decorator: a loader ``fn(spec) -> Backbone`` for ``family``, with what the family
     declares: ``settings``, the family-specific spec fields it reads (``quick_gelu``; a
     config setting one the family does not declare is an error; None, the default, reads
     them all), ``export_field``, the spec field that takes the path ``Backbone.export``
-    returns when an exported model is loaded back, and ``card``, what an export's model
-    card says of the family (:class:`CardFacts`; None: nothing beyond the records).
+    returns when an exported model is loaded back, ``card``, what an export's model card
+    says of the family (:class:`CardFacts`; None: nothing beyond the records), and
+    ``wraps``, the module prefix of the model classes the loader also takes in memory
+    (``fn(spec, model)``: see :func:`wrap_backbone`).
 
     Example:
         >>> @register_backbone("my_clip", settings=())
         ... def load_my_clip(spec: BackboneSpec) -> Backbone: ...
     """
     return BACKBONES.register(family, settings=None if settings is None else tuple(settings),
-                              export_field=export_field, card=card or CardFacts())
+                              export_field=export_field, card=card or CardFacts(),
+                              **({"wraps": wraps} if wraps else {}))
 
 
 def card_facts(family: str) -> CardFacts:
@@ -109,6 +112,56 @@ def looks_like_hub_id(name: str) -> bool:
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?")
+
+
+def wrap_backbone(model: torch.nn.Module, spec: BackboneSpec | dict | None = None) -> Backbone:
+    """A model in memory (an open_clip CLIP, a Hugging Face CLIPModel or SiglipModel, a
+    SentenceTransformer) seen as a :class:`Backbone`, through its family's own loader
+    (``loader(spec, model)``): the Backbone's modules are the model's, so training the model
+    trains them. ``spec`` says where the model came from (it names the tokenizer, and what
+    the records and an export say); without one the family is found from the model's class
+    and the name from the model (``name_or_path``); an open_clip model needs one (its
+    architecture's name).
+
+    Example:
+        >>> backbone = wrap_backbone(CLIPModel.from_pretrained("openai/clip-vit-base-patch32"))
+    """
+    if isinstance(spec, dict):
+        spec = BackboneSpec(**spec)
+    module = type(model).__module__
+    family = spec.family if spec is not None else next(
+        (f for f in BACKBONES.names() if module.startswith(BACKBONES.info(f).get("wraps") or "\0")), None)
+    if family is None or not BACKBONES.info(family).get("wraps"):
+        wrapped = sorted(f for f in BACKBONES.names() if BACKBONES.info(f).get("wraps"))
+        raise BackboneError(f"a {type(model).__name__} ({module}) is not a model of a family wiseft wraps "
+                            f"({', '.join(wrapped)}); pass the family's model, or wiseft's Classifier with its backbone")
+    if spec is None:
+        name = _model_name(model)
+        if not name:
+            raise BackboneError(f"cannot tell which {family} model this {type(model).__name__} is; pass its spec, "
+                                f"e.g. {{'family': '{family}', 'name': ...}}")
+        spec = BackboneSpec(family=family, name=name)
+    try:
+        return BACKBONES.get(family)(spec, model)
+    except ImportError:
+        raise
+    except (AttributeError, RuntimeError, OSError, ValueError) as e:  # e.g. a text-only model handed to hf_clip
+        raise BackboneError(f"cannot see this {type(model).__name__} as a {family} model ({spec.name}): {e}") from e
+
+
+def wrapped_prefixes() -> tuple[str, ...]:
+    """The module prefixes of the model classes :func:`wrap_backbone` takes (``transformers.``...)."""
+    return tuple(BACKBONES.info(f)["wraps"] for f in BACKBONES.names() if BACKBONES.info(f).get("wraps"))
+
+
+def _model_name(model: torch.nn.Module) -> str | None:
+    """Where a model was loaded from, as its library records it: ``name_or_path`` (Hugging
+    Face), or a SentenceTransformer's first module's (its transformer's) ``name_or_path``."""
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not name and hasattr(model, "_first_module"):
+        inner = getattr(model._first_module(), "auto_model", None)  # noqa: SLF001 - the library's own accessor
+        name = getattr(inner, "name_or_path", None)
+    return name or None
 
 
 def exported_spec(spec: Mapping[str, Any], native: str | Path) -> BackboneSpec:

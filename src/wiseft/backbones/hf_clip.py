@@ -47,13 +47,16 @@ def hf_loading(spec: dict, native: str) -> str:
             f"processor = transformers.AutoProcessor.from_pretrained({native!r})")
 
 
-@register_backbone("hf_clip", settings=(),
+@register_backbone("hf_clip", settings=(), wraps="transformers.",
                    card=CardFacts(library="transformers", modality="image", origin=hf_origin, loading=hf_loading))
-def load_hf_clip(spec: BackboneSpec) -> Backbone:
-    """``AutoModel.from_pretrained(name)`` for a CLIP or SigLIP checkpoint."""
+def load_hf_clip(spec: BackboneSpec, model: torch.nn.Module | None = None) -> Backbone:
+    """``AutoModel.from_pretrained(name)`` for a CLIP or SigLIP checkpoint; given ``model``
+    (a CLIPModel or SiglipModel in memory), that model seen as a backbone, its tokenizer
+    and image processor read from ``name``."""
     transformers = require("transformers", "hf")
-    model = transformers.AutoModel.from_pretrained(spec.name)
-    model.eval()
+    if model is None:
+        model = transformers.AutoModel.from_pretrained(spec.name)
+        model.eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec.name)
     processor = transformers.AutoImageProcessor.from_pretrained(spec.name)
     encoder = HFImageEncoder(model.vision_model, getattr(model, "visual_projection", None))

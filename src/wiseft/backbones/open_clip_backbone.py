@@ -62,23 +62,31 @@ def open_clip_loading(spec: dict[str, Any], native: str) -> str:
     return f"import open_clip\n\n{create}, pretrained={native!r}{gelu})"
 
 
-@register_backbone("open_clip", settings=("quick_gelu",), export_field="pretrained",
+@register_backbone("open_clip", settings=("quick_gelu",), export_field="pretrained", wraps="open_clip.",
                    card=CardFacts(library="open_clip", modality="image", tags=("open_clip", "clip"),
                                   origin=open_clip_origin, loading=open_clip_loading))
-def load_open_clip(spec: BackboneSpec) -> Backbone:
+def load_open_clip(spec: BackboneSpec, model: torch.nn.Module | None = None) -> Backbone:
     """open_clip ``create_model_and_transforms(name, pretrained)``; the image tower is
     the encoder. ``pretrained`` may be a tag, a local .safetensors/.pt/.bin file, or an
-    open_clip training checkpoint (``state_dict`` entry, ``module.`` prefixes)."""
+    open_clip training checkpoint (``state_dict`` entry, ``module.`` prefixes). Given
+    ``model`` (an open_clip CLIP in memory), that model seen as a backbone: ``name`` (its
+    architecture) gives the tokenizer, the model's own preprocessing config the transforms."""
     from wiseft.backbones.base import BackboneError
     from wiseft.io import check_torch_file
 
-    check_torch_file(spec.pretrained, BackboneError)  # a pickle that would run code: a named error first
     open_clip = require("open_clip", "openclip")
     quick_gelu = resolve_quick_gelu(spec)
-    model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-        spec.name, pretrained=spec.pretrained or None, **quick_gelu_kwargs(spec.name, quick_gelu)
-    )
-    model.eval()
+    if model is None:
+        check_torch_file(spec.pretrained, BackboneError)  # a pickle that would run code: a named error first
+        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            spec.name, pretrained=spec.pretrained or None, **quick_gelu_kwargs(spec.name, quick_gelu)
+        )
+        model.eval()
+    else:  # the transforms create_model_and_transforms gives this model
+        transform = require("open_clip.transform", "openclip")
+        pp_cfg = transform.PreprocessCfg(**model.visual.preprocess_cfg)
+        preprocess_train = transform.image_transform_v2(pp_cfg, is_train=True)
+        preprocess_eval = transform.image_transform_v2(pp_cfg, is_train=False)
     tokenizer = open_clip.get_tokenizer(spec.name)
 
     @torch.no_grad()

@@ -71,19 +71,21 @@ def text_loading(spec: dict, native: str) -> str:
     return f"import sentence_transformers\n\nmodel = sentence_transformers.SentenceTransformer({native!r})"
 
 
-@register_backbone("sentence_transformer", settings=(),
+@register_backbone("sentence_transformer", settings=(), wraps="sentence_transformers.",
                    card=CardFacts(library="sentence-transformers", modality="text", tags=("sentence-transformers",),
                                   origin=text_origin, loading=text_loading))
-def load_sentence_transformer(spec: BackboneSpec) -> Backbone:
-    """``SentenceTransformer(name)``; the whole encoder is fine-tuned end-to-end."""
-    st = require("sentence_transformers", "text")
-    name = resolve_model_dir(spec.name)
-    if Path(name).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub look-ups
-    model = st.SentenceTransformer(name, device="cpu")
+def load_sentence_transformer(spec: BackboneSpec, model: torch.nn.Module | None = None) -> Backbone:
+    """``SentenceTransformer(name)``; the whole encoder is fine-tuned end-to-end. Given
+    ``model`` (a SentenceTransformer in memory), that model seen as a backbone."""
+    if model is None:
+        st = require("sentence_transformers", "text")
+        name = resolve_model_dir(spec.name)
+        if Path(name).is_dir():
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub look-ups
+        model = st.SentenceTransformer(name, device="cpu")
+        model.eval()
     if spec.max_length is not None:
         model.max_seq_length = spec.max_length
-    model.eval()
     encoder = SentenceEncoder(model)
 
     tokenize = getattr(model, "preprocess", None) or model.tokenize  # renamed in sentence-transformers 6

@@ -7,11 +7,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from wiseft.backbones import load_backbone
+from wiseft.backbones import Backbone, load_backbone
 from wiseft.config import FinetuneConfig, MergeRun, RunConfig, load_config
 from wiseft.core import (
     MERGE,
@@ -117,29 +117,93 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
         model, theta_0 = zs.of(cfg.finetune)
     estimate = estimate_run(model, theta_0, backbone, data, cfg, runs, reused) if main_process else {}
     provenance = _provenance(cfg, data, quick, device, precisions)
-    records: list[Record] = []
+    state = RunState(cfg, data, backbone, zs, provenance, results_path, computed, clock, progress, quick,
+                     tracker=tracker)
+
+    def train(name: str, ft_cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
+        return finetuned_weights(cfg, name, (*zs.of(ft_cfg), backbone), data.train, progress=progress,
+                                 tracker=tracker)
+
+    result = finish_run(state, train)
+    result.estimate = estimate
+    return result
+
+
+@dataclass
+class RunState:
+    """What the part of a run after fine-tuning works with: the config, data and backbone,
+    the zero-shot models (``models.of(ft_cfg)`` -> (model, theta_0), ``models.main``), what
+    every record carries, where the records go, and the run's clock. ``wiseft run`` builds
+    it in :func:`run`; the training-framework callbacks (``wiseft.integrations``) with
+    :func:`start_run`. ``records``: those the run already wrote (a callback's per-epoch sweeps)."""
+
+    cfg: RunConfig
+    data: PreparedData
+    backbone: Backbone
+    models: Any
+    provenance: dict[str, Any]
+    results_path: Path
+    computed: str
+    clock: StageClock
+    progress: bool = True
+    quick: bool = False
+    records: list[Record] = field(default_factory=list)
+    tracker: Tracker = field(default_factory=Tracker)  # where the records are logged too (``tracking:``)
+
+
+def start_run(cfg: RunConfig, data: PreparedData, backbone: Backbone, models: Any, *, device: torch.device,
+              progress: bool = True) -> RunState:
+    """A run directory for weights trained elsewhere (a callback's): ``cfg`` with precision
+    resolved for ``device`` (:func:`resolve_precisions`), its config written and a previous
+    run's records dropped (rank 0), and the provenance every record carries, as :func:`run`
+    writes them, and its trackers opened (``tracking:``; rank 0 logs). The caller holds the
+    run directory (``io.hold``) and closes ``state.tracker``."""
+    cfg, precisions = resolve_precisions(cfg, device)
+    results_path = _start_run_dir(cfg, {}, set(), current().main)
+    return RunState(cfg, data, backbone, models, _provenance(cfg, data, False, device, precisions), results_path,
+                    precision_text(precisions, device), StageClock(), progress, tracker=_open_tracker(cfg, False))
+
+
+def sweep_records(state: RunState, name: str, ft_cfg: FinetuneConfig, theta_1: dict[str, torch.Tensor],
+                  zeroshot: dict | None = None) -> list[Record]:
+    """The alpha sweep of fine-tune ``name`` (recipe ``ft_cfg``, weights ``theta_1``) against
+    its zero-shot model, on the run's evaluation sets: its records, not yet written."""
+    cfg = state.cfg
+    settings = SweepSettings.from_config(cfg.evaluation, progress=state.progress, model_name=name,
+                                         linear=ft_cfg.mode == "linear",
+                                         allow_extrapolation=cfg.allow_extrapolation,
+                                         provenance=_sweep_provenance(state.provenance, ft_cfg, cfg, name, theta_1))
+    return sweep(*state.models.of(ft_cfg), theta_1, state.data.evalsets, cfg.alphas, state.backbone,
+                 settings=settings, zeroshot=zeroshot)
+
+
+def finish_run(state: RunState, finetuned: Callable[[str, FinetuneConfig], dict[str, torch.Tensor]]) -> RunResult:
+    """Everything after the zero-shot model, for ``wiseft run`` and the training callbacks
+    alike: for each fine-tune of the config, its weights (``finetuned(name, ft_cfg)``:
+    trained, reused, or a callback's model as it ended), the alpha sweep, the records
+    appended to ``results.jsonl``; the ``merges:``; the alpha selected on validation,
+    ``summary.md`` and the export at that alpha (rank 0 writes)."""
+    cfg, data, backbone, zs, clock = state.cfg, state.data, state.backbone, state.models, state.clock
+    progress, quick, computed, results_path = state.progress, state.quick, state.computed, state.results_path
+    main_process, runs, run_dir = current().main, cfg.finetune_runs(), Path(cfg.output_dir)
+    model, theta_0 = zs.of(cfg.finetune)
+    records: list[Record] = list(state.records)
     zeroshot: dict = {}  # alpha = 0 is theta_0 for every fine-tune: scored once, reused by every sweep
     merges = cfg.merge_runs()
     kept: dict[str, dict[str, torch.Tensor]] = {}  # the fine-tunes the merges read
     for name, ft_cfg in runs.items():
         with clock(f"fine-tune {name}"):
-            theta_1 = finetuned_weights(cfg, name, (*zs.of(ft_cfg), backbone), data.train, progress=progress,
-                                        tracker=tracker)
+            theta_1 = finetuned(name, ft_cfg)
         if name == "finetuned" or any(name in m.models for m in merges):
             kept[name] = theta_1  # the main one is exported below; others are dropped after their sweep
         with clock(f"sweep {name}"):
-            settings = SweepSettings.from_config(cfg.evaluation, progress=progress, model_name=name,
-                                                 linear=ft_cfg.mode == "linear",
-                                                 allow_extrapolation=cfg.allow_extrapolation,
-                                                 provenance=_sweep_provenance(provenance, ft_cfg, cfg, name, theta_1))
-            new = sweep(*zs.of(ft_cfg), theta_1, data.evalsets, cfg.alphas, backbone, settings=settings,
-                        zeroshot=zeroshot)
-        _append(results_path, new, tracker)
+            new = sweep_records(state, name, ft_cfg, theta_1, zeroshot)
+        _append(results_path, new, state.tracker)
         records += new
     if merges:
         with clock("merges"):
             records += _merge_records(cfg, merges, (model, backbone, theta_0, kept), data, records, results_path,
-                                      progress, provenance, tracker)
+                                      progress, state.provenance, state.tracker)
     from wiseft.report import select_alpha
 
     selected = {name: select_alpha(records, name, fixed=cfg.select_alpha) for name in runs}
@@ -150,8 +214,8 @@ def _run(cfg: RunConfig | str | Path, progress: bool, quick: bool, held: context
             with clock("export"):
                 export_dir = _export(cfg, data, (zs.main, backbone, theta_0, kept["finetuned"]),
                                      selected["finetuned"], records)
-    log_run_end(tracker, selected, run_dir)  # the selected alphas, summary.md, results.jsonl
-    return RunResult(run_dir, records, selected, export_dir, clock.times, estimate)
+    log_run_end(state.tracker, selected, run_dir)  # the selected alphas, summary.md, results.jsonl
+    return RunResult(run_dir, records, selected, export_dir, clock.times)
 
 
 def _append(results_path: Path, records: list[Record], tracker: Tracker) -> None:
