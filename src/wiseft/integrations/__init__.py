@@ -11,6 +11,6 @@ from wiseft.core import front_door
 
 # submodule -> the names it defines that this package exports
 _SOURCES = {
-    "tracker": ["check_matches", "IntegrationError", "track", "Tracker"],
+    "tracked": ["check_matches", "IntegrationError", "track", "TrackedRun"],
 }
 __all__, __getattr__, __dir__ = front_door(__name__, _SOURCES)

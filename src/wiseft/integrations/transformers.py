@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from wiseft.integrations.frameworks import require_framework, watched_model
-from wiseft.integrations.tracker import Tracker, track
+from wiseft.integrations.tracked import TrackedRun, track
 
 transformers = require_framework("transformers", "trainer")
 
@@ -32,7 +32,7 @@ class WiseftCallback(transformers.TrainerCallback):
     def __init__(self, config: Any = None, *, model: torch.nn.Module | None = None, every_epoch: bool = False,
                  **settings: Any):
         self.config, self.model, self.every_epoch, self.settings = config, model, every_epoch, settings
-        self.tracker: Tracker | None = None
+        self.tracker: TrackedRun | None = None
         self.result = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -50,7 +50,7 @@ class IntegrationError(WiseftError):
     """A model, config or state dict the callbacks cannot work with; the message says why."""
 
 
-class Tracker:
+class TrackedRun:
     """A fine-tune watched from outside: :meth:`start` snapshots theta_0, :meth:`epoch_end`
     (optional) sweeps the weights of the moment, :meth:`finish` sweeps theta_1 and writes
     what ``wiseft run`` writes. Built by :func:`track`; the callbacks drive one."""
@@ -68,7 +68,7 @@ class Tracker:
         self._epoch_records: list = []
 
     # -- the three moments -------------------------------------------------------------
-    def start(self) -> "Tracker":
+    def start(self) -> "TrackedRun":
         """Snapshot theta_0 (a CPU copy of the model as it is now, or of the named pretrained
         source) and take the run directory (rank 0)."""
         if self.theta_0 is not None:
@@ -134,7 +134,7 @@ class Tracker:
         """Release the run directory."""
         self._held.close()
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> "TrackedRun":
         return self.start()
 
     def __exit__(self, kind, value, tb) -> None:
@@ -254,7 +254,7 @@ def _modes_kept(model: torch.nn.Module):
 
 def track(model: torch.nn.Module, config: RunConfig | str | Path | Mapping[str, Any] | None = None, *,
           backbone: Backbone | None = None, pretrained: dict | None = None, evaluate: Evaluate | None = None,
-          report: bool = True, **settings: Any) -> Tracker:
+          report: bool = True, **settings: Any) -> TrackedRun:
     """Watch a fine-tune run by a hand-written loop (or a framework's callback): theta_0 at
     the start, WiSE-FT's sweep, records, summary, export and report at the end.
 
@@ -274,7 +274,7 @@ def track(model: torch.nn.Module, config: RunConfig | str | Path | Mapping[str, 
         ...     t.finish()
     """
     if evaluate is not None:
-        return Tracker(model, None, pretrained=pretrained, plain=PlainRun.of(evaluate, settings), report=report)
+        return TrackedRun(model, None, pretrained=pretrained, plain=PlainRun.of(evaluate, settings), report=report)
     data, base_dir, source = _config_mapping(config)
     data.update(settings)
     for key in ("variants", "merges"):  # one fine-tune is watched: the config's others are not run
@@ -297,7 +297,7 @@ def track(model: torch.nn.Module, config: RunConfig | str | Path | Mapping[str, 
     objective = "ce" if isinstance(model, Classifier) and not isinstance(model, PromptClassifier) else "flyp"
     data["finetune"] = {**data.get("finetune", {}), "objective": objective, "mode": "e2e"}
     cfg = parse_config(data, source=source, base_dir=base_dir)
-    return Tracker(model, cfg, backbone=backbone, pretrained=pretrained, report=report)
+    return TrackedRun(model, cfg, backbone=backbone, pretrained=pretrained, report=report)
 
 
 def _config_mapping(config) -> tuple[dict[str, Any], Path | None, str]:
