@@ -350,3 +350,13 @@ def test_torchrun_fine_tune_reaches_one_process_weights_on_the_same_global_batch
 
 def backbone_scale(spec: dict) -> float:
     return load_backbone(spec).logit_scale
+
+
+def test_the_bbc_pairs_example_validates():
+    from wiseft.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "bbc_pairs.yaml")
+    assert cfg.finetune.objective == "contrastive" and cfg.finetune.mode == "e2e"
+    assert cfg.data.train["view"] == cfg.data.test["view"] == "pairs"
+    assert {s["view"] for s in cfg.data.shifts.values()} == {"article", "headline"}
+    assert cfg.finetune.precision == cfg.evaluation.precision == "fp32"
