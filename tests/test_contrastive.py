@@ -360,3 +360,19 @@ def test_the_bbc_pairs_example_validates():
     assert cfg.data.train["view"] == cfg.data.test["view"] == "pairs"
     assert {s["view"] for s in cfg.data.shifts.values()} == {"article", "headline"}
     assert cfg.finetune.precision == cfg.evaluation.precision == "fp32"
+
+
+def test_the_time_estimate_times_pair_sets(open_clip_spec, tiny_bert_dir):
+    """The plan's estimate times a training step and an evaluation batch of a pair set (its
+    queries and its captions), where it used to give up on the captions."""
+    from wiseft.heads import build_zeroshot_model
+    from wiseft.pipeline.estimate import _eval_seconds, _train_seconds
+
+    text = load_backbone({"family": "sentence_transformer", "name": str(tiny_bert_dir), "max_length": 16})
+    for backbone, pairs in [(load_backbone(open_clip_spec), image_pairs()), (text, text_pairs())]:
+        model = build_zeroshot_model(backbone, CLASSES, TEMPLATES, cache=False)
+        theta_0 = {k: v.clone() for k, v in model.state_dict().items()}
+        assert _train_seconds(model, theta_0, pairs, backbone, "fp32", 8) > 0
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in theta_0.items())
+        forward, decode = _eval_seconds(model, pairs, backbone, "fp32")
+        assert forward > 0 and decode >= 0
