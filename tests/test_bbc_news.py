@@ -40,8 +40,8 @@ def test_views_splits_and_dedup(tiny_corpus):
 
 
 def test_errors_name_the_problem(tiny_corpus, tmp_path):
-    with pytest.raises(DataError, match=r"^dataset 'bbc_news': view: Input should be 'article', 'headline' or "
-                                        r"'body', got 'title'$"):
+    with pytest.raises(DataError, match=r"^dataset 'bbc_news': view: Input should be 'article', 'headline', "
+                                        r"'body' or 'pairs', got 'title'$"):
         build_dataset({"kind": "bbc_news", "root": str(tiny_corpus), "view": "title"})
     (tmp_path / "partial" / "business").mkdir(parents=True)
     with pytest.raises(DataError, match="lacks topic folders"):

@@ -317,10 +317,13 @@ if info.main:
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
 @pytest.mark.slow  # a torchrun launch and a one-process run
-def test_torchrun_fine_tune_reaches_one_process_weights_on_the_same_global_batches(open_clip_spec, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_fine_tune_reaches_one_process_weights_on_the_same_global_batches(open_clip_spec, tmp_path,
+                                                                                  parallel):
     """Through the training loop: 7 pairs in global batches of 6 (3 per process), then of 1
     (the second process holds a placeholder), two epochs, logit scale clamped: the weights of
-    two gloo processes equal one process's with the whole global batch in one forward pass."""
+    two gloo processes (DDP, or FSDP with every parameter sharded) equal one process's with
+    the whole global batch in one forward pass."""
     from conftest import TINY_CONFIG, TINY_OPEN_CLIP
     from safetensors.torch import load_file
 
@@ -328,7 +331,7 @@ def test_torchrun_fine_tune_reaches_one_process_weights_on_the_same_global_batch
     (tmp_path / "oc" / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(TINY_CONFIG))
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)
-    recipe = {**RECIPE, "batch_size": 6, "epochs": 2, "warmup_steps": 1, "lr": 1e-3}
+    recipe = {**RECIPE, "batch_size": 6, "epochs": 2, "warmup_steps": 1, "lr": 1e-3, "parallel": parallel}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OC_DIR": str(tmp_path / "oc"), "SPEC": json.dumps(open_clip_spec),
            "TESTS_DIR": str(Path(__file__).parent), "WISEFT_CACHE": str(tmp_path / "cache")}
     env.pop("RANK", None)
