@@ -22,7 +22,7 @@ from wiseft.train.checkpoints import CheckpointDir, ResumeError, load_training_s
 from wiseft.train.data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from wiseft.train.contrastive import ContrastiveError, ContrastiveModel, PairCollate, contrastive_loss
 from wiseft.train.features import compute_features
-from wiseft.train.flyp import FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
+from wiseft.train.flyp import FlypError, FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
 from wiseft.train.logs import MetricLog
 from wiseft.train.loop import Stage, Trainer, resolved_recipe
 from wiseft.train.lora import inject_lora
@@ -193,9 +193,17 @@ def _fit_lora(tuned: Classifier, train: LabeledDataset, ctx: _Context) -> None:
     _fit_e2e(tuned, train, ctx, "lora")
 
 
+def _check_towers_parallel(ctx: _Context) -> None:
+    """FlypError when FSDP would shard the towers model: FSDP2 refuses its 0-dim logit scale."""
+    if ctx.cfg.parallel == "fsdp" and current().enabled:
+        raise FlypError(f"objective {ctx.cfg.objective} under torchrun needs parallel: ddp: FSDP cannot shard "
+                        "the learned logit scale (a 0-dim parameter)")
+
+
 def _fit_flyp(tuned: PromptClassifier, train: LabeledDataset, ctx: _Context) -> None:
     """FLYP: both towers and the logit scale trained with the contrastive loss against
     class prompts (``train.flyp``), then the head re-derived from the trained text tower."""
+    _check_towers_parallel(ctx)
     if ctx.cfg.grad_checkpointing:
         enable_grad_checkpointing(tuned.encoder)
     pairs = PromptPairs(train.with_transform(ctx.backbone.transform_train), tuned.classnames, tuned.templates)
@@ -209,6 +217,7 @@ def _fit_contrastive(tuned: PromptClassifier, train: PairDataset, ctx: _Context)
     symmetric InfoNCE over the (query, caption) pairs (``train.contrastive``; the logit
     scale clamped at 100 after every step), then the head re-derived from the trained
     text tower."""
+    _check_towers_parallel(ctx)
     if ctx.cfg.grad_checkpointing:
         enable_grad_checkpointing(tuned.encoder)
     stage = Stage("contrastive", ctx.cfg.epochs, ctx.cfg.lr, loss=contrastive_loss)
