@@ -11,6 +11,8 @@ from typing import Collection, Hashable, Mapping, Sequence
 
 import torch
 
+from wiseft.core.records import RETRIEVAL_PRIMARY
+
 
 @dataclass(frozen=True)
 class Score:
@@ -110,3 +112,74 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
     best = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
                            options={"xatol": 1e-5})
     return float(math.exp(best.x))
+
+
+ROWS_AT_ONCE = 1024
+
+
+def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, Score]:
+    """Recall@k of ranking every item (columns of ``scores``) for every query (rows),
+    exact on ties: the expected hit rate under a uniformly random order among items with
+    equal scores, so the value does not depend on the order items or queries come in.
+
+    ``relevant`` (bool, the shape of ``scores``) marks each query's correct items; any one of
+    them in the top k is a hit (an image listed with five captions, a caption text given
+    twice). For a query whose best correct item scores s, with m items strictly above s and
+    g items at s of which c are correct, the top k holds k - m of the g tied items (j,
+    clamped to [0, g]) and the hit probability is 1 - C(g - c, j) / C(g, j): with one
+    correct item, (k - m) / g clamped to [0, 1].
+
+    The Score's counts are the hits over the queries; with ties the expected hit count can
+    be fractional and ``correct`` is it rounded (its interval then approximate).
+    """
+    if scores.shape != relevant.shape or scores.dim() != 2:
+        raise ValueError(f"scores {tuple(scores.shape)} and relevant {tuple(relevant.shape)} must be one (queries, "
+                         "items) matrix")
+    relevant = relevant.bool()
+    if not bool(relevant.any(dim=1).all()):
+        raise ValueError("every query needs at least one correct item")
+    counts = []  # per query: items above its best correct one, items tied with it, correct ones among those
+    for lo in range(0, scores.shape[0], ROWS_AT_ONCE):  # in row blocks: a 5k x 25k matrix needs no copies of itself
+        s, rel = scores[lo:lo + ROWS_AT_ONCE], relevant[lo:lo + ROWS_AT_ONCE]
+        best = s.masked_fill(~rel, float("-inf")).amax(dim=1, keepdim=True)
+        tied = s == best
+        counts.append(torch.stack([(s > best).sum(dim=1), tied.sum(dim=1), (tied & rel).sum(dim=1)]))
+    above, g, c = torch.cat(counts, dim=1).double() if counts else torch.zeros(3, 0, dtype=torch.float64)
+    n = int(scores.shape[0])
+    out = {}
+    for k in ks:
+        j = torch.clamp(k - above, min=0.0).minimum(g)
+        # C(g - c, j) / C(g, j), zero where j > g - c (the j tied items must then hold a correct one)
+        lg = torch.lgamma
+        miss = torch.where(j <= g - c, torch.exp(lg(g - c + 1) - lg(g - c - j + 1) - lg(g + 1) + lg(g - j + 1)),
+                           torch.zeros_like(g))
+        hit = torch.where(j == 0, torch.zeros_like(g), 1.0 - miss)
+        total = float(hit.sum())
+        out[int(k)] = Score(total / n if n else 0.0, round(total), n)
+    return out
+
+
+RETRIEVAL_KS = (1, 5, 10)
+# retrieval directions by query modality: image->text and text->image for image-caption
+# pairs, query->document and document->query for text pairs (a query text and its caption)
+DIRECTIONS = {"image": ("i2t", "t2i"), "text": ("q2d", "d2q")}
+
+
+def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, modality: str = "image",
+                      ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, Score]:
+    """Recall@k both ways of a (queries, captions) similarity matrix: ``r@k_i2t`` ranks the
+    captions for each query, ``r@k_t2i`` the queries for each caption (``q2d``/``d2q`` for
+    text queries), each by :func:`recall_at_k`. First, the primary ``r@1``: the mean of the
+    two directions' R@1, so neither side of the pairing is favoured when their counts
+    differ (five captions per image); it carries pooled counts only when both directions
+    have as many queries (then the mean is the pooled proportion)."""
+    forward, backward = DIRECTIONS[modality]
+    there = recall_at_k(scores, relevant, ks)
+    back = recall_at_k(scores.t().contiguous(), relevant.t().contiguous(), ks)  # rows read in blocks: laid out so
+    a, b = there[1], back[1]
+    pooled = a.total == b.total
+    out = {RETRIEVAL_PRIMARY: Score((a.value + b.value) / 2, (a.correct + b.correct) if pooled else None,
+                                    (a.total + b.total) if pooled else None)}
+    out.update({f"r@{k}_{forward}": there[k] for k in ks})
+    out.update({f"r@{k}_{backward}": back[k] for k in ks})
+    return out

@@ -146,8 +146,8 @@ class Registry(Generic[T]):
 BACKBONES: Registry = Registry("backbone family", [f"wiseft.backbones.{m}" for m in
                                                     ("hf_clip", "open_clip_backbone", "text")])
 DATASETS: Registry = Registry("dataset kind", [f"wiseft.data.{m}" for m in
-                                               ("bbc_news", "cifar", "folders", "imagenet", "transfer", "video",
-                                                "webdataset", "wilds")])
+                                               ("bbc_news", "cifar", "folders", "imagenet", "pair_sets", "transfer",
+                                                "video", "webdataset", "wilds")])
 MERGE_METHODS: Registry = Registry("merge method", [f"wiseft.merge.methods.{m}" for m in
                                                     ("dare", "fisher", "greedy_soup", "linear", "model_stock",
                                                      "slerp", "soup", "task_arithmetic", "ties")])

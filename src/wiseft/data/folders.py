@@ -131,7 +131,7 @@ def manifest(path: str | Path, classnames: Sequence[str] | str | Path | None = N
     file = resolve(path, base_dir)
     if not file.is_file():
         raise DataError(f"manifest {file} does not exist")
-    rows = _read_rows(file)
+    rows = read_rows(file)
     if not rows:
         raise DataError(f"manifest {file} has no records")
     field = "path" if "path" in rows[0] else "text" if "text" in rows[0] else None
@@ -156,7 +156,8 @@ def manifest(path: str | Path, classnames: Sequence[str] | str | Path | None = N
     return LabeledDataset(samples, names, load=load_image if field == "path" else None, name=file.stem)
 
 
-def _read_rows(file: Path) -> list[dict]:
+def read_rows(file: Path) -> list[dict]:
+    """The records of a manifest: JSON lines (``.jsonl``/``.json``) or a CSV with a header."""
     if file.suffix.lower() in (".jsonl", ".json"):
         rows = []
         for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):

@@ -75,8 +75,9 @@ def sweep(model: Classifier, theta_0: dict[str, torch.Tensor], theta_1: dict[str
         zeroshot[key] = (scores[0.0], checks, ends.get(0.0))
     provenance = {**(s.provenance or {}), **how}
     records = to_records(scores, evalsets, alphas, s.model_name, provenance, checks)
-    if 0.0 in ends and 1.0 in ends:
-        records += _ensemble_records(ends, evalsets, alphas, s.model_name, provenance)
+    labelled = [es for es in evalsets if not es.is_pairs]  # a pair set has no logits to ensemble
+    if 0.0 in ends and 1.0 in ends and labelled:
+        records += _ensemble_records(ends, labelled, alphas, s.model_name, provenance)
     return records
 
 
@@ -110,7 +111,8 @@ def _sweep_full(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet]
     temperatures: dict[float, float] = {}
     how: dict[str, Any] = {}
     bar = progress_bar(total=len(alphas), desc=f"alpha sweep ({s.model_name})", disable=not s.progress, unit="alpha")
-    for k, group in enumerate(_alpha_groups(model, interp, alphas, s)):
+    pairs = any(es.is_pairs for es in evalsets)
+    for k, group in enumerate(_alpha_groups(model, interp, alphas, s, pairs)):
         interp.load_into(model, group[0])  # a group of several: for the bf16 check only
         rederive_head(model)  # FLYP: the head of the mixed text tower
         multi = _multi_alpha(model, theta_0, theta_1, group, s) if len(group) > 1 else None
@@ -121,10 +123,10 @@ def _sweep_full(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet]
             for alpha, (scored, logits, labels) in zip(group, outputs):
                 scores[alpha][es.name] = scored
                 score_more(es, scored, logits, labels, temperatures, alpha, evalsets)
-                if float(alpha) in (0.0, 1.0):
+                if float(alpha) in (0.0, 1.0) and not es.is_pairs:
                     index = None if s.cache is False else cached_inputs(es, backbone, s).index
                     ends.setdefault(float(alpha), {})[es.name] = (logits, labels, index)
-            if k == 0 and s.precision == "bf16" and s.fp32_check and s.cache is not False:
+            if k == 0 and s.precision == "bf16" and s.fp32_check and s.cache is not False and not es.is_pairs:
                 c, logits = cached_inputs(es, backbone, s), outputs[0][1]  # the first alpha, loaded into the model
                 ref = c.outputs(model, s.batch_size, device_of(model), "fp32", limit=s.fp32_check)
                 checks[es.name] = _compare(es, logits[:len(ref)], ref, c, group[0])
@@ -135,22 +137,25 @@ def _sweep_full(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSet]
     return scores, checks, how
 
 
-def _alpha_groups(model: Classifier, interp, alphas: Sequence[float], s: SweepSettings) -> list[list[float]]:
+def _alpha_groups(model: Classifier, interp, alphas: Sequence[float], s: SweepSettings,
+                  pairs: bool = False) -> list[list[float]]:
     """``alphas`` in order, in the groups that share a pass: ``s.alphas_per_pass`` at a time
     ('auto': as many as half a CUDA device's free memory holds stacked, one on CPU), or one
     at a time, with a log line saying why, where a model mixes otherwise than by stacking
-    weights (a FLYP head re-derived per alpha, a LoRA adapter scaled) or inputs are not cached."""
+    weights (a FLYP head re-derived per alpha, a LoRA adapter scaled), inputs are not cached
+    or a pair set is scored (``pairs``: retrieval embeds both sides with the loaded model)."""
     want = s.alphas_per_pass
     if want != "auto" and (isinstance(want, bool) or not isinstance(want, int) or want < 1):
         raise ValueError(f"alphas_per_pass must be a positive integer or 'auto', got {want!r}")
-    size = 1 if want == 1 or len(alphas) < 2 else _group_size(model, interp, alphas, s)
+    size = 1 if want == 1 or len(alphas) < 2 else _group_size(model, interp, alphas, s, pairs)
     return [list(alphas[i:i + size]) for i in range(0, len(alphas), size)]
 
 
-def _group_size(model: Classifier, interp, alphas: Sequence[float], s: SweepSettings) -> int:
+def _group_size(model: Classifier, interp, alphas: Sequence[float], s: SweepSettings, pairs: bool) -> int:
     """How many alphas share a pass (``_alpha_groups``), for ``alphas_per_pass`` over 1 or 'auto'."""
     why = ("a PromptClassifier (FLYP) re-derives its head from each alpha's text tower"
            if isinstance(model, PromptClassifier) else
+           "a pair set is scored by retrieval with each alpha's loaded model" if pairs else
            "a LoRA fine-tune is mixed by scaling its adapter" if not isinstance(interp, Interpolator) else
            "inputs are not cached (cache: false)" if s.cache is False else None)
     if why is not None:  # a warning where a number was asked for, a note where 'auto' was
@@ -222,6 +227,10 @@ def _sweep_linear(model: Classifier, theta_0, theta_1, evalsets: Sequence[EvalSe
     device = device_of(model)
     encode = lambda x: F.normalize(model.encoder(x).float(), dim=-1)  # noqa: E731
     for es in validation_first(evalsets):
+        if es.is_pairs:  # a shared encoder and text tower: one retrieval score stands for every alpha
+            scored = evaluate_set(model, es, backbone, s)[0]
+            scores.update({a: {**scores[a], es.name: scored} for a in alphas})
+            continue
         c = cached_inputs(es, backbone, s)
         feats = c.outputs(encode, s.batch_size, device, s.precision)
         for a in alphas:

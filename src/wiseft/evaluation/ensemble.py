@@ -116,7 +116,7 @@ def class_restricted_scores(logits: torch.Tensor, labels: torch.Tensor,
     """
     out = {}
     for es in evalsets:
-        proj = es.projection if es.projection is not None else es.dataset.projection
+        proj = es.projection if es.projection is not None else getattr(es.dataset, "projection", None)
         if es.role != "shift" or proj is None:
             continue
         if len({c for g in proj.groups for c in g}) >= logits.shape[1]:

@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader
 
 from wiseft.backbones import Backbone
 from wiseft.core import NOT_PRIMARY, Record, Score, expected_calibration_error, fit_temperature, is_restricted_metric
-from wiseft.data import LabeledDataset, Projection
+from wiseft.data import LabeledDataset, PairDataset, Projection
 from wiseft.evaluation.cache import InputCache, Shard, build_input_cache, loader_workers
 from wiseft.evaluation.ensemble import class_restricted_scores
 from wiseft.evaluation.fingerprints import weights_fingerprint
+from wiseft.evaluation.retrieval import PairIndex, retrieval_scores
 from wiseft.evaluation.settings import CacheMode, EvalSettings
 from wiseft.heads import Classifier
 from wiseft.runtime import check_same, current, device_of, numerics, resolve_precision, to_device
@@ -34,13 +35,28 @@ log = logging.getLogger("wiseft")
 class EvalSet:
     """A dataset scored under a role (reference, shift, validation), with the
     projection from reference logits onto its classes when they differ (default: the
-    dataset's own, e.g. ImageNet-R's 200 classes of ImageNet)."""
+    dataset's own, e.g. ImageNet-R's 200 classes of ImageNet). A ``PairDataset`` is a
+    pair set, scored by retrieval (``wiseft.evaluation.retrieval``): its cache holds its
+    distinct queries."""
 
     name: str
     role: str
-    dataset: LabeledDataset
+    dataset: LabeledDataset | PairDataset
     projection: Projection | None = None
     _cache: InputCache | None = field(default=None, repr=False)
+    _pairs: PairIndex | None = field(default=None, repr=False)
+
+    @property
+    def is_pairs(self) -> bool:
+        """Whether the set is a pair set, scored by retrieval rather than accuracy."""
+        return isinstance(self.dataset, PairDataset)
+
+    @property
+    def pairs(self) -> PairIndex:
+        """A pair set's distinct queries and pairs (built on first use)."""
+        if self._pairs is None:
+            self._pairs = PairIndex.of(self.dataset)
+        return self._pairs
 
     @property
     def skipped(self) -> list[str]:
@@ -52,7 +68,8 @@ class EvalSet:
                progress: bool = False) -> InputCache:
         """The set's input cache, built on first use."""
         if self._cache is None:
-            self._cache = build_input_cache(self.dataset, backbone, batch_size=batch_size,
+            inputs = self.pairs.queries if self.is_pairs else self.dataset
+            self._cache = build_input_cache(inputs, backbone, batch_size=batch_size,
                                             num_workers=num_workers, mode=mode, cache_dir=cache_dir,
                                             max_memory=max_memory, progress=progress)
             if self._cache.skipped and current().main:
@@ -109,13 +126,15 @@ def predict_logits(model: Classifier, batches: Iterable, precision: str = "fp32"
 def evaluate(model: Classifier, evalsets: Sequence[EvalSet], backbone: Backbone, *, batch_size: int = 256,
              precision: str = "fp32", cache: bool | CacheMode = True, num_workers: int | None = None,
              progress: bool = False) -> dict[str, tuple[int, int]]:
-    """(correct, total) top-1 counts per evaluation set for one model (``evaluate_records``
-    gives every metric, its options as one ``EvalSettings``)."""
+    """(correct, total) top-1 counts per evaluation set for one model; of a pair set, its
+    image-to-text (query-to-document) R@1 counts (``evaluate_records`` gives every metric,
+    its options as one ``EvalSettings``)."""
     settings = EvalSettings(batch_size=batch_size, precision=precision, cache=cache, num_workers=num_workers,
                             progress=progress).resolved(device_of(model))
     counts = {}
     for es in evalsets:
-        top1 = evaluate_set(model, es, backbone, settings)[0]["top1"]
+        scores = evaluate_set(model, es, backbone, settings)[0]
+        top1 = scores["top1"] if not es.is_pairs else next(s for m, s in scores.items() if m.startswith("r@1_"))
         counts[es.name] = (top1.correct, top1.total)
     return counts
 
@@ -134,8 +153,14 @@ def evaluate_records(model: Classifier, evalsets: Sequence[EvalSet], backbone: B
 
 def evaluate_set(model: Classifier, es: EvalSet, backbone: Backbone,
                  settings: EvalSettings) -> tuple[dict[str, Score], torch.Tensor, torch.Tensor]:
-    """(scores, logits, labels) of one set, in ``settings.precision`` as resolved for the model's device."""
+    """(scores, logits, labels) of one set, in ``settings.precision`` as resolved for the model's device;
+    a pair set's retrieval scores with no logits nor labels (None), its queries always from the cache."""
     model.eval()
+    if es.is_pairs:
+        scores = retrieval_scores(model, cached_inputs(es, backbone, settings), es.pairs, backbone,
+                                  batch_size=settings.batch_size, precision=settings.precision,
+                                  modality=es.dataset.modality)
+        return scores, None, None
     if settings.cache is False:  # the naive path: decode again, as the reference implementation does
         batches = es.batches(backbone, settings.batch_size, cache=False, num_workers=settings.num_workers)
         logits, labels = predict_logits(model, batches, settings.precision)
@@ -160,7 +185,10 @@ def score_more(es: EvalSet, scores: dict[str, Score], logits: torch.Tensor, labe
                temperatures: dict[float, float], alpha: float, evalsets: Sequence[EvalSet]) -> None:
     """What a sweep adds to a set's own metrics: calibration, and on the reference set its
     accuracy restricted to each subset shift's classes (the x axis of that shift's
-    effective robustness, as the robustness testbed scores it)."""
+    effective robustness, as the robustness testbed scores it). Nothing for a pair set
+    (``logits`` None): its retrieval scores are all it has."""
+    if logits is None:
+        return
     _calibrate(es, scores, logits, labels, temperatures, alpha)
     if es.role == "reference":
         scores.update(class_restricted_scores(logits, labels, evalsets))

@@ -110,11 +110,12 @@ def estimate_stages(model: Classifier, theta_0: dict[str, torch.Tensor], backbon
     ev = cfg.evaluation
     one_pass, decode, check = {}, 0.0, 0.0  # seconds: each set's forward pass, decoding them all, the bf16 check
     for e in data.evalsets:
-        if len(e.dataset):
-            forward, decoding = _eval_seconds(model, e.dataset, backbone, ev.precision)
-            one_pass[e.name] = len(e.dataset) * forward
-            decode += len(e.dataset) * decoding
-            check += _FP32_OVER_BF16 * min(ev.fp32_check, len(e.dataset)) * forward if ev.precision == "bf16" else 0.0
+        ds = e.pairs.queries if e.is_pairs else e.dataset  # a pair set: its distinct queries (captions not timed)
+        if len(ds):
+            forward, decoding = _eval_seconds(model, ds, backbone, ev.precision)
+            one_pass[e.name] = len(ds) * forward
+            decode += len(ds) * decoding
+            check += _FP32_OVER_BF16 * min(ev.fp32_check, len(ds)) * forward if ev.precision == "bf16" else 0.0
     stages: dict[str, float] = {}
     cost: dict[str, float] = {}  # per training example: a step at each precision, a forward pass ('features')
     for i, (name, ft) in enumerate(runs.items()):

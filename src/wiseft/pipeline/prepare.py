@@ -11,22 +11,26 @@ from wiseft.core import DATASETS, get_templates
 from wiseft.data import (
     DataError,
     LabeledDataset,
+    PairDataset,
     build_dataset,
     build_projection,
     per_class_permutations,
     read_classnames,
     split_holdout,
+    split_pairs,
 )
 from wiseft.evaluation import EvalSet
 
 
 @dataclass
 class PreparedData:
-    """Datasets built and checked against the class list, before any model loads."""
+    """Datasets built and checked against the class list, before any model loads. Any
+    set may be a ``PairDataset`` (scored by retrieval, trained on contrastively); the class
+    list is then that of the labelled sets, empty when every set is a pair set."""
 
     classnames: list[str]
     templates: tuple[str, ...]
-    train: LabeledDataset
+    train: LabeledDataset | PairDataset
     evalsets: list[EvalSet]
 
 
@@ -34,10 +38,13 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     """Build every dataset and check class lists; errors name the config file and field.
 
     With ``data.templates`` unset, the prompts are the reference dataset's own set (the
-    test set's, else the training set's), else ``openai_imagenet``."""
+    test set's, else the training set's), else ``openai_imagenet``. The classes are
+    ``data.classnames``, else the training set's, else (a pair training set) the first
+    labelled evaluation set's. A pair training set's validation split is a seeded share
+    of its pairs (``split_pairs``): the set alpha is chosen on, by retrieval."""
     d = cfg.data
 
-    def build(spec: dict, name: str, field: str) -> LabeledDataset:
+    def build(spec: dict, name: str, field: str) -> LabeledDataset | PairDataset:
         try:
             ds = build_dataset(spec, name=name, base_dir=cfg.base_dir)
         except DataError as e:
@@ -49,16 +56,26 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         classnames = read_classnames(d.classnames, cfg.base_dir)
     except DataError as e:
         raise cfg.error("data.classnames", e) from None
+    for name in d.shifts:  # records are keyed by set name: two sets of one name would overwrite each other
+        if name in (d.name, f"{d.name}-val"):
+            raise cfg.error(f"data.shifts.{name}", f"a shift may not be named {name!r}, the name of the "
+                            f"{'reference test set' if name == d.name else 'validation split'} (data.name); "
+                            "rename it")
     train = build(d.train, f"{d.name}-train", "data.train")
+    _check_objective(cfg, train)
     test = build(d.test, d.name, "data.test")
     shifts = {name: build(spec, name, f"data.shifts.{name}") for name, spec in d.shifts.items()}
+    sets = [(d.name, "reference", test, d.test, "data.test")]
+    sets += [(name, "shift", shifts[name], spec, f"data.shifts.{name}") for name, spec in d.shifts.items()]
+    for _, _, ds, spec, where in sets:
+        if isinstance(ds, PairDataset) and ("class_map" in spec or "subset" in spec):
+            raise cfg.error(where, f"{ds.name!r} is a pair set, scored by retrieval over its captions: "
+                            "class_map and subset apply to labelled sets only; remove them")
     try:
-        classnames = classnames or train.classnames
-        train = _relabel(train, classnames)
-        evalsets = [EvalSet(d.name, "reference", test, _projection(classnames, test, d.test, "data.test"))]
-        for name, spec in d.shifts.items():
-            ds = shifts[name]
-            evalsets.append(EvalSet(name, "shift", ds, _projection(classnames, ds, spec, f"data.shifts.{name}")))
+        classnames = classnames or _reference_classes(train, [s[2] for s in sets])
+        train = train if isinstance(train, PairDataset) else _relabel(train, classnames)
+        evalsets = [EvalSet(name, role, ds, None if isinstance(ds, PairDataset)
+                            else _projection(classnames, ds, spec, where)) for name, role, ds, spec, where in sets]
     except ConfigError as e:
         raise ConfigError(f"{cfg.source}: {e}" if cfg.source else str(e)) from None
     own = getattr(test, "templates", None) or getattr(train, "templates", None)
@@ -68,10 +85,31 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         why = "" if d.templates is not None else f"unset, and the reference dataset's own set {own!r} fails: "
         raise cfg.error("data.templates", why + e.args[0]) from None
     if d.validation_fraction > 0:
-        train, val = split_holdout(train, d.validation_fraction, d.seed)
+        split = split_pairs if isinstance(train, PairDataset) else split_holdout
+        train, val = split(train, d.validation_fraction, d.seed)
         val.name = f"{d.name}-val"
         evalsets.append(EvalSet(f"{d.name}-val", "validation", val))
     return PreparedData(list(classnames), templates, train, evalsets)
+
+
+def _reference_classes(train: LabeledDataset | PairDataset, evaluated: list) -> list[str]:
+    """The class list when ``data.classnames`` is unset: the training set's, else (pairs)
+    the first labelled evaluation set's, else none (every set is a pair set)."""
+    labelled = [ds for ds in (train, *evaluated) if not isinstance(ds, PairDataset)]
+    return list(labelled[0].classnames) if labelled else []
+
+
+def _check_objective(cfg: RunConfig, train: LabeledDataset | PairDataset) -> None:
+    """A pair training set trains only contrastively (its captions are the targets): any
+    other objective of any fine-tune (the main one or a variant) is a ConfigError naming it."""
+    if not isinstance(train, PairDataset):
+        return
+    for name, ft in cfg.finetune_runs().items():
+        if ft.objective != "contrastive":
+            field = "finetune.objective" if name == "finetuned" else f"variants.{name}.objective"
+            raise cfg.error(field, f"{ft.objective!r} needs class labels, but data.train ({train.name}) is a pair "
+                            "set (captions, no labels): set 'objective: contrastive' to fine-tune on its pairs, "
+                            "or train on a labelled set")
 
 
 def _relabel(train: LabeledDataset, classnames: list[str]) -> LabeledDataset:
@@ -136,9 +174,11 @@ QUICK_BATCH = 16
 QUICK_ALPHAS = (0.0, 0.5, 1.0)
 
 
-def quick_slice(dataset: LabeledDataset, n: int, seed: int = 0) -> LabeledDataset:
+def quick_slice(dataset: LabeledDataset | PairDataset, n: int, seed: int = 0) -> LabeledDataset | PairDataset:
     """At most ``n`` samples, drawn class by class in turn (seeded), so every class
-    appears while there is room."""
+    appears while there is room; of a pair set, a seeded draw of ``n`` pairs."""
+    if isinstance(dataset, PairDataset):
+        return split_pairs(dataset, n / len(dataset), seed)[1] if len(dataset) > n else dataset
     perms = list(per_class_permutations(dataset.labels, seed).values())
     keep: list[int] = []
     for rank in range(max((len(p) for p in perms), default=0)):

@@ -10,6 +10,9 @@ Writes into ``RUN_DIR/report/`` (or ``out_dir``):
 - ``robustness.md|csv``: effective robustness rho for every model, alpha and shift
 - ``points.csv``: every accuracy with its 95% Clopper-Pearson interval
 - ``calibration.md``: expected calibration error, where the run measured it
+- ``retrieval.md|csv`` and ``tradeoff_<model>.png|svg``: recall@k of the pair sets beside the
+  labelled sets' accuracy by alpha, and retrieval gained against zero-shot accuracy kept,
+  where the run scored pair sets
 - ``methods.md|csv`` and ``search_<merge>.png|svg``: the method comparison and each
   merge's search on validation, where the run has a ``merges:`` list
 
@@ -28,6 +31,7 @@ from wiseft.report.analysis import Analysis, analyse, check_settings
 from wiseft.report.comparison import compare_methods, write_comparison
 from wiseft.report.page import report_page
 from wiseft.report.plots import plot_alpha_curves, plot_scatter, plot_search, save_figure
+from wiseft.report.retrieval import has_retrieval, retrieval_part
 from wiseft.report.robustness import AVG
 from wiseft.report.tables import (
     Table,
@@ -68,11 +72,15 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None,
     tables = build_tables(found.view, found.selected, found.rho)
     banner = f"**{QUICK_BANNER}**\n\n" if found.quick else ""
     calibration = write_tables(out, found, tables, banner)
+    retrieval = None
+    if has_retrieval(records):  # a run that scored pair sets
+        retrieval = retrieval_part(records, found.models, found.selected, out, banner)
+        figures += retrieval.figures
     comparison = None
     if found.view.merge_names:
         comparison = compare_methods(found.view, found.selected, found.rho + found.merge_rho)
         write_comparison(out, comparison, banner)
-    atomic_write(out / "index.html", report_page(found, tables, figures, out, comparison, calibration))
+    atomic_write(out / "index.html", report_page(found, tables, figures, out, comparison, calibration, retrieval))
     return out / "index.html"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from wiseft.core import QUICK_BANNER
 from wiseft.report.analysis import Analysis
 from wiseft.report.comparison import Comparison, comparison_body
+from wiseft.report.retrieval import RetrievalPart
 from wiseft.report.robustness import AVG
 from wiseft.report.tables import Table, format_cell, robustness_table
 
@@ -30,17 +31,28 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def report_page(found: Analysis, tables: list[Table], figures: list[tuple[str, str]], out: Path,
                 comparison: Comparison | None = None,
-                calibration: tuple[list[str], list[list[str]]] | None = None) -> str:
+                calibration: tuple[list[str], list[list[str]]] | None = None,
+                retrieval: RetrievalPart | None = None) -> str:
     """The page: one line per part, sections in order. ``figures`` are (stem, caption) of
     the plots written in ``out``; the method comparison (``comparison``, a run with
-    merges) and the calibration table (``calibration``, when it has rows) are optional
-    sections, each running straight into the heading after it."""
+    merges), the retrieval table (``retrieval``, a run with pair sets) and the calibration
+    table (``calibration``, when it has rows) are optional sections, each running straight
+    into the heading after it."""
     before_rho = comparison_section(comparison) if comparison is not None else ""
+    before_rho = (retrieval_section(retrieval) if retrieval is not None else "") + before_rho
     before_plots = calibration_section(*calibration) if calibration and calibration[1] else ""
     parts = [*_head(found), *_alpha_section(found), *_table_section(tables),
              before_rho + "<h2>Effective robustness</h2>", *_robustness_section(found),
-             before_plots + "<h2>Plots</h2>", *_plots_section(figures, out)]
+             before_plots + "<h2>Plots</h2>", *_plots_section(figures, out, retrieval is not None)]
     return "\n".join(parts)
+
+
+def retrieval_section(part: RetrievalPart) -> str:
+    """Retrieval recall@k of the pair sets beside the labelled sets' accuracy, by alpha."""
+    return ("<h2>Retrieval</h2><p>Pair sets are scored by retrieval: recall@k in both directions (percent, 95% "
+            "Clopper-Pearson interval; r@1 is the mean of the two directions' R@1), beside the zero-shot "
+            "accuracy of the labelled sets, alpha by alpha: retrieval gained against zero-shot accuracy kept. "
+            "* marks the selected alpha.</p>" + html_table(part.header, part.rows))
 
 
 def _head(found: Analysis) -> list[str]:
@@ -119,12 +131,14 @@ def calibration_section(header: list[str], rows: list[list[str]]) -> str:
             "fitted per alpha on held-out validation (temperature scaling).</p>" + html_table(header, rows))
 
 
-def _plots_section(figures: list[tuple[str, str]], out: Path) -> list[str]:
+def _plots_section(figures: list[tuple[str, str]], out: Path, retrieval: bool = False) -> list[str]:
     """The plots (after the section's heading), each PNG embedded with a link to its SVG, and the files written."""
     parts = []
     for stem, caption in figures:
         data = base64.b64encode((out / f"{stem}.png").read_bytes()).decode("ascii")
         parts.append(f"<figure><img alt='{escape(caption)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{escape(caption)} (<a href='{stem}.svg'>SVG</a>)</figcaption></figure>")
-    parts.append("<p>Files: table.md, table.csv, table.tex, robustness.md, robustness.csv, points.csv.</p></body></html>")
+    more = " retrieval.md, retrieval.csv," if retrieval else ""
+    parts.append(f"<p>Files: table.md, table.csv, table.tex, robustness.md, robustness.csv,{more} points.csv.</p>"
+                 "</body></html>")
     return parts

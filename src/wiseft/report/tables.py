@@ -9,7 +9,7 @@ import io
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from wiseft.core import Record, RecordView, alpha_rank, column_name, output_ensemble_name
+from wiseft.core import Record, RecordView, alpha_rank, column_name, is_retrieval_metric, output_ensemble_name
 from wiseft.report.robustness import AVG, RobustnessRow, record_interval
 
 Cell = tuple[float | None, float | None]  # (value as a fraction, alpha it was taken at)
@@ -46,13 +46,16 @@ def build_tables(view: RecordView, selected: dict[str, float], rho: list[Robustn
     Columns: the reference and each shift under the view's metric (named in the header
     when not top1), ``avg shifts`` (their mean), ``avg ref., shifts`` (the mean of the
     reference value and ``avg shifts``, as in the paper's Table 1) and ``avg rho``
-    (effective robustness on the average over shifts)."""
+    (effective robustness on the average over shifts). A pair shift (scored by retrieval)
+    has its column but stays out of the averages."""
     reference, shifts = view.reference, view.shifts
     names = {r.dataset: column_name(r.dataset, r.metric)
              for r in view.chosen if r.alpha is not None and r.role != "validation"}
-    columns = ([names[reference], *(names[s] for s in shifts)] + ([AVG_SHIFTS, AVG_REF_SHIFTS] if shifts else [])
+    retrieval = {r.dataset for r in view.chosen if is_retrieval_metric(r.metric)}
+    averaged = [s for s in shifts if s not in retrieval]  # a pair shift's recall is no accuracy to average
+    columns = ([names[reference], *(names[s] for s in shifts)] + ([AVG_SHIFTS, AVG_REF_SHIFTS] if averaged else [])
                + ([AVG_RHO] if rho else []))
-    values = {m: _table_values(view, m, names, [reference, *shifts], rho) for m in selected}
+    values = {m: _table_values(view, m, names, [reference, *averaged], rho) for m in selected}
     tables = []
     for model in selected:  # in the run's order: the main fine-tune, then its variants
         if any(output_ensemble_name(m) == model for m in selected):
