@@ -383,3 +383,20 @@ def test_the_time_estimate_times_pair_sets(open_clip_spec, tiny_bert_dir):
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in theta_0.items())
         forward, decode = _eval_seconds(model, pairs, backbone, "fp32")
         assert forward > 0 and decode >= 0
+
+
+def test_a_resumed_contrastive_fine_tune_ends_where_an_uninterrupted_one_does(open_clip_spec, tmp_path):
+    """Resuming from a mid-run checkpoint (optimizer, RNG, the clamped logit scale) repeats the
+    uninterrupted run bit for bit."""
+    backbone = load_backbone(open_clip_spec)
+    model = flyp_model(backbone, CLASSES, TEMPLATES)
+    cfg = FinetuneConfig(**{**RECIPE, "batch_size": 4, "epochs": 2, "save_every_steps": 1, "keep_last": 10})
+    straight = finetune(model, image_pairs(), backbone, cfg, TrainRun(checkpoint_dir=tmp_path / "a", progress=False))
+    middle = sorted((tmp_path / "a" / "contrastive").glob("*step_00000003.pt"))
+    assert len(middle) == 1
+    resumed = finetune(model, image_pairs(), backbone, cfg,
+                       TrainRun(checkpoint_dir=tmp_path / "b", resume=middle[0], progress=False))
+    written = sorted(p.name for p in (tmp_path / "b" / "contrastive").glob("*.pt"))
+    assert written == ["epoch_002_step_00000004.pt"]  # it went on from step 3, not from the start
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
