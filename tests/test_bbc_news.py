@@ -40,8 +40,8 @@ def test_views_splits_and_dedup(tiny_corpus):
 
 
 def test_errors_name_the_problem(tiny_corpus, tmp_path):
-    with pytest.raises(DataError, match=r"^dataset 'bbc_news': view: Input should be 'article', 'headline' or "
-                                        r"'body', got 'title'$"):
+    with pytest.raises(DataError, match=r"^dataset 'bbc_news': view: Input should be 'article', 'headline', "
+                                        r"'body' or 'pairs', got 'title'$"):
         build_dataset({"kind": "bbc_news", "root": str(tiny_corpus), "view": "title"})
     (tmp_path / "partial" / "business").mkdir(parents=True)
     with pytest.raises(DataError, match="lacks topic folders"):
@@ -58,3 +58,17 @@ def test_real_corpus():
     assert abs(len(test) / total - 0.3) < 0.01
     assert all(0 < len(h) < 120 and "\n" not in h for h, _ in heads.samples)
     assert sorted(set(test.labels)) == [0, 1, 2, 3, 4]
+
+
+def test_pairs_view_is_headline_body_pairs_of_the_same_split(tiny_corpus):
+    from wiseft.data import PairDataset
+
+    spec = {"kind": "bbc_news", "root": str(tiny_corpus), "test_fraction": 0.3, "seed": 0}
+    for split in ("train", "test"):
+        pairs = build_dataset({**spec, "split": split, "view": "pairs"})
+        heads = build_dataset({**spec, "split": split, "view": "headline"})
+        bodies = build_dataset({**spec, "split": split, "view": "body"})
+        assert isinstance(pairs, PairDataset) and pairs.modality == "text" and pairs.name == f"bbc-pairs-{split}"
+        assert pairs.samples == [(h, b) for (h, _), (b, _) in zip(heads.samples, bodies.samples)]
+    short = build_dataset({**spec, "split": "test", "view": "pairs", "max_chars": 5})
+    assert all(len(q) <= 5 and len(c) <= 5 for q, c in short.samples)

@@ -190,3 +190,19 @@ def test_readme_training_loop_blocks_run(tiny_hf_clip_dir, image_data, tmp_path,
         run = tmp_path / "runs" / out
         assert "finetuned" in {r.model for r in read_records(run)}
         assert (run / "summary.md").exists() and (run / "export").is_dir() and (run / "report" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_readme_bbc_pairs_table_is_the_reports_own(tmp_path):
+    """The README's contrastive-on-pairs table is report/table.md's, rebuilt from the committed
+    records of ``wiseft run examples/bbc_pairs.yaml``."""
+    import shutil
+
+    from wiseft.report import build_report
+
+    shutil.copy(ROOT / "benchmarks" / "results" / "bbc-pairs" / "results.jsonl", tmp_path / "results.jsonl")
+    build_report(tmp_path)
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- bbc-pairs-table:start -->\n", 1)[1].split("\n<!-- bbc-pairs-table:end -->", 1)[0]
+    assert block.startswith("### finetuned") and "bbc-pairs (r@1)" in block
+    assert block in (tmp_path / "report" / "table.md").read_text()

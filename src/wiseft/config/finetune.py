@@ -35,10 +35,11 @@ class FinetuneConfig(BaseModel):
     mode: Literal["e2e", "linear", "lp-ft", "lora"] = "e2e"
     # mode lora's adapter settings; left out of the dump at their defaults (config hashes unchanged)
     lora: LoraConfig = Field(default_factory=LoraConfig, exclude_if=lambda v: v == LoraConfig())
-    # the loss: cross-entropy against the head, or FLYP's contrastive loss against the class
-    # prompts (both towers trained). Left out of the dump at its default, so configs written
+    # the loss: cross-entropy against the head, FLYP's contrastive loss against the class
+    # prompts, or CLIP's contrastive loss on (query, caption) pairs (a pair training set);
+    # the last two train both towers. Left out of the dump at its default, so configs written
     # before it keep their hash and train key.
-    objective: Literal["ce", "flyp"] = Field("ce", exclude_if=lambda v: v == "ce")
+    objective: Literal["ce", "flyp", "contrastive"] = Field("ce", exclude_if=lambda v: v == "ce")
     # mode linear's probe: "lbfgs" (the default there) is CLIP's protocol, logistic regression on
     # frozen features with C searched on held-out training data (train/probe.py); "sgd" trains
     # the head with this section's recipe (lr, batch, epochs). Other modes ignore it and drop
@@ -89,9 +90,14 @@ class FinetuneConfig(BaseModel):
             raise ValueError("deterministic: needs precision fp32 (auto runs fp32 when deterministic)")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} exceeds batch_size {self.batch_size}")
-        if self.objective == "flyp" and self.mode != "e2e":
-            raise ValueError(f"objective: flyp trains both towers end to end and needs mode: e2e, not mode: "
-                             f"{self.mode!r}")
+        if self.objective in ("flyp", "contrastive") and self.mode != "e2e":
+            raise ValueError(f"objective: {self.objective} trains both towers end to end and needs mode: e2e, "
+                             f"not mode: {self.mode!r}")
+        if self.objective == "contrastive":
+            for name, value in (("shots_per_class", self.shots_per_class), ("label_smoothing", self.label_smoothing)):
+                if value:
+                    raise ValueError(f"{name}: applies to class labels, and objective: contrastive trains on "
+                                     "(query, caption) pairs, which have none")
         if self.lora != LoraConfig() and self.mode != "lora":
             raise ValueError(f"lora: adapter settings need mode lora, not {self.mode!r}")
         return self

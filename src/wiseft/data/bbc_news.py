@@ -6,6 +6,8 @@ Splits are fixed and seeded: exact duplicate articles are dropped first (so no s
 sits on both sides of a split), then each topic is split into train and test.
 Views give the distribution shifts: ``article`` (headline and body, the reference),
 ``headline`` (the same stories told in one line) and ``body`` (without the headline).
+The ``pairs`` view is the same split as (headline, body) text pairs, for contrastive
+fine-tuning and headline -> body retrieval (``finetune.objective: contrastive``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from wiseft.data.base import DataError, LabeledDataset, TrainOrTest, per_class_permutations, register_dataset, resolve
+from wiseft.data.pairs import PairDataset
 
 TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 CLASSNAMES = ("business", "entertainment", "politics", "sports", "technology")
@@ -62,15 +65,22 @@ def split_indices(labels: list[int], test_fraction: float, seed: int) -> tuple[l
 
 @register_dataset("bbc_news")
 def bbc_news(split: TrainOrTest = "train",
-             view: Literal["article", "headline", "body"] = "article",
+             view: Literal["article", "headline", "body", "pairs"] = "article",
              root: str | Path | None = None, test_fraction: float = 0.3, seed: int = 0,
-             max_chars: int | None = None, *, base_dir=None) -> LabeledDataset:
-    """One split and view of BBC News; ``max_chars`` trims long texts before tokenising."""
+             max_chars: int | None = None, *, base_dir=None) -> LabeledDataset | PairDataset:
+    """One split and view of BBC News; ``max_chars`` trims long texts before tokenising.
+    ``view: pairs`` gives (headline, body) text pairs of the split's articles (the same
+    split as the labelled views, so no story is on both sides), without topic labels."""
     folder = resolve(root, base_dir) if root else default_root()
     corpus = _read_corpus(str(folder))
     train, test = split_indices([y for *_, y in corpus], test_fraction, seed)
+    indices = {"train": train, "test": test}[split]
+    if view == "pairs":
+        trim = (lambda t: t[:max_chars]) if max_chars else (lambda t: t)
+        return PairDataset([(trim(corpus[i][0]), trim(corpus[i][1])) for i in indices], name=f"bbc-pairs-{split}",
+                           modality="text")
     samples = []
-    for i in {"train": train, "test": test}[split]:
+    for i in indices:
         headline, body, y = corpus[i]
         text = {"article": f"{headline}. {body}", "headline": headline, "body": body}[view]
         samples.append((text[:max_chars] if max_chars else text, y))

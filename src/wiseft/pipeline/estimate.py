@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from wiseft.backbones import Backbone
 from wiseft.config import MergeRun, RunConfig
 from wiseft.core import duration
-from wiseft.data import LabeledDataset
+from wiseft.data import LabeledDataset, PairDataset
 from wiseft.heads import Classifier
 from wiseft.runtime import autocast, current, numerics, to_device
 from wiseft.train import adamw, kshot_subset
@@ -32,42 +32,55 @@ PROBE = 32
 _FP32_OVER_BF16 = 2.0
 
 
-def _spread(ds: LabeledDataset, k: int) -> list:
+def _spread(ds: LabeledDataset | PairDataset, k: int) -> list:
     """``k`` samples spread evenly over the set (its first ones may all be one class, or short)."""
     n = len(ds)
     return [ds.samples[i * n // k] for i in range(k)]
 
 
-def _batch(ds: LabeledDataset, transform, backbone: Backbone, k: int, device: torch.device) -> tuple[Any, Any, float]:
-    """(inputs, labels, seconds to decode one input) for ``k`` samples of ``ds``."""
+def _batch(ds: LabeledDataset | PairDataset, transform, backbone: Backbone, k: int,
+           device: torch.device) -> tuple[list, Any, float]:
+    """([inputs, ...], labels, seconds to decode one input) for ``k`` samples of ``ds``: one
+    batch of inputs for a labelled set; for a pair set its queries and its captions (text
+    queries: the captions themselves; image queries: the queries again, standing in for the
+    text tower, which the classifier timed here does not hold), labels 0."""
     start = time.perf_counter()
     items = [(transform(ds.load(r) if ds.load else r), y) for r, y in _spread(ds, k)]
     decode = (time.perf_counter() - start) / k
-    inputs, labels = backbone.collate(items)
-    return to_device(inputs, device), labels.to(device), decode
+    if not isinstance(ds, PairDataset):
+        inputs, labels = backbone.collate(items)
+        return [to_device(inputs, device)], labels.to(device), decode
+    queries, labels = backbone.collate([(x, 0) for x, _ in items])
+    captions = backbone.collate([(c, 0) for _, c in items])[0] if ds.modality == "text" else queries
+    return [to_device(queries, device), to_device(captions, device)], labels.to(device), decode
 
 
 @torch.no_grad()
-def _eval_seconds(model: Classifier, ds: LabeledDataset, backbone: Backbone, precision: str) -> tuple[float, float]:
-    """(seconds per input at ``precision``, seconds to decode one input) for one set."""
+def _eval_seconds(model: Classifier, ds: LabeledDataset | PairDataset, backbone: Backbone,
+                  precision: str) -> tuple[float, float]:
+    """(seconds per input at ``precision``, seconds to decode one input) for one set (a
+    pair: its query and its caption)."""
     device = next(model.parameters()).device
     k = min(PROBE, len(ds))
-    inputs, _, decode = _batch(ds, backbone.transform_eval, backbone, k, device)
+    batches, _, decode = _batch(ds, backbone.transform_eval, backbone, k, device)
     model.eval()
     with numerics(precision, device):
-        model(inputs)  # warm-up: kernels chosen for these shapes
+        for inputs in batches:
+            model(inputs)  # warm-up: kernels chosen for these shapes
         start = time.perf_counter()
-        model(inputs)
+        for inputs in batches:
+            model(inputs)
     return (time.perf_counter() - start) / k, decode
 
 
-def _train_seconds(model: Classifier, theta_0: dict[str, torch.Tensor], train: LabeledDataset, backbone: Backbone,
-                   precision: str, batch: int) -> float:
+def _train_seconds(model: Classifier, theta_0: dict[str, torch.Tensor], train: LabeledDataset | PairDataset,
+                   backbone: Backbone, precision: str, batch: int) -> float:
     """Seconds per training example: the second of two real steps (forward, backward, AdamW)
-    on a batch of at most ``PROBE``; the model is put back to ``theta_0`` afterwards."""
+    on a batch of at most ``PROBE`` (a pair set: its queries and captions both forward and
+    backward); the model is put back to ``theta_0`` afterwards."""
     device = next(model.parameters()).device
     k = min(PROBE, batch, len(train))
-    inputs, labels, _ = _batch(train, backbone.transform_train, backbone, k, device)
+    batches, labels, _ = _batch(train, backbone.transform_train, backbone, k, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw([{"params": params}], 1e-12, device)
     model.train()
@@ -76,7 +89,7 @@ def _train_seconds(model: Classifier, theta_0: dict[str, torch.Tensor], train: L
             start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             with autocast(device, precision):
-                loss = F.cross_entropy(model(inputs).float(), labels)
+                loss = sum(F.cross_entropy(model(inputs).float(), labels) for inputs in batches)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

@@ -25,14 +25,15 @@ log = logging.getLogger("wiseft")
 class ZeroShotModels:
     """The zero-shot model each fine-tune starts from and is mixed with, with its theta_0:
     the classifier with the zero-shot head (objective ce), or, built on first use, the
-    model that also carries its text tower (objective flyp: ``train.flyp.flyp_model``).
-    They share the backbone's modules, so handing one out restores the others' theta_0
-    (an export of the one never carries the other's mixed text tower)."""
+    model that also carries its text tower (objectives flyp and contrastive:
+    ``train.flyp.flyp_model``). They share the backbone's modules, so handing one out
+    restores the others' theta_0 (an export of the one never carries the other's mixed
+    text tower)."""
 
     def __init__(self, backbone: Backbone, data: PreparedData, cfg: RunConfig, device: torch.device):
         self.backbone, self.data, self.main_recipe, self.device = backbone, data, cfg.finetune, device
         model = build_zeroshot_model(backbone, data.classnames, data.templates, cache=cfg.head_cache).to(device)
-        self.models = {"ce": (model, _state_copy(model))}
+        self.models = {"head": (model, _state_copy(model))}
 
     @property
     def main(self) -> Classifier:
@@ -41,15 +42,16 @@ class ZeroShotModels:
 
     def of(self, ft_cfg: FinetuneConfig) -> tuple[Classifier, dict[str, torch.Tensor]]:
         """(zero-shot model, theta_0) for a fine-tune of recipe ``ft_cfg``."""
-        if ft_cfg.objective not in self.models:
+        kind = "head" if ft_cfg.objective == "ce" else "towers"  # flyp and contrastive train the same model
+        if kind not in self.models:
             from wiseft.train import flyp_model
 
-            flyp = flyp_model(self.backbone, self.data.classnames, self.data.templates).to(self.device)
-            self.models[ft_cfg.objective] = (flyp, _state_copy(flyp))
-        for objective, (model, theta_0) in self.models.items():
-            if objective != ft_cfg.objective:
+            towers = flyp_model(self.backbone, self.data.classnames, self.data.templates).to(self.device)
+            self.models[kind] = (towers, _state_copy(towers))
+        for other, (model, theta_0) in self.models.items():
+            if other != kind:
                 model.load_state_dict(theta_0)
-        return self.models[ft_cfg.objective]
+        return self.models[kind]
 
 
 def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -137,7 +139,7 @@ def train_from_config(cfg: RunConfig, *, names: list[str] | None = None, resume:
     run_dir = Path(cfg.output_dir)
     data = prepare_data(cfg)
     backbone = load_backbone(cfg.backbone)
-    zs = ZeroShotModels(backbone, data, cfg, device)  # FLYP: the model with its text tower
+    zs = ZeroShotModels(backbone, data, cfg, device)  # FLYP, contrastive: the model with its text tower
     out = {}
     # the config's trackers (rank 0's) get each fine-tune's metrics, as in wiseft run
     with open_tracker(cfg.tracking, run_dir, params=cfg.model_dump(mode="json")) as tracker:

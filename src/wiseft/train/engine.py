@@ -8,19 +8,21 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from wiseft.backbones import Backbone
 from wiseft.config import FinetuneConfig
-from wiseft.data import LabeledDataset
+from wiseft.data import LabeledDataset, PairDataset
 from wiseft.heads import Classifier, PromptClassifier
 from wiseft.io import FanOut, Scoped, TensorBoardTracker, Tracker, hold, metric_key
 from wiseft.runtime import all_gather_rows, current, deterministic_numerics, device_of
 from wiseft.train.checkpoints import CheckpointDir, ResumeError, load_training_state
 from wiseft.train.data import TensorSamples, kshot_subset, resolve_batch, stack_collate
+from wiseft.train.contrastive import ContrastiveError, ContrastiveModel, PairCollate, contrastive_loss
 from wiseft.train.features import compute_features
-from wiseft.train.flyp import FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
+from wiseft.train.flyp import FlypError, FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
 from wiseft.train.logs import MetricLog
 from wiseft.train.loop import Stage, Trainer, resolved_recipe
 from wiseft.train.lora import inject_lora
@@ -53,13 +55,14 @@ class TrainRun:
     tracker: Tracker | None = None
 
 
-def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: FinetuneConfig,
+def finetune(model: Classifier, train: LabeledDataset | PairDataset, backbone: Backbone, cfg: FinetuneConfig,
              run: TrainRun | None = None) -> Classifier:
     """A fine-tuned copy of ``model`` (the input is left untouched).
 
     Defaults are the paper's ImageNet recipe: AdamW, lr 3e-5, weight decay 0.1 on every
     parameter, batch 512, 10 epochs, 500 warmup steps then per-step cosine decay,
-    gradient clipping at 1.0. ``run`` says where the run writes and how it reports
+    gradient clipping at 1.0. ``train`` is a labelled set, or for ``objective: contrastive``
+    a set of (query, caption) pairs (:class:`~wiseft.data.PairDataset`). ``run`` says where the run writes and how it reports
     (:class:`TrainRun`: ``log_path``, ``progress``, ``checkpoint_dir``, ``resume``, ``name``).
 
     Runs on every process of a ``torchrun`` launch (DDP or FSDP over the initialised
@@ -72,6 +75,7 @@ def finetune(model: Classifier, train: LabeledDataset, backbone: Backbone, cfg: 
         >>> ft = finetune(zeroshot_model, train_set, backbone, cfg, TrainRun(checkpoint_dir="ckpt", resume=True))
     """
     run = run if run is not None else TrainRun()
+    check_training_set(train, cfg.objective, backbone)
     cfg = resolved_recipe(cfg, device_of(model))
     info = current()
     if cfg.shots_per_class:
@@ -112,6 +116,22 @@ def _tracker(cfg: FinetuneConfig, run: TrainRun, root: Path | None) -> Tracker:
         out.append(TensorBoardTracker(Path(run.log_path).with_suffix("") if run.log_path
                                       else (root or Path("runs")) / "tensorboard"))
     return FanOut(out)
+
+
+def check_training_set(train, objective: str, backbone: Backbone) -> None:
+    """ContrastiveError unless ``train`` is what ``objective`` trains on: pairs for
+    contrastive (queries of the backbone's modality), labelled samples otherwise."""
+    pairs = isinstance(train, PairDataset)
+    if objective == "contrastive" and not pairs:
+        raise ContrastiveError(f"objective contrastive trains on (query, caption) pairs (a PairDataset), not a "
+                               f"{type(train).__name__}: give a pair set as the training data, or objective "
+                               "flyp to train both towers against the class prompts")
+    if objective != "contrastive" and pairs:
+        raise ContrastiveError(f"objective {objective} needs class labels, and the training set "
+                               f"{train.name or ''!r} holds (query, caption) pairs: use objective contrastive")
+    if pairs and train.modality != backbone.modality:
+        raise ContrastiveError(f"the training pairs' queries are {train.modality}s and backbone "
+                               f"{backbone.spec.name!r} encodes {backbone.modality}s")
 
 
 class _Context:
@@ -173,6 +193,8 @@ def _fit_e2e(tuned: Classifier, train: LabeledDataset, ctx: _Context, name: str)
     cfg = ctx.cfg
     if cfg.objective == "flyp":
         return _fit_flyp(check_flyp_model(tuned), train, ctx)
+    if cfg.objective == "contrastive":
+        return _fit_contrastive(check_flyp_model(tuned, "contrastive"), train, ctx)
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(tuned.encoder)
     stage = Stage(name, cfg.epochs, cfg.lr)
@@ -185,9 +207,17 @@ def _fit_lora(tuned: Classifier, train: LabeledDataset, ctx: _Context) -> None:
     _fit_e2e(tuned, train, ctx, "lora")
 
 
+def _check_towers_parallel(ctx: _Context) -> None:
+    """FlypError when FSDP would shard the towers model: FSDP2 refuses its 0-dim logit scale."""
+    if ctx.cfg.parallel == "fsdp" and current().enabled:
+        raise FlypError(f"objective {ctx.cfg.objective} under torchrun needs parallel: ddp: FSDP cannot shard "
+                        "the learned logit scale (a 0-dim parameter)")
+
+
 def _fit_flyp(tuned: PromptClassifier, train: LabeledDataset, ctx: _Context) -> None:
     """FLYP: both towers and the logit scale trained with the contrastive loss against
     class prompts (``train.flyp``), then the head re-derived from the trained text tower."""
+    _check_towers_parallel(ctx)
     if ctx.cfg.grad_checkpointing:
         enable_grad_checkpointing(tuned.encoder)
     pairs = PromptPairs(train.with_transform(ctx.backbone.transform_train), tuned.classnames, tuned.templates)
@@ -196,11 +226,29 @@ def _fit_flyp(tuned: PromptClassifier, train: LabeledDataset, ctx: _Context) -> 
     tuned.rederive_head()
 
 
-def _fit(module: torch.nn.Module, dataset, collate, ctx: _Context, stage: Stage) -> None:
-    """Train ``module`` in place; under FSDP a sharded copy trains and its full weights come back."""
+def _fit_contrastive(tuned: PromptClassifier, train: PairDataset, ctx: _Context) -> None:
+    """Contrastive fine-tuning: both towers and the logit scale trained with CLIP's
+    symmetric InfoNCE over the (query, caption) pairs (``train.contrastive``; the logit
+    scale clamped at 100 after every step), then the head re-derived from the trained
+    text tower."""
+    _check_towers_parallel(ctx)
+    if ctx.cfg.grad_checkpointing:
+        enable_grad_checkpointing(tuned.encoder)
+    stage = Stage("contrastive", ctx.cfg.epochs, ctx.cfg.lr, loss=contrastive_loss)
+    _fit(ContrastiveModel(tuned), train.with_transform(ctx.backbone.transform_train),
+         PairCollate(ctx.backbone.collate, tuned.tokenize), ctx, stage, after_step=ContrastiveModel.clamp_logit_scale)
+    tuned.rederive_head()
+
+
+def _fit(module: torch.nn.Module, dataset, collate, ctx: _Context, stage: Stage,
+         after_step: Callable[[torch.nn.Module], None] | None = None) -> None:
+    """Train ``module`` in place; under FSDP a sharded copy trains and its full weights come
+    back. ``after_step(module)`` runs after every optimizer step (on the copy that trains)."""
     sharded = ctx.cfg.parallel == "fsdp" and current().enabled
     work = copy.deepcopy(module) if sharded else module
     trainer = ctx.trainer(work, dataset, collate, stage)
+    if after_step is not None:
+        trainer.opt.register_step_post_hook(lambda *_: after_step(work))
     trainer.fit(ctx.resume_path(stage.name))
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -41,10 +41,13 @@ def flyp_loss(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch
     return (rows + cols) / 2
 
 
-class FlypModel(torch.nn.Module):
-    """What FLYP trains: the input tower, the text tower and the logit scale of a
-    :class:`PromptClassifier` (shared, not copied; its head is left out). ``forward``
-    maps ``{"inputs": ..., "prompts": tokens}`` to the (batch, batch) logit matrix."""
+class Towers(torch.nn.Module):
+    """The trainable part of a :class:`PromptClassifier` as one module: its input tower,
+    its text tower and its log logit scale (shared, not copied; its head is left out),
+    which FLYP and contrastive fine-tuning train. ``embed`` maps ``{"inputs": ...,
+    "prompts": tokens}`` to the L2-normalised (input, text) embeddings, row i of each a
+    pair. The parameters keep the classifier's names (``encoder.*``, ``text.*``,
+    ``logit_scale``) so a training checkpoint's weights are the classifier's."""
 
     def __init__(self, classifier: PromptClassifier):
         super().__init__()
@@ -52,10 +55,19 @@ class FlypModel(torch.nn.Module):
         self.text = classifier.text  # None: the encoder embeds both sides
         self.logit_scale = classifier.logit_scale
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+    def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = F.normalize(self.encoder(batch["inputs"]), dim=-1)
         tower = self.encoder if self.text is None else self.text
-        prompts = F.normalize(tower(batch["prompts"]), dim=-1)
+        return inputs, F.normalize(tower(batch["prompts"]), dim=-1)
+
+
+class FlypModel(Towers):
+    """What FLYP trains: ``forward`` maps ``{"inputs": ..., "prompts": tokens}`` to the
+    (batch, batch) input-prompt logit matrix of the micro-batch. The logit scale is
+    learned without a cap (as FLYP trains it); contrastive fine-tuning caps it at 100."""
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        inputs, prompts = self.embed(batch)
         return self.logit_scale.exp() * inputs @ prompts.t()
 
 
@@ -89,7 +101,8 @@ class PromptCollate:
 
 
 def flyp_model(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> PromptClassifier:
-    """The zero-shot model as FLYP trains and WiSE-FT mixes it: the backbone's input
+    """The zero-shot model as FLYP and contrastive fine-tuning train it and WiSE-FT mixes it
+    (its text tower included): the backbone's input
     tower, its text tower (or, for a text backbone, the same encoder), the logit scale,
     and the zero-shot head derived from them.
 
@@ -98,17 +111,18 @@ def flyp_model(backbone: Backbone, classnames: Sequence[str], templates: Sequenc
     """
     side = TEXT_SIDES.get(backbone.spec.family)
     if side is None:
-        raise FlypError(f"objective flyp: backbone family {backbone.spec.family!r} exposes no trainable text tower; "
-                        f"FLYP supports {', '.join(sorted(TEXT_SIDES))}")
+        raise FlypError(f"objectives flyp and contrastive train a text tower, and backbone family "
+                        f"{backbone.spec.family!r} exposes none; they support {', '.join(sorted(TEXT_SIDES))}")
     text, tokenize = side(backbone)
     model = PromptClassifier(backbone.encoder, text, tokenize, (classnames, templates), backbone.logit_scale)
     return model.eval()  # as the backbone's modules are
 
 
-def check_flyp_model(model: Classifier) -> PromptClassifier:
-    """``model`` if FLYP can train it, else FlypError saying how to build one."""
+def check_flyp_model(model: Classifier, objective: str = "flyp") -> PromptClassifier:
+    """``model`` if FLYP (or contrastive fine-tuning, ``objective``) can train it, else
+    FlypError saying how to build one."""
     if not isinstance(model, PromptClassifier):
-        raise FlypError(f"objective flyp trains a PromptClassifier (input and text towers), not a "
+        raise FlypError(f"objective {objective} trains a PromptClassifier (input and text towers), not a "
                         f"{type(model).__name__}: build the zero-shot model with wiseft.train.flyp.flyp_model")
     return model
 

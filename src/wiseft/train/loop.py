@@ -47,6 +47,7 @@ from wiseft.train.checkpoints import (
     set_rng_state,
 )
 from wiseft.train.data import (
+    IGNORE_LABEL,
     BatchPlan,
     MicroBatch,
     PlanSampler,
@@ -213,6 +214,8 @@ class Trainer:
 
     def _micro_step(self, inputs, labels, mb: MicroBatch, sync: bool) -> torch.Tensor:
         torch.manual_seed(micro_batch_seed(self.cfg.seed, self.step // self.plan.steps_per_epoch, mb))
+        if mb.weight == 0:  # a placeholder that keeps ranks in step: marked for losses that see the batch whole
+            labels = torch.full_like(labels, IGNORE_LABEL)
         with self._grad_sync(sync):
             with autocast(self.device, self.cfg.precision):
                 logits = self.model(to_device(inputs, self.device, channels_last=self.cfg.channels_last))
