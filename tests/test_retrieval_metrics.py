@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wiseft.core import recall_at_k, retrieval_metrics
@@ -76,6 +76,7 @@ def test_matches_brute_force(seed):
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 7), st.integers(0, 2**31 - 1))
+@example(6, 6, 376)  # fractional hits summed in query order gave 7.5 one way, 7.4999... the other
 def test_order_invariant(q, d, seed):
     g = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, 4, (q, d), generator=g).float()

@@ -154,7 +154,7 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] 
         miss = torch.where(j <= g - c, torch.exp(lg(g - c + 1) - lg(g - c - j + 1) - lg(g + 1) + lg(g - j + 1)),
                            torch.zeros_like(g))
         hit = torch.where(j == 0, torch.zeros_like(g), 1.0 - miss)
-        total = float(hit.sum())
+        total = float(hit.sort().values.sum())  # summed in value order: the same float whatever the queries' order
         out[int(k)] = Score(total / n if n else 0.0, round(total), n)
     return out
 

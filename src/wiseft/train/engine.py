@@ -19,8 +19,8 @@ from wiseft.heads import Classifier, PromptClassifier
 from wiseft.io import FanOut, Scoped, TensorBoardTracker, Tracker, hold, metric_key
 from wiseft.runtime import all_gather_rows, current, deterministic_numerics, device_of
 from wiseft.train.checkpoints import CheckpointDir, ResumeError, load_training_state
-from wiseft.train.data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from wiseft.train.contrastive import ContrastiveError, ContrastiveModel, PairCollate, contrastive_loss
+from wiseft.train.data import TensorSamples, kshot_subset, resolve_batch, stack_collate
 from wiseft.train.features import compute_features
 from wiseft.train.flyp import FlypError, FlypModel, PromptCollate, PromptPairs, check_flyp_model, flyp_loss
 from wiseft.train.logs import MetricLog
