@@ -85,3 +85,16 @@ def test_a_pair_shift_stays_out_of_the_accuracy_averages():
     table = build_tables(record_view(records, "primary"), {"finetuned": 0.5}, [])[0]
     assert table.columns == ["topics", "caps (r@1)", "headlines", AVG_SHIFTS, "avg ref., shifts"]
     assert table.rows[0][1][3] == (pytest.approx(0.7), 0.0)
+
+
+def test_a_pair_reference_has_no_mean_with_the_shifts_accuracy():
+    """With pairs as the reference set (examples/bbc_pairs.yaml), its recall is not averaged
+    with the labelled shifts' accuracy: the table keeps ``avg shifts`` and drops
+    ``avg ref., shifts`` (it read (r@1 + accuracy) / 2 before)."""
+    from wiseft.core import record_view
+    from wiseft.report.tables import AVG_REF_SHIFTS, AVG_SHIFTS, build_tables
+
+    records = pair_run_records()  # caps, the pair set, is the reference; topics and headlines labelled shifts
+    assert {r.dataset for r in records if r.role == "reference"} == {"caps"}
+    table = build_tables(record_view(records, "primary"), {"finetuned": 0.5}, [])[0]
+    assert AVG_SHIFTS in table.columns and AVG_REF_SHIFTS not in table.columns

@@ -47,14 +47,16 @@ def build_tables(view: RecordView, selected: dict[str, float], rho: list[Robustn
     when not top1), ``avg shifts`` (their mean), ``avg ref., shifts`` (the mean of the
     reference value and ``avg shifts``, as in the paper's Table 1) and ``avg rho``
     (effective robustness on the average over shifts). A pair shift (scored by retrieval)
-    has its column but stays out of the averages."""
+    has its column but stays out of the averages; with a pair reference set there is no
+    ``avg ref., shifts`` (recall and accuracy have no mean)."""
     reference, shifts = view.reference, view.shifts
     names = {r.dataset: column_name(r.dataset, r.metric)
              for r in view.chosen if r.alpha is not None and r.role != "validation"}
     retrieval = {r.dataset for r in view.chosen if is_retrieval_metric(r.metric)}
     averaged = [s for s in shifts if s not in retrieval]  # a pair shift's recall is no accuracy to average
-    columns = ([names[reference], *(names[s] for s in shifts)] + ([AVG_SHIFTS, AVG_REF_SHIFTS] if averaged else [])
-               + ([AVG_RHO] if rho else []))
+    # nor is a pair reference's: its recall and the shifts' accuracy have no mean
+    means = [AVG_SHIFTS] + ([AVG_REF_SHIFTS] if reference not in retrieval else []) if averaged else []
+    columns = [names[reference], *(names[s] for s in shifts), *means] + ([AVG_RHO] if rho else [])
     values = {m: _table_values(view, m, names, [reference, *averaged], rho) for m in selected}
     tables = []
     for model in selected:  # in the run's order: the main fine-tune, then its variants
