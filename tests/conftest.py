@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,14 @@ def sigint_default() -> None:
     starts with SIGINT ignored, its children inherit that, and Python then installs no
     KeyboardInterrupt handler, so the signal would do nothing."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def write_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """An uncompressed tar of ``(member name, bytes)``, in order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
-from conftest import COLORS
+from conftest import COLORS, write_shard
+
+write_pair_shard = write_shard  # an uncompressed tar of (member, bytes): the pair kinds read the same shards
 from PIL import Image
 
 SHADES = {"red": "crimson", "green": "grassy", "blue": "navy"}
@@ -52,11 +53,3 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_pair_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path

@@ -6,14 +6,13 @@ import io
 import json
 import logging
 import pickle
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import COLORS, run_config, write_image_folder
+from conftest import COLORS, run_config, write_image_folder, write_shard
 from PIL import Image
 
 from wiseft import run
@@ -34,17 +33,6 @@ from wiseft.train import Stage, Trainer
 from wiseft.train.engine import FinetuneConfig
 
 SORTED = sorted(COLORS)  # an image folder's classes: its sorted folder names
-
-
-def write_shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    """An uncompressed tar of ``(member name, bytes)``, in order."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def png(color=(200, 30, 30), size=(6, 5)) -> bytes:

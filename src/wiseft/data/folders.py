@@ -128,15 +128,7 @@ def manifest(path: str | Path, classnames: Sequence[str] | str | Path | None = N
     """A CSV (with a header) or JSONL file of records with ``label`` and either ``path``
     (an image, relative to the manifest) or ``text``. Labels are class names, or
     integer indices into ``classnames``."""
-    file = resolve(path, base_dir)
-    if not file.is_file():
-        raise DataError(f"manifest {file} does not exist")
-    rows = read_rows(file)
-    if not rows:
-        raise DataError(f"manifest {file} has no records")
-    field = "path" if "path" in rows[0] else "text" if "text" in rows[0] else None
-    if field is None or "label" not in rows[0]:
-        raise DataError(f"manifest {file}: records need 'label' and 'path' or 'text'; got {sorted(rows[0])}")
+    file, rows, field = read_manifest(path, base_dir, "manifest", "label")
     names = read_classnames(classnames, base_dir)
     if names is None:
         names = sorted({str(r["label"]) for r in rows})
@@ -154,6 +146,24 @@ def manifest(path: str | Path, classnames: Sequence[str] | str | Path | None = N
         ref = str(resolve(r[field], file.parent)) if field == "path" else str(r[field])
         samples.append((ref, y))
     return LabeledDataset(samples, names, load=load_image if field == "path" else None, name=file.stem)
+
+
+def read_manifest(path: str | Path, base_dir, what: str, needed: str) -> tuple[Path, list[dict], str]:
+    """A manifest's records, each holding ``needed`` (``label``, ``caption``) and either
+    ``path`` (an image, relative to the manifest) or ``text``: (the file, its records, the
+    input field). A missing or empty file, or records without those fields, is a DataError
+    naming the file (``what``: the kind, as the message says it)."""
+    file = resolve(path, base_dir)
+    if not file.is_file():
+        raise DataError(f"{what} {file} does not exist")
+    rows = read_rows(file)
+    if not rows:
+        raise DataError(f"{what} {file} has no records")
+    field = "path" if "path" in rows[0] else "text" if "text" in rows[0] else None
+    if field is None or needed not in rows[0]:
+        raise DataError(f"{what} {file}: records need {needed!r} and 'path' (an image) or 'text'; "
+                        f"got {sorted(rows[0])}")
+    return file, rows, field
 
 
 def read_rows(file: Path) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from wiseft.data.base import DataError, register_dataset, resolve
-from wiseft.data.folders import load_image, read_rows
+from wiseft.data.folders import load_image, read_manifest
 from wiseft.data.pairs import PairDataset
 from wiseft.data.webdataset import IMAGE_KEYS, TarMember, group_members, index_shard, load_member, shard_paths
 
@@ -27,16 +27,7 @@ def pair_manifest(path: str | Path, *, base_dir=None) -> PairDataset:
     Example:
         >>> pairs = build_dataset({"kind": "pair_manifest", "path": "captions.jsonl"})
     """
-    file = resolve(path, base_dir)
-    if not file.is_file():
-        raise DataError(f"pair manifest {file} does not exist")
-    rows = read_rows(file)
-    if not rows:
-        raise DataError(f"pair manifest {file} has no records")
-    field = "path" if "path" in rows[0] else "text" if "text" in rows[0] else None
-    if field is None or "caption" not in rows[0]:
-        raise DataError(f"pair manifest {file}: records need 'caption' and 'path' (an image) or 'text'; "
-                        f"got {sorted(rows[0])}")
+    file, rows, field = read_manifest(path, base_dir, "pair manifest", "caption")
     samples = []
     for n, r in enumerate(rows, 1):
         caption, query = r.get("caption"), r.get(field)
