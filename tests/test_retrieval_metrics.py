@@ -113,3 +113,19 @@ def test_errors():
         recall_at_k(torch.zeros(2, 3), torch.zeros(3, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="at least one correct"):
         recall_at_k(torch.zeros(2, 3), torch.tensor([[True, False, False], [False] * 3]))
+
+
+def test_one_text_embedded_in_two_batches_is_still_a_tie():
+    """Two captions with the same tokens (a tiny tokenizer maps unknown words alike) embed
+    to the same vector in one batch, and to vectors about 1e-7 apart in two batches padded
+    to other lengths; CI's sweep found the tie broken one way there and kept by hand.
+    With COSINE_TIE the value is the tie's either way."""
+    from wiseft.core import COSINE_TIE
+
+    exact = torch.tensor([[0.9, 0.5, 0.5], [0.2, 0.7, 0.7]])
+    noisy = exact + torch.tensor([[0.0, 0.0, 1.2e-7], [0.0, 1.2e-7, 0.0]])
+    relevant = torch.tensor([[True, False, False], [False, False, True]])
+    want = recall_at_k(exact, relevant, (1,))[1].value
+    assert want == pytest.approx(0.75)  # query 0 found; query 1 ties its caption with another: one half
+    assert recall_at_k(noisy, relevant, (1,), tie=COSINE_TIE)[1].value == pytest.approx(want)
+    assert recall_at_k(noisy, relevant, (1,))[1].value == pytest.approx(0.5)  # without: the noise decides

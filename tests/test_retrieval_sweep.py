@@ -14,7 +14,7 @@ from pair_fixtures import png_bytes, square, write_pair_manifest, write_pair_sha
 
 from wiseft.backbones import load_backbone
 from wiseft.config import parse_config
-from wiseft.core import recall_at_k
+from wiseft.core import COSINE_TIE, recall_at_k
 from wiseft.data import PairDataset, build_dataset, load_image
 from wiseft.evaluation import EvalSet, EvalSettings, SweepSettings, evaluate, search_merge, sweep
 from wiseft.heads import Classifier, zeroshot_head
@@ -60,7 +60,7 @@ def by_hand(model, backbone, pairs: PairDataset) -> dict[int, float]:
     rel = torch.zeros(len(refs), len(caps), dtype=torch.bool)
     for r, c in pairs.samples:
         rel[refs.index(r), caps.index(c)] = True
-    return {k: s.value for k, s in recall_at_k(q @ d.T, rel).items()}
+    return {k: s.value for k, s in recall_at_k(q @ d.T, rel, tie=COSINE_TIE).items()}  # the sweep's tie rule
 
 
 def run_sweep(backbone, sets):

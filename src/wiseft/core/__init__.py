@@ -9,7 +9,7 @@ from wiseft.core.lazy import front_door
 _SOURCES = {
     "errors": ["WiseftError"],
     "invocation": ["current_command", "invoked_as"],
-    "metrics": ["accuracy", "expected_calibration_error", "fit_temperature", "macro_f1", "pm_k_accuracy",
+    "metrics": ["accuracy", "COSINE_TIE", "expected_calibration_error", "fit_temperature", "macro_f1", "pm_k_accuracy",
                 "recall_at_k", "retrieval_metrics", "Score", "worst_group_accuracy"],
     "progress": ["configure_logging", "duration", "progress_bar"],
     "records": ["alpha_rank", "best_alpha", "column_name", "DEFAULT_ALPHA", "is_quick", "is_restricted_metric",

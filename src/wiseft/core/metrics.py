@@ -117,7 +117,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
 ROWS_AT_ONCE = 1024
 
 
-def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, Score]:
+def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = (1, 5, 10), *,
+                tie: float = 0.0) -> dict[int, Score]:
     """Recall@k of ranking every item (columns of ``scores``) for every query (rows),
     exact on ties: the expected hit rate under a uniformly random order among items with
     equal scores, so the value does not depend on the order items or queries come in.
@@ -131,6 +132,11 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] 
 
     The Score's counts are the hits over the queries; with ties the expected hit count can
     be fractional and ``correct`` is it rounded (its interval then approximate).
+
+    ``tie``: scores within this of the best correct item's count as tied with it. Equal
+    inputs embedded in different batches differ by float rounding (a caption padded to
+    another length), so the sweep passes ``COSINE_TIE`` for cosine similarities: then the
+    value does not depend on how the items were batched.
     """
     if scores.shape != relevant.shape or scores.dim() != 2:
         raise ValueError(f"scores {tuple(scores.shape)} and relevant {tuple(relevant.shape)} must be one (queries, "
@@ -142,8 +148,8 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] 
     for lo in range(0, scores.shape[0], ROWS_AT_ONCE):  # in row blocks: a 5k x 25k matrix needs no copies of itself
         s, rel = scores[lo:lo + ROWS_AT_ONCE], relevant[lo:lo + ROWS_AT_ONCE]
         best = s.masked_fill(~rel, float("-inf")).amax(dim=1, keepdim=True)
-        tied = s == best
-        counts.append(torch.stack([(s > best).sum(dim=1), tied.sum(dim=1), (tied & rel).sum(dim=1)]))
+        tied = (s - best).abs() <= tie
+        counts.append(torch.stack([(s > best + tie).sum(dim=1), tied.sum(dim=1), (tied & rel).sum(dim=1)]))
     above, g, c = torch.cat(counts, dim=1).double() if counts else torch.zeros(3, 0, dtype=torch.float64)
     n = int(scores.shape[0])
     out = {}
@@ -160,22 +166,26 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] 
 
 
 RETRIEVAL_KS = (1, 5, 10)
+# cosine similarities closer than this are ties: fp32 rounding of one text embedded in two
+# batches (padded to different lengths) moves its cosine by about 1e-7
+COSINE_TIE = 1e-6
 # retrieval directions by query modality: image->text and text->image for image-caption
 # pairs, query->document and document->query for text pairs (a query text and its caption)
 DIRECTIONS = {"image": ("i2t", "t2i"), "text": ("q2d", "d2q")}
 
 
 def retrieval_metrics(scores: torch.Tensor, relevant: torch.Tensor, modality: str = "image",
-                      ks: Sequence[int] = RETRIEVAL_KS) -> dict[str, Score]:
+                      ks: Sequence[int] = RETRIEVAL_KS, *, tie: float = 0.0) -> dict[str, Score]:
     """Recall@k both ways of a (queries, captions) similarity matrix: ``r@k_i2t`` ranks the
     captions for each query, ``r@k_t2i`` the queries for each caption (``q2d``/``d2q`` for
     text queries), each by :func:`recall_at_k`. First, the primary ``r@1``: the mean of the
     two directions' R@1, so neither side of the pairing is favoured when their counts
     differ (five captions per image); it carries pooled counts only when both directions
-    have as many queries (then the mean is the pooled proportion)."""
+    have as many queries (then the mean is the pooled proportion). ``tie``: as in
+    :func:`recall_at_k`."""
     forward, backward = DIRECTIONS[modality]
-    there = recall_at_k(scores, relevant, ks)
-    back = recall_at_k(scores.t().contiguous(), relevant.t().contiguous(), ks)  # rows read in blocks: laid out so
+    there = recall_at_k(scores, relevant, ks, tie=tie)
+    back = recall_at_k(scores.t().contiguous(), relevant.t().contiguous(), ks, tie=tie)  # rows read in blocks: laid out so
     a, b = there[1], back[1]
     pooled = a.total == b.total
     out = {RETRIEVAL_PRIMARY: Score((a.value + b.value) / 2, (a.correct + b.correct) if pooled else None,

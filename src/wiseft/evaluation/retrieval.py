@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from wiseft.backbones import Backbone
-from wiseft.core import Score, retrieval_metrics
+from wiseft.core import COSINE_TIE, Score, retrieval_metrics
 from wiseft.data import LabeledDataset, PairDataset
 from wiseft.evaluation.cache import InputCache
 from wiseft.heads import Classifier, PromptClassifier
@@ -101,7 +101,7 @@ def retrieval_scores(model: Classifier, cache: InputCache, index: PairIndex, bac
     with numerics(precision, device):
         for i in range(0, len(captions), batch_size):
             docs.append(F.normalize(encode(list(captions[i:i + batch_size])).float(), dim=-1).cpu())
-    return retrieval_metrics(queries @ torch.cat(docs).T, relevant, modality)
+    return retrieval_metrics(queries @ torch.cat(docs).T, relevant, modality, tie=COSINE_TIE)
 
 
 def pair_sets(evalsets: Sequence[Any]) -> list[Any]:
