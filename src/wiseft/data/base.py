@@ -41,7 +41,45 @@ class EvalHooks(Protocol):
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, Score]: ...
 
 
-class LabeledDataset(Dataset):
+class ReferencedDataset(Dataset):
+    """Samples that hold a reference to each input (an image path, image bytes, or the text
+    itself) and its target; ``load`` turns a reference into a raw input (a PIL image, a
+    string) and ``transform`` into a model input. ``dataset[i]`` is ``(input, target)``.
+    The one base of LabeledDataset (target: a class index) and PairDataset (a caption)."""
+
+    def __init__(self, samples: Sequence[tuple[Any, Any]], *, load: Callable[[Any], Any] | None = None,
+                 transform: Callable[[Any], Any] | None = None, name: str = ""):
+        self.samples = list(samples)
+        self.load = load
+        self.transform = transform
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        ref, target = self.samples[i]
+        x = self.load(ref) if self.load is not None else ref
+        return (self.transform(x) if self.transform is not None else x), target
+
+    def _copy(self, samples=None, transform=None):
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        if samples is not None:
+            new.samples = list(samples)
+        if transform is not None:
+            new.transform = transform
+        return new
+
+    def with_transform(self, transform: Callable[[Any], Any]):
+        """The same samples with another transform (the input is not copied)."""
+        return self._copy(transform=transform)
+
+    def subset(self, indices: Sequence[int]):
+        return self._copy(samples=[self.samples[i] for i in indices])
+
+
+class LabeledDataset(ReferencedDataset):
     """(input, label) pairs over an ordered class-name list.
 
     ``samples`` hold a reference to each input (an image path, or the text itself) and
@@ -55,11 +93,8 @@ class LabeledDataset(Dataset):
                  load: Callable[[Any], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, name: str = "",
                  projection: "Projection | None" = None, templates: str | None = None):
-        self.samples = list(samples)
+        super().__init__(samples, load=load, transform=transform, name=name)
         self.classnames = list(classnames)
-        self.load = load
-        self.transform = transform
-        self.name = name
         self.projection = projection
         self.templates = templates
 
@@ -73,33 +108,9 @@ class LabeledDataset(Dataset):
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, Score]:
         return {"top1": accuracy(logits.argmax(dim=1), labels)}
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        ref, label = self.samples[i]
-        x = self.load(ref) if self.load is not None else ref
-        return (self.transform(x) if self.transform is not None else x), label
-
     @property
     def labels(self) -> list[int]:
         return [y for _, y in self.samples]
-
-    def _copy(self, samples=None, transform=None) -> "LabeledDataset":
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        if samples is not None:
-            new.samples = list(samples)
-        if transform is not None:
-            new.transform = transform
-        return new
-
-    def with_transform(self, transform: Callable[[Any], Any]) -> "LabeledDataset":
-        """The same samples with another transform (the input is not copied)."""
-        return self._copy(transform=transform)
-
-    def subset(self, indices: Sequence[int]) -> "LabeledDataset":
-        return self._copy(samples=[self.samples[i] for i in indices])
 
 
 def per_class_permutations(labels: Sequence[int], seed: int) -> dict[int, list[int]]:

@@ -19,6 +19,7 @@ folder is memory-mapped in place either way.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import glob
 import os
@@ -87,7 +88,7 @@ class _DatasetRows:
         return self.dataset[row][self.column]
 
 
-class _LazyRows:
+class _LazyRows(abc.ABC):
     """A reader that opens its files on first use in each process, and pickles as its
     file list (a forked or spawned loader worker opens its own)."""
 
@@ -103,8 +104,9 @@ class _LazyRows:
             self._opened = (os.getpid(), self._open())
         return self._opened[1]
 
+    @abc.abstractmethod
     def _open(self) -> Any:
-        raise NotImplementedError
+        """The opened source (a memory map, a reader) in this process."""
 
 
 class _ArrowRows(_LazyRows):

@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any, Callable, Literal, Sequence
 
 import torch
-from torch.utils.data import Dataset
 
-from wiseft.data.base import DataError
+from wiseft.data.base import DataError, ReferencedDataset
 
 
-class PairDataset(Dataset):
+class PairDataset(ReferencedDataset):
     """(query, caption) pairs: ``samples`` hold a reference to each query (an image path,
     image bytes or the text itself) and its caption text; ``load`` turns a reference into a
     raw query (a PIL image, a string) and ``transform`` into a model input. Captions stay
@@ -25,42 +24,15 @@ class PairDataset(Dataset):
     def __init__(self, samples: Sequence[tuple[Any, str]], *, load: Callable[[Any], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, name: str = "",
                  modality: Literal["image", "text"] = "image"):
-        self.samples = list(samples)
+        super().__init__(samples, load=load, transform=transform, name=name)
         for i, (_, caption) in enumerate(self.samples):
             if not isinstance(caption, str) or not caption.strip():
                 raise DataError(f"pair dataset {name!r}: pair {i} has no caption text (got {caption!r})")
-        self.load = load
-        self.transform = transform
-        self.name = name
         self.modality = modality
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        ref, caption = self.samples[i]
-        x = self.load(ref) if self.load is not None else ref
-        return (self.transform(x) if self.transform is not None else x), caption
 
     @property
     def captions(self) -> list[str]:
         return [c for _, c in self.samples]
-
-    def _copy(self, samples=None, transform=None) -> "PairDataset":
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        if samples is not None:
-            new.samples = list(samples)
-        if transform is not None:
-            new.transform = transform
-        return new
-
-    def with_transform(self, transform: Callable[[Any], Any]) -> "PairDataset":
-        """The same pairs with another transform (the input is not copied)."""
-        return self._copy(transform=transform)
-
-    def subset(self, indices: Sequence[int]) -> "PairDataset":
-        return self._copy(samples=[self.samples[i] for i in indices])
 
 
 def split_pairs(dataset: PairDataset, fraction: float, seed: int = 0) -> tuple[PairDataset, PairDataset]:
